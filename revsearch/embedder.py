@@ -1,0 +1,70 @@
+"""CNN global descriptors: torchvision trunk, average or GeM pooling, L2-normalised."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .backbones import DEFAULT_BACKBONE, FEATURE_DIMS, load_backbone, weights_id
+from .extractor import FeatureExtractor
+
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+POOLINGS = ("avg", "gem")
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Everything that determines the vectors."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = "DEFAULT"
+    pooling: str = "gem"
+    gem_p: float = 3.0
+    image_size: int = 224
+    batch_size: int = 32
+
+
+def gem_pool(features: torch.Tensor, p: float) -> torch.Tensor:
+    """Generalised-mean pooling over the spatial dimensions (p=1 is average pooling)."""
+    return features.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class Embedder(FeatureExtractor):
+    """Turns images into L2-normalised descriptors with a torchvision CNN trunk."""
+
+    def __init__(self, config: EmbedderConfig | None = None, **overrides):
+        self.config = config or EmbedderConfig(**overrides)
+        if self.config.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.config.pooling!r}")
+        self.model = load_backbone(self.config.backbone, self.config.weights).to(memory_format=torch.channels_last)
+        self.dim = FEATURE_DIMS[self.config.backbone]
+        self.batch_size = self.config.batch_size
+        self.min_side = self.config.image_size
+        self.label = f"embed {self.config.backbone}"
+        self.model_id = f"{self.config.backbone}/{weights_id(self.config.backbone, self.config.weights)}"
+
+    def describe(self) -> dict:
+        config = asdict(self.config)
+        config.pop("batch_size")  # does not change the vectors
+        return {"type": "cnn", **config, "model_id": self.model_id, "dim": self.dim}
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Resize an RGB uint8 image to the square network input (area interpolation)."""
+        size = self.config.image_size
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+    @torch.inference_mode()
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 -> (B, dim) float32 unit vectors."""
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        x = ((x - _MEAN) / _STD).contiguous(memory_format=torch.channels_last)
+        features = self.model(x)
+        if self.config.pooling == "avg":
+            pooled = features.mean(dim=(2, 3))
+        else:
+            pooled = gem_pool(features, self.config.gem_p)
+        return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)

@@ -1,0 +1,26 @@
+"""Exceptions raised by revsearch, each naming its cause."""
+
+
+class RevsearchError(Exception):
+    """Base class of every error revsearch raises on purpose."""
+
+
+class ImageLoadError(RevsearchError):
+    """An image could not be read; ``reason`` says why in a few words."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class WeightsUnavailableError(RevsearchError):
+    """Pretrained weights could not be loaded (offline, missing file, bad file)."""
+
+
+class IndexMismatchError(RevsearchError):
+    """A query or update does not fit the index (dimension, model, PCA)."""
+
+
+class IndexNotFoundError(RevsearchError):
+    """An index directory or Milvus collection does not exist."""

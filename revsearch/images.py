@@ -1,0 +1,206 @@
+"""Decode image files to RGB uint8 arrays, with a per-file reason when that fails.
+
+OpenCV does the decoding (EXIF orientation honoured, grayscale / CMYK / 16-bit / palette converted
+to 8-bit colour, large JPEGs decoded at a reduced size when the caller needs a small image).
+Pillow, which torchvision already depends on, reads the header first: it tells the format and the
+declared size without decoding pixels, so decompression bombs and non-images are refused cheaply.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageLoadError
+
+#: Refuse images whose header declares more pixels than this (decompression bombs).
+DEFAULT_MAX_PIXELS = 200_000_000
+#: Refuse files larger than this many bytes before reading them.
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+_JPEG_EOI = b"\xff\xd9"
+
+Image.MAX_IMAGE_PIXELS = None  # we apply our own, configurable limit from the header
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file's header says, read without decoding pixels."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    has_alpha: bool
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Read a file's bytes, turning every filesystem failure into an ImageLoadError."""
+    source = str(path)
+    try:
+        p = Path(path)
+        if p.is_dir():
+            raise ImageLoadError(source, "is a directory, not an image file")
+        size = p.stat().st_size
+        if size == 0:
+            raise ImageLoadError(source, "empty file (0 bytes)")
+        if size > max_bytes:
+            raise ImageLoadError(source, f"file too large ({size} bytes > limit {max_bytes})")
+        return p.read_bytes()
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(source, "file not found") from None
+    except PermissionError:
+        raise ImageLoadError(source, "permission denied") from None
+    except OSError as exc:
+        raise ImageLoadError(source, f"cannot read file: {exc.strerror or exc}") from None
+
+
+def read_header(data: bytes, source: str = "<bytes>") -> ImageHeader:
+    """Identify the image format and declared size from the first bytes."""
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        raise ImageLoadError(source, "HEIC/AVIF images are not supported (convert to JPEG or PNG)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            has_alpha = im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)
+            return ImageHeader(im.format or "unknown", im.width, im.height, im.mode, has_alpha)
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(source, "not a recognised image format") from None
+    except Exception as exc:  # Pillow raises many types on malformed headers
+        raise ImageLoadError(source, f"unreadable image header: {exc}") from None
+
+
+def _reduction_factor(header: ImageHeader, min_side: int | None) -> int:
+    """Largest JPEG DCT reduction (1, 2, 4, 8) that keeps the short side >= ``min_side``."""
+    if not min_side or header.format != "JPEG":
+        return 1
+    short = min(header.width, header.height)
+    factor = 1
+    while factor < 8 and short // (factor * 2) >= min_side:
+        factor *= 2
+    return factor
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """A complete JPEG ends with the EOI marker (possibly followed by padding)."""
+    if data.rstrip(b"\x00\r\n \xff")[-2:] == _JPEG_EOI:
+        return False
+    try:  # trailing data after EOI (e.g. MPF): let Pillow decide with a full decode
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return False
+    except Exception:
+        return True
+
+
+def _decode_with_pillow(data: bytes) -> np.ndarray | None:
+    """Fallback for what OpenCV cannot decode (e.g. GIF): first frame, EXIF-rotated, RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            return _flatten_alpha_pil(im)
+    except Exception:
+        return None
+
+
+def _flatten_alpha_pil(im: Image.Image) -> np.ndarray:
+    """Composite transparent images over white, then convert to RGB uint8."""
+    if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+def _flatten_alpha_cv(image: np.ndarray) -> np.ndarray:
+    """BGRA (any depth) over white -> RGB uint8."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 2:  # gray + alpha
+        bgr, alpha = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR), image[:, :, 1]
+    elif image.shape[2] == 4:
+        bgr, alpha = image[:, :, :3], image[:, :, 3]
+    else:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    a = alpha.astype(np.float32)[:, :, None] / 255.0
+    out = bgr.astype(np.float32) * a + 255.0 * (1.0 - a)
+    return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
+
+
+def decode_image(
+    data: bytes,
+    source: str = "<bytes>",
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
+
+    ``min_side``: the caller only needs an image whose short side is at least this many pixels;
+    JPEGs are then decoded at 1/2, 1/4 or 1/8 size, which is several times faster on large photos.
+    """
+    header = read_header(data, source)
+    if header.width < 1 or header.height < 1:
+        raise ImageLoadError(source, f"invalid dimensions {header.width}x{header.height}")
+    if header.width * header.height > max_pixels:
+        raise ImageLoadError(
+            source,
+            f"declared size {header.width}x{header.height} exceeds the {max_pixels}-pixel limit "
+            "(possible decompression bomb)",
+        )
+    if header.format == "JPEG" and _jpeg_is_truncated(data):
+        raise ImageLoadError(source, "truncated JPEG (no end-of-image marker)")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image: np.ndarray | None
+    if header.has_alpha and header.format != "GIF":
+        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        image = _flatten_alpha_cv(raw) if raw is not None else None
+    else:
+        factor = _reduction_factor(header, min_side)
+        flag = _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(buf, flag)
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr is not None else None
+    if image is None:
+        image = _decode_with_pillow(data)
+    if image is None:
+        raise ImageLoadError(source, f"corrupt or truncated {header.format} data (decoder failed)")
+    return np.ascontiguousarray(image)
+
+
+def load_image(
+    path: str | os.PathLike,
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read and decode one image file to RGB uint8; raises ImageLoadError with a reason."""
+    data = read_bytes(path)
+    return decode_image(data, str(path), min_side=min_side, max_pixels=max_pixels)
+
+
+def as_rgb_array(image: np.ndarray, source: str = "<array>") -> np.ndarray:
+    """Validate an in-memory image (H, W), (H, W, 3) or (H, W, 4) and return RGB uint8."""
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or arr.size == 0 or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise ImageLoadError(source, f"unsupported array shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2 or arr.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2))
+    if arr.shape[2] == 4:
+        return np.asarray(_flatten_alpha_pil(Image.fromarray(arr, "RGBA")))
+    return np.ascontiguousarray(arr)

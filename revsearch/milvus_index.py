@@ -1,0 +1,155 @@
+"""Vectors in Milvus through pymilvus's ``MilvusClient``: Milvus Lite file or server, same code.
+
+The connection is the only difference between Milvus Lite (``uri="revsearch.db"``, a local file)
+and a Milvus server or cluster (``uri="http://host:19530"``, plus ``token`` / ``db_name``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError
+from .hits import Hit
+
+DEFAULT_URI = "revsearch.db"
+KEY_FIELD, VECTOR_FIELD = "key", "vector"
+MAX_KEY_LENGTH = 4096
+INSERT_BATCH = 2000
+QUERY_BATCH = 256
+#: Index build and search parameters per Milvus index type.
+INDEX_TYPES = {
+    "FLAT": ({}, {}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 64}),
+    "AUTOINDEX": ({}, {}),
+}
+
+
+def _is_local_file(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "") -> MilvusClient:
+    """A MilvusClient for a Lite file path or a server URI."""
+    if _is_local_file(uri):
+        Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        uri = str(Path(uri).expanduser().resolve())
+    try:
+        return MilvusClient(uri=uri, token=token, db_name=db_name)
+    except Exception as exc:
+        raise RevsearchError(f"cannot connect to Milvus at {uri!r}: {exc}") from exc
+
+
+class MilvusIndex:
+    """One Milvus collection per index: VARCHAR primary key (path or sample id) + float vector."""
+
+    kind = "milvus"
+
+    def __init__(self, dim: int, collection: str = "revsearch", uri: str = DEFAULT_URI, token: str = "",
+                 db_name: str = "", metric: str = "L2", index_type: str = "FLAT",
+                 index_params: dict | None = None, search_params: dict | None = None, create: bool = True):
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
+        if metric not in ("L2", "COSINE", "IP"):
+            raise ValueError(f"metric must be L2, COSINE or IP, got {metric!r}")
+        self.dim, self.collection, self.uri = int(dim), collection, uri
+        self.token, self.db_name, self.metric, self.index_type = token, db_name, metric, index_type
+        default_build, default_search = INDEX_TYPES[index_type]
+        self.index_params = {**default_build, **(index_params or {})}
+        self.search_params = {**default_search, **(search_params or {})}
+        self.client = connect(uri, token, db_name)
+        if self.client.has_collection(collection):
+            self._check_existing()
+        elif create:
+            self._create()
+        else:
+            raise IndexNotFoundError(f"Milvus collection {collection!r} does not exist at {uri!r}")
+
+    def _create(self) -> None:
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(KEY_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_KEY_LENGTH)
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric,
+                        params=self.index_params)
+        self.client.create_collection(self.collection, schema=schema, index_params=index,
+                                      consistency_level="Strong")
+
+    def _check_existing(self) -> None:
+        fields = self.client.describe_collection(self.collection)["fields"]
+        vector = next((f for f in fields if f["name"] == VECTOR_FIELD), None)
+        if vector is None:
+            raise IndexMismatchError(f"collection {self.collection!r} has no {VECTOR_FIELD!r} field: "
+                                     "not a revsearch collection")
+        existing = int(vector["params"]["dim"])
+        if existing != self.dim:
+            raise IndexMismatchError(f"collection {self.collection!r} holds {existing}-d vectors, "
+                                     f"this index produces {self.dim}-d vectors")
+        self.client.load_collection(self.collection)
+
+    def __len__(self) -> int:
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def keys(self) -> list[str]:
+        """Every key in the collection (paged, so it works on large collections)."""
+        iterator = self.client.query_iterator(self.collection, batch_size=8192, filter="",
+                                              output_fields=[KEY_FIELD])
+        keys: list[str] = []
+        while page := iterator.next():
+            keys.extend(row[KEY_FIELD] for row in page)
+        iterator.close()
+        return keys
+
+    def add(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Upsert: re-adding a key replaces its vector, so re-runs never duplicate."""
+        arr = np.asarray(vectors, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise IndexMismatchError(f"vectors have dimension {arr.shape[-1]}, the index expects {self.dim}")
+        for start in range(0, len(keys), INSERT_BATCH):
+            rows = [{KEY_FIELD: k, VECTOR_FIELD: v.tolist()}
+                    for k, v in zip(keys[start:start + INSERT_BATCH], arr[start:start + INSERT_BATCH])]
+            self.client.upsert(self.collection, rows)
+
+    def remove(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for start in range(0, len(keys), INSERT_BATCH):
+            self.client.delete(self.collection, ids=keys[start:start + INSERT_BATCH])
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.shape[1] != self.dim:
+            raise IndexMismatchError(f"query has dimension {q.shape[1]}, the index expects {self.dim}")
+        results: list[list[Hit]] = []
+        for start in range(0, len(q), QUERY_BATCH):
+            res = self.client.search(self.collection, data=q[start:start + QUERY_BATCH].tolist(), limit=k,
+                                     anns_field=VECTOR_FIELD,
+                                     search_params={"metric_type": self.metric, "params": self.search_params})
+            results.extend([Hit(str(h["id"]), float(h["distance"])) for h in hits] for hits in res)
+        return results
+
+    def drop(self) -> None:
+        self.client.drop_collection(self.collection)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "dim": self.dim, "collection": self.collection, "uri": self.uri,
+                "db_name": self.db_name, "metric": self.metric, "index_type": self.index_type,
+                "index_params": self.index_params, "search_params": self.search_params}
+
+    def save(self, directory: Path) -> None:
+        """Nothing to write: the vectors live in Milvus (the config goes in the manifest)."""
+
+    @classmethod
+    def load(cls, directory: Path, config: dict, token: str = "") -> "MilvusIndex":
+        return cls(config["dim"], config["collection"], config["uri"], token, config.get("db_name", ""),
+                   config["metric"], config["index_type"], config["index_params"], config["search_params"],
+                   create=False)

@@ -1,0 +1,96 @@
+"""Keys and vectors held in memory, with upsert / delete by key and save / load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IndexMismatchError
+
+
+class VectorStore:
+    """An ordered set of (key, vector) rows; re-adding a key replaces its vector."""
+
+    def __init__(self, dim: int, dtype: np.dtype | type = np.float32):
+        self.dim = int(dim)
+        self.dtype = np.dtype(dtype)
+        self.keys: list[str] = []
+        self.vectors = np.empty((0, self.dim), dtype=self.dtype)
+        self._row: dict[str, int] = {}
+        self._sq_norms = np.empty(0, dtype=self.dtype)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._row
+
+    def check_dim(self, vectors: np.ndarray) -> np.ndarray:
+        """Return ``vectors`` as a 2-D array of this store's dtype, or raise on a wrong dimension."""
+        arr = np.asarray(vectors, dtype=self.dtype)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise IndexMismatchError(f"vectors have dimension {arr.shape[-1]}, the index expects {self.dim}")
+        return np.ascontiguousarray(arr)
+
+    def add(self, keys: list[str], vectors: np.ndarray) -> np.ndarray:
+        """Insert or replace rows; returns the row numbers written."""
+        arr = self.check_dim(vectors)
+        if len(keys) != arr.shape[0]:
+            raise ValueError(f"{len(keys)} keys for {arr.shape[0]} vectors")
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate keys in one add() call")
+        rows = np.empty(len(keys), dtype=np.int64)
+        new_keys, new_rows = [], []
+        for i, key in enumerate(keys):
+            row = self._row.get(key)
+            if row is None:
+                new_keys.append(key)
+                new_rows.append(i)
+            else:
+                self.vectors[row] = arr[i]
+                rows[i] = row
+        start = len(self.keys)
+        for j, key in enumerate(new_keys):
+            self._row[key] = start + j
+        self.keys.extend(new_keys)
+        rows[new_rows] = np.arange(start, start + len(new_keys))
+        self.vectors = np.concatenate([self.vectors, arr[new_rows]]) if new_keys else self.vectors
+        self._sq_norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
+        return rows
+
+    def remove(self, keys: list[str]) -> np.ndarray:
+        """Delete rows by key (unknown keys are ignored); returns the boolean mask of rows kept."""
+        drop = {self._row[k] for k in keys if k in self._row}
+        keep = np.ones(len(self.keys), dtype=bool)
+        keep[list(drop)] = False
+        if drop:
+            self.keys = [k for k, kept in zip(self.keys, keep) if kept]
+            self.vectors = self.vectors[keep]
+            self._sq_norms = self._sq_norms[keep]
+            self._row = {k: i for i, k in enumerate(self.keys)}
+        return keep
+
+    @property
+    def sq_norms(self) -> np.ndarray:
+        return self._sq_norms
+
+    def rows_of(self, keys: list[str]) -> list[int]:
+        return [self._row[k] for k in keys]
+
+    def save(self, directory: Path, name: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / f"{name}.npy", self.vectors)
+        (directory / f"{name}.keys.json").write_text(json.dumps(self.keys))
+
+    @classmethod
+    def load(cls, directory: Path, name: str) -> "VectorStore":
+        vectors = np.load(directory / f"{name}.npy")
+        keys = json.loads((directory / f"{name}.keys.json").read_text())
+        store = cls(vectors.shape[1], vectors.dtype)
+        if keys:
+            store.add(keys, vectors)
+        return store
