@@ -24,3 +24,7 @@ class IndexMismatchError(RevsearchError):
 
 class IndexNotFoundError(RevsearchError):
     """An index directory or Milvus collection does not exist."""
+
+
+class UnsupportedIndexError(RevsearchError):
+    """The Milvus deployment does not offer the requested index type (e.g. HNSW on Milvus Lite)."""

@@ -76,6 +76,8 @@ def read_header(data: bytes, source: str = "<bytes>") -> ImageHeader:
     except Image.UnidentifiedImageError:
         raise ImageLoadError(source, "not a recognised image format") from None
     except Exception as exc:  # Pillow raises many types on malformed headers
+        if "truncat" in str(exc).lower():
+            raise ImageLoadError(source, "truncated file (the header is incomplete)") from None
         raise ImageLoadError(source, f"unreadable image header: {exc}") from None
 
 

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, MilvusClient, MilvusException
 
-from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError
+from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError, UnsupportedIndexError
 from .hits import Hit
 
 DEFAULT_URI = "revsearch.db"
@@ -51,7 +51,8 @@ class MilvusIndex:
 
     def __init__(self, dim: int, collection: str = "revsearch", uri: str = DEFAULT_URI, token: str = "",
                  db_name: str = "", metric: str = "L2", index_type: str = "FLAT",
-                 index_params: dict | None = None, search_params: dict | None = None, create: bool = True):
+                 index_params: dict | None = None, search_params: dict | None = None, create: bool = True,
+                 overwrite: bool = False):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
         if metric not in ("L2", "COSINE", "IP"):
@@ -62,6 +63,8 @@ class MilvusIndex:
         self.index_params = {**default_build, **(index_params or {})}
         self.search_params = {**default_search, **(search_params or {})}
         self.client = connect(uri, token, db_name)
+        if overwrite and self.client.has_collection(collection):
+            self.client.drop_collection(collection)
         if self.client.has_collection(collection):
             self._check_existing()
         elif create:
@@ -76,8 +79,16 @@ class MilvusIndex:
         index = self.client.prepare_index_params()
         index.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric,
                         params=self.index_params)
-        self.client.create_collection(self.collection, schema=schema, index_params=index,
-                                      consistency_level="Strong")
+        try:
+            self.client.create_collection(self.collection, schema=schema, index_params=index,
+                                          consistency_level="Strong")
+        except MilvusException as exc:
+            if self.client.has_collection(self.collection):
+                self.client.drop_collection(self.collection)
+            if "index type" in str(exc).lower():  # feature detection: the server says what it supports
+                raise UnsupportedIndexError(f"this Milvus ({self.uri}) does not support index type "
+                                            f"{self.index_type}: {exc.message}") from exc
+            raise
 
     def _check_existing(self) -> None:
         fields = self.client.describe_collection(self.collection)["fields"]

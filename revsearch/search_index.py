@@ -65,7 +65,7 @@ def _make_backend(backend: str, vectors: np.ndarray, dim: int, dtype: np.dtype, 
         return IVFIndex.fit(vectors, options.get("n_clusters"), options.get("nprobe"))
     if backend == "milvus":
         keys = ("collection", "uri", "token", "db_name", "metric", "index_type", "index_params", "search_params")
-        return MilvusIndex(dim, **{k: options[k] for k in keys if k in options})
+        return MilvusIndex(dim, overwrite=True, **{k: options[k] for k in keys if k in options})
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
@@ -86,6 +86,9 @@ class SearchIndex:
               extractor: FeatureExtractor | None = None, pca_dim: int | None = None, whiten: bool = False,
               progress: bool = True, **backend_options) -> tuple["SearchIndex", IndexReport]:
         """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
+
+        Always builds from scratch (an existing Milvus collection of the same name is replaced);
+        use :meth:`add_paths` / :meth:`sync` to update an index incrementally.
 
         ``backend``: ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``), ``milvus``
         (``uri`` default ``revsearch.db`` = Milvus Lite, ``collection``, ``index_type``...), or

@@ -1,0 +1,325 @@
+"""FiftyOne Brain similarity backend ``revsearch``: Milvus (MilvusClient), K-means IVF, pixel baseline.
+
+Importing this module registers the backend, so afterwards::
+
+    fob.compute_similarity(dataset, model=ExtractorModel(Embedder()), backend="revsearch",
+                           index_kind="milvus", brain_key="rev")
+    dataset.sort_by_similarity(sample_id, k=10, brain_key="rev")
+
+A run is re-opened in any later process from its stored config (class path + parameters), so
+only ``revsearch`` needs to be importable there. Distances are squared L2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import eta.core.utils as etau
+import fiftyone.brain as fb
+import numpy as np
+from eta.core.serial import deserialize_numpy_array, serialize_numpy_array
+from fiftyone.brain.similarity import Similarity, SimilarityConfig, SimilarityIndex
+
+from .fiftyone_stores import MemoryStore, MilvusStore
+from .hits import Hit
+from .pca import PCAReducer
+from .query_source import ImageQuery, load_query_image
+from .search_index import make_extractor
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAME = "revsearch"
+INDEX_KINDS = ("milvus", "kmeans", "pixel")
+MILVUS_MAX_K = 16384
+#: Milvus Lite file used when no ``uri`` is given (overridable with the brain config / env).
+DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch", "milvus.db")
+
+
+class RevsearchSimilarityConfig(SimilarityConfig):
+    """Configuration of a revsearch similarity index.
+
+    Args:
+        index_kind: ``milvus`` (Milvus Lite file or server), ``kmeans`` (IVF) or ``pixel``
+        extractor: ``describe()`` of the feature extractor, so image queries can be embedded
+        collection_name, uri, db_name, index_type: Milvus options (``uri`` defaults to a Lite file)
+        token: Milvus token (never stored in the database)
+        n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/8)
+        pca_components, whiten: reduce vectors with PCA fitted on the first vectors added
+    """
+
+    def __init__(self, index_kind: str = "milvus", extractor: dict | None = None,
+                 collection_name: str | None = None, uri: str | None = None, token: str | None = None,
+                 db_name: str | None = None, index_type: str = "FLAT", n_clusters: int | None = None,
+                 nprobe: int | None = None, pca_components: int | None = None, whiten: bool = False,
+                 **kwargs):
+        if index_kind not in INDEX_KINDS:
+            raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
+        super().__init__(**kwargs)
+        self.index_kind, self.extractor = index_kind, extractor
+        self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
+        self.index_type, self.n_clusters, self.nprobe = index_type, n_clusters, nprobe
+        self.pca_components, self.whiten = pca_components, whiten
+        self._token = token
+
+    @property
+    def method(self) -> str:
+        return BACKEND_NAME
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value
+
+    @property
+    def max_k(self) -> int | None:
+        return MILVUS_MAX_K if self.index_kind == "milvus" else None
+
+    @property
+    def supports_least_similarity(self) -> bool:
+        return False
+
+    @property
+    def supported_aggregations(self) -> tuple:
+        return ("mean",)
+
+    def load_credentials(self, token: str | None = None, uri: str | None = None) -> None:
+        """Token from the argument or brain config; ``uri`` only if the run stored none."""
+        params = fb.brain_config.similarity_backends.get(BACKEND_NAME, {})
+        self._token = token or self._token or params.get("token")
+        self.uri = self.uri or uri or params.get("uri")
+
+
+class RevsearchSimilarity(Similarity):
+    """Factory of :class:`RevsearchSimilarityIndex` (FiftyOne finds it by the config's name)."""
+
+    def initialize(self, samples, brain_key):
+        return RevsearchSimilarityIndex(samples, self.config, brain_key, backend=self)
+
+    def cleanup(self, samples, key):
+        """Drop the vectors (Milvus collection) when the brain run is deleted."""
+        samples.load_brain_results(key, cache=False).cleanup()
+
+
+def _collection_name(dataset_name: str, brain_key: str | None) -> str:
+    raw = f"revsearch_{dataset_name}_{brain_key or 'index'}"
+    return re.sub(r"[^0-9A-Za-z_]", "_", raw)[:255]
+
+
+def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, brain_key: str | None) -> bool:
+    """Give a Milvus index its default Lite file and collection name; True if anything was set."""
+    if config.index_kind != "milvus" or (config.uri and config.collection_name):
+        return False
+    config.uri = config.uri or DEFAULT_LITE_URI
+    config.collection_name = config.collection_name or _collection_name(dataset_name, brain_key)
+    return True
+
+
+def _make_store(config: RevsearchSimilarityConfig, state: dict) -> MemoryStore | MilvusStore:
+    if config.index_kind != "milvus":
+        return MemoryStore.from_state({"kind": config.index_kind, **state}, config.n_clusters, config.nprobe)
+    uri = os.path.expanduser(config.uri)
+    if uri.endswith(".db"):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    return MilvusStore(config.collection_name, uri, config.token or "", config.db_name or "",
+                       config.index_type, state.get("dim"))
+
+
+class RevsearchSimilarityIndex(SimilarityIndex):
+    """A revsearch index over a dataset's samples, keyed by sample id."""
+
+    def __init__(self, samples, config, brain_key, state: dict | None = None,
+                 pca: PCAReducer | None = None, backend=None):
+        self._pca = pca
+        self._ids: np.ndarray | None = None
+        filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
+        self._store = _make_store(config, state or {})
+        super().__init__(samples, config, brain_key, backend=backend)
+        if filled and brain_key is not None:
+            self.save_config()
+
+    # ---- sizes and ids -------------------------------------------------------------------
+    @property
+    def sample_ids(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = np.array(self._store.keys(), dtype=str)
+        return self._ids
+
+    @property
+    def total_index_size(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def pca(self) -> PCAReducer | None:
+        return self._pca
+
+    def set_pca(self, pca: PCAReducer | None) -> None:
+        """Use a PCA fitted elsewhere (for vectors that are already reduced); None keeps the current one."""
+        if pca is not None:
+            self._pca = pca
+
+    # ---- updates -------------------------------------------------------------------------
+    def _reduce(self, vectors: np.ndarray, fit: bool = False) -> np.ndarray:
+        """Apply the index's PCA (fitted here on the first vectors if configured)."""
+        vectors = np.asarray(vectors)
+        if self._pca is None and fit and self.config.pca_components:
+            self._pca = PCAReducer.fit(vectors, self.config.pca_components, self.config.whiten)
+        if self._pca is not None and vectors.shape[-1] == self._pca.input_dim:
+            return self._pca.transform(vectors.reshape(-1, self._pca.input_dim))
+        return vectors
+
+    def add_to_index(self, embeddings, sample_ids, label_ids=None, overwrite=True, allow_existing=True,
+                     warn_existing=False, reload=True):
+        if label_ids is not None:
+            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
+        ids = [str(i) for i in sample_ids]
+        vectors = self._reduce(np.asarray(embeddings), fit=True)
+        existing = set(self.sample_ids.tolist()) & set(ids)
+        if existing and not allow_existing and not overwrite:
+            raise ValueError(f"{len(existing)} IDs (eg {next(iter(existing))}) already exist in the index")
+        if existing and warn_existing:
+            logger.warning("%s %d IDs that already exist in the index",
+                           "Overwriting" if overwrite else "Skipping", len(existing))
+        if existing and not overwrite:
+            keep = [i for i, _id in enumerate(ids) if _id not in existing]
+            ids, vectors = [ids[i] for i in keep], vectors[keep]
+        if ids:
+            self._store.add(ids, vectors)
+        self._ids = None
+        if reload:
+            self.reload()
+
+    def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False,
+                          reload=True):
+        if label_ids is not None:
+            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
+        ids = [str(i) for i in ([sample_ids] if isinstance(sample_ids, str) else sample_ids or [])]
+        missing = set(ids) - set(self.sample_ids.tolist())
+        if missing and not allow_missing:
+            raise ValueError(f"{len(missing)} IDs (eg {next(iter(missing))}) are not in the index")
+        if missing and warn_missing:
+            logger.warning("Ignoring %d IDs that are not in the index", len(missing))
+        present = [i for i in ids if i not in missing]
+        if present:
+            self._store.remove(present)
+        self._ids = None
+        if reload:
+            self.reload()
+
+    def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False):
+        if label_ids is not None:
+            raise ValueError("This index does not support label IDs")
+        if sample_ids is None:
+            ids = self.sample_ids.tolist()
+        else:
+            wanted = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids)
+            present = set(self.sample_ids.tolist())
+            ids = [i for i in wanted if i in present]
+            if len(ids) < len(wanted) and not allow_missing:
+                raise ValueError(f"{len(wanted) - len(ids)} IDs are not in the index")
+            if len(ids) < len(wanted) and warn_missing:
+                logger.warning("Skipping %d IDs that are not in the index", len(wanted) - len(ids))
+        vectors = self._store.vectors(ids) if ids else np.empty((0, 0), np.float32)
+        return vectors, np.array(ids, dtype=str), None
+
+    def reload(self):
+        self._ids = None
+        super().reload()
+
+    def cleanup(self):
+        self._store.drop()
+        self._ids = None
+
+    # ---- queries -------------------------------------------------------------------------
+    def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
+        """The vector of a query image (path, URL, bytes, array) with the index's extractor + PCA."""
+        if not self.config.extractor:
+            raise ValueError("this index does not record its feature extractor; query by vector or sample")
+        extractor = make_extractor(self.config.extractor)
+        image = load_query_image(query, extractor.min_side, allow_private_urls)
+        return self._reduce(extractor.embed_images([image]))[0]
+
+    def _query_vectors(self, query) -> tuple[np.ndarray, bool]:
+        """Query vectors (in index space) and whether a single query was given."""
+        if isinstance(query, str):
+            query = [query]
+            single = True
+        else:
+            query = np.asarray(query)
+            if np.issubdtype(query.dtype, np.number):
+                single = query.ndim == 1
+                return self._reduce(query.reshape(-1, query.shape[-1])), single
+            query, single = list(query), False
+        missing = set(query) - set(self.sample_ids.tolist())
+        if missing:
+            raise ValueError(f"Query IDs {sorted(missing)} are not in the index")
+        return self._store.vectors(query), single
+
+    def search(self, vectors: np.ndarray, k: int | None) -> list[list[Hit]]:
+        """Nearest indexed samples of the current view for each vector (squared L2, ascending)."""
+        total = self.total_index_size
+        if not total:
+            return [[] for _ in range(len(vectors))]
+        limit = min(total, self.config.max_k or total)
+        k = min(k or limit, limit)
+        if not self.has_view:
+            return self._store.search(vectors, k)
+        allowed = set(self.current_sample_ids.tolist())
+        return [[h for h in hits if h.key in allowed][:k] for hits in self._store.search(vectors, limit)]
+
+    def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
+        if query is None:
+            raise ValueError("revsearch indexes do not support full-index neighbor queries")
+        if reverse:
+            raise ValueError("revsearch indexes do not support least-similarity queries")
+        if aggregation not in (None, "mean"):
+            raise ValueError(f"Unsupported aggregation {aggregation!r}; use 'mean'")
+        with self._store.hold():
+            vectors, single = self._query_vectors(query)
+            if aggregation == "mean":
+                vectors, single = vectors.mean(axis=0, keepdims=True), True
+            hits = self.search(vectors, k)
+        ids = [[h.key for h in row] for row in hits]
+        dists = [[h.distance for h in row] for row in hits]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    # ---- persistence ---------------------------------------------------------------------
+    @property
+    def index_state(self) -> dict:
+        return self._store.state()
+
+    @property
+    def pca_state(self) -> dict | None:
+        if self._pca is None:
+            return None
+        p = self._pca
+        return {"mean": serialize_numpy_array(p.mean), "components": serialize_numpy_array(p.components),
+                "explained_variance": serialize_numpy_array(p.explained_variance), "whiten": p.whiten}
+
+    def attributes(self) -> list[str]:
+        return super().attributes() + ["index_state", "pca_state"]
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        pca_state = d.get("pca_state")
+        pca = None
+        if pca_state:
+            pca = PCAReducer(*(deserialize_numpy_array(pca_state[k])
+                               for k in ("mean", "components", "explained_variance")), pca_state["whiten"])
+        return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca)
+
+
+def register(name: str = BACKEND_NAME) -> None:
+    """Make ``backend=name`` available to ``fob.compute_similarity`` in this process."""
+    fb.brain_config.similarity_backends.setdefault(name, {})["config_cls"] = etau.get_class_name(
+        RevsearchSimilarityConfig)
+
+
+register()

@@ -1,0 +1,123 @@
+"""Command line: ``revsearch index DIR`` and ``revsearch query IMAGE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .embedder import Embedder, EmbedderConfig
+from .errors import RevsearchError
+from .files import list_images
+from .mosaic import make_mosaic, save_mosaic
+from .pixel import PixelFeatures
+from .query_source import load_query_image
+from .search_index import BACKENDS, MANIFEST, IndexReport, SearchIndex
+
+DEFAULT_INDEX_DIR = ".revsearch"
+
+
+def _print_report(report: IndexReport, total: int) -> None:
+    print(f"{total} image files found: {report.summary()}")
+    for path, reason in sorted(report.failures.items()):
+        print(f"  skipped {path}: {reason}")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    paths = list_images(args.folders)
+    index_dir = Path(args.index_dir)
+    if (index_dir / MANIFEST).exists() and not args.rebuild:
+        index = SearchIndex.load(index_dir)
+        print(f"updating the existing index in {index_dir} (use --rebuild to start over)")
+        report = index.sync(paths, progress=not args.quiet)
+    else:
+        if args.backend == "pixel":
+            extractor = PixelFeatures(args.pixel_size)
+        else:
+            weights = None if args.weights == "none" else args.weights
+            extractor = Embedder(EmbedderConfig(args.backbone, weights, args.pooling, image_size=args.image_size,
+                                                batch_size=args.batch_size))
+        options = {k: v for k, v in {"n_clusters": args.n_clusters, "nprobe": args.nprobe, "uri": args.uri,
+                                     "index_type": args.index_type}.items() if v is not None}
+        index, report = SearchIndex.build(paths, index_dir, args.backend, extractor, args.pca_dim, args.whiten,
+                                          progress=not args.quiet, **options)
+    _print_report(report, len(paths))
+    print(f"index: {index_dir} ({len(index)} vectors, backend {index.backend.kind})")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    index = SearchIndex.load(args.index_dir)
+    hits = index.query(args.image, k=args.k, allow_private_urls=args.allow_private_urls)
+    if args.json:
+        print(json.dumps([{"path": h.key, "distance": h.distance} for h in hits], indent=1))
+    else:
+        for rank, hit in enumerate(hits, 1):
+            print(f"{rank:3d}  {hit.distance:10.4f}  {hit.key}")
+    if args.out:
+        save_mosaic(args.out, make_mosaic(load_query_image(args.image, 256, args.allow_private_urls), hits))
+        print(f"mosaic written to {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    index = SearchIndex.load(args.index_dir)
+    manifest = index.manifest()
+    stale = index.stale()
+    print(json.dumps({"vectors": len(index), "extractor": manifest["extractor"], "pca": manifest["pca"],
+                      "backend": manifest["backend"], "failures": len(index.failures),
+                      "missing_files": len(stale["missing"]), "changed_files": len(stale["changed"])}, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revsearch", description="Reverse image search over folders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index (or update the index of) image folders")
+    p.add_argument("folders", nargs="+", help="folders (searched recursively) or image files")
+    p.add_argument("--index-dir", default=DEFAULT_INDEX_DIR, help="where the index is saved (default %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="milvus", help="default %(default)s (Milvus Lite)")
+    p.add_argument("--uri", help="Milvus URI: a Lite file (default <index-dir>/revsearch.db) or http://host:19530")
+    p.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="Milvus index type")
+    p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "mobilenet_v2"])
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a torchvision enum name, a .pth file, or none")
+    p.add_argument("--pooling", default="gem", choices=["gem", "avg"])
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pca-dim", type=int, help="reduce vectors with PCA to this dimension")
+    p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
+    p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
+    p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
+    p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --backend pixel")
+    p.add_argument("--rebuild", action="store_true", help="discard an existing index and build anew")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    q = sub.add_parser("query", help="find the indexed images most similar to an image")
+    q.add_argument("image", help="image file path or http(s) URL")
+    q.add_argument("-k", type=int, default=10, help="number of results (default %(default)s)")
+    q.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
+    q.add_argument("--out", help="write a mosaic of the query and its hits to this .jpg/.png")
+    q.add_argument("--json", action="store_true", help="print results as JSON")
+    q.add_argument("--allow-private-urls", action="store_true", help="allow URLs on private/loopback hosts")
+    q.set_defaults(func=cmd_query)
+
+    i = sub.add_parser("info", help="describe an index and check it against the files on disk")
+    i.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RevsearchError, FileNotFoundError, ValueError) as exc:
+        print(f"revsearch: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

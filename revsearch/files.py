@@ -1,0 +1,33 @@
+"""Find image files in folders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                              ".heic", ".heif", ".avif", ".jfif", ".pgm", ".ppm"})
+
+
+def list_images(roots: Iterable[str | os.PathLike]) -> list[str]:
+    """Absolute paths of files with an image extension under ``roots`` (recursive, sorted).
+
+    Symlinked folders are not followed (no loops); hidden folders are skipped. Entries that merely
+    look like images (directories, broken links) are returned so that indexing reports them.
+    """
+    found: set[str] = set()
+    for root in map(Path, roots):
+        if root.is_file() or root.suffix.lower() in IMAGE_EXTENSIONS and not root.is_dir():
+            found.add(os.path.abspath(root))
+            continue
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder or file")
+        for folder, dirs, names in os.walk(root, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             or Path(d).suffix.lower() in IMAGE_EXTENSIONS)
+            entries = names + [d for d in dirs if Path(d).suffix.lower() in IMAGE_EXTENSIONS]
+            for name in entries:
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    found.add(os.path.abspath(os.path.join(folder, name)))
+    return sorted(found)

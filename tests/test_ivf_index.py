@@ -1,0 +1,77 @@
+"""K-means IVF: exact at full nprobe, fewer vectors scanned at small nprobe, updates in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from revsearch import ExactIndex, IVFIndex
+from revsearch.errors import IndexMismatchError
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """2,000 vectors around 20 well-separated centres, plus 50 queries near random points."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(20, 32)).astype(np.float32) * 4
+    vectors = (centres[rng.integers(0, 20, 2000)] + rng.normal(size=(2000, 32))).astype(np.float32)
+    queries = (vectors[rng.integers(0, 2000, 50)] + 0.3 * rng.normal(size=(50, 32))).astype(np.float32)
+    return [f"v{i}" for i in range(2000)], vectors, queries
+
+
+def _exact(keys, vectors, queries, k):
+    exact = ExactIndex(vectors.shape[1])
+    exact.add(keys, vectors)
+    return exact.search(queries, k)
+
+
+def test_full_nprobe_equals_exact(clustered):
+    keys, vectors, queries = clustered
+    ivf = IVFIndex.fit(vectors, n_clusters=16)
+    ivf.add(keys, vectors)
+    results, scanned = ivf.search_with_stats(queries, k=10, nprobe=16)
+    assert scanned == pytest.approx(1.0)
+    for got, want in zip(results, _exact(keys, vectors, queries, 10)):
+        assert [h.key for h in got] == [h.key for h in want]
+        np.testing.assert_allclose([h.distance for h in got], [h.distance for h in want], rtol=1e-4, atol=1e-3)
+
+
+def test_recall_grows_with_nprobe_and_scan_shrinks(clustered):
+    keys, vectors, queries = clustered
+    ivf = IVFIndex.fit(vectors, n_clusters=32)
+    ivf.add(keys, vectors)
+    truth = [{h.key for h in hits} for hits in _exact(keys, vectors, queries, 10)]
+    recalls, scans = [], []
+    for nprobe in (1, 4, 32):
+        results, scanned = ivf.search_with_stats(queries, k=10, nprobe=nprobe)
+        recalls.append(np.mean([len(t & {h.key for h in r}) / 10 for t, r in zip(truth, results)]))
+        scans.append(scanned)
+    assert recalls[0] <= recalls[1] <= recalls[2] == 1.0
+    assert scans[0] < scans[1] < scans[2] == pytest.approx(1.0)
+    assert scans[0] < 0.2
+
+
+def test_cluster_ids_and_distances_are_nearest_centre(clustered):
+    keys, vectors, _ = clustered
+    ivf = IVFIndex.fit(vectors, n_clusters=8)
+    ivf.add(keys, vectors)
+    ids, dists = ivf.clusters_of(keys[:100])
+    all_d = np.linalg.norm(vectors[:100, None, :] - ivf.centroids[None], axis=2)
+    np.testing.assert_array_equal(ids, all_d.argmin(axis=1))
+    np.testing.assert_allclose(dists, all_d.min(axis=1), rtol=1e-3, atol=1e-3)
+    assert ivf.cluster_sizes().sum() == 2000
+
+
+def test_add_replace_remove_and_reload(clustered, tmp_path):
+    keys, vectors, queries = clustered
+    ivf = IVFIndex.fit(vectors, n_clusters=8, nprobe=8)
+    ivf.add(keys[:1500], vectors[:1500])
+    ivf.add(keys[1000:], vectors[1000:])  # overlap re-added: replaced, not duplicated
+    assert len(ivf) == 2000
+    ivf.remove(keys[:10] + ["not-there"])
+    assert len(ivf) == 1990 and "v0" not in {h.key for h in ivf.search(vectors[:1], 5)[0]}
+    ivf.save(tmp_path)
+    again = IVFIndex.load(tmp_path, ivf.config())
+    assert [h.key for h in again.search(queries[:5], 10)[0]] == [h.key for h in ivf.search(queries[:5], 10)[0]]
+    with pytest.raises(IndexMismatchError, match="dimension 5"):
+        ivf.search(np.zeros((1, 5), np.float32), 3)

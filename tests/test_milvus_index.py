@@ -1,0 +1,91 @@
+"""Milvus Lite through MilvusClient: same neighbours as exact search; upsert, delete, reopen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from revsearch import ExactIndex, MilvusIndex
+from revsearch.errors import IndexMismatchError, IndexNotFoundError, UnsupportedIndexError
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(3000, 48)).astype(np.float32)
+    queries = rng.normal(size=(20, 48)).astype(np.float32)
+    return [f"item-{i}" for i in range(3000)], vectors, queries
+
+
+@pytest.fixture
+def milvus(tmp_path, data):
+    index = MilvusIndex(48, collection="t", uri=str(tmp_path / "m.db"))
+    index.add(data[0], data[1])
+    yield index
+    index.close()
+
+
+def test_flat_search_matches_exact(milvus, data):
+    keys, vectors, queries = data
+    exact = ExactIndex(48)
+    exact.add(keys, vectors)
+    for got, want in zip(milvus.search(queries, 10), exact.search(queries, 10)):
+        assert [h.key for h in got] == [h.key for h in want]
+        np.testing.assert_allclose([h.distance for h in got], [h.distance for h in want], rtol=1e-4)
+
+
+def test_upsert_replaces_and_delete_removes(milvus, data):
+    keys, vectors, _ = data
+    milvus.add(keys[:100], vectors[:100] + 100.0)  # same keys again: replaced, not duplicated
+    assert len(milvus) == 3000
+    assert milvus.search(vectors[:1] + 100.0, 1)[0][0].key == keys[0]
+    milvus.remove(keys[:10])
+    assert len(milvus) == 2990
+    assert sorted(milvus.keys()) == sorted(keys[10:])
+
+
+def test_reopen_from_file_answers_the_same(tmp_path, data):
+    keys, vectors, queries = data
+    uri = str(tmp_path / "reopen.db")
+    first = MilvusIndex(48, collection="r", uri=uri)
+    first.add(keys, vectors)
+    before = first.search(queries[:3], 5)
+    config = first.config()
+    first.close()
+    again = MilvusIndex.load(tmp_path, config)
+    assert [[h.key for h in r] for r in again.search(queries[:3], 5)] == [[h.key for h in r] for r in before]
+    again.close()
+
+
+def test_errors_name_the_cause(milvus, tmp_path):
+    with pytest.raises(IndexMismatchError, match="dimension 7"):
+        milvus.search(np.zeros((1, 7), np.float32), 3)
+    with pytest.raises(IndexMismatchError, match="48-d"):
+        MilvusIndex(64, collection="t", uri=milvus.uri)
+    with pytest.raises(IndexNotFoundError, match="does not exist"):
+        MilvusIndex(48, collection="missing", uri=milvus.uri, create=False)
+
+
+def test_ivf_flat_finds_true_neighbours(tmp_path, data):
+    keys, vectors, _ = data
+    index = MilvusIndex(48, collection="x", uri=str(tmp_path / "ivf.db"), index_type="IVF_FLAT",
+                        index_params={"nlist": 16})
+    index.add(keys, vectors)
+    assert [h[0].key for h in index.search(vectors[:20], 1)] == keys[:20]
+    index.close()
+
+
+def test_unsupported_index_type_is_detected_and_explained(tmp_path, data):
+    """Milvus Lite 2.5 offers FLAT, IVF_FLAT and AUTOINDEX; a server also offers HNSW."""
+    uri = str(tmp_path / "hnsw.db")
+    try:
+        index = MilvusIndex(48, collection="h", uri=uri, index_type="HNSW")
+    except UnsupportedIndexError as exc:
+        assert "does not support index type HNSW" in str(exc)
+        probe = MilvusIndex(48, collection="probe", uri=uri)
+        assert not probe.client.has_collection("h")  # nothing half-created is left behind
+        probe.close()
+        return
+    index.add(data[0], data[1])
+    assert [h[0].key for h in index.search(data[1][:20], 1)] == data[0][:20]
+    index.close()
