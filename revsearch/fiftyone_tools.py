@@ -198,10 +198,10 @@ def sync_index(results: RevsearchSimilarityIndex, progress: Progress = None) -> 
             "failures": failures}
 
 
-def query_view(results: RevsearchSimilarityIndex, samples, query: str | ImageQuery, k: int,
+def query_view(results: RevsearchSimilarityIndex, samples, query: str | list[str] | ImageQuery, k: int,
                dist_field: str | None = None, allow_private_urls: bool = False):
-    """``samples`` sorted by similarity to a sample id or an image (path, URL, bytes, array)."""
-    if isinstance(query, str) and query in set(results.sample_ids.tolist()):
+    """``samples`` sorted by similarity to sample id(s) or an image (path, URL, bytes, array)."""
+    if isinstance(query, list) or (isinstance(query, str) and query in set(results.sample_ids.tolist())):
         vector = query
     else:
         vector = results.embed_query(query, allow_private_urls)

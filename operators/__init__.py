@@ -1,0 +1,8 @@
+"""The plugin's operators, thin wrappers over ``revsearch.fiftyone_tools``."""
+
+from .embeddings import ComputeEmbeddings, FitKMeans, FitPCA
+from .indexes import BuildIndex, DeleteIndex, InspectIndex, ListIndexes, UpdateIndex
+from .search import FindNearDuplicates, SearchByImage
+
+OPERATORS = [ComputeEmbeddings, FitPCA, FitKMeans, BuildIndex, SearchByImage, FindNearDuplicates,
+             ListIndexes, InspectIndex, UpdateIndex, DeleteIndex]

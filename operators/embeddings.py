@@ -1,0 +1,103 @@
+"""Operators that compute embeddings, fit PCA and fit K-means clusters."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from revsearch import fiftyone_tools as tools
+
+from .common import (DEFAULT_EMBEDDINGS_FIELD, choose, extractor_from_params, extractor_inputs,
+                     progress_callback, vector_fields)
+
+
+def _long_running(name: str, label: str, description: str) -> foo.OperatorConfig:
+    return foo.OperatorConfig(name=name, label=f"revsearch: {label}", description=description, dynamic=True,
+                              allow_immediate_execution=True, allow_delegated_execution=True)
+
+
+class ComputeEmbeddings(foo.Operator):
+    """Embed the images of the current view into a vector field."""
+
+    @property
+    def config(self):
+        return _long_running("compute_embeddings", "compute embeddings",
+                             "Embed the current view's images with a CNN (or pixel thumbnails)")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("embeddings_field", default=DEFAULT_EMBEDDINGS_FIELD, required=True, label="Embeddings field")
+        extractor_inputs(inputs)
+        return types.Property(inputs, view=types.View(label="Compute embeddings"))
+
+    def execute(self, ctx):
+        field = ctx.params.get("embeddings_field", DEFAULT_EMBEDDINGS_FIELD)
+        failures = tools.compute_embeddings(ctx.view, field, extractor_from_params(ctx.params),
+                                            progress_callback(ctx))
+        ctx.ops.reload_dataset()
+        return {"embeddings_field": field, "embedded": len(ctx.view) - len(failures), "failures": failures}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("embedded", label="Images embedded")
+        outputs.obj("failures", label="Images skipped (sample id: reason)", view=types.JSONView())
+        return types.Property(outputs)
+
+
+class FitPCA(foo.Operator):
+    """PCA on an embeddings field; the reduced vectors go in a new field."""
+
+    @property
+    def config(self):
+        return _long_running("fit_pca", "fit PCA", "Reduce an embeddings field with PCA (then L2-normalise)")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        choose(inputs, "embeddings_field", vector_fields(ctx), "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
+        inputs.int("n_components", default=128, min=1, required=True, label="Components")
+        inputs.bool("whiten", default=False, label="Whiten")
+        inputs.str("out_field", default=f"{DEFAULT_EMBEDDINGS_FIELD}_pca", required=True, label="Output field")
+        return types.Property(inputs, view=types.View(label="Fit PCA"))
+
+    def execute(self, ctx):
+        p = ctx.params
+        ratios = tools.fit_pca(ctx.view, p["embeddings_field"], p["out_field"], int(p["n_components"]),
+                               bool(p.get("whiten", False)))
+        ctx.ops.reload_dataset()
+        return {"out_field": p["out_field"], "explained_variance": round(sum(ratios), 4),
+                "explained_variance_ratios": ratios}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.float("explained_variance", label="Fraction of variance kept")
+        return types.Property(outputs)
+
+
+class FitKMeans(foo.Operator):
+    """K-means on an embeddings field: cluster id and distance to centre as sample fields."""
+
+    @property
+    def config(self):
+        return _long_running("fit_kmeans", "fit K-means",
+                             "Cluster an embeddings field; filter and group by cluster in the App")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        choose(inputs, "embeddings_field", vector_fields(ctx), "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
+        inputs.int("n_clusters", default=16, min=1, required=True, label="Clusters")
+        inputs.str("cluster_field", default="revsearch_cluster", required=True, label="Cluster id field")
+        inputs.str("distance_field", default="revsearch_cluster_dist", required=True,
+                   label="Distance-to-centre field", description="L2 distance of each sample to its centre")
+        return types.Property(inputs, view=types.View(label="Fit K-means"))
+
+    def execute(self, ctx):
+        p = ctx.params
+        sizes = tools.fit_kmeans(ctx.view, p["embeddings_field"], int(p["n_clusters"]), p["cluster_field"],
+                                 p["distance_field"])
+        ctx.ops.reload_dataset()
+        return {"cluster_sizes": {str(i): n for i, n in enumerate(sizes)}, "n_clusters": len(sizes)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.obj("cluster_sizes", label="Cluster sizes (cluster id: samples)", view=types.JSONView())
+        return types.Property(outputs)

@@ -1,0 +1,109 @@
+"""Search by image (sample, upload, path, URL) and near-duplicate detection."""
+
+from __future__ import annotations
+
+import base64
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from revsearch import fiftyone_tools as tools
+
+from .common import brain_key_input
+
+SOURCES = {"selected": "Selected sample(s)", "upload": "Upload an image", "path": "Local file path",
+           "url": "http(s) URL"}
+
+
+def _uploaded_bytes(upload: dict) -> bytes:
+    """Bytes of a FileView upload (base64, possibly as a data: URL)."""
+    content = upload["content"]
+    return base64.b64decode(content.split(",", 1)[1] if content.startswith("data:") else content)
+
+
+def _query(ctx):
+    """The query from the form: selected sample id(s), or image bytes / path / URL."""
+    p = ctx.params
+    source = p.get("source", "selected")
+    if source == "selected":
+        if not ctx.selected:
+            raise ValueError("select one or more samples in the grid first")
+        return list(ctx.selected)
+    if source == "upload":
+        return _uploaded_bytes(p["upload"])
+    return p[source]
+
+
+class SearchByImage(foo.Operator):
+    """Sort the view by similarity to an image; the distance is stored in a field."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="search_by_image", label="revsearch: search by image", dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if not brain_key_input(ctx, inputs):
+            return types.Property(inputs)
+        radio = types.RadioGroup()
+        for value, label in SOURCES.items():
+            radio.add_choice(value, label=label)
+        default = "selected" if ctx.selected else "upload"
+        inputs.enum("source", radio.values(), default=default, label="Query", view=radio)
+        source = ctx.params.get("source", default)
+        if source == "upload":
+            inputs.uploaded_file("upload", required=True, label="Image",
+                                 view=types.FileView(label="Image", types="image/*"))
+        elif source == "path":
+            inputs.str("path", required=True, label="Image path on the server")
+        elif source == "url":
+            inputs.str("url", required=True, label="Image URL (http or https)")
+            inputs.bool("allow_private_urls", default=False, label="Allow private-network URLs")
+        inputs.int("k", default=25, min=1, label="Number of results")
+        inputs.str("dist_field", default="revsearch_dist", label="Distance field",
+                   description="each result's squared L2 distance to the query is stored here")
+        return types.Property(inputs, view=types.View(label="Search by image"))
+
+    def execute(self, ctx):
+        p = ctx.params
+        results = ctx.dataset.load_brain_results(p["brain_key"])
+        view = tools.query_view(results, ctx.view, _query(ctx), int(p.get("k", 25)),
+                                p.get("dist_field", "revsearch_dist"), bool(p.get("allow_private_urls", False)))
+        ctx.ops.set_view(view)
+        return {"ids": view.values("id"), "distances": view.values(p.get("dist_field", "revsearch_dist"))}
+
+
+class FindNearDuplicates(foo.Operator):
+    """Show the samples whose nearest other sample is within a distance threshold."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="find_near_duplicates", label="revsearch: find near-duplicates",
+                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if not brain_key_input(ctx, inputs):
+            return types.Property(inputs)
+        inputs.float("threshold", default=0.05, min=0.0, label="Threshold (squared L2)",
+                     description="CNN vectors are unit length: 0 = identical, 2 = unrelated; "
+                                 "about 0.05 catches re-encodes and resizes. Pixel vectors use 0-255 "
+                                 "values over 3072 dimensions, so use e.g. 3072 * 10^2 there.")
+        inputs.str("dist_field", default="revsearch_nn_dist", label="Score field",
+                   description="distance from each sample to its nearest other sample")
+        inputs.str("id_field", default="revsearch_nn_id", label="Nearest-sample id field")
+        return types.Property(inputs, view=types.View(label="Find near-duplicates"))
+
+    def execute(self, ctx):
+        p = ctx.params
+        results = ctx.dataset.load_brain_results(p["brain_key"])
+        dist_field = p.get("dist_field", "revsearch_nn_dist")
+        view = tools.near_duplicates(results, ctx.view, float(p.get("threshold", 0.05)), dist_field,
+                                     p.get("id_field", "revsearch_nn_id"))
+        ctx.ops.set_view(view)
+        return {"duplicates": len(view), "ids": view.values("id"), "scores": view.values(dist_field)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("duplicates", label="Samples with a near-duplicate")
+        return types.Property(outputs)
