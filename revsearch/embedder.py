@@ -40,7 +40,7 @@ class Embedder(FeatureExtractor):
         self.config = config or EmbedderConfig(**overrides)
         if self.config.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.config.pooling!r}")
-        self.model = load_backbone(self.config.backbone, self.config.weights).to(memory_format=torch.channels_last)
+        self.model = load_backbone(self.config.backbone, self.config.weights)
         self.dim = FEATURE_DIMS[self.config.backbone]
         self.batch_size = self.config.batch_size
         self.min_side = self.config.image_size
@@ -61,7 +61,7 @@ class Embedder(FeatureExtractor):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, dim) float32 unit vectors."""
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        x = ((x - _MEAN) / _STD).contiguous(memory_format=torch.channels_last)
+        x = (x - _MEAN) / _STD
         features = self.model(x)
         if self.config.pooling == "avg":
             pooled = features.mean(dim=(2, 3))

@@ -50,7 +50,8 @@ class IVFIndex:
         cap = TRAINING_POINTS_PER_CLUSTER * n_clusters
         if len(data) > cap:
             data = data[np.random.default_rng(seed).choice(len(data), cap, replace=False)]
-        kmeans = KMeans(n_clusters=n_clusters, n_init=1, max_iter=50, random_state=seed).fit(data)
+        # random initialisation (as faiss does): k-means++ seeding was 20x slower here for 400 lists
+        kmeans = KMeans(n_clusters=n_clusters, init="random", n_init=1, max_iter=50, random_state=seed).fit(data)
         return cls(kmeans.cluster_centers_, nprobe)
 
     @property
