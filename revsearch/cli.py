@@ -40,8 +40,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                                                 batch_size=args.batch_size))
         options = {k: v for k, v in {"n_clusters": args.n_clusters, "nprobe": args.nprobe, "uri": args.uri,
                                      "index_type": args.index_type}.items() if v is not None}
-        index, report = SearchIndex.build(paths, index_dir, args.backend, extractor, args.pca_dim, args.whiten,
-                                          progress=not args.quiet, **options)
+        pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
+        index, report = SearchIndex.build(paths, index_dir, args.backend, extractor, pca_dim, args.whiten,
+                                          progress=not args.quiet, chunk_size=args.chunk_size, **options)
     _print_report(report, len(paths))
     print(f"index: {index_dir} ({len(index)} vectors, backend {index.backend.kind})")
     return 0
@@ -86,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="gem", choices=["gem", "avg"])
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--pca-dim", type=int, help="reduce vectors with PCA to this dimension")
+    p.add_argument("--pca-dim", default="auto",
+                   help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up")
     p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
     p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
     p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
     p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --backend pixel")
+    p.add_argument("--chunk-size", type=int, default=1024,
+                   help="checkpoint embeddings every N images, so an interrupted run resumes (default %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="discard an existing index and build anew")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)

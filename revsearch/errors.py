@@ -28,3 +28,7 @@ class IndexNotFoundError(RevsearchError):
 
 class UnsupportedIndexError(RevsearchError):
     """The Milvus deployment does not offer the requested index type (e.g. HNSW on Milvus Lite)."""
+
+
+class LiteFileBusyError(RevsearchError):
+    """A Milvus Lite file is already open in another process."""

@@ -19,7 +19,7 @@ from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError
 from .exact_index import ExactIndex
 from .hits import Hit
 from .ivf_index import IVFIndex
-from .milvus_index import KEY_FIELD, VECTOR_FIELD, MilvusIndex, _is_local_file
+from .milvus_index import MilvusIndex, is_lite_uri
 
 #: How long an operation waits for a Milvus Lite file held by another process.
 LITE_WAIT_S = 30.0
@@ -92,13 +92,6 @@ class MemoryStore:
         return store
 
 
-def release_lite(uri: str) -> None:
-    """Stop this process's Milvus Lite server for ``uri`` so other processes can open the file."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_server(uri)
-
-
 class MilvusStore:
     """A Milvus collection, opened per operation for Lite files and kept open for servers."""
 
@@ -106,7 +99,7 @@ class MilvusStore:
                  index_type: str = "FLAT", dim: int | None = None):
         self.collection, self.uri, self.token = collection, uri, token
         self.db_name, self.index_type, self.dim = db_name, index_type, dim
-        self.is_lite = _is_local_file(uri)
+        self.is_lite = is_lite_uri(uri)
         self._open_index: MilvusIndex | None = None
 
     def _open(self, create: bool) -> MilvusIndex:
@@ -139,8 +132,7 @@ class MilvusStore:
             yield index
         finally:
             self._open_index = None
-            index.close()
-            release_lite(index.uri)
+            index.close()  # also stops the Lite server, so other processes can open the file
 
     def hold(self) -> contextlib.AbstractContextManager:
         """Keep the collection open across several operations (one Lite start instead of many)."""
@@ -167,9 +159,7 @@ class MilvusStore:
     def vectors(self, keys: list[str]) -> np.ndarray:
         """Stored vectors for ``keys``, in that order (every key must be present)."""
         with self.session() as index:
-            rows = index.client.query(index.collection, ids=list(keys), output_fields=[KEY_FIELD, VECTOR_FIELD])
-        by_key = {row[KEY_FIELD]: row[VECTOR_FIELD] for row in rows}
-        return np.asarray([by_key[k] for k in keys], dtype=np.float32)
+            return index.get_vectors(list(keys))
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         with self.session() as index:

@@ -6,13 +6,16 @@ and a Milvus server or cluster (``uri="http://host:19530"``, plus ``token`` / ``
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError, UnsupportedIndexError
+from .errors import (IndexMismatchError, IndexNotFoundError, LiteFileBusyError, RevsearchError,
+                     UnsupportedIndexError)
 from .hits import Hit
 
 DEFAULT_URI = "revsearch.db"
@@ -29,13 +32,75 @@ INDEX_TYPES = {
 }
 
 
-def _is_local_file(uri: str) -> bool:
-    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+def is_lite_uri(uri: str) -> bool:
+    """True for a Milvus Lite file path, False for a server URI."""
+    return not uri.startswith(("http://", "https://", "tcp://", "unix:", "grpc://"))
+
+
+class LiteFileLock:
+    """An exclusive, process-wide lock on ``<file>.revsearch.lock`` while a Milvus Lite file is open.
+
+    milvus-lite 2.5 has a lock of its own, but a second process that fails to open the file
+    deletes it on exit, letting a third process in; ours makes the one-process rule dependable and
+    the error clear. Within one process, indexes on the same file share the lock (reference count),
+    and the Lite server is stopped when the last of them closes.
+    """
+
+    _held: dict[str, tuple[object, int]] = {}
+
+    def __init__(self, db_path: Path):
+        self.db_path = str(db_path)
+        self.path = Path(f"{db_path}.revsearch.lock")
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self.db_path in self._held:
+            handle, count = self._held[self.db_path]
+            self._held[self.db_path] = (handle, count + 1)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise LiteFileBusyError(f"Milvus Lite file {self.db_path} is open in {holder}; a Lite file serves "
+                                    "one process at a time (close it there, or use a Milvus server for "
+                                    "shared access)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        self._held[self.db_path] = (handle, 1)
+
+    def release(self) -> None:
+        """Drop one reference; the last one stops this process's Lite server and unlocks the file."""
+        if self.db_path not in self._held:
+            return
+        handle, count = self._held.pop(self.db_path)
+        if count > 1:
+            self._held[self.db_path] = (handle, count - 1)
+            return
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(self.db_path)
+        handle.close()  # closing the descriptor drops the flock
+
+
+def check_lite_file_name(name: str) -> None:
+    """milvus-lite 2.5 accepts file names of at most 36 characters from [A-Za-z0-9._-]."""
+    if len(name) > 36 or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise RevsearchError(f"Milvus Lite file name {name!r} is not accepted by milvus-lite: use at most 36 "
+                             "characters from letters, digits, '.', '_' and '-' (the folder may be anything)")
 
 
 def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "") -> MilvusClient:
     """A MilvusClient for a Lite file path or a server URI."""
-    if _is_local_file(uri):
+    if is_lite_uri(uri):
+        check_lite_file_name(Path(uri).name)
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser().resolve())
     try:
@@ -62,7 +127,18 @@ class MilvusIndex:
         default_build, default_search = INDEX_TYPES[index_type]
         self.index_params = {**default_build, **(index_params or {})}
         self.search_params = {**default_search, **(search_params or {})}
-        self.client = connect(uri, token, db_name)
+        self._lock = LiteFileLock(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
+        if self._lock:
+            self._lock.acquire()
+        try:
+            self.client = connect(uri, token, db_name)
+            self._open_collection(create, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_collection(self, create: bool, overwrite: bool) -> None:
+        collection, uri = self.collection, self.uri
         if overwrite and self.client.has_collection(collection):
             self.client.drop_collection(collection)
         if self.client.has_collection(collection):
@@ -145,11 +221,31 @@ class MilvusIndex:
             results.extend([Hit(str(h["id"]), float(h["distance"])) for h in hits] for hits in res)
         return results
 
+    def get_vectors(self, keys: list[str]) -> np.ndarray:
+        """Stored vectors for ``keys``, in that order; raises KeyError naming a missing key."""
+        by_key: dict[str, list[float]] = {}
+        for start in range(0, len(keys), INSERT_BATCH):
+            rows = self.client.query(self.collection, ids=list(keys[start:start + INSERT_BATCH]),
+                                     output_fields=[KEY_FIELD, VECTOR_FIELD])
+            by_key.update((row[KEY_FIELD], row[VECTOR_FIELD]) for row in rows)
+        missing = [k for k in keys if k not in by_key]
+        if missing:
+            raise KeyError(f"{len(missing)} keys not in collection {self.collection!r}, e.g. {missing[0]!r}")
+        return np.asarray([by_key[k] for k in keys], dtype=np.float32).reshape(len(keys), self.dim)
+
     def drop(self) -> None:
         self.client.drop_collection(self.collection)
 
     def close(self) -> None:
-        self.client.close()
+        """Close the connection; for Milvus Lite also stop this process's server for the file and
+        release the lock, so another process can open it."""
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+            self.client = None
+        if self._lock:
+            self._lock.release()
+            self._lock = None
 
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "collection": self.collection, "uri": self.uri,

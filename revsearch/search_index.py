@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import EmbeddingCheckpoint
 from .embedder import Embedder, EmbedderConfig
 from .errors import IndexMismatchError, IndexNotFoundError
 from .exact_index import ExactIndex
 from .extractor import FeatureExtractor
 from .hits import Hit
-from .ivf_index import IVFIndex
+from .ivf_index import IVFIndex, default_n_clusters
 from .milvus_index import DEFAULT_URI, MilvusIndex
 from .pca import PCAReducer
 from .pixel import PixelFeatures
@@ -37,17 +38,46 @@ class IndexReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
+    resumed: int = 0
     failures: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"{len(self.added)} indexed, {self.unchanged} unchanged, {len(self.removed)} removed, "
+        text = (f"{len(self.added)} indexed, {self.unchanged} unchanged, {len(self.removed)} removed, "
                 f"{len(self.failures)} skipped")
+        return text + (f" ({self.resumed} resumed from an interrupted run)" if self.resumed else "")
 
 
 def file_signature(path: str) -> list[float]:
     """(size, mtime) of a file, used to detect files changed since indexing."""
     st = os.stat(path)
     return [st.st_size, st.st_mtime]
+
+
+def _embed_to_checkpoint(extractor: FeatureExtractor, paths: list[str], checkpoint: EmbeddingCheckpoint,
+                         chunk_size: int, progress: bool) -> None:
+    """Embed ``paths`` and write a checkpoint chunk every ``chunk_size`` images."""
+    keys: list[str] = []
+    vectors: list[np.ndarray] = []
+    failures: dict[str, str] = {}
+    for batch in extractor.iter_batches(paths, progress):
+        keys.extend(paths[i] for i in batch.indices)
+        vectors.append(batch.vectors)
+        failures.update({paths[i]: r for i, r in batch.failures.items()})
+        if len(keys) + len(failures) >= chunk_size:
+            checkpoint.write(keys, np.concatenate(vectors), failures)
+            keys, vectors, failures = [], [], {}
+    if keys or failures:
+        checkpoint.write(keys, np.concatenate(vectors) if vectors else np.empty((0, extractor.dim)), failures)
+
+
+AUTO_PCA_DIM, AUTO_PCA_MIN_VECTORS = 128, 1000
+
+
+def _auto_pca_dim(n_vectors: int, dim: int, extractor: FeatureExtractor) -> int | None:
+    """PCA-128 for CNN descriptors of sets large enough to fit it well; nothing otherwise."""
+    if isinstance(extractor, PixelFeatures) or n_vectors < AUTO_PCA_MIN_VECTORS or dim <= AUTO_PCA_DIM:
+        return None
+    return AUTO_PCA_DIM
 
 
 def make_extractor(description: dict) -> FeatureExtractor:
@@ -83,38 +113,60 @@ class SearchIndex:
     # ---- building ---------------------------------------------------------------------------
     @classmethod
     def build(cls, paths: Sequence[str | os.PathLike], directory: str | os.PathLike, backend: str = "milvus",
-              extractor: FeatureExtractor | None = None, pca_dim: int | None = None, whiten: bool = False,
-              progress: bool = True, **backend_options) -> tuple["SearchIndex", IndexReport]:
+              extractor: FeatureExtractor | None = None, pca_dim: int | str | None = "auto",
+              whiten: bool = False, progress: bool = True, chunk_size: int = 1024, fit_sample: int = 100_000,
+              **backend_options) -> tuple["SearchIndex", IndexReport]:
         """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
 
-        Always builds from scratch (an existing Milvus collection of the same name is replaced);
-        use :meth:`add_paths` / :meth:`sync` to update an index incrementally.
-
         ``backend``: ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``), ``milvus``
-        (``uri`` default ``revsearch.db`` = Milvus Lite, ``collection``, ``index_type``...), or
-        ``pixel`` (the pixel-distance baseline: thumbnails + exact search).
+        (``uri`` default ``<directory>/revsearch.db`` = Milvus Lite, ``collection``, ``index_type``...),
+        or ``pixel`` (the pixel-distance baseline: thumbnails + exact search).
+
+        ``pca_dim="auto"`` (default) reduces CNN descriptors to 128 dimensions with PCA when at least
+        1,000 images are indexed (the best measured trade-off on Caltech-101, see README), and keeps
+        them whole for smaller sets; give a number to force it, or None for no PCA.
+
+        Embeddings are checkpointed to ``<directory>/partial/`` every ``chunk_size`` images, so a run
+        that is killed resumes where it stopped. PCA and K-means are fitted on at most ``fit_sample``
+        vectors, and vectors reach the backend one chunk at a time (bounded memory for Milvus).
+        Always builds the index anew (an existing Milvus collection of the same name is replaced);
+        use :meth:`add_paths` / :meth:`sync` to update an index incrementally.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "pixel":
             extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
         extractor = extractor or Embedder()
+        directory = Path(directory)
         paths = [os.path.abspath(p) for p in paths]
-        batch = extractor.embed_paths(paths, progress)
-        keys = [paths[i] for i in batch.indices]
-        report = IndexReport(added=keys, failures={paths[i]: r for i, r in batch.failures.items()})
-        if not keys:
+        checkpoint = EmbeddingCheckpoint(directory / "partial", extractor.describe())
+        done, failures = checkpoint.done()
+        report = IndexReport(resumed=len(done) + len(failures))
+        _embed_to_checkpoint(extractor, [p for p in paths if p not in done and p not in failures],
+                             checkpoint, chunk_size, progress)
+        wanted = set(paths)
+        report.failures = {p: r for p, r in checkpoint.done()[1].items() if p in wanted}
+        sample = checkpoint.sample(fit_sample)
+        if not len(sample):
             raise IndexMismatchError(f"none of the {len(paths)} files could be indexed: {report.failures}")
-        reducer = PCAReducer.fit(batch.vectors, pca_dim, whiten) if pca_dim else None
-        vectors = reducer.transform(batch.vectors) if reducer else batch.vectors
+        pca_dim = _auto_pca_dim(len(sample), sample.shape[1], extractor) if pca_dim == "auto" else pca_dim
+        reducer = PCAReducer.fit(sample, pca_dim, whiten) if pca_dim else None
+        sample = reducer.transform(sample) if reducer else sample
         if backend == "milvus":
             backend_options.setdefault("collection", _collection_name(directory))
-            backend_options.setdefault("uri", str(Path(directory) / DEFAULT_URI))
-        store = _make_backend(backend, vectors, vectors.shape[1], extractor.dtype, backend_options)
-        store.add(keys, vectors)
-        items = {k: {"path": k, "signature": file_signature(k)} for k in keys}
+            backend_options.setdefault("uri", str(directory / DEFAULT_URI))
+        if backend == "kmeans" and not backend_options.get("n_clusters"):
+            backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
+        store = _make_backend(backend, sample, sample.shape[1], extractor.dtype, backend_options)
+        for keys, vectors in checkpoint.chunks():
+            keep = [i for i, k in enumerate(keys) if k in wanted]
+            if keep:
+                store.add([keys[i] for i in keep], reducer.transform(vectors[keep]) if reducer else vectors[keep])
+                report.added.extend(keys[i] for i in keep)
+        items = {k: {"path": k, "signature": file_signature(k)} for k in report.added}
         index = cls(directory, extractor, store, reducer, items, report.failures)
         index.save()
+        checkpoint.clear()
         return index, report
 
     def add_paths(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> IndexReport:

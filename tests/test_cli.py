@@ -10,7 +10,7 @@ import sys
 
 import cv2
 
-from conftest import MOBILENET_FILE, TORCH_CACHE, write_edited_copy
+from helpers import MOBILENET_FILE, TORCH_CACHE, write_edited_copy
 
 
 def _run(*args, cwd):

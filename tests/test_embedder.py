@@ -9,7 +9,7 @@ import torch
 from revsearch import Embedder, EmbedderConfig, ExactIndex
 from revsearch.errors import WeightsUnavailableError
 
-from conftest import SUBSET_CLASSES, write_edited_copy
+from helpers import SUBSET_CLASSES, write_edited_copy
 
 
 @pytest.fixture(scope="module")

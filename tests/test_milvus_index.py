@@ -89,3 +89,42 @@ def test_unsupported_index_type_is_detected_and_explained(tmp_path, data):
     index.add(data[0], data[1])
     assert [h[0].key for h in index.search(data[1][:20], 1)] == data[0][:20]
     index.close()
+
+
+_OPEN_IN_CHILD = """
+import sys
+from revsearch import MilvusIndex
+from revsearch.errors import LiteFileBusyError
+try:
+    index = MilvusIndex(48, collection="t", uri=sys.argv[1])
+except LiteFileBusyError as exc:
+    print("BUSY", exc)
+else:
+    print("OPEN", len(index))
+    index.close()
+"""
+
+
+def _open_in_child(uri: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _OPEN_IN_CHILD, uri], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_second_process_gets_a_clear_error_then_opens_after_close(milvus):
+    out = _open_in_child(milvus.uri)
+    assert out.startswith("BUSY") and "open in process" in out and "one process at a time" in out
+    assert _open_in_child(milvus.uri).startswith("BUSY")  # the lock holds after a failed attempt
+    assert len(milvus) == 3000  # the holder is unaffected
+    milvus.close()
+    assert _open_in_child(milvus.uri) == "OPEN 3000"
+
+
+def test_lite_file_name_rule_is_checked(tmp_path):
+    from revsearch.errors import RevsearchError
+
+    with pytest.raises(RevsearchError, match="at most 36"):
+        MilvusIndex(8, uri=str(tmp_path / ("x" * 40 + ".db")))

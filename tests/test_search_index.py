@@ -10,7 +10,7 @@ import pytest
 from revsearch import SearchIndex
 from revsearch.errors import IndexMismatchError, IndexNotFoundError
 
-from conftest import write_edited_copy
+from helpers import write_edited_copy
 
 
 @pytest.fixture

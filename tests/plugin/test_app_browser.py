@@ -1,0 +1,117 @@
+"""End to end: the FiftyOne App (on localhost) sorts the grid by similarity with a revsearch index.
+
+Drives Debian's Chromium headless through Playwright (no browser download). The screenshot is
+saved as ``test-artifacts/app_sort_by_similarity.png``.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+from plugin_helpers import REPO, unique_name, subprocess_env
+
+from revsearch import PixelFeatures
+from revsearch import fiftyone_tools as tools
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACT = REPO / "test-artifacts" / "app_sort_by_similarity.png"
+SHOWN = 10  # grid tiles compared with the expected order
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip package 'playwright' not installed "
+                                     "(.ci/plugin_setup.sh installs it)")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} absent (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dataset(caltech_files, tmp_path):
+    """Samples labelled with a unique name (shown on each grid tile), indexed in Milvus Lite."""
+    ds = fo.Dataset(unique_name("app"))
+    ds.add_samples([fo.Sample(filepath=f, name=fo.Classification(label=f"{Path(f).parent.name}/{Path(f).stem}"))
+                    for f in caltech_files])
+    tools.build_index(ds, "rev", "milvus", extractor=PixelFeatures(16), uri=str(tmp_path / "app.db"))
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture
+def app_url(dataset, tmp_path):
+    """A FiftyOne App server for ``dataset`` in a child process (our package importable there)."""
+    port = free_port()
+    env = {**subprocess_env(), "FIFTYONE_DO_NOT_TRACK": "true"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
+                               "--address", "127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"App server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}/datasets/{dataset.name}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def grid_labels(page) -> list[str]:
+    """Tile labels in reading order (top to bottom, left to right)."""
+    tiles = page.locator('[data-cy="looker"]')
+    found = []
+    for i in range(tiles.count()):
+        box = tiles.nth(i).bounding_box()
+        tag = tiles.nth(i).locator('[data-cy="tag-name"]')
+        if box and tag.count():
+            found.append((round(box["y"]), box["x"], tag.first.inner_text()))
+    return [label for _, _, label in sorted(found)]
+
+
+def test_app_sort_by_similarity_orders_the_grid(dataset, app_url):
+    """The App server runs the SortBySimilarity stage of a saved view against our Milvus Lite index."""
+    query_row = 8
+    query_id = dataset.values("id")[query_row]
+    sorted_view = dataset.sort_by_similarity(query_id, k=len(dataset), brain_key="rev")
+    expected = sorted_view.values("name.label")
+    dataset.save_view("similar", sorted_view)
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            page.wait_for_selector('[data-cy="tag-name"]', timeout=120_000)
+            initial = grid_labels(page)
+            page.goto(f"{app_url}?view=similar")
+            deadline = time.monotonic() + 90
+            while grid_labels(page)[:SHOWN] != expected[:SHOWN] and time.monotonic() < deadline:
+                page.wait_for_timeout(500)
+            page.wait_for_timeout(1000)  # let thumbnails finish drawing for the screenshot
+            ARTIFACT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACT))
+            shown = grid_labels(page)
+        finally:
+            browser.close()
+    assert initial[:SHOWN] == dataset.values("name.label")[:SHOWN]
+    assert shown[:SHOWN] == expected[:SHOWN]
+    assert shown[0] == dataset.values("name.label")[query_row]
+    assert shown[:SHOWN] != initial[:SHOWN]

@@ -1,0 +1,202 @@
+"""The plugin's operators, run through FiftyOne's SDK operator execution API on Caltech images."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.plugins as fop
+import numpy as np
+import pytest
+import yaml
+from plugin_helpers import MODEL, REPO, make_dataset
+from sklearn.metrics import adjusted_rand_score
+
+from revsearch import Embedder, PCAReducer
+
+URI = "@revsearch/revsearch/"
+
+
+@pytest.fixture(scope="module")
+def dataset(caltech_files, plugins_dir):
+    ds = make_dataset("ops", caltech_files)
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture(scope="module")
+def run(dataset):
+    """Execute an operator on ``dataset``; returns its result dict (raises on error)."""
+    def _run(name: str, selected: list[str] | None = None, view=None, **params) -> dict:
+        ctx = {"dataset": dataset, "view": view if view is not None else dataset.view(),
+               "params": params, "selected": selected or []}
+        result = foo.execute_operator(URI + name, ctx=ctx)
+        result.raise_exceptions()
+        return result.result
+    return _run
+
+
+@pytest.fixture(scope="module")
+def embedded(dataset, run):
+    """The embeddings field, computed by the operator (once per module)."""
+    out = run("compute_embeddings", embeddings_field="emb", features="cnn", batch_size=8, pooling="gem", **MODEL)
+    assert out == {"embeddings_field": "emb", "embedded": len(dataset), "failures": {}}
+    return "emb"
+
+
+@pytest.fixture(scope="module")
+def milvus_index(dataset, run, embedded, tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("ops-milvus") / "ops.db")
+    out = run("build_index", brain_key="mil", index_kind="milvus", uri=uri, index_type="FLAT",
+              embeddings_field=embedded)
+    assert out["indexed"] == len(dataset)
+    return "mil"
+
+
+def test_plugin_is_discovered_with_all_declared_operators(plugins_dir):
+    declared = yaml.safe_load((REPO / "fiftyone.yml").read_text())["operators"]
+    plugin = next(p for p in fop.list_plugins() if p.name == "@revsearch/revsearch")
+    assert Path(plugin.directory).resolve() == REPO
+    listed = {op.uri for op in foo.list_operators() if op.plugin_name == "@revsearch/revsearch"}
+    assert listed == {URI + name for name in declared}
+
+
+def test_compute_embeddings_stores_the_library_vectors(dataset, embedded):
+    stored = np.stack(dataset.values(embedded))
+    expected = Embedder(**MODEL).embed_paths(dataset.values("filepath"), progress=False).vectors
+    np.testing.assert_allclose(stored, expected, atol=1e-5)
+    info = dataset.get_field(embedded).info["revsearch_extractor"]
+    assert (info["backbone"], info["pooling"], info["dim"]) == ("mobilenet_v2", "gem", 1280)
+
+
+def test_fit_pca_writes_reduced_unit_vectors(dataset, run, embedded):
+    out = run("fit_pca", embeddings_field=embedded, n_components=6, whiten=False, out_field="emb_pca")
+    reduced = np.stack(dataset.values("emb_pca"))
+    expected = PCAReducer.fit(np.stack(dataset.values(embedded)), 6).transform(np.stack(dataset.values(embedded)))
+    np.testing.assert_allclose(np.abs(reduced), np.abs(expected), atol=1e-4)  # PCA signs are arbitrary
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, atol=1e-5)
+    assert 0 < out["explained_variance"] <= 1 and len(out["explained_variance_ratios"]) == 6
+
+
+def test_fit_kmeans_clusters_follow_the_classes(dataset, run, embedded):
+    out = run("fit_kmeans", embeddings_field=embedded, n_clusters=4, cluster_field="cluster",
+              distance_field="cluster_dist")
+    clusters = dataset.values("cluster")
+    sizes = {int(k): v for k, v in out["cluster_sizes"].items()}
+    assert sizes == {c: clusters.count(c) for c in range(4)}
+    assert sum(sizes.values()) == len(dataset)
+    assert adjusted_rand_score(dataset.values("ground_truth.label"), clusters) > 0.6
+    vectors = np.stack(dataset.values(embedded))
+    for c in range(4):  # the stored distance is to the cluster's centre: members are nearer it than others'
+        members = vectors[np.array(clusters) == c]
+        dist = np.array(dataset.match(fo.ViewField("cluster") == c).values("cluster_dist"))
+        assert np.all(dist >= 0) and dist.mean() < np.linalg.norm(members - vectors.mean(0), axis=1).mean() + 1e-6
+
+
+def test_search_by_selected_sample_sorts_by_distance(dataset, run, milvus_index):
+    query = dataset.values("id")[14]
+    out = run("search_by_image", selected=[query], brain_key=milvus_index, source="selected", k=6,
+              dist_field="d_sel")
+    vectors, ids = np.stack(dataset.values("emb")), dataset.values("id")
+    dist = ((vectors - vectors[14]) ** 2).sum(axis=1)
+    assert out["ids"] == [ids[i] for i in np.argsort(dist)[:6]]
+    np.testing.assert_allclose(out["distances"], np.sort(dist)[:6], atol=1e-4)
+    stored = dict(zip(dataset.values("id"), dataset.values("d_sel")))
+    assert [stored[i] for i in out["ids"]] == out["distances"]
+
+
+@pytest.mark.parametrize("kind", ["milvus", "kmeans", "pixel"])
+def test_search_by_uploaded_image(dataset, run, embedded, milvus_index, caltech_files, kind):
+    if kind == "milvus":
+        key = milvus_index
+    else:
+        key = f"up_{kind}"
+        if key not in dataset.list_brain_runs():
+            extra = {"n_clusters": 4, "nprobe": 4, "embeddings_field": embedded} if kind == "kmeans" else {}
+            run("build_index", brain_key=key, index_kind=kind, **extra)
+    content = base64.b64encode(Path(caltech_files[19]).read_bytes()).decode()
+    upload = {"name": "q.jpg", "type": "image/jpeg", "size": 1, "content": f"data:image/jpeg;base64,{content}"}
+    out = run("search_by_image", brain_key=key, source="upload", upload=upload, k=3)
+    assert out["ids"][0] == dataset.values("id")[19]
+    assert out["distances"] == sorted(out["distances"])
+
+
+def test_search_by_local_path_and_url(dataset, run, milvus_index, caltech_files):
+    expected = dataset.values("id")[3]
+    by_path = run("search_by_image", brain_key=milvus_index, source="path", path=caltech_files[3], k=4)
+    assert by_path["ids"][0] == expected and by_path["distances"][0] == pytest.approx(0, abs=1e-4)
+
+    folder = Path(caltech_files[3]).parent
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/{Path(caltech_files[3]).name}"
+    try:
+        by_url = run("search_by_image", brain_key=milvus_index, source="url", url=url, allow_private_urls=True, k=4)
+        assert by_url["ids"] == by_path["ids"]
+        with pytest.raises(Exception, match="non-public address"):
+            run("search_by_image", brain_key=milvus_index, source="url", url=url, k=4)
+    finally:
+        server.shutdown()
+
+
+def test_near_duplicates_finds_the_copied_image(dataset, run, caltech_files, tmp_path):
+    copy = tmp_path / "copy.jpg"
+    shutil.copy(caltech_files[8], copy)
+    ds = make_dataset("ops-dups", caltech_files[:12] + [str(copy)])
+    try:
+        ctx = {"dataset": ds, "view": ds.view()}
+        foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": "px", "index_kind": "pixel"}}
+                             ).raise_exceptions()
+        res = foo.execute_operator(URI + "find_near_duplicates",
+                                   ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}})
+        res.raise_exceptions()
+        ids = ds.values("id")
+        assert sorted(res.result["ids"]) == sorted([ids[8], ids[12]]) and res.result["scores"] == [0.0, 0.0]
+        nn = dict(zip(ids, ds.values("revsearch_nn_id")))
+        assert nn[ids[8]] == ids[12] and nn[ids[12]] == ids[8]
+        assert min(s for i, s in zip(ids, ds.values("revsearch_nn_dist")) if i not in (ids[8], ids[12])) > 1.0
+    finally:
+        ds.delete()
+
+
+def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
+    listed = {i["brain_key"]: i for i in run("list_indexes")["indexes"]}
+    assert listed[milvus_index]["indexed"] == len(dataset) and not listed[milvus_index]["stale"]
+
+    extra = fo.Sample(filepath=caltech_files[0])
+    dataset.add_sample(extra)
+    try:
+        info = run("inspect_index", brain_key=milvus_index)
+        assert (info["stale"], info["not_indexed"], info["index_kind"]) == (True, 1, "milvus")
+        assert run("update_index", brain_key=milvus_index) == {"added": 1, "removed": 0, "failures": {}}
+        assert run("inspect_index", brain_key=milvus_index)["stale"] is False
+    finally:
+        dataset.delete_samples(extra)
+    run("build_index", brain_key="tmp_px", index_kind="pixel")
+    assert run("delete_index", brain_key="tmp_px") == {"deleted": "tmp_px"}
+    assert "tmp_px" not in dataset.list_brain_runs()
+
+
+def test_long_operators_can_be_delegated(dataset, plugins_dir):
+    result = foo.execute_operator(URI + "build_index", ctx={
+        "dataset": dataset, "view": dataset.view(), "request_delegation": True,
+        "params": {"brain_key": "delegated_px", "index_kind": "pixel"}})
+    result.raise_exceptions()
+    assert result.delegated
+    service = foo.delegated.DelegatedOperationService()
+    ops = [op for op in service.list_operations(dataset_name=dataset.name)
+           if op.operator == URI + "build_index"]
+    assert ops
+    for op in ops:
+        service.execute_operation(op)
+    assert "delegated_px" in dataset.list_brain_runs()
+    dataset.delete_brain_run("delegated_px")
+    for op in ops:
+        service.delete_operation(op.id)
