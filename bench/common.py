@@ -57,6 +57,12 @@ def write_results(name: str, rows: list[dict], table: str, meta: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (RESULTS / f"{name}.md").write_text(table + "\n")
+    splice_into_readme(name, table)
+    print(table)
+
+
+def splice_into_readme(name: str, table: str) -> None:
+    """Replace the text between ``<!-- bench:NAME -->`` markers in README.md with ``table``."""
     readme = ROOT / "README.md"
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     text = readme.read_text()
@@ -64,4 +70,8 @@ def write_results(name: str, rows: list[dict], table: str, meta: dict) -> None:
         head, rest = text.split(start, 1)
         tail = rest.split(end, 1)[1]
         readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
-    print(table)
+
+
+if __name__ == "__main__":  # re-splice every saved table (e.g. after editing the README by hand)
+    for md in sorted(RESULTS.glob("*.md")):
+        splice_into_readme(md.stem, md.read_text().strip())

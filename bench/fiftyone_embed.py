@@ -26,6 +26,7 @@ def fiftyone_model():
         "entrypoint_fcn": "torchvision.models.mobilenet_v2",
         "entrypoint_args": {"weights": "MobileNet_V2_Weights.IMAGENET1K_V1"},
         "output_processor_cls": "fiftyone.utils.torch.ClassifierOutputProcessor",
+        "classes": [str(i) for i in range(1000)],
         "image_size": [224, 224],
         "image_mean": [0.485, 0.456, 0.406],
         "image_std": [0.229, 0.224, 0.225],

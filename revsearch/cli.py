@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     paths = list_images(args.folders)
     index_dir = Path(args.index_dir)
     if (index_dir / MANIFEST).exists() and not args.rebuild:
-        index = SearchIndex.load(index_dir)
+        index = SearchIndex.load(index_dir, token=args.token or "")
         print(f"updating the existing index in {index_dir} (use --rebuild to start over)")
         report = index.sync(paths, progress=not args.quiet)
     else:
@@ -39,7 +40,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             extractor = Embedder(EmbedderConfig(args.backbone, weights, args.pooling, image_size=args.image_size,
                                                 batch_size=args.batch_size))
         options = {k: v for k, v in {"n_clusters": args.n_clusters, "nprobe": args.nprobe, "uri": args.uri,
-                                     "index_type": args.index_type}.items() if v is not None}
+                                     "index_type": args.index_type, "token": args.token,
+                                     "db_name": args.db_name}.items() if v is not None}
         pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
         index, report = SearchIndex.build(paths, index_dir, args.backend, extractor, pca_dim, args.whiten,
                                           progress=not args.quiet, chunk_size=args.chunk_size, **options)
@@ -49,7 +51,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    index = SearchIndex.load(args.index_dir)
+    index = SearchIndex.load(args.index_dir, token=os.environ.get("MILVUS_TOKEN", ""))
     hits = index.query(args.image, k=args.k, allow_private_urls=args.allow_private_urls)
     if args.json:
         print(json.dumps([{"path": h.key, "distance": h.distance} for h in hits], indent=1))
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-dir", default=DEFAULT_INDEX_DIR, help="where the index is saved (default %(default)s)")
     p.add_argument("--backend", choices=BACKENDS, default="milvus", help="default %(default)s (Milvus Lite)")
     p.add_argument("--uri", help="Milvus URI: a Lite file (default <index-dir>/revsearch.db) or http://host:19530")
+    p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
+                   help="Milvus server token (user:password or API key; default $MILVUS_TOKEN; never saved)")
+    p.add_argument("--db-name", help="Milvus database name on a server")
     p.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="Milvus index type")
     p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "mobilenet_v2"])
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a torchvision enum name, a .pth file, or none")

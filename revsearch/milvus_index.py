@@ -30,6 +30,10 @@ INDEX_TYPES = {
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 64}),
     "AUTOINDEX": ({}, {}),
 }
+#: Milvus read consistency: Strong = every search sees all earlier writes (revsearch's default, needed
+#: for "add then query" in one process); Bounded / Session / Eventually trade that for latency on a
+#: busy cluster (Milvus Lite behaves as Strong whatever is asked).
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -117,11 +121,14 @@ class MilvusIndex:
     def __init__(self, dim: int, collection: str = "revsearch", uri: str = DEFAULT_URI, token: str = "",
                  db_name: str = "", metric: str = "L2", index_type: str = "FLAT",
                  index_params: dict | None = None, search_params: dict | None = None, create: bool = True,
-                 overwrite: bool = False):
+                 overwrite: bool = False, consistency_level: str = "Strong"):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
         if metric not in ("L2", "COSINE", "IP"):
             raise ValueError(f"metric must be L2, COSINE or IP, got {metric!r}")
+        if consistency_level not in CONSISTENCY_LEVELS:
+            raise ValueError(f"consistency_level must be one of {CONSISTENCY_LEVELS}, got {consistency_level!r}")
+        self.consistency_level = consistency_level
         self.dim, self.collection, self.uri = int(dim), collection, uri
         self.token, self.db_name, self.metric, self.index_type = token, db_name, metric, index_type
         default_build, default_search = INDEX_TYPES[index_type]
@@ -157,7 +164,7 @@ class MilvusIndex:
                         params=self.index_params)
         try:
             self.client.create_collection(self.collection, schema=schema, index_params=index,
-                                          consistency_level="Strong")
+                                          consistency_level=self.consistency_level)
         except MilvusException as exc:
             if self.client.has_collection(self.collection):
                 self.client.drop_collection(self.collection)
@@ -217,7 +224,8 @@ class MilvusIndex:
         for start in range(0, len(q), QUERY_BATCH):
             res = self.client.search(self.collection, data=q[start:start + QUERY_BATCH].tolist(), limit=k,
                                      anns_field=VECTOR_FIELD,
-                                     search_params={"metric_type": self.metric, "params": self.search_params})
+                                     search_params={"metric_type": self.metric, "params": self.search_params},
+                                     consistency_level=self.consistency_level)
             results.extend([Hit(str(h["id"]), float(h["distance"])) for h in hits] for hits in res)
         return results
 
@@ -250,7 +258,8 @@ class MilvusIndex:
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "collection": self.collection, "uri": self.uri,
                 "db_name": self.db_name, "metric": self.metric, "index_type": self.index_type,
-                "index_params": self.index_params, "search_params": self.search_params}
+                "index_params": self.index_params, "search_params": self.search_params,
+                "consistency_level": self.consistency_level}
 
     def save(self, directory: Path) -> None:
         """Nothing to write: the vectors live in Milvus (the config goes in the manifest)."""
@@ -259,4 +268,4 @@ class MilvusIndex:
     def load(cls, directory: Path, config: dict, token: str = "") -> "MilvusIndex":
         return cls(config["dim"], config["collection"], config["uri"], token, config.get("db_name", ""),
                    config["metric"], config["index_type"], config["index_params"], config["search_params"],
-                   create=False)
+                   create=False, consistency_level=config.get("consistency_level", "Strong"))

@@ -94,7 +94,8 @@ def _make_backend(backend: str, vectors: np.ndarray, dim: int, dtype: np.dtype, 
     if backend == "kmeans":
         return IVFIndex.fit(vectors, options.get("n_clusters"), options.get("nprobe"))
     if backend == "milvus":
-        keys = ("collection", "uri", "token", "db_name", "metric", "index_type", "index_params", "search_params")
+        keys = ("collection", "uri", "token", "db_name", "metric", "index_type", "index_params", "search_params",
+                "consistency_level")
         return MilvusIndex(dim, overwrite=True, **{k: options[k] for k in keys if k in options})
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 

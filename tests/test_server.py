@@ -1,0 +1,273 @@
+"""The Milvus server path: the same ``MilvusIndex`` code over a network URI, plus docker-compose.yml.
+
+Servers, all reached through ``http://127.0.0.1:PORT`` (pymilvus's remote gRPC path, not Lite's file path):
+
+* ``REVSEARCH_MILVUS_URI`` set: only that server (e.g. ``docker compose up -d``, then
+  ``REVSEARCH_MILVUS_URI=http://localhost:19530``; ``REVSEARCH_MILVUS_TOKEN`` if auth is on).
+* otherwise, started here: a real Milvus 2.3.5 standalone (``pip install milvus==2.3.5``: the embedded
+  server wheel, etcd and local storage built in; skipped with the reason if not installed) and the
+  milvus-lite engine listening on TCP (always available: proves features are detected, not guessed
+  from the URI — same kind of URI, no HNSW).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from revsearch import MilvusIndex
+from revsearch.errors import IndexMismatchError, IndexNotFoundError, UnsupportedIndexError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTERNAL_URI = os.environ.get("REVSEARCH_MILVUS_URI", "")
+TOKEN = os.environ.get("REVSEARCH_MILVUS_TOKEN", "")
+ENGINES = ["external"] if EXTERNAL_URI else ["milvus-standalone", "milvus-lite-tcp"]
+DIM, N, K = 48, 3000, 10
+
+
+@dataclass
+class Server:
+    uri: str
+    #: What the test expects of the engine; revsearch itself only learns it from the server's answer.
+    has_hnsw: bool
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def _etcd_config(path: Path) -> Path:
+    """An embedded-etcd config on free ports: the wheel's etcd would otherwise take 2380 (a second
+    server on the machine, e.g. a parallel CI job, then dies on "bind: address already in use")."""
+    peer, client = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    path.write_text(f"name: default\nlisten-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+                    f"initial-cluster: default={peer}\nlisten-client-urls: {client}\n"
+                    f"advertise-client-urls: {client}\n")
+    return path
+
+
+def _wait_healthy(server, timeout: float = 120.0) -> None:
+    """Poll Milvus's /healthz, failing fast (with the log's location) if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.server_proc.poll() is not None:
+            pytest.fail(f"Milvus standalone exited ({server.server_proc.returncode}); "
+                        f"see {server.config.base_data_dir}/logs")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.webservice_port}/healthz", timeout=2) as r:
+                if b"OK" in r.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"Milvus standalone not healthy after {timeout:.0f} s")
+
+
+def _standalone(base: Path) -> Iterator[Server]:
+    """Milvus 2.3.5 standalone from the ``milvus`` wheel (its binaries unpack into ``base``)."""
+    if importlib.util.find_spec("milvus") is None:
+        pytest.skip("embedded Milvus server not installed: `.venv/bin/pip install milvus==2.3.5`, "
+                    "or run against a server with REVSEARCH_MILVUS_URI=http://localhost:19530")
+    from milvus import MilvusServer
+
+    server = MilvusServer(wait_for_started=False)
+    server.set_base_dir(str(base))
+    server.listen_port = _free_port()  # its other ports: the wheel picks free ones itself
+    previous = os.environ.get("ETCD_CONFIG_PATH")
+    os.environ["ETCD_CONFIG_PATH"] = str(_etcd_config(base / "etcd.yaml"))  # Milvus reads etcd.config.path
+    try:
+        server.start()
+    finally:
+        if previous is None:
+            del os.environ["ETCD_CONFIG_PATH"]
+        else:
+            os.environ["ETCD_CONFIG_PATH"] = previous
+    try:
+        _wait_healthy(server)
+        yield Server(f"http://127.0.0.1:{server.listen_port}", has_hnsw=True)
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+def _lite_tcp(base: Path) -> Iterator[Server]:
+    """The milvus-lite engine serving gRPC on a TCP port instead of its usual unix socket."""
+    from milvus_lite.server import Server as LiteServer
+
+    port = _free_port()
+    lite = LiteServer(str(base / "lite.db"), address=f"127.0.0.1:{port}")
+    if not lite.start():
+        pytest.fail("milvus-lite did not start on a TCP port")
+    try:
+        _wait_for_port(port)
+        yield Server(f"http://127.0.0.1:{port}", has_hnsw=False)
+    finally:
+        lite.stop()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request, tmp_path_factory) -> Iterator[Server]:
+    if request.param == "external":
+        yield Server(EXTERNAL_URI, has_hnsw=True)
+        return
+    start = _standalone if request.param == "milvus-standalone" else _lite_tcp
+    yield from start(tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[str], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(N, DIM)).astype(np.float32)
+    queries = rng.normal(size=(20, DIM)).astype(np.float32)
+    return [f"img/{i:05d}.jpg" for i in range(N)], vectors, queries
+
+
+@pytest.fixture
+def index(server, data) -> Iterator[MilvusIndex]:
+    """A fresh, uniquely named collection holding ``data`` (dropped afterwards: servers are shared)."""
+    idx = MilvusIndex(DIM, collection=f"t_{uuid.uuid4().hex[:12]}", uri=server.uri, token=TOKEN)
+    idx.add(data[0], data[1])
+    yield idx
+    idx.drop()
+    idx.close()
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and squared L2 distances of the k nearest rows, by numpy brute force."""
+    d = ((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(d, order, axis=1)
+
+
+@pytest.mark.server
+def test_flat_search_equals_exact_numpy_top10(index, data):
+    keys, vectors, queries = data
+    want_idx, want_dist = exact_top_k(vectors, queries, K)
+    got = index.search(queries, K)
+    assert [[h.key for h in hits] for hits in got] == [[keys[i] for i in row] for row in want_idx]
+    np.testing.assert_allclose([[h.distance for h in hits] for hits in got], want_dist, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.server
+def test_upsert_never_duplicates_and_delete_removes(index, data):
+    keys, vectors, _ = data
+    assert len(index) == N
+    moved = vectors[:50] + 100.0
+    index.add(keys[:50], moved)  # the same keys again: replaced in place
+    assert len(index) == N
+    assert [h[0].key for h in index.search(moved[:5], 1)] == keys[:5]
+    assert index.search(vectors[:1], 1)[0][0].key != keys[0]  # the old vector is gone
+    index.remove(keys[:20])
+    assert len(index) == N - 20
+    assert sorted(index.keys()) == sorted(keys[20:])
+
+
+@pytest.mark.server
+def test_reopen_from_saved_config_answers_the_same(index, data, tmp_path):
+    queries = data[2][:5]
+    before = index.search(queries, K)
+    again = MilvusIndex.load(tmp_path, index.config(), token=TOKEN)
+    assert len(again) == N
+    assert again.search(queries, K) == before
+    again.close()
+
+
+@pytest.mark.server
+def test_dimension_mismatch_and_missing_collection_are_named(index, server):
+    with pytest.raises(IndexMismatchError, match=f"{DIM}-d"):
+        MilvusIndex(DIM + 16, collection=index.collection, uri=server.uri, token=TOKEN)
+    with pytest.raises(IndexMismatchError, match="dimension 7"):
+        index.search(np.zeros((1, 7), np.float32), 3)
+    with pytest.raises(IndexMismatchError, match="dimension 7"):
+        index.add(["x"], np.zeros((1, 7), np.float32))
+    with pytest.raises(IndexNotFoundError, match="does not exist"):
+        MilvusIndex(DIM, collection=f"missing_{uuid.uuid4().hex[:8]}", uri=server.uri, token=TOKEN, create=False)
+
+
+@pytest.mark.server
+def test_hnsw_on_a_server_and_detected_where_missing(server, data):
+    keys, vectors, queries = data
+    name = f"h_{uuid.uuid4().hex[:12]}"
+    if not server.has_hnsw:
+        with pytest.raises(UnsupportedIndexError, match="does not support index type HNSW"):
+            MilvusIndex(DIM, collection=name, uri=server.uri, token=TOKEN, index_type="HNSW")
+        probe = MilvusIndex(DIM, collection=f"p_{name}", uri=server.uri, token=TOKEN)
+        assert not probe.client.has_collection(name)  # nothing half-created is left behind
+        probe.drop()
+        probe.close()
+        return
+    hnsw = MilvusIndex(DIM, collection=name, uri=server.uri, token=TOKEN, index_type="HNSW")
+    hnsw.add(keys, vectors)
+    assert [h[0].key for h in hnsw.search(vectors[:50], 1)] == keys[:50]
+    want_idx, _ = exact_top_k(vectors, queries, K)
+    got = hnsw.search(queries, K)
+    recall = np.mean([len({h.key for h in g} & {keys[i] for i in w}) / K for g, w in zip(got, want_idx)])
+    assert recall >= 0.9, f"HNSW recall@{K} {recall:.2f}"
+    hnsw.drop()
+    hnsw.close()
+
+
+# ---- docker-compose.yml: structure, always checked (no Docker needed) ----------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_three_standalone_services(compose):
+    assert set(compose["services"]) == {"etcd", "minio", "standalone"}
+    assert compose["services"]["standalone"]["command"] == ["milvus", "run", "standalone"]
+    env = compose["services"]["standalone"]["environment"]
+    assert env["ETCD_ENDPOINTS"] == "etcd:2379" and env["MINIO_ADDRESS"] == "minio:9000"
+
+
+def test_compose_images_are_pinned(compose):
+    for name, service in compose["services"].items():
+        image = service["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and "/" not in tag, f"{name}: image {image!r} has no tag"
+        assert tag != "latest" and any(c.isdigit() for c in tag), f"{name}: image {image!r} is not pinned"
+    assert compose["services"]["standalone"]["image"].startswith("milvusdb/milvus:v2.")
+
+
+def test_compose_services_have_health_checks_and_named_volumes(compose):
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        test = service["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, f"{name}: no health check command"
+        for mount in service["volumes"]:
+            source = mount.split(":")[0]
+            assert source in declared, f"{name}: volume {source!r} is not a declared named volume"
+    assert len(declared) == 3
+
+
+def test_compose_exposes_grpc_and_waits_for_dependencies(compose):
+    standalone = compose["services"]["standalone"]
+    assert "19530:19530" in standalone["ports"]
+    assert any("9091" in p for p in standalone["ports"])  # the health endpoint
+    depends = standalone["depends_on"]
+    assert set(depends) == {"etcd", "minio"}
+    assert all(depends[s]["condition"] == "service_healthy" for s in depends)
