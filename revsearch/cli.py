@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # print undecodable file-name bytes as they are
+        stream.reconfigure(errors="surrogateescape")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -22,6 +22,8 @@ from .search_index import make_extractor
 
 #: Field ``info`` keys recording how an embeddings field was made.
 EXTRACTOR_INFO, PCA_INFO = "revsearch_extractor", "revsearch_pca"
+#: Samples whose image could not be read get this tag and the reason in this string field.
+FAILED_TAG, ERROR_FIELD = "revsearch:failed", "revsearch_error"
 Progress = Callable[[float, str], None] | None
 
 
@@ -71,7 +73,10 @@ def default_extractor(index_kind: str) -> FeatureExtractor:
 
 def embed_samples(samples, extractor: FeatureExtractor, progress: Progress = None
                   ) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """Embed the samples' image files: ids and vectors of those decoded, a reason per failure."""
+    """Embed the samples' image files: ids and vectors of those decoded, a reason per failure.
+
+    Failed samples are marked in the dataset (see :func:`mark_failures`) so they can be found in the App.
+    """
     ids, paths = samples.values("id"), samples.values("filepath")
     done_ids, vectors, failures, done = [], [], {}, 0
     for batch in extractor.iter_batches(paths, progress=False):
@@ -82,7 +87,23 @@ def embed_samples(samples, extractor: FeatureExtractor, progress: Progress = Non
         if progress:
             progress(done / max(len(paths), 1), f"embedded {done}/{len(paths)} images")
     stacked = np.concatenate(vectors) if vectors else np.empty((0, extractor.dim), extractor.dtype)
+    mark_failures(samples, done_ids, failures)
     return done_ids, stacked, failures
+
+
+def mark_failures(samples, ok_ids: list[str], failures: dict[str, str]) -> None:
+    """Tag the samples whose image failed (``revsearch:failed``) and store why in ``revsearch_error``;
+    samples in ``ok_ids`` that carried the mark from an earlier run (file since fixed) lose it."""
+    dataset = samples._root_dataset
+    ok = set(ok_ids)
+    recovered = [i for i in samples.match_tags(FAILED_TAG).values("id") if i in ok]
+    if recovered:
+        view = dataset.select(recovered)
+        view.untag_samples(FAILED_TAG)
+        view.set_values(ERROR_FIELD, [None] * len(recovered))
+    if failures:
+        dataset.select(list(failures)).tag_samples(FAILED_TAG)
+        dataset.set_values(ERROR_FIELD, failures, key_field="id")
 
 
 def _field_info(samples, field: str) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,10 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> b
         p = Path(path)
         if p.is_dir():
             raise ImageLoadError(source, "is a directory, not an image file")
-        size = p.stat().st_size
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):  # FIFOs and devices report size 0: say what they really are
+            raise ImageLoadError(source, "not a regular file (FIFO, socket or device)")
+        size = st.st_size
         if size == 0:
             raise ImageLoadError(source, "empty file (0 bytes)")
         if size > max_bytes:

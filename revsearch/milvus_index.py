@@ -6,6 +6,7 @@ and a Milvus server or cluster (``uri="http://host:19530"``, plus ``token`` / ``
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Iterable
@@ -34,6 +35,26 @@ INDEX_TYPES = {
 #: for "add then query" in one process); Bounded / Session / Eventually trade that for latency on a
 #: busy cluster (Milvus Lite behaves as Strong whatever is asked).
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+
+
+#: Keys that are not valid UTF-8 (file names with undecodable bytes) are stored base64-escaped.
+_ESCAPED_KEY = "revsearch-b64:"
+
+
+def to_milvus_key(key: str) -> str:
+    """A VARCHAR-safe form of ``key``: unchanged when it is valid UTF-8, base64-escaped otherwise."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ESCAPED_KEY + base64.urlsafe_b64encode(key.encode("utf-8", "surrogateescape")).decode("ascii")
+    return key
+
+
+def from_milvus_key(stored: str) -> str:
+    """Inverse of :func:`to_milvus_key`."""
+    if stored.startswith(_ESCAPED_KEY):
+        return base64.urlsafe_b64decode(stored[len(_ESCAPED_KEY):]).decode("utf-8", "surrogateescape")
+    return stored
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -195,7 +216,7 @@ class MilvusIndex:
                                               output_fields=[KEY_FIELD])
         keys: list[str] = []
         while page := iterator.next():
-            keys.extend(row[KEY_FIELD] for row in page)
+            keys.extend(from_milvus_key(row[KEY_FIELD]) for row in page)
         iterator.close()
         return keys
 
@@ -205,14 +226,14 @@ class MilvusIndex:
         if arr.ndim != 2 or arr.shape[1] != self.dim:
             raise IndexMismatchError(f"vectors have dimension {arr.shape[-1]}, the index expects {self.dim}")
         for start in range(0, len(keys), INSERT_BATCH):
-            rows = [{KEY_FIELD: k, VECTOR_FIELD: v.tolist()}
+            rows = [{KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
                     for k, v in zip(keys[start:start + INSERT_BATCH], arr[start:start + INSERT_BATCH])]
             self.client.upsert(self.collection, rows)
 
     def remove(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for start in range(0, len(keys), INSERT_BATCH):
-            self.client.delete(self.collection, ids=keys[start:start + INSERT_BATCH])
+            self.client.delete(self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]])
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         q = np.asarray(queries, dtype=np.float32)
@@ -226,16 +247,16 @@ class MilvusIndex:
                                      anns_field=VECTOR_FIELD,
                                      search_params={"metric_type": self.metric, "params": self.search_params},
                                      consistency_level=self.consistency_level)
-            results.extend([Hit(str(h["id"]), float(h["distance"])) for h in hits] for hits in res)
+            results.extend([Hit(from_milvus_key(str(h["id"])), float(h["distance"])) for h in hits] for hits in res)
         return results
 
     def get_vectors(self, keys: list[str]) -> np.ndarray:
         """Stored vectors for ``keys``, in that order; raises KeyError naming a missing key."""
         by_key: dict[str, list[float]] = {}
         for start in range(0, len(keys), INSERT_BATCH):
-            rows = self.client.query(self.collection, ids=list(keys[start:start + INSERT_BATCH]),
+            rows = self.client.query(self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]],
                                      output_fields=[KEY_FIELD, VECTOR_FIELD])
-            by_key.update((row[KEY_FIELD], row[VECTOR_FIELD]) for row in rows)
+            by_key.update((from_milvus_key(row[KEY_FIELD]), row[VECTOR_FIELD]) for row in rows)
         missing = [k for k in keys if k not in by_key]
         if missing:
             raise KeyError(f"{len(missing)} keys not in collection {self.collection!r}, e.g. {missing[0]!r}")

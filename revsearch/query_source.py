@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,21 @@ URL_TIMEOUT_S = 15.0
 ImageQuery = str | os.PathLike | bytes | np.ndarray
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally routable, including any IPv4 address embedded in an IPv6 one (mapped, 6to4, NAT64...)."""
+    if not address.is_global:
+        return False
+    if address.version == 6:
+        embedded = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+        if address in _NAT64 or int(address) >> 32 == 0:  # NAT64 and IPv4-compatible (::a.b.c.d)
+            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        return all(a.is_global for a in embedded if a is not None)
+    return True
+
+
 def _check_host(url: str, allow_private: bool) -> None:
     """Only http(s); no loopback / private / link-local addresses unless allowed."""
     parts = urllib.parse.urlsplit(url)
@@ -26,43 +42,77 @@ def _check_host(url: str, allow_private: bool) -> None:
         raise ImageLoadError(url, f"URL scheme {parts.scheme!r} not allowed (only http and https)")
     if not parts.hostname:
         raise ImageLoadError(url, "URL has no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ImageLoadError(url, f"invalid URL: {exc}") from None
     if allow_private:
         return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(parts.hostname, port or 443, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise ImageLoadError(url, f"cannot resolve host: {exc}") from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
+        if not _is_public(address):
             raise ImageLoadError(url, f"host resolves to non-public address {address} "
                                       "(pass allow_private_urls=True to allow)")
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Every redirect target passes the same checks as the first URL (scheme, then address)."""
+
     def __init__(self, allow_private: bool):
         self.allow_private = allow_private
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _check_host(newurl, self.allow_private)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            target = urllib.parse.urljoin(req.full_url, location)
+            try:
+                _check_host(target, self.allow_private)
+            except ImageLoadError as exc:
+                fp.close()
+                raise ImageLoadError(req.full_url, f"redirected to {target}, refused: {exc.reason}") from None
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def fetch_url(url: str, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TIMEOUT_S,
               allow_private: bool = False) -> bytes:
-    """Download an image over http(s) with size and time limits; redirects are checked too."""
+    """Download an image over http(s) with size and time limits; redirects are checked too.
+
+    ``timeout`` bounds each wait for the connection and the response headers, and the body download
+    as a whole (not only each socket read), so a server that trickles bytes cannot hold the caller.
+    """
     _check_host(url, allow_private)
     opener = urllib.request.build_opener(_SafeRedirects(allow_private))
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
     try:
         with opener.open(urllib.request.Request(url, headers={"User-Agent": "revsearch"}), timeout=timeout) as resp:
-            data = resp.read(max_bytes + 1)
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ImageLoadError(url, f"download larger than {max_bytes} bytes (Content-Length {declared})")
+            while size <= max_bytes:
+                if time.monotonic() > deadline:
+                    raise ImageLoadError(url, f"download timed out (took longer than {timeout:g} s)")
+                chunk = resp.read1(min(65536, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
     except ImageLoadError:
         raise
     except Exception as exc:
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            raise ImageLoadError(url, f"download timed out (no response within {timeout:g} s)") from None
         raise ImageLoadError(url, f"download failed: {exc}") from None
-    if len(data) > max_bytes:
+    if size > max_bytes:
         raise ImageLoadError(url, f"download larger than {max_bytes} bytes")
-    return data
+    return b"".join(chunks)
 
 
 def load_query_image(query: ImageQuery, min_side: int | None = None, allow_private_urls: bool = False) -> np.ndarray:

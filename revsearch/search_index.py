@@ -159,14 +159,19 @@ class SearchIndex:
         if backend == "kmeans" and not backend_options.get("n_clusters"):
             backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
         store = _make_backend(backend, sample, sample.shape[1], extractor.dtype, backend_options)
-        for keys, vectors in checkpoint.chunks():
-            keep = [i for i, k in enumerate(keys) if k in wanted]
-            if keep:
-                store.add([keys[i] for i in keep], reducer.transform(vectors[keep]) if reducer else vectors[keep])
-                report.added.extend(keys[i] for i in keep)
-        items = {k: {"path": k, "signature": file_signature(k)} for k in report.added}
-        index = cls(directory, extractor, store, reducer, items, report.failures)
-        index.save()
+        try:
+            for keys, vectors in checkpoint.chunks():
+                keep = [i for i, k in enumerate(keys) if k in wanted]
+                if keep:
+                    store.add([keys[i] for i in keep], reducer.transform(vectors[keep]) if reducer else vectors[keep])
+                    report.added.extend(keys[i] for i in keep)
+            items = {k: {"path": k, "signature": file_signature(k)} for k in report.added}
+            index = cls(directory, extractor, store, reducer, items, report.failures)
+            index.save()
+        except BaseException:
+            if isinstance(store, MilvusIndex):
+                store.close()  # release the Lite file; the checkpoint lets a re-run finish the job
+            raise
         checkpoint.clear()
         return index, report
 
