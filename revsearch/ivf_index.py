@@ -13,6 +13,8 @@ from .vector_store import VectorStore
 
 #: K-means is fitted on at most this many vectors per cluster (as faiss does); the rest are assigned.
 TRAINING_POINTS_PER_CLUSTER = 32
+#: Distance-matrix cells computed at once when assigning vectors to centres.
+_CHUNK_CELLS = 16_000_000
 
 
 def default_n_clusters(n_vectors: int) -> int:
@@ -69,11 +71,17 @@ class IVFIndex:
         return list(self.store.keys)
 
     def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest centre id and L2 distance to it for each vector."""
+        """Nearest centre id and L2 distance to it for each vector (in chunks: bounded memory)."""
         q = self.store.check_dim(vectors)
-        dist = squared_l2(q, self.centroids, self._centroid_norms)
-        ids = dist.argmin(axis=1).astype(np.int32)
-        return ids, np.sqrt(dist[np.arange(len(ids)), ids]).astype(np.float32)
+        ids = np.empty(len(q), np.int32)
+        dists = np.empty(len(q), np.float32)
+        step = max(1, _CHUNK_CELLS // self.n_clusters)
+        for start in range(0, len(q), step):
+            dist = squared_l2(q[start:start + step], self.centroids, self._centroid_norms)
+            chunk_ids = dist.argmin(axis=1)
+            ids[start:start + step] = chunk_ids
+            dists[start:start + step] = np.sqrt(dist[np.arange(len(chunk_ids)), chunk_ids])
+        return ids, dists
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
         rows = self.store.add(keys, vectors)

@@ -17,9 +17,28 @@ class VectorStore:
         self.dim = int(dim)
         self.dtype = np.dtype(dtype)
         self.keys: list[str] = []
-        self.vectors = np.empty((0, self.dim), dtype=self.dtype)
         self._row: dict[str, int] = {}
-        self._sq_norms = np.empty(0, dtype=self.dtype)
+        # storage grows by doubling, so adding chunk after chunk costs O(N) in all, not O(N^2)
+        self._vectors = np.empty((0, self.dim), dtype=self.dtype)
+        self._norms = np.empty(0, dtype=self.dtype)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The stored vectors, one row per key (a view: do not keep it across updates)."""
+        return self._vectors[: len(self.keys)]
+
+    @property
+    def sq_norms(self) -> np.ndarray:
+        return self._norms[: len(self.keys)]
+
+    def _reserve(self, rows: int) -> None:
+        if rows > len(self._vectors):
+            capacity = max(rows, 2 * len(self._vectors), 1024)
+            grown = np.empty((capacity, self.dim), dtype=self.dtype)
+            grown[: len(self.keys)] = self.vectors
+            norms = np.empty(capacity, dtype=self.dtype)
+            norms[: len(self.keys)] = self.sq_norms
+            self._vectors, self._norms = grown, norms
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -44,22 +63,18 @@ class VectorStore:
         if len(set(keys)) != len(keys):
             raise ValueError("duplicate keys in one add() call")
         rows = np.empty(len(keys), dtype=np.int64)
-        new_keys, new_rows = [], []
+        new_keys = []
+        start = len(self.keys)
         for i, key in enumerate(keys):
             row = self._row.get(key)
             if row is None:
+                row = self._row[key] = start + len(new_keys)
                 new_keys.append(key)
-                new_rows.append(i)
-            else:
-                self.vectors[row] = arr[i]
-                rows[i] = row
-        start = len(self.keys)
-        for j, key in enumerate(new_keys):
-            self._row[key] = start + j
+            rows[i] = row
+        self._reserve(start + len(new_keys))
         self.keys.extend(new_keys)
-        rows[new_rows] = np.arange(start, start + len(new_keys))
-        self.vectors = np.concatenate([self.vectors, arr[new_rows]]) if new_keys else self.vectors
-        self._sq_norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
+        self._vectors[rows] = arr
+        self._norms[rows] = np.einsum("ij,ij->i", arr, arr)
         return rows
 
     def remove(self, keys: list[str]) -> np.ndarray:
@@ -68,15 +83,10 @@ class VectorStore:
         keep = np.ones(len(self.keys), dtype=bool)
         keep[list(drop)] = False
         if drop:
+            self._vectors, self._norms = self.vectors[keep], self.sq_norms[keep]
             self.keys = [k for k, kept in zip(self.keys, keep) if kept]
-            self.vectors = self.vectors[keep]
-            self._sq_norms = self._sq_norms[keep]
             self._row = {k: i for i, k in enumerate(self.keys)}
         return keep
-
-    @property
-    def sq_norms(self) -> np.ndarray:
-        return self._sq_norms
 
     def rows_of(self, keys: list[str]) -> list[int]:
         return [self._row[k] for k in keys]
