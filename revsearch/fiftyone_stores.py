@@ -2,13 +2,15 @@
 
 In-memory stores are serialised into the brain run's results (FiftyOne's database). The Milvus
 store keeps its vectors in a collection; a Milvus Lite file can be open in only one process at a
-time, so for Lite every operation opens the file and releases it afterwards, which lets the App
+time, so for Lite the file is released a few seconds after the last operation, which lets the App
 server and a notebook use the same index in turn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -23,6 +25,8 @@ from .milvus_index import MilvusIndex, is_lite_uri
 
 #: How long an operation waits for a Milvus Lite file held by another process.
 LITE_WAIT_S = 30.0
+#: How long a Milvus Lite file stays open after the last operation before it is released.
+LITE_IDLE_S = float(os.environ.get("REVSEARCH_LITE_IDLE_S", "5"))
 
 
 class MemoryStore:
@@ -101,6 +105,96 @@ class MilvusStore:
         self.db_name, self.index_type, self.dim = db_name, index_type, dim
         self.is_lite = is_lite_uri(uri)
         self._open_index: MilvusIndex | None = None
+        self._mutex = threading.RLock()
+        self._idle_timer: threading.Timer | None = None
+
+    def _open(self, create: bool) -> MilvusIndex:
+        deadline = time.monotonic() + LITE_WAIT_S
+        while True:
+            try:
+                return MilvusIndex(self.dim, self.collection, self.uri, self.token, self.db_name,
+                                   index_type=self.index_type, create=create)
+            except (IndexNotFoundError, IndexMismatchError):
+                raise
+            except RevsearchError:
+                if not self.is_lite or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)  # another process holds the Lite file
+
+    @contextlib.contextmanager
+    def session(self, create: bool = False) -> Iterator[MilvusIndex | None]:
+        """The open collection, or None if nothing was ever added (and ``create`` is False).
+
+        A Lite file stays open for ``LITE_IDLE_S`` seconds after the last operation (queries in
+        quick succession skip the ~1 s start of the Lite server), then is released for other
+        processes; a server connection stays open for the store's lifetime.
+        """
+        with self._mutex:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            if self._open_index is None:
+                if self.dim is None:
+                    yield None
+                    return
+                self._open_index = self._open(create)
+            try:
+                yield self._open_index
+            finally:
+                if self.is_lite:
+                    self._idle_timer = threading.Timer(LITE_IDLE_S, self.release)
+                    self._idle_timer.daemon = True
+                    self._idle_timer.start()
+
+    def release(self) -> None:
+        """Close the collection now (for Lite: stop the server, unlock the file)."""
+        with self._mutex:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            if self._open_index is not None:
+                self._open_index.close()
+                self._open_index = None
+
+    def hold(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def state(self) -> dict:
+        """JSON-able state (vectors as compressed base64 ``.npy``)."""
+        if self.index is None:
+            return {"kind": self.kind}
+        state = {"kind": self.kind, "keys": self.index.keys(),
+                 "vectors": serialize_numpy_array(self.index.store.vectors)}
+        if isinstance(self.index, IVFIndex):
+            state.update(centroids=serialize_numpy_array(self.index.centroids), nprobe=self.index.nprobe)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict, n_clusters: int | None, nprobe: int | None) -> "MemoryStore":
+        store = cls(state["kind"], None, n_clusters, nprobe)
+        if "vectors" not in state:
+            return store
+        vectors = deserialize_numpy_array(state["vectors"])
+        if "centroids" in state:
+            store.index = IVFIndex(deserialize_numpy_array(state["centroids"]), state["nprobe"])
+        else:
+            store.index = ExactIndex(vectors.shape[1], vectors.dtype)
+        if state["keys"]:
+            store.index.add(state["keys"], vectors)
+        return store
+
+
+class MilvusStore:
+    """A Milvus collection, opened per operation for Lite files and kept open for servers."""
+
+    def __init__(self, collection: str, uri: str, token: str = "", db_name: str = "",
+                 index_type: str = "FLAT", dim: int | None = None):
+        self.collection, self.uri, self.token = collection, uri, token
+        self.db_name, self.index_type, self.dim = db_name, index_type, dim
+        self.is_lite = is_lite_uri(uri)
+        self._open_index: MilvusIndex | None = None
+        self._mutex = threading.RLock()
+        self._idle_timer: threading.Timer | None = None
 
     def _open(self, create: bool) -> MilvusIndex:
         deadline = time.monotonic() + LITE_WAIT_S

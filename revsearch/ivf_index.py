@@ -23,8 +23,9 @@ def default_n_clusters(n_vectors: int) -> int:
 
 
 def default_nprobe(n_clusters: int) -> int:
-    """Probe about 1/8 of the clusters: recall@10 >= 0.95 on our measurements (see README)."""
-    return max(1, math.ceil(n_clusters / 8))
+    """Probe 1/10 of the clusters: on Caltech-101 descriptors that scans ~10% of the vectors for
+    recall@10 ~0.98 against exact search (README, retrieval table)."""
+    return max(1, math.ceil(n_clusters / 10))
 
 
 class IVFIndex:

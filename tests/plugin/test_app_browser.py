@@ -1,7 +1,7 @@
 """End to end: the FiftyOne App (on localhost) sorts the grid by similarity with a revsearch index.
 
-Drives Debian's Chromium headless through Playwright (no browser download). The screenshot is
-saved as ``test-artifacts/app_sort_by_similarity.png``.
+Drives Debian's Chromium headless through Playwright (no browser download). Screenshots are
+saved as ``test-artifacts/app_sort_by_similarity.png`` and ``test-artifacts/app_native_button.png``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACT = REPO / "test-artifacts" / "app_sort_by_similarity.png"
+NATIVE_ARTIFACT = REPO / "test-artifacts" / "app_native_button.png"
 SHOWN = 10  # grid tiles compared with the expected order
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip package 'playwright' not installed "
@@ -114,4 +115,75 @@ def test_app_sort_by_similarity_orders_the_grid(dataset, app_url):
     assert initial[:SHOWN] == dataset.values("name.label")[:SHOWN]
     assert shown[:SHOWN] == expected[:SHOWN]
     assert shown[0] == dataset.values("name.label")[query_row]
+    assert shown[:SHOWN] != initial[:SHOWN]
+
+
+def wait_for_grid(page, expected: list[str], timeout_s: float = 60) -> list[str]:
+    """Poll the grid until its first ``SHOWN`` labels are ``expected``'s; returns what it shows."""
+    deadline = time.monotonic() + timeout_s
+    while grid_labels(page)[:SHOWN] != expected[:SHOWN] and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+    return grid_labels(page)
+
+
+def test_app_native_sort_button_and_similarity_panel(dataset, app_url):
+    """Select a tile, App's sort-by-similarity button, "Show similar samples", then the Similarity
+    Search panel's "Show results": the grid takes the ``sort_by_similarity`` order of our index.
+
+    "Show results" sits inside the panel's run card, a dnd-kit sortable wrapper rendered as
+    ``<div role="button" aria-disabled="true" aria-roledescription="sortable">`` (dragging off).
+    The button itself is enabled (the App disables it only while ``run.status != "completed"``),
+    but Playwright's actionability check inherits ``aria-disabled`` from ancestors and reports
+    "element is not enabled" (for the built-in sklearn backend too). So the test asserts the
+    button's own ``disabled`` property and then clicks it without the actionability check.
+    """
+    query_row = 8
+    query_id = dataset.values("id")[query_row]
+    query_label = dataset.values("name.label")[query_row]
+    expected = dataset.sort_by_similarity(query_id, k=len(dataset), brain_key="rev").values("name.label")
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            page.wait_for_selector('[data-cy="tag-name"]', timeout=120_000)
+            dismiss = page.get_by_role("button", name="Dismiss")  # "Explore Enterprise" popover
+            try:
+                dismiss.click(timeout=5000)
+            except playwright_api.Error:
+                page.keyboard.press("Escape")
+            initial = grid_labels(page)
+
+            tile = page.locator('[data-cy="looker"]').filter(
+                has=page.locator('[data-cy="tag-name"]', has_text=query_label)).first
+            tile.hover()
+            box = tile.bounding_box()
+            page.mouse.click(box["x"] + 18, box["y"] + 18)  # the tile's selection checkbox (top left)
+            page.wait_for_function("() => document.querySelectorAll('input[type=checkbox]:checked').length > 0",
+                                   timeout=10_000)
+
+            page.locator('[data-cy="action-sort-by-similarity"]').click()
+            page.get_by_text("Show similar samples").click()  # runs the panel's similarity_search operator
+
+            show = page.get_by_label("Show results")
+            show.first.wait_for(state="visible", timeout=60_000)
+            page.get_by_text("Completed").first.wait_for(timeout=60_000)
+            assert show.count() == 1
+            deadline = time.monotonic() + 30
+            while show.evaluate("e => e.disabled") and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
+            assert show.evaluate("e => e.disabled") is False
+            show.click(force=True)  # see the docstring: an aria-disabled ancestor, not a disabled button
+
+            shown = wait_for_grid(page, expected)
+            page.wait_for_timeout(1000)  # let thumbnails finish drawing for the screenshot
+            NATIVE_ARTIFACT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(NATIVE_ARTIFACT))
+            shown = grid_labels(page)
+        finally:
+            browser.close()
+    assert initial[:SHOWN] == dataset.values("name.label")[:SHOWN]
+    assert shown[:SHOWN] == expected[:SHOWN]
+    assert shown[0] == query_label
     assert shown[:SHOWN] != initial[:SHOWN]
