@@ -97,7 +97,7 @@ class MemoryStore:
 
 
 class MilvusStore:
-    """A Milvus collection, opened per operation for Lite files and kept open for servers."""
+    """A Milvus collection: a Lite file is released when idle, a server connection stays open."""
 
     def __init__(self, collection: str, uri: str, token: str = "", db_name: str = "",
                  index_type: str = "FLAT", dim: int | None = None):
@@ -185,7 +185,7 @@ class MilvusStore:
 
 
 class MilvusStore:
-    """A Milvus collection, opened per operation for Lite files and kept open for servers."""
+    """A Milvus collection: a Lite file is released when idle, a server connection stays open."""
 
     def __init__(self, collection: str, uri: str, token: str = "", db_name: str = "",
                  index_type: str = "FLAT", dim: int | None = None):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .checkpoint import EmbeddingCheckpoint
 from .embedder import Embedder, EmbedderConfig
@@ -159,12 +160,16 @@ class SearchIndex:
         if backend == "kmeans" and not backend_options.get("n_clusters"):
             backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
         store = _make_backend(backend, sample, sample.shape[1], extractor.dtype, backend_options)
+        bar = tqdm(total=len(paths) - len(report.failures), desc=f"insert into {backend}", unit="vec",
+                   disable=not progress)
         try:
             for keys, vectors in checkpoint.chunks():
                 keep = [i for i, k in enumerate(keys) if k in wanted]
                 if keep:
                     store.add([keys[i] for i in keep], reducer.transform(vectors[keep]) if reducer else vectors[keep])
                     report.added.extend(keys[i] for i in keep)
+                    bar.update(len(keep))
+            bar.close()
             items = {k: {"path": k, "signature": file_signature(k)} for k in report.added}
             index = cls(directory, extractor, store, reducer, items, report.failures)
             index.save()
