@@ -142,6 +142,8 @@ class MilvusStore:
                 yield self._open_index
             finally:
                 if self.is_lite:
+                    if self._idle_timer is not None:  # a nested session already armed one
+                        self._idle_timer.cancel()
                     self._idle_timer = threading.Timer(LITE_IDLE_S, self.release)
                     self._idle_timer.daemon = True
                     self._idle_timer.start()
@@ -155,78 +157,6 @@ class MilvusStore:
             if self._open_index is not None:
                 self._open_index.close()
                 self._open_index = None
-
-    def hold(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def state(self) -> dict:
-        """JSON-able state (vectors as compressed base64 ``.npy``)."""
-        if self.index is None:
-            return {"kind": self.kind}
-        state = {"kind": self.kind, "keys": self.index.keys(),
-                 "vectors": serialize_numpy_array(self.index.store.vectors)}
-        if isinstance(self.index, IVFIndex):
-            state.update(centroids=serialize_numpy_array(self.index.centroids), nprobe=self.index.nprobe)
-        return state
-
-    @classmethod
-    def from_state(cls, state: dict, n_clusters: int | None, nprobe: int | None) -> "MemoryStore":
-        store = cls(state["kind"], None, n_clusters, nprobe)
-        if "vectors" not in state:
-            return store
-        vectors = deserialize_numpy_array(state["vectors"])
-        if "centroids" in state:
-            store.index = IVFIndex(deserialize_numpy_array(state["centroids"]), state["nprobe"])
-        else:
-            store.index = ExactIndex(vectors.shape[1], vectors.dtype)
-        if state["keys"]:
-            store.index.add(state["keys"], vectors)
-        return store
-
-
-class MilvusStore:
-    """A Milvus collection: a Lite file is released when idle, a server connection stays open."""
-
-    def __init__(self, collection: str, uri: str, token: str = "", db_name: str = "",
-                 index_type: str = "FLAT", dim: int | None = None):
-        self.collection, self.uri, self.token = collection, uri, token
-        self.db_name, self.index_type, self.dim = db_name, index_type, dim
-        self.is_lite = is_lite_uri(uri)
-        self._open_index: MilvusIndex | None = None
-        self._mutex = threading.RLock()
-        self._idle_timer: threading.Timer | None = None
-
-    def _open(self, create: bool) -> MilvusIndex:
-        deadline = time.monotonic() + LITE_WAIT_S
-        while True:
-            try:
-                return MilvusIndex(self.dim, self.collection, self.uri, self.token, self.db_name,
-                                   index_type=self.index_type, create=create)
-            except (IndexNotFoundError, IndexMismatchError):
-                raise
-            except RevsearchError:
-                if not self.is_lite or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)  # another process holds the Lite file
-
-    @contextlib.contextmanager
-    def session(self, create: bool = False) -> Iterator[MilvusIndex | None]:
-        """The open collection, or None if nothing was ever added (and ``create`` is False)."""
-        if self._open_index is not None:
-            yield self._open_index
-            return
-        if self.dim is None:
-            yield None
-            return
-        self._open_index = index = self._open(create)
-        if not self.is_lite:  # a server connection stays open for the store's lifetime
-            yield index
-            return
-        try:
-            yield index
-        finally:
-            self._open_index = None
-            index.close()  # also stops the Lite server, so other processes can open the file
 
     def hold(self) -> contextlib.AbstractContextManager:
         """Keep the collection open across several operations (one Lite start instead of many)."""
