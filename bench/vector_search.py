@@ -87,7 +87,6 @@ def bench_size(n: int, dim: int, n_queries: int, milvus: bool) -> tuple[list[dic
     truth = [{h.key for h in r} for r in exact.search(queries, K)]
     rows.append({"N": n, "backend": "exact numpy", "build s": secs, "peak MB": peak, "recall@10": 1.0,
                  "scanned": 1.0, **latencies(lambda q: exact.search(q, K), queries)})
-    del exact
 
     n_clusters = default_n_clusters(n)
 
@@ -105,7 +104,6 @@ def bench_size(n: int, dim: int, n_queries: int, milvus: bool) -> tuple[list[dic
         rows.append({"N": n, "backend": f"kmeans IVF {n_clusters} lists, nprobe={nprobe}", "build s": secs,
                      "peak MB": peak, "recall@10": r, "scanned": scanned,
                      **latencies(lambda q, p=nprobe: ivf.search(q, K, p), queries)})
-    del ivf
 
     if milvus:
         for index_type, params in (("FLAT", None), ("IVF_FLAT", {"nlist": n_clusters})):

@@ -6,7 +6,6 @@ import os
 import uuid
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
