@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# System packages for the App browser test (tests/plugin/test_app_browser.py): Debian's Chromium.
+# System packages for the App browser tests (tests/plugin/test_app_browser.py): Debian's Chromium.
 # Playwright's Python driver comes from requirements-dev.txt; it never downloads a browser here.
-set -euo pipefail
+# If Chromium cannot be installed, the browser tests skip with that reason; nothing else depends on it.
+set -uo pipefail
 if ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null; }; then
+        echo "warning: could not install chromium; the App browser tests will be skipped" >&2
+    fi
 fi
+exit 0
