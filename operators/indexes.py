@@ -85,6 +85,7 @@ def _describe(ctx, key: str) -> dict:
     return {"brain_key": key, "index_kind": config.index_kind, "extractor": config.extractor,
             "indexed": status["indexed"], "stale": status["stale"],
             "not_indexed": len(status["not_indexed"]), "deleted": len(status["deleted"]),
+            "changed": len(status["changed"]),
             "pca_components": results.pca.output_dim if results.pca else None,
             "milvus": {"uri": config.uri, "collection": config.collection_name}
             if config.index_kind == "milvus" else None,
@@ -137,7 +138,7 @@ class UpdateIndex(foo.Operator):
 
     @property
     def config(self):
-        return _long_running("update_index", "update index", "Add new samples and remove deleted ones")
+        return _long_running("update_index", "update index", "Add new samples, re-embed changed files, remove deleted samples")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -151,6 +152,7 @@ class UpdateIndex(foo.Operator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.int("added", label="Samples added")
+        outputs.int("updated", label="Samples re-embedded (file changed)")
         outputs.int("removed", label="Samples removed")
         return types.Property(outputs)
 

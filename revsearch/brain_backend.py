@@ -134,9 +134,10 @@ class RevsearchSimilarityIndex(SimilarityIndex):
     """A revsearch index over a dataset's samples, keyed by sample id."""
 
     def __init__(self, samples, config, brain_key, state: dict | None = None,
-                 pca: PCAReducer | None = None, backend=None):
+                 pca: PCAReducer | None = None, backend=None, signatures: dict | None = None):
         self._pca = pca
         self._ids: np.ndarray | None = None
+        self._signatures: dict[str, list[float]] = dict(signatures or {})
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
         self._store = _make_store(config, state or {})
         super().__init__(samples, config, brain_key, backend=backend)
@@ -190,9 +191,45 @@ class RevsearchSimilarityIndex(SimilarityIndex):
             ids, vectors = [ids[i] for i in keep], vectors[keep]
         if ids:
             self._store.add(ids, vectors)
+            self._record_signatures(ids)
         self._ids = None
         if reload:
             self.reload()
+
+    def _filepaths(self, ids: list[str]) -> dict[str, str]:
+        """Sample id -> file path for ``ids`` (one query; a full scan when asked for many)."""
+        dataset = self._samples._root_dataset
+        source = dataset.select(ids) if len(ids) <= 10_000 else dataset
+        wanted = set(ids)
+        return {i: p for i, p in zip(*source.values(["id", "filepath"])) if i in wanted}
+
+    def _record_signatures(self, ids: list[str]) -> None:
+        """Remember (size, mtime) of each sample's file, to detect files changed after indexing."""
+        for sample_id, path in self._filepaths(ids).items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self._signatures[sample_id] = [st.st_size, st.st_mtime]
+
+    def changed_sample_ids(self) -> list[str]:
+        """Indexed samples whose file is missing or differs (size or mtime) from when it was indexed."""
+        indexed = set(self.sample_ids.tolist())
+        recorded = {i: sig for i, sig in self._signatures.items() if i in indexed}
+        changed = []
+        for sample_id, path in self._filepaths(list(recorded)).items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                changed.append(sample_id)
+                continue
+            if [st.st_size, st.st_mtime] != recorded[sample_id]:
+                changed.append(sample_id)
+        return changed
+
+    @property
+    def file_signatures(self) -> dict[str, list[float]]:
+        return self._signatures
 
     def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False,
                           reload=True):
@@ -207,6 +244,8 @@ class RevsearchSimilarityIndex(SimilarityIndex):
         present = [i for i in ids if i not in missing]
         if present:
             self._store.remove(present)
+            for sample_id in present:
+                self._signatures.pop(sample_id, None)
         self._ids = None
         if reload:
             self.reload()
@@ -304,7 +343,7 @@ class RevsearchSimilarityIndex(SimilarityIndex):
                 "explained_variance": serialize_numpy_array(p.explained_variance), "whiten": p.whiten}
 
     def attributes(self) -> list[str]:
-        return super().attributes() + ["index_state", "pca_state"]
+        return super().attributes() + ["index_state", "pca_state", "file_signatures"]
 
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):
@@ -313,7 +352,8 @@ class RevsearchSimilarityIndex(SimilarityIndex):
         if pca_state:
             pca = PCAReducer(*(deserialize_numpy_array(pca_state[k])
                                for k in ("mean", "components", "explained_variance")), pca_state["whiten"])
-        return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca)
+        return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca,
+                   signatures=d.get("file_signatures"))
 
 
 def register(name: str = BACKEND_NAME) -> None:

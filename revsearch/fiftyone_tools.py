@@ -194,29 +194,36 @@ def build_index(samples, brain_key: str, index_kind: str = "milvus", extractor: 
 
 
 def index_status(results: RevsearchSimilarityIndex) -> dict:
-    """Size of the index and how it differs from its dataset (samples added / deleted since)."""
+    """Size of the index and how it differs from its dataset: samples added, deleted, or whose file
+    changed (size or modification time) since indexing."""
     indexed = set(results.sample_ids.tolist())
     current = set(results.samples._root_dataset.values("id"))
+    changed = sorted(set(results.changed_sample_ids()) & current)
     return {"indexed": len(indexed), "not_indexed": sorted(current - indexed),
-            "deleted": sorted(indexed - current), "stale": indexed != current}
+            "deleted": sorted(indexed - current), "changed": changed,
+            "stale": indexed != current or bool(changed)}
 
 
 def sync_index(results: RevsearchSimilarityIndex, progress: Progress = None) -> dict:
-    """Add the dataset's unindexed samples and remove deleted ones, in place (no rebuild)."""
+    """Add the dataset's unindexed samples, re-embed changed ones, remove deleted ones, in place."""
     status = index_status(results)
     if status["deleted"]:
         results.remove_from_index(status["deleted"])
     failures = {}
-    if status["not_indexed"]:
+    todo_ids = status["not_indexed"] + status["changed"]
+    if todo_ids:
         if not results.config.extractor:
             raise ValueError("this index does not record its extractor, so new samples cannot be embedded")
-        todo = results.samples._root_dataset.select(status["not_indexed"])
+        todo = results.samples._root_dataset.select(todo_ids)
         ids, vectors, failures = embed_samples(todo, make_extractor(results.config.extractor), progress)
+        broken = [i for i in status["changed"] if i in failures]
+        if broken:  # a file that changed into something unreadable leaves the index
+            results.remove_from_index(broken)
         if ids:
             results.add_to_index(vectors, ids)
     results.save()
-    return {"added": len(status["not_indexed"]) - len(failures), "removed": len(status["deleted"]),
-            "failures": failures}
+    return {"added": len(status["not_indexed"]) - len(set(failures) - set(status["changed"])),
+            "updated": len(status["changed"]), "removed": len(status["deleted"]), "failures": failures}
 
 
 def query_view(results: RevsearchSimilarityIndex, samples, query: str | list[str] | ImageQuery, k: int,

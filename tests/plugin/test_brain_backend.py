@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -131,6 +133,33 @@ def test_add_remove_and_staleness(caltech_files, tmp_path):
         fresh = ds.load_brain_results("idx", cache=False)
         assert not tools.index_status(fresh)["stale"]
         assert ds.sort_by_similarity(new.id, k=1, brain_key="idx").values("id") == [new.id]
+    finally:
+        ds.delete()
+
+
+def test_changed_files_are_detected_and_reembedded(caltech_files, tmp_path):
+    """A sample whose file is replaced after indexing is reported as changed and re-embedded by sync."""
+    copies = []
+    for i, src in enumerate(caltech_files[:8]):
+        dst = tmp_path / f"img{i}.jpg"
+        shutil.copy(src, dst)
+        copies.append(str(dst))
+    ds = make_dataset("brain-changed", copies)
+    try:
+        tools.build_index(ds, "idx", "kmeans", extractor=PixelFeatures(8), n_clusters=2)
+        ids = ds.values("id")
+        assert tools.index_status(ds.load_brain_results("idx", cache=False))["changed"] == []
+        shutil.copy(caltech_files[20], copies[0])  # the file of sample 0 now shows another image
+        os.utime(copies[0], (1, 1))
+        status = tools.index_status(ds.load_brain_results("idx", cache=False))
+        assert status["changed"] == [ids[0]] and status["stale"]
+        report = tools.sync_index(ds.load_brain_results("idx", cache=False))
+        assert (report["added"], report["updated"], report["removed"]) == (0, 1, 0)
+        fresh = ds.load_brain_results("idx", cache=False)
+        assert not tools.index_status(fresh)["stale"]
+        vectors = PixelFeatures(8).embed_paths([caltech_files[20]], progress=False).vectors
+        assert ds.sort_by_similarity(vectors[0], k=1, brain_key="idx").values("id") == [ids[0]]
+        assert fresh.total_index_size == 8
     finally:
         ds.delete()
 

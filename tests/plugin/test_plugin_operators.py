@@ -175,7 +175,8 @@ def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
     try:
         info = run("inspect_index", brain_key=milvus_index)
         assert (info["stale"], info["not_indexed"], info["index_kind"]) == (True, 1, "milvus")
-        assert run("update_index", brain_key=milvus_index) == {"added": 1, "removed": 0, "failures": {}}
+        assert run("update_index", brain_key=milvus_index) == {"added": 1, "updated": 0, "removed": 0,
+                                                                  "failures": {}}
         assert run("inspect_index", brain_key=milvus_index)["stale"] is False
     finally:
         dataset.delete_samples(extra)
