@@ -23,11 +23,7 @@ class BothPoolings(Embedder):
 
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        from revsearch.embedder import _MEAN, _STD
-
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - _MEAN) / _STD
-        f = self.model(x)
+        f = self.feature_maps(batch)
         avg = torch.nn.functional.normalize(f.mean(dim=(2, 3)), dim=1)
         gem = torch.nn.functional.normalize(gem_pool(f, self.config.gem_p), dim=1)
         return torch.cat([avg, gem], dim=1).numpy()

@@ -57,12 +57,15 @@ class Embedder(FeatureExtractor):
         size = self.config.image_size
         return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
+    def feature_maps(self, batch: np.ndarray) -> torch.Tensor:
+        """(B, S, S, 3) uint8 -> the trunk's last feature maps (B, dim, h, w), ImageNet-normalised input."""
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        return self.model((x - _MEAN) / _STD)
+
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, dim) float32 unit vectors."""
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - _MEAN) / _STD
-        features = self.model(x)
+        features = self.feature_maps(batch)
         if self.config.pooling == "avg":
             pooled = features.mean(dim=(2, 3))
         else:

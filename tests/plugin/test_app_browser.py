@@ -103,9 +103,7 @@ def test_app_sort_by_similarity_orders_the_grid(dataset, app_url):
             page.wait_for_selector('[data-cy="tag-name"]', timeout=120_000)
             initial = grid_labels(page)
             page.goto(f"{app_url}?view=similar")
-            deadline = time.monotonic() + 90
-            while grid_labels(page)[:SHOWN] != expected[:SHOWN] and time.monotonic() < deadline:
-                page.wait_for_timeout(500)
+            wait_for_grid(page, expected, timeout_s=90)
             page.wait_for_timeout(1000)  # let thumbnails finish drawing for the screenshot
             ARTIFACT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACT))
@@ -176,7 +174,7 @@ def test_app_native_sort_button_and_similarity_panel(dataset, app_url):
             assert show.evaluate("e => e.disabled") is False
             show.click(force=True)  # see the docstring: an aria-disabled ancestor, not a disabled button
 
-            shown = wait_for_grid(page, expected)
+            wait_for_grid(page, expected)
             page.wait_for_timeout(1000)  # let thumbnails finish drawing for the screenshot
             NATIVE_ARTIFACT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(NATIVE_ARTIFACT))
