@@ -41,11 +41,6 @@ class ExactIndex:
     def remove(self, keys: list[str]) -> None:
         self.store.remove(keys)
 
-    def distances(self, queries: np.ndarray) -> np.ndarray:
-        """All squared distances (nq, n)."""
-        q = self.store.check_dim(queries)
-        return squared_l2(q, self.store.vectors, self.store.sq_norms)
-
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         q = self.store.check_dim(queries)
         n = max(len(self.store), 1)
