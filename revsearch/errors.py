@@ -32,3 +32,11 @@ class UnsupportedIndexError(RevsearchError):
 
 class LiteFileBusyError(RevsearchError):
     """A Milvus Lite file is already open in another process."""
+
+
+class BulkImportError(RevsearchError):
+    """A Milvus bulk import failed or timed out; the message carries the server's reason."""
+
+
+class BulkImportUnsupportedError(BulkImportError):
+    """The Milvus deployment does not offer bulk import (e.g. Milvus Lite)."""

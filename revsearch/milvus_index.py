@@ -7,6 +7,7 @@ and a Milvus server or cluster (``uri="http://host:19530"``, plus ``token`` / ``
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -15,14 +16,21 @@ from pathlib import Path
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from .errors import (IndexMismatchError, IndexNotFoundError, LiteFileBusyError, RevsearchError,
-                     UnsupportedIndexError)
+from .errors import (BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError, LiteFileBusyError,
+                     RevsearchError, UnsupportedIndexError)
 from .hits import Hit
+from .milvus_bulk import IMPORT_TIMEOUT, ROWS_PER_FILE, BulkStorage, bulk_import, supports_bulk_import
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_URI = "revsearch.db"
 KEY_FIELD, VECTOR_FIELD = "key", "vector"
 MAX_KEY_LENGTH = 4096
 INSERT_BATCH = 2000
+#: ``add`` uses server-side bulk import (when ``bulk_storage`` is set and the server has it) from this
+#: many rows up; below it, upserts are as fast or faster (an import task + reload costs ~10 s whatever
+#: its size; docs/scale-out.md has the measurements).
+BULK_MIN_ROWS = 200_000
 QUERY_BATCH = 256
 #: Index build and search parameters per Milvus index type.
 INDEX_TYPES = {
@@ -142,7 +150,11 @@ class MilvusIndex:
     def __init__(self, dim: int, collection: str = "revsearch", uri: str = DEFAULT_URI, token: str = "",
                  db_name: str = "", metric: str = "L2", index_type: str = "FLAT",
                  index_params: dict | None = None, search_params: dict | None = None, create: bool = True,
-                 overwrite: bool = False, consistency_level: str = "Strong"):
+                 overwrite: bool = False, consistency_level: str = "Strong",
+                 bulk_storage: BulkStorage | None = None, bulk_min_rows: int = BULK_MIN_ROWS):
+        """``bulk_storage``: where bulk-import files go (see :mod:`revsearch.milvus_bulk`); with it,
+        ``add`` of at least ``bulk_min_rows`` rows imports them server-side where the server offers
+        bulk import, and upserts where it does not (Milvus Lite). Runtime only: not in ``config()``."""
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
         if metric not in ("L2", "COSINE", "IP"):
@@ -150,6 +162,9 @@ class MilvusIndex:
         if consistency_level not in CONSISTENCY_LEVELS:
             raise ValueError(f"consistency_level must be one of {CONSISTENCY_LEVELS}, got {consistency_level!r}")
         self.consistency_level = consistency_level
+        self.bulk_storage, self.bulk_min_rows = bulk_storage, int(bulk_min_rows)
+        self._bulk_supported: bool | None = None  # learnt from the server on first use
+        self._bulk_fallback_logged = False
         self.dim, self.collection, self.uri = int(dim), collection, uri
         self.token, self.db_name, self.metric, self.index_type = token, db_name, metric, index_type
         default_build, default_search = INDEX_TYPES[index_type]
@@ -220,15 +235,66 @@ class MilvusIndex:
         iterator.close()
         return keys
 
-    def add(self, keys: list[str], vectors: np.ndarray) -> None:
-        """Upsert: re-adding a key replaces its vector, so re-runs never duplicate."""
+    @property
+    def supports_bulk_import(self) -> bool:
+        """Whether this Milvus offers server-side bulk import: asked once, answered by the server."""
+        if self._bulk_supported is None:
+            self._bulk_supported = supports_bulk_import(self.client, self.collection)
+        return self._bulk_supported
+
+    def _check_vectors(self, keys: list[str], vectors: np.ndarray) -> np.ndarray:
         arr = np.asarray(vectors, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[1] != self.dim:
             raise IndexMismatchError(f"vectors have dimension {arr.shape[-1]}, the index expects {self.dim}")
+        if len(arr) != len(keys):
+            raise IndexMismatchError(f"{len(keys)} keys but {len(arr)} vectors")
+        return arr
+
+    def add(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Upsert: re-adding a key replaces its vector, so re-runs never duplicate.
+
+        With ``bulk_storage`` set and at least ``bulk_min_rows`` rows, this is :meth:`bulk_add` where
+        the server offers bulk import; where it does not, upserts (logged once per index).
+        """
+        arr = self._check_vectors(keys, vectors)
+        if self.bulk_storage is not None and len(keys) >= self.bulk_min_rows:
+            if self.supports_bulk_import:
+                self.bulk_add(keys, arr)
+                return
+            if not self._bulk_fallback_logged:
+                self._bulk_fallback_logged = True
+                logger.warning("Milvus at %s has no bulk import (it answered UNIMPLEMENTED): adding by "
+                               "upsert in batches of %d instead", self.uri, INSERT_BATCH)
         for start in range(0, len(keys), INSERT_BATCH):
             rows = [{KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
                     for k, v in zip(keys[start:start + INSERT_BATCH], arr[start:start + INSERT_BATCH])]
             self.client.upsert(self.collection, rows)
+
+    def bulk_add(self, keys: list[str], vectors: np.ndarray, storage: BulkStorage | None = None,
+                 rows_per_file: int = ROWS_PER_FILE, timeout: float = IMPORT_TIMEOUT) -> None:
+        """Add by server-side bulk import through ``storage`` (default: ``bulk_storage``), keeping
+        upsert semantics: existing rows with these keys are deleted first, and a key given several
+        times keeps its last vector. Raises :class:`BulkImportUnsupportedError` where the server has
+        no bulk import, :class:`BulkImportError` (with the server's reason) if an import fails; then
+        the keys of the failed task may be missing: add them again. One import task per
+        ``rows_per_file`` rows, each given ``timeout`` seconds.
+        """
+        storage = storage or self.bulk_storage
+        if storage is None:
+            raise ValueError("bulk_add needs a BulkStorage: pass storage= or set bulk_storage")
+        arr = self._check_vectors(keys, vectors)
+        if not self.supports_bulk_import:
+            raise BulkImportUnsupportedError(f"Milvus at {self.uri} does not offer bulk import "
+                                             "(it answered UNIMPLEMENTED); use add()")
+        last = {to_milvus_key(k): i for i, k in enumerate(keys)}  # a repeated key: its last vector wins
+        stored, rows = list(last), np.fromiter(last.values(), dtype=np.int64, count=len(last))
+
+        def delete_existing(chunk: list[str]) -> None:  # import inserts: never leave a second row per key
+            for start in range(0, len(chunk), INSERT_BATCH):
+                self.client.delete(self.collection, ids=chunk[start:start + INSERT_BATCH])
+
+        bulk_import(self.client, self.collection, storage, KEY_FIELD, VECTOR_FIELD, stored, arr[rows],
+                    before_import=delete_existing, rows_per_file=rows_per_file, timeout=timeout)
 
     def remove(self, keys: Iterable[str]) -> None:
         keys = list(keys)

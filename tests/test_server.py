@@ -3,16 +3,22 @@
 Servers, all reached through ``http://127.0.0.1:PORT`` (pymilvus's remote gRPC path, not Lite's file path):
 
 * ``REVSEARCH_MILVUS_URI`` set: only that server (e.g. ``docker compose up -d``, then
-  ``REVSEARCH_MILVUS_URI=http://localhost:19530``; ``REVSEARCH_MILVUS_TOKEN`` if auth is on).
+  ``REVSEARCH_MILVUS_URI=http://localhost:19530``; ``REVSEARCH_MILVUS_TOKEN`` if auth is on). Its bulk
+  import tests need a directory the server reads: ``REVSEARCH_MILVUS_BULK_DIR`` (and
+  ``REVSEARCH_MILVUS_BULK_SERVER_DIR`` if the server sees it under another path); skipped otherwise.
 * otherwise, started here: a real Milvus 2.3.5 standalone (``pip install milvus==2.3.5``: the embedded
   server wheel, etcd and local storage built in; skipped with the reason if not installed) and the
   milvus-lite engine listening on TCP (always available: proves features are detected, not guessed
-  from the URI — same kind of URI, no HNSW).
+  from the URI — same kind of URI, no HNSW, no bulk import).
+* for the S3 bulk-import test, a second Milvus 2.3.5 standalone whose data lives in moto's S3 server
+  (``pip install 'moto[server]==5.2.5'``; skipped without it), or, with ``REVSEARCH_MILVUS_URI``, the
+  bucket at ``REVSEARCH_MILVUS_S3_ENDPOINT`` (e.g. docker compose's MinIO, ``http://localhost:9000``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import socket
 import time
@@ -27,7 +33,9 @@ import pytest
 import yaml
 
 from revsearch import MilvusIndex
-from revsearch.errors import IndexMismatchError, IndexNotFoundError, UnsupportedIndexError
+from revsearch.errors import (BulkImportError, BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError,
+                             UnsupportedIndexError)
+from revsearch.milvus_bulk import LocalBulkStorage, S3BulkStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL_URI = os.environ.get("REVSEARCH_MILVUS_URI", "")
@@ -41,6 +49,10 @@ class Server:
     uri: str
     #: What the test expects of the engine; revsearch itself only learns it from the server's answer.
     has_hnsw: bool
+    has_bulk_import: bool = False
+    #: A directory this process writes and the server reads (bulk import files), and its path there.
+    bulk_dir: Path | None = None
+    bulk_server_dir: str | None = None
 
 
 def _free_port() -> int:
@@ -86,8 +98,9 @@ def _wait_healthy(server, timeout: float = 120.0) -> None:
     pytest.fail(f"Milvus standalone not healthy after {timeout:.0f} s")
 
 
-def _standalone(base: Path) -> Iterator[Server]:
-    """Milvus 2.3.5 standalone from the ``milvus`` wheel (its binaries unpack into ``base``)."""
+def _standalone(base: Path, settings: dict[str, str] | None = None) -> Iterator[Server]:
+    """Milvus 2.3.5 standalone from the ``milvus`` wheel (its binaries unpack into ``base``);
+    ``settings``: milvus.yaml keys to override, e.g. ``{"common.storageType": "minio"}``."""
     if importlib.util.find_spec("milvus") is None:
         pytest.skip("embedded Milvus server not installed: `.venv/bin/pip install milvus==2.3.5`, "
                     "or run against a server with REVSEARCH_MILVUS_URI=http://localhost:19530")
@@ -96,6 +109,8 @@ def _standalone(base: Path) -> Iterator[Server]:
     server = MilvusServer(wait_for_started=False)
     server.set_base_dir(str(base))
     server.listen_port = _free_port()  # its other ports: the wheel picks free ones itself
+    for key, value in (settings or {}).items():
+        server.config.set(key, value)
     previous = os.environ.get("ETCD_CONFIG_PATH")
     os.environ["ETCD_CONFIG_PATH"] = str(_etcd_config(base / "etcd.yaml"))  # Milvus reads etcd.config.path
     try:
@@ -107,7 +122,9 @@ def _standalone(base: Path) -> Iterator[Server]:
             os.environ["ETCD_CONFIG_PATH"] = previous
     try:
         _wait_healthy(server)
-        yield Server(f"http://127.0.0.1:{server.listen_port}", has_hnsw=True)
+        # bulk files inside the server's localStorage.path (the wheel sets it to <base>/data)
+        yield Server(f"http://127.0.0.1:{server.listen_port}", has_hnsw=True, has_bulk_import=True,
+                     bulk_dir=base / "data" / "bulk")
     finally:
         server.stop()
         server.cleanup()
@@ -123,7 +140,7 @@ def _lite_tcp(base: Path) -> Iterator[Server]:
         pytest.fail("milvus-lite did not start on a TCP port")
     try:
         _wait_for_port(port)
-        yield Server(f"http://127.0.0.1:{port}", has_hnsw=False)
+        yield Server(f"http://127.0.0.1:{port}", has_hnsw=False, has_bulk_import=False, bulk_dir=base / "bulk")
     finally:
         lite.stop()
 
@@ -131,7 +148,9 @@ def _lite_tcp(base: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module", params=ENGINES)
 def server(request, tmp_path_factory) -> Iterator[Server]:
     if request.param == "external":
-        yield Server(EXTERNAL_URI, has_hnsw=True)
+        bulk = os.environ.get("REVSEARCH_MILVUS_BULK_DIR")
+        yield Server(EXTERNAL_URI, has_hnsw=True, has_bulk_import=True, bulk_dir=Path(bulk) if bulk else None,
+                     bulk_server_dir=os.environ.get("REVSEARCH_MILVUS_BULK_SERVER_DIR"))
         return
     start = _standalone if request.param == "milvus-standalone" else _lite_tcp
     yield from start(tmp_path_factory.mktemp(request.param))
@@ -228,6 +247,166 @@ def test_hnsw_on_a_server_and_detected_where_missing(server, data):
     assert recall >= 0.9, f"HNSW recall@{K} {recall:.2f}"
     hnsw.drop()
     hnsw.close()
+
+
+# ---- bulk import: server-side where the server has it, upserts where it does not ------------------
+
+BULK_MIN_ROWS = 1000  # in these tests: adds of 1,000+ rows take the bulk path
+
+
+@pytest.fixture
+def bulk_index(server) -> Iterator[MilvusIndex]:
+    """An empty collection whose large adds go through bulk import files in ``server.bulk_dir``."""
+    if server.bulk_dir is None:
+        pytest.skip("bulk import against REVSEARCH_MILVUS_URI needs REVSEARCH_MILVUS_BULK_DIR")
+    server.bulk_dir.mkdir(parents=True, exist_ok=True)
+    idx = MilvusIndex(DIM, collection=f"b_{uuid.uuid4().hex[:12]}", uri=server.uri, token=TOKEN,
+                      bulk_storage=LocalBulkStorage(server.bulk_dir, server.bulk_server_dir),
+                      bulk_min_rows=BULK_MIN_ROWS)
+    yield idx
+    idx.drop()
+    idx.close()
+
+
+def import_tasks(index: MilvusIndex) -> list[tuple[str, int]]:
+    """(state, rows) of the server's own import tasks for the index's collection, oldest first."""
+    tasks = index.client._get_connection().list_bulk_insert_tasks(0, index.collection)
+    return [(t.state_name, t.row_count) for t in sorted(tasks, key=lambda t: t.task_id)]
+
+
+@pytest.mark.server
+def test_bulk_add_imports_where_the_server_has_it_and_upserts_where_not(bulk_index, server, data, caplog):
+    keys, vectors, queries = data
+    with caplog.at_level(logging.WARNING, logger="revsearch.milvus_index"):
+        bulk_index.add(keys, vectors)
+        assert bulk_index.supports_bulk_import is server.has_bulk_import  # learnt from the server's answer
+        assert len(bulk_index) == N
+        want_idx, want_dist = exact_top_k(vectors, queries, K)
+        got = bulk_index.search(queries, K)
+        assert [[h.key for h in hits] for hits in got] == [[keys[i] for i in row] for row in want_idx]
+        np.testing.assert_allclose([[h.distance for h in hits] for hits in got], want_dist, rtol=1e-4, atol=1e-4)
+        assert list(server.bulk_dir.iterdir()) == []  # the import files are removed afterwards
+        if server.has_bulk_import:
+            assert import_tasks(bulk_index) == [("Completed", N)]  # the server's record: one import of N rows
+            assert not caplog.records
+        else:
+            bulk_index.add(keys[:BULK_MIN_ROWS], vectors[:BULK_MIN_ROWS])
+            fallback = [r.getMessage() for r in caplog.records]
+            assert len(fallback) == 1 and "has no bulk import" in fallback[0]  # said once, not per add
+            with pytest.raises(BulkImportUnsupportedError, match="does not offer bulk import"):
+                bulk_index.bulk_add(keys[:10], vectors[:10])
+
+
+@pytest.mark.server
+def test_bulk_readd_replaces_without_duplicates(bulk_index, server, data):
+    keys, vectors, _ = data
+    bulk_index.add(keys, vectors)
+    moved = vectors[:1500] + 100.0
+    bulk_index.add(keys[:1500], moved)  # the same keys again, by bulk import where the server has it
+    assert len(bulk_index) == N
+    assert sorted(bulk_index.keys()) == sorted(keys)  # every key exactly once
+    np.testing.assert_allclose(bulk_index.get_vectors(keys[:3]), moved[:3])
+    assert [h[0].key for h in bulk_index.search(moved[:5], 1)] == keys[:5]
+    assert bulk_index.search(vectors[:1], 1)[0][0].key != keys[0]  # the old vector is gone
+    if server.has_bulk_import:
+        assert import_tasks(bulk_index) == [("Completed", N), ("Completed", 1500)]
+
+
+@pytest.mark.server
+def test_bulk_add_repeated_keys_escaped_keys_and_several_tasks(bulk_index, server, data):
+    if not server.has_bulk_import:
+        pytest.skip("this engine has no bulk import (the fallback is tested above)")
+    keys, vectors, _ = data
+    names = keys[:99] + ["photos/caf\udce9.jpg"] + keys[:10]
+    given = np.vstack([vectors[:100], vectors[:10] + 50.0])
+    bulk_index.bulk_add(names, given, rows_per_file=40)  # 100 distinct keys: tasks of 40, 40, 20
+    assert import_tasks(bulk_index) == [("Completed", 40), ("Completed", 40), ("Completed", 20)]
+    assert len(bulk_index) == 100
+    assert sorted(bulk_index.keys()) == sorted(names[:100])  # the undecodable file name comes back as given
+    np.testing.assert_allclose(bulk_index.get_vectors(keys[:10]), vectors[:10] + 50.0)  # the last one wins
+    np.testing.assert_allclose(bulk_index.get_vectors(names[99:100]), vectors[99:100])
+
+
+@pytest.mark.server
+def test_bulk_import_failure_carries_the_servers_reason(bulk_index, server, data):
+    if not server.has_bulk_import:
+        pytest.skip("this engine has no bulk import")
+    keys, vectors, _ = data
+    nowhere = LocalBulkStorage(server.bulk_dir, server_directory="/nonexistent-revsearch-bulk")
+    with pytest.raises(BulkImportError, match=r"(?i)import task \d+ .* failed: .*(no such file|not exist|not found)"):
+        bulk_index.bulk_add(keys[:10], vectors[:10], storage=nowhere)
+    assert list(server.bulk_dir.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> Iterator[tuple[Server, S3BulkStorage]]:
+    """A Milvus whose data lives in an S3 bucket (as with docker-compose's MinIO), and that bucket.
+
+    With ``REVSEARCH_MILVUS_URI``: that server and ``REVSEARCH_MILVUS_S3_ENDPOINT`` (e.g.
+    ``http://localhost:9000``; ``REVSEARCH_MILVUS_S3_BUCKET``/``_ACCESS_KEY``/``_SECRET_KEY`` default to
+    docker-compose's ``a-bucket``/``minioadmin``/``minioadmin``). Otherwise: moto's S3 server on a free
+    port and a Milvus 2.3.5 standalone configured to store its data there.
+    """
+    env = os.environ.get
+    if EXTERNAL_URI:
+        if not env("REVSEARCH_MILVUS_S3_ENDPOINT"):
+            pytest.skip("S3 bulk import against REVSEARCH_MILVUS_URI needs REVSEARCH_MILVUS_S3_ENDPOINT")
+        yield Server(EXTERNAL_URI, has_hnsw=True, has_bulk_import=True), S3BulkStorage(
+            env("REVSEARCH_MILVUS_S3_BUCKET", "a-bucket"), env("REVSEARCH_MILVUS_S3_ENDPOINT"),
+            env("REVSEARCH_MILVUS_S3_ACCESS_KEY", "minioadmin"), env("REVSEARCH_MILVUS_S3_SECRET_KEY", "minioadmin"))
+        return
+    if importlib.util.find_spec("moto") is None:
+        pytest.skip("S3 test server not installed: `.venv/bin/pip install 'moto[server]==5.2.5'`")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request
+    port = _free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    s3.start()
+    try:
+        storage = S3BulkStorage("a-bucket", f"http://127.0.0.1:{port}", "minioadmin", "minioadmin")
+        storage.client().create_bucket(Bucket="a-bucket")
+        settings = {"common.storageType": "minio", "minio.address": "127.0.0.1", "minio.port": str(port),
+                    "minio.bucketName": "a-bucket"}
+        for server in _standalone(tmp_path_factory.mktemp("milvus-s3"), settings):
+            yield server, storage
+    finally:
+        s3.stop()
+
+
+@pytest.mark.server
+def test_bulk_import_through_an_s3_bucket(s3_server, data):
+    server, storage = s3_server
+    keys, vectors, queries = data
+    idx = MilvusIndex(DIM, collection=f"s_{uuid.uuid4().hex[:12]}", uri=server.uri, token=TOKEN,
+                      bulk_storage=storage, bulk_min_rows=BULK_MIN_ROWS)
+    try:
+        idx.add(keys, vectors)
+        idx.add(keys[:1500], vectors[:1500] + 100.0)
+        assert import_tasks(idx) == [("Completed", N), ("Completed", 1500)]
+        assert len(idx) == N and sorted(idx.keys()) == sorted(keys)
+        want_idx, _ = exact_top_k(np.vstack([vectors[:1500] + 100.0, vectors[1500:]]), queries, K)
+        assert [[h.key for h in hits] for hits in idx.search(queries, K)] == [[keys[i] for i in r] for r in want_idx]
+        listed = storage.client().list_objects_v2(Bucket=storage.bucket, Prefix=storage.prefix + "/")
+        assert listed.get("KeyCount", 0) == 0  # the uploaded files are deleted after the import
+    finally:
+        idx.drop()
+        idx.close()
+
+
+def test_bulk_storage_on_a_lite_file_falls_back_to_upserts(tmp_path, data, caplog):
+    keys, vectors, queries = data
+    lite = MilvusIndex(DIM, collection="bulk", uri=str(tmp_path / "lite.db"),
+                       bulk_storage=LocalBulkStorage(tmp_path / "bulk"), bulk_min_rows=BULK_MIN_ROWS)
+    try:
+        with caplog.at_level(logging.WARNING, logger="revsearch.milvus_index"):
+            lite.add(keys, vectors)
+        assert not lite.supports_bulk_import
+        assert ["has no bulk import" in r.getMessage() for r in caplog.records] == [True]
+        assert len(lite) == N
+        assert [h[0].key for h in lite.search(vectors[:20], 1)] == keys[:20]
+    finally:
+        lite.close()
 
 
 # ---- docker-compose.yml: structure, always checked (no Docker needed) ----------------------------
