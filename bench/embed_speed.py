@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/embed_speed.py [--images 256] [--large 32]
 
-Both sides run in this one process at the same batch size, so the ratio is what matters.
+Both sides run in this one process at the same batch size, so the ratio is what matters; once per
+runtime (ONNX Runtime, the default, and PyTorch).
 "Large" inputs are 12-megapixel JPEGs (4000x3000) made by upscaling Caltech photos.
 """
 
@@ -19,6 +20,7 @@ import torch
 from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 
 from revsearch import Embedder, EmbedderConfig
+from revsearch.embedder import RUNTIMES
 
 BACKBONES = [("mobilenet_v2", "IMAGENET1K_V1"), ("resnet18", None), ("resnet50", None)]
 
@@ -63,14 +65,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         large = make_large_jpegs(paths[: args.large], Path(tmp))
         for backbone, weights in BACKBONES:
-            embedder = Embedder(EmbedderConfig(backbone=backbone, weights=weights, batch_size=args.batch_size))
-            bare = bare_model_rate(embedder, len(paths))
-            e2e = pipeline_rate(embedder, paths)
-            e2e_large = pipeline_rate(embedder, large)
-            rows.append({"backbone": backbone, "bare model img/s": bare, "pipeline img/s (Caltech)": e2e,
-                         "ratio (Caltech)": e2e / bare, "pipeline img/s (12 MP)": e2e_large,
-                         "ratio (12 MP)": e2e_large / bare})
-            print(rows[-1], flush=True)
+            for runtime in RUNTIMES:
+                embedder = Embedder(EmbedderConfig(backbone=backbone, weights=weights, batch_size=args.batch_size,
+                                                   runtime=runtime))
+                bare = bare_model_rate(embedder, len(paths))
+                e2e = pipeline_rate(embedder, paths)
+                e2e_large = pipeline_rate(embedder, large)
+                rows.append({"backbone": backbone, "runtime": runtime, "bare model img/s": bare,
+                             "pipeline img/s (Caltech)": e2e, "ratio (Caltech)": e2e / bare,
+                             "pipeline img/s (12 MP)": e2e_large, "ratio (12 MP)": e2e_large / bare})
+                print(rows[-1], flush=True)
     columns = list(rows[0])
     meta = {"images": len(paths), "large_images": len(large), "batch_size": args.batch_size,
             "torch_threads": torch.get_num_threads()}

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .embedder import Embedder, EmbedderConfig
+from .embedder import RUNTIMES, Embedder, EmbedderConfig
 from .errors import RevsearchError
 from .files import list_images
 from .mosaic import make_mosaic, save_mosaic
@@ -38,7 +38,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         else:
             weights = None if args.weights == "none" else args.weights
             extractor = Embedder(EmbedderConfig(args.backbone, weights, args.pooling, image_size=args.image_size,
-                                                batch_size=args.batch_size))
+                                                batch_size=args.batch_size, runtime=args.runtime))
         options = {k: v for k, v in {"n_clusters": args.n_clusters, "nprobe": args.nprobe, "uri": args.uri,
                                      "index_type": args.index_type, "token": args.token,
                                      "db_name": args.db_name}.items() if v is not None}
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="gem", choices=["gem", "avg"])
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--runtime", choices=list(RUNTIMES), default=EmbedderConfig().runtime,
+                   help="run the CNN with torch or ONNX Runtime (same vectors; default $REVSEARCH_RUNTIME or "
+                        "%(default)s)")
     p.add_argument("--pca-dim", default="auto",
                    help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up")
     p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")

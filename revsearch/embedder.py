@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -10,10 +11,14 @@ import torch
 
 from .backbones import DEFAULT_BACKBONE, FEATURE_DIMS, load_backbone, weights_id
 from .extractor import FeatureExtractor
+from .onnx_trunk import OnnxTrunk
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 POOLINGS = ("avg", "gem")
+#: How the trunk runs. Both give the same vectors (to ~1e-5); ONNX Runtime is 1.4-4x faster on CPU
+#: (README, inference runtimes), so it is the default.
+RUNTIMES = ("onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class EmbedderConfig:
     gem_p: float = 3.0
     image_size: int = 224
     batch_size: int = 32
+    #: Default from $REVSEARCH_RUNTIME, so indexes re-opened from disk (CLI, FiftyOne) use it too.
+    runtime: str = field(default_factory=lambda: os.environ.get("REVSEARCH_RUNTIME", "onnxruntime"))
 
 
 def gem_pool(features: torch.Tensor, p: float) -> torch.Tensor:
@@ -40,7 +47,12 @@ class Embedder(FeatureExtractor):
         self.config = config or EmbedderConfig(**overrides)
         if self.config.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.config.pooling!r}")
+        if self.config.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.config.runtime!r}")
         self.model = load_backbone(self.config.backbone, self.config.weights)
+        self.trunk = self.model
+        if self.config.runtime == "onnxruntime":
+            self.trunk = OnnxTrunk(self.model, self.config.image_size, self.config.backbone)
         self.dim = FEATURE_DIMS[self.config.backbone]
         self.batch_size = self.config.batch_size
         self.min_side = self.config.image_size
@@ -49,7 +61,8 @@ class Embedder(FeatureExtractor):
 
     def describe(self) -> dict:
         config = asdict(self.config)
-        config.pop("batch_size")  # does not change the vectors
+        for setting in ("batch_size", "runtime"):  # do not change the vectors
+            config.pop(setting)
         return {"type": "cnn", **config, "model_id": self.model_id, "dim": self.dim}
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -60,7 +73,7 @@ class Embedder(FeatureExtractor):
     def feature_maps(self, batch: np.ndarray) -> torch.Tensor:
         """(B, S, S, 3) uint8 -> the trunk's last feature maps (B, dim, h, w), ImageNet-normalised input."""
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return self.model((x - _MEAN) / _STD)
+        return self.trunk((x - _MEAN) / _STD)
 
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:

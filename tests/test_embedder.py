@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from revsearch import Embedder, EmbedderConfig, ExactIndex
 from revsearch.errors import WeightsUnavailableError
@@ -79,3 +80,35 @@ def test_pretrained_finds_edited_copies_and_same_class(pretrained_mobilenet, sub
     precision = np.mean([np.mean([label[h.key] == label[r[0].key] for h in r[1:]]) for r in self_results])
     assert precision > 0.8, precision
     assert set(label.values()) == set(SUBSET_CLASSES)
+
+
+def test_onnxruntime_gives_the_torch_vectors_and_caches_the_export(subset_paths, tmp_path, monkeypatch):
+    monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path))
+    config = dict(backbone="resnet18", weights=None, batch_size=4)
+    reference = Embedder(EmbedderConfig(**config)).embed_paths(subset_paths[:6], progress=False)
+    onnx = Embedder(EmbedderConfig(**config, runtime="onnxruntime"))
+    exported = list((tmp_path / "onnx").glob("resnet18-224-*.onnx"))
+    assert len(exported) == 1
+    batch = onnx.embed_paths(subset_paths[:6], progress=False)
+    assert batch.indices == reference.indices
+    np.testing.assert_allclose(batch.vectors, reference.vectors, atol=1e-4)
+    assert onnx.describe() == Embedder(EmbedderConfig(**config)).describe()  # same vectors, same index
+
+    mtime = exported[0].stat().st_mtime_ns
+    Embedder(EmbedderConfig(**config, runtime="onnxruntime"))
+    assert exported[0].stat().st_mtime_ns == mtime  # reused, not exported again
+
+
+def test_onnx_export_depends_on_the_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    other_weights = tmp_path / "other.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), other_weights)
+    Embedder(backbone="resnet18", weights=None, runtime="onnxruntime")
+    Embedder(backbone="resnet18", weights=str(other_weights), runtime="onnxruntime")
+    assert len(list((tmp_path / "cache" / "onnx").glob("resnet18-224-*.onnx"))) == 2
+
+
+def test_unknown_runtime_is_a_clear_error():
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Embedder(backbone="resnet18", weights=None, runtime="tensorrt")
