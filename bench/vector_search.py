@@ -21,7 +21,7 @@ import psutil
 from common import RESULTS, Timer, markdown_table, write_results
 
 from revsearch import ExactIndex, IVFIndex, MilvusIndex
-from revsearch.ivf_index import default_n_clusters
+from revsearch.ivf_index import default_n_clusters, default_nprobe
 
 K = 10
 
@@ -96,12 +96,13 @@ def bench_size(n: int, dim: int, n_queries: int, milvus: bool) -> tuple[list[dic
         return index
 
     ivf, secs, peak = traced_build(build_ivf)
-    for nprobe in sorted({1, 2, 4, 8, max(1, n_clusters // 32), max(1, n_clusters // 16),
-                          max(1, n_clusters // 8), max(1, n_clusters // 4)}):
+    for nprobe in sorted({1, 2, 4, 8, max(1, n_clusters // 64), max(1, n_clusters // 32), default_nprobe(n_clusters),
+                          max(1, n_clusters // 16), max(1, n_clusters // 8), max(1, n_clusters // 4)}):
         results, scanned = ivf.search_with_stats(queries, K, nprobe)
         r = recall(results, truth)
         curve.append({"N": n, "nprobe": nprobe, "scanned": scanned, "recall@10": r})
-        rows.append({"N": n, "backend": f"kmeans IVF {n_clusters} lists, nprobe={nprobe}", "build s": secs,
+        default = " (default)" if nprobe == default_nprobe(n_clusters) else ""
+        rows.append({"N": n, "backend": f"kmeans IVF {n_clusters} lists, nprobe={nprobe}{default}", "build s": secs,
                      "peak MB": peak, "recall@10": r, "scanned": scanned,
                      **latencies(lambda q, p=nprobe: ivf.search(q, K, p), queries)})
 

@@ -49,7 +49,7 @@ class BuildIndex(foo.Operator):
             inputs.enum("index_type", ["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], default="FLAT", label="Index type")
         elif kind == "kmeans":
             inputs.int("n_clusters", label="Clusters", description="empty: about 4 x sqrt(N)")
-            inputs.int("nprobe", label="Clusters probed per query", description="empty: 1/10 of the clusters")
+            inputs.int("nprobe", label="Clusters probed per query", description="empty: 1/20 of the clusters")
         if kind != "pixel":
             choose(inputs, "embeddings_field", [_NO_FIELD] + vector_fields(ctx), "Embeddings",
                    description="an existing embeddings field, or compute embeddings now", default=_NO_FIELD)

@@ -46,7 +46,7 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         extractor: ``describe()`` of the feature extractor, so image queries can be embedded
         collection_name, uri, db_name, index_type: Milvus options (``uri`` defaults to a Lite file)
         token: Milvus token (never stored in the database)
-        n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/10)
+        n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/20)
         pca_components, whiten: reduce vectors with PCA fitted on the first vectors added
     """
 

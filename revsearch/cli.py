@@ -11,6 +11,7 @@ from pathlib import Path
 from .embedder import RUNTIMES, Embedder, EmbedderConfig
 from .errors import RevsearchError
 from .files import list_images
+from .milvus_bulk import LocalBulkStorage
 from .mosaic import make_mosaic, save_mosaic
 from .pixel import PixelFeatures
 from .query_source import load_query_image
@@ -74,6 +75,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    index = SearchIndex.load(args.index_dir, token=args.source_token or "")
+    before = index.backend.config().get("uri")
+    storage = LocalBulkStorage(args.bulk_dir) if args.bulk_dir else None
+    index.move_to(args.uri, token=args.token or "", db_name=args.db_name or "", index_type=args.index_type,
+                  bulk_storage=storage, progress=not args.quiet)
+    print(f"moved {len(index)} vectors from {before} to {args.uri}; {args.index_dir} now uses it "
+          "(the source collection is left as it was)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revsearch", description="Reverse image search over folders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe an index and check it against the files on disk")
     i.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
     i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("move", help="move a Milvus index to another Milvus (e.g. Lite -> server), no re-embedding")
+    m.add_argument("--uri", required=True, help="target Milvus, e.g. http://localhost:19530")
+    m.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
+    m.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"), help="target token (default $MILVUS_TOKEN)")
+    m.add_argument("--source-token", help="token of the current Milvus, if it is a server with auth")
+    m.add_argument("--db-name", help="target database name")
+    m.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="default: keep the current")
+    m.add_argument("--bulk-dir", help="a directory the target server can read: copy by server-side bulk import "
+                                      "(where the server has it; upserts otherwise)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_move)
     return parser
 
 

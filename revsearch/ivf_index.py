@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.cluster import KMeans
 
-from .hits import Hit, squared_l2, top_k
+from .hits import Hit, squared_l2
 from .vector_store import VectorStore
 
-#: K-means is fitted on at most this many vectors per cluster (as faiss does); the rest are assigned.
-TRAINING_POINTS_PER_CLUSTER = 32
+#: K-means is fitted on at most this many vectors per cluster; the rest are assigned. On 1M synthetic
+#: vectors (4,000 lists) 32 gave recall@10 0.937 at 9.6% scanned, 64 gave 0.967 at 9.1% (fit 31 s -> 53 s).
+TRAINING_POINTS_PER_CLUSTER = 64
 #: Distance-matrix cells computed at once when assigning vectors to centres.
 _CHUNK_CELLS = 16_000_000
 
@@ -23,13 +24,18 @@ def default_n_clusters(n_vectors: int) -> int:
 
 
 def default_nprobe(n_clusters: int) -> int:
-    """Probe 1/10 of the clusters: on Caltech-101 descriptors that scans ~10% of the vectors for
-    recall@10 ~0.98 against exact search (README, retrieval table)."""
-    return max(1, math.ceil(n_clusters / 10))
+    """Probe 1/20 of the clusters. Queries fall into the larger clusters more often, so this scans
+    ~6-11% of the vectors: recall@10 against exact ~0.96 on Caltech-101 descriptors and ~0.97 on 1M
+    synthetic vectors (README, vector search tables)."""
+    return max(1, math.ceil(n_clusters / 20))
 
 
 class IVFIndex:
-    """Vectors grouped by nearest K-means centre; each vector's cluster id and distance are kept."""
+    """Vectors grouped by nearest K-means centre; each vector's cluster id and distance are kept.
+
+    Rows are kept sorted by cluster (re-sorted lazily after updates), so probing a cluster reads one
+    contiguous block; results break distance ties by insertion order, as exact search does.
+    """
 
     kind = "kmeans"
 
@@ -39,8 +45,11 @@ class IVFIndex:
         self.nprobe = nprobe or default_nprobe(self.n_clusters)
         self.assignments = np.empty(0, dtype=np.int32)
         self.center_distances = np.empty(0, dtype=np.float32)
+        self._sequence = np.empty(0, dtype=np.int64)  # insertion order of each row
+        self._next_sequence = 0
         self._centroid_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
-        self._rebuild_lists()
+        self._offsets = np.zeros(self.n_clusters + 1, dtype=np.int64)
+        self._lists_stale = False
 
     @classmethod
     def fit(cls, vectors: np.ndarray, n_clusters: int | None = None, nprobe: int | None = None,
@@ -69,7 +78,8 @@ class IVFIndex:
         return len(self.store)
 
     def keys(self) -> list[str]:
-        return list(self.store.keys)
+        """Keys in insertion order."""
+        return [self.store.keys[i] for i in np.argsort(self._sequence, kind="stable")]
 
     def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centre id and L2 distance to it for each vector (in chunks: bounded memory)."""
@@ -90,22 +100,32 @@ class IVFIndex:
         grow = len(self.store) - len(self.assignments)
         self.assignments = np.concatenate([self.assignments, np.zeros(grow, np.int32)])
         self.center_distances = np.concatenate([self.center_distances, np.zeros(grow, np.float32)])
+        new_sequence = np.arange(self._next_sequence, self._next_sequence + grow)
+        self._sequence, self._next_sequence = np.concatenate([self._sequence, new_sequence]), self._next_sequence + grow
         self.assignments[rows], self.center_distances[rows] = ids, dists
-        self._rebuild_lists()
+        self._lists_stale = True
 
     def remove(self, keys: list[str]) -> None:
         keep = self.store.remove(keys)
         self.assignments, self.center_distances = self.assignments[keep], self.center_distances[keep]
-        self._rebuild_lists()
+        self._sequence = self._sequence[keep]
+        self._lists_stale = True
 
-    def _rebuild_lists(self) -> None:
-        """Row numbers sorted by cluster, with per-cluster offsets (the inverted lists)."""
-        self._order = np.argsort(self.assignments, kind="stable")
+    def _sort_lists(self) -> None:
+        """Sort rows by cluster (the inverted lists, contiguous) and compute per-cluster offsets."""
+        if not self._lists_stale:
+            return
+        order = np.argsort(self.assignments, kind="stable")
+        if np.any(order != np.arange(len(order))):
+            self.store.permute(order)
+            self.assignments, self.center_distances = self.assignments[order], self.center_distances[order]
+            self._sequence = self._sequence[order]
         counts = np.bincount(self.assignments, minlength=self.n_clusters)
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._lists_stale = False
 
     def cluster_sizes(self) -> np.ndarray:
-        return np.diff(self._offsets)
+        return np.bincount(self.assignments, minlength=self.n_clusters)
 
     def clusters_of(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Cluster id and distance to its centre for each key."""
@@ -119,23 +139,44 @@ class IVFIndex:
                           ) -> tuple[list[list[Hit]], float]:
         """Results and the mean fraction of indexed vectors scanned per query."""
         q = self.store.check_dim(queries)
+        self._sort_lists()
         nprobe = min(nprobe or self.nprobe, self.n_clusters)
         centre_dist = squared_l2(q, self.centroids, self._centroid_norms)
         probes = np.argpartition(centre_dist, nprobe - 1, axis=1)[:, :nprobe]
         results, scanned = [], 0
-        vectors, norms, keys = self.store.vectors, self.store.sq_norms, self.store.keys
         for query, clusters in zip(q, probes):
-            rows = np.sort(np.concatenate([self._order[self._offsets[c]:self._offsets[c + 1]] for c in clusters]))
+            rows, dist = self._scan(query, np.sort(clusters))
             scanned += len(rows)
-            dist = np.maximum(query @ query - 2.0 * (vectors[rows] @ query) + norms[rows], 0.0)
-            results.append([Hit(keys[rows[i]], float(dist[i])) for i in top_k(dist, k)])
+            results.append([Hit(self.store.keys[r], float(dist[i])) for i, r in self._nearest(rows, dist, k)])
         return results, scanned / max(1, len(q) * len(self.store))
+
+    def _scan(self, query: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row numbers and squared distances of every vector in ``clusters`` (one block each)."""
+        starts, ends = self._offsets[clusters], self._offsets[clusters + 1]
+        sizes = ends - starts
+        dots = np.empty(int(sizes.sum()), dtype=np.float32)
+        vectors, pos = self.store.vectors, 0
+        for lo, hi in zip(starts.tolist(), ends.tolist()):
+            np.matmul(vectors[lo:hi], query, out=dots[pos:pos + hi - lo])
+            pos += hi - lo
+        rows = np.arange(len(dots)) + np.repeat(starts - (np.cumsum(sizes) - sizes), sizes)
+        dist = np.maximum(query @ query - 2.0 * dots + self.store.sq_norms[rows], 0.0)
+        return rows, dist
+
+    def _nearest(self, rows: np.ndarray, dist: np.ndarray, k: int) -> list[tuple[int, int]]:
+        """(position in ``dist``, row) of the ``k`` smallest, ties in insertion order."""
+        k = min(k, len(dist))
+        if k <= 0:
+            return []
+        candidates = np.flatnonzero(dist <= np.partition(dist, k - 1)[k - 1])
+        order = np.lexsort((self._sequence[rows[candidates]], dist[candidates]))[:k]
+        return [(int(i), int(rows[i])) for i in candidates[order]]
 
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "n_clusters": self.n_clusters, "nprobe": self.nprobe}
 
     def save(self, directory: Path) -> None:
-        self.store.save(directory, "vectors")
+        self.store.save(directory, "vectors", order=np.argsort(self._sequence, kind="stable"))
         np.savez(directory / "ivf.npz", centroids=self.centroids)
 
     @classmethod

@@ -22,7 +22,9 @@ from .exact_index import ExactIndex
 from .extractor import FeatureExtractor
 from .hits import Hit
 from .ivf_index import IVFIndex, default_n_clusters
+from .milvus_bulk import BulkStorage
 from .milvus_index import DEFAULT_URI, MilvusIndex
+from .milvus_move import copy_collection
 from .pca import PCAReducer
 from .pixel import PixelFeatures
 from .query_source import ImageQuery, load_query_image
@@ -252,6 +254,30 @@ class SearchIndex:
 
     def __len__(self) -> int:
         return len(self.backend)
+
+    def move_to(self, uri: str, token: str = "", db_name: str = "", index_type: str | None = None,
+                bulk_storage: BulkStorage | None = None, progress: bool = True) -> None:
+        """Move a Milvus-backed index to another Milvus (e.g. its Lite file to ``http://host:19530``)
+        without re-embedding: vectors are copied (bulk import where ``bulk_storage`` is given and the
+        server has it), counts checked, then the manifest points at the new URI. The source collection
+        is left as it was; a failed copy leaves the index on the source."""
+        source = self.backend
+        if not isinstance(source, MilvusIndex):
+            raise ValueError(f"move_to needs a milvus backend, this index is {source.kind!r}: rebuild it with "
+                             "backend='milvus' and uri=...")
+        config = source.config()
+        target = MilvusIndex(source.dim, source.collection, uri, token, db_name, config["metric"],
+                             index_type or config["index_type"], None if index_type else config["index_params"],
+                             None if index_type else config["search_params"], overwrite=True,
+                             consistency_level=config["consistency_level"], bulk_storage=bulk_storage)
+        try:
+            copy_collection(source, target, progress)
+        except BaseException:
+            target.close()
+            raise
+        self.backend = target
+        self.save()
+        source.close()
 
     # ---- persistence ------------------------------------------------------------------------
     def manifest(self) -> dict:

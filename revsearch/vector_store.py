@@ -88,13 +88,22 @@ class VectorStore:
             self._row = {k: i for i, k in enumerate(self.keys)}
         return keep
 
+    def permute(self, order: np.ndarray) -> None:
+        """Reorder the rows: row ``i`` becomes the old row ``order[i]``."""
+        n = len(self.keys)
+        self._vectors[:n], self._norms[:n] = self.vectors[order], self.sq_norms[order]
+        self.keys = [self.keys[i] for i in order]
+        self._row = {k: i for i, k in enumerate(self.keys)}
+
     def rows_of(self, keys: list[str]) -> list[int]:
         return [self._row[k] for k in keys]
 
-    def save(self, directory: Path, name: str) -> None:
+    def save(self, directory: Path, name: str, order: np.ndarray | None = None) -> None:
+        """Write vectors and keys (in ``order`` of rows if given)."""
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / f"{name}.npy", self.vectors)
-        (directory / f"{name}.keys.json").write_text(json.dumps(self.keys))
+        rows = np.arange(len(self.keys)) if order is None else order
+        np.save(directory / f"{name}.npy", self.vectors[rows])
+        (directory / f"{name}.keys.json").write_text(json.dumps([self.keys[i] for i in rows]))
 
     @classmethod
     def load(cls, directory: Path, name: str) -> "VectorStore":

@@ -36,6 +36,7 @@ from revsearch import MilvusIndex
 from revsearch.errors import (BulkImportError, BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError,
                              UnsupportedIndexError)
 from revsearch.milvus_bulk import LocalBulkStorage, S3BulkStorage
+from revsearch.milvus_move import copy_collection
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL_URI = os.environ.get("REVSEARCH_MILVUS_URI", "")
@@ -336,6 +337,22 @@ def test_bulk_import_failure_carries_the_servers_reason(bulk_index, server, data
     with pytest.raises(BulkImportError, match=r"(?i)import task \d+ .* failed: .*(no such file|not exist|not found)"):
         bulk_index.bulk_add(keys[:10], vectors[:10], storage=nowhere)
     assert list(server.bulk_dir.iterdir()) == []
+
+
+@pytest.mark.server
+def test_move_from_a_lite_file_copies_by_bulk_import_where_the_server_has_it(bulk_index, server, data, tmp_path):
+    keys, vectors, queries = data
+    source = MilvusIndex(DIM, collection=bulk_index.collection, uri=str(tmp_path / "lite.db"))
+    try:
+        source.add(keys, vectors)
+        assert copy_collection(source, bulk_index, progress=False) == N
+    finally:
+        source.close()
+    want_idx, _ = exact_top_k(vectors, queries, K)
+    assert [[h.key for h in hits] for hits in bulk_index.search(queries, K)] == \
+        [[keys[i] for i in row] for row in want_idx]
+    if server.has_bulk_import:
+        assert import_tasks(bulk_index) == [("Completed", N)]  # copied by one server-side import
 
 
 @pytest.fixture(scope="module")
