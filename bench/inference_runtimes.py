@@ -54,6 +54,7 @@ class Int8Embedder(Embedder):
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = fp32.session.get_session_options().intra_op_num_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         fp32.session = onnxruntime.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
 
     def _normalised(self, batch: np.ndarray) -> np.ndarray:
@@ -75,7 +76,7 @@ def bare_rate(embedder: Embedder, batch: np.ndarray) -> float:
 def bench_backbone(backbone: str, weights: str | None, paths: list[str], calib_paths: list[str],
                    batch_size: int) -> tuple[list[dict], dict[str, Embedder]]:
     config = dict(backbone=backbone, weights=weights, batch_size=batch_size)
-    torch_e = Embedder(EmbedderConfig(**config))
+    torch_e = Embedder(EmbedderConfig(**config, runtime="torch"))
     ort_e = Embedder(EmbedderConfig(**config, runtime="onnxruntime"))
     int8_e = Int8Embedder(EmbedderConfig(**config, runtime="onnxruntime"), prepared_batch(torch_e, calib_paths))
     embedders = {"torch fp32": torch_e, "onnxruntime fp32": ort_e, "onnxruntime int8": int8_e}
@@ -104,15 +105,9 @@ def bench_backbone(backbone: str, weights: str | None, paths: list[str], calib_p
 def int8_quality(embedders: dict[str, Embedder]) -> list[dict]:
     """Caltech-101 mAP of MobileNetV2 GeM vectors: PyTorch (cached features) against int8."""
     from features_cache import cnn_features
-    from retrieval_quality import evaluate
+    from retrieval_quality import class_retrieval_task, evaluate
 
-    train, test = caltech_split("train"), [t for t in caltech_split("test") if t[1] != "BACKGROUND_Google"]
-    db_paths, db_lab = zip(*train)
-    q_paths, q_lab = zip(*test)
-    db_labels = np.array([lab if lab != "BACKGROUND_Google" else "__distractor__" for lab in db_lab])
-    q_labels = np.array(q_lab)
-    counts = {lab: int((db_labels == lab).sum()) for lab in set(q_labels)}
-    labels = (db_labels, q_labels, np.array([counts[lab] for lab in q_labels]))
+    db_paths, q_paths, labels = class_retrieval_task()
     ref_db = cnn_features(list(db_paths), "mobilenet_v2", "IMAGENET1K_V1")["gem"]
     ref_q = cnn_features(list(q_paths), "mobilenet_v2", "IMAGENET1K_V1")["gem"]
     int8 = embedders["onnxruntime int8"]
@@ -141,7 +136,8 @@ def main() -> None:
                "cosine to torch (mean)", "cosine (min)"]
     table = markdown_table(rows, columns)
     if quality:
-        table += "\n\nCaltech-101 retrieval, MobileNetV2 GeM (no PCA):\n\n" + markdown_table(quality, ["runtime", "mAP", "P@10"])
+        quality_table = markdown_table(quality, ["runtime", "mAP", "P@10"])
+        table += "\n\nCaltech-101 retrieval, MobileNetV2 GeM (no PCA):\n\n" + quality_table
     write_results("inference_runtimes", rows + quality, table, {"images": args.images, "batch_size": args.batch_size})
 
 

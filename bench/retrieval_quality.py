@@ -71,19 +71,25 @@ def evaluate_index(name: str, search, n_queries: int, labels: tuple, exact_top10
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pca-dims", type=int, nargs="+", default=[64, 128, 256])
-    args = parser.parse_args()
-    seed_torch_cache()
-    train, test = caltech_split("train"), caltech_split("test")
-    test = [(p, lab) for p, lab in test if lab != "BACKGROUND_Google"]
+def class_retrieval_task() -> tuple[list[str], list[str], tuple]:
+    """Database paths (train), query paths (test, without BACKGROUND_Google) and the labels tuple
+    (database labels with BACKGROUND_Google as distractors, query labels, relevant count per query)."""
+    train = caltech_split("train")
+    test = [(p, lab) for p, lab in caltech_split("test") if lab != "BACKGROUND_Google"]
     db_paths, db_lab = zip(*train)
     q_paths, q_lab = zip(*test)
     db_labels = np.array([lab if lab != "BACKGROUND_Google" else "__distractor__" for lab in db_lab])
     q_labels = np.array(q_lab)
     counts = {lab: int((db_labels == lab).sum()) for lab in set(q_labels)}
-    labels = (db_labels, q_labels, np.array([counts[lab] for lab in q_labels]))
+    return list(db_paths), list(q_paths), (db_labels, q_labels, np.array([counts[lab] for lab in q_labels]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pca-dims", type=int, nargs="+", default=[64, 128, 256])
+    args = parser.parse_args()
+    seed_torch_cache()
+    db_paths, q_paths, labels = class_retrieval_task()
     rows = []
 
     pix_db, pix_q = pixel_features(list(db_paths)), pixel_features(list(q_paths))

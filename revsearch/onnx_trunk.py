@@ -58,6 +58,9 @@ class OnnxTrunk:
                                    "to a writable folder, or use runtime='torch'") from exc
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # idle workers sleep instead of spinning, leaving the cores to the decoding threads
+        # (MobileNetV2, Caltech files: 154 -> 168 img/s end to end here)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
