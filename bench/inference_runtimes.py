@@ -16,12 +16,10 @@ import argparse
 import statistics
 
 import numpy as np
-import torch
 
 from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 
 from revsearch import Embedder, EmbedderConfig
-from revsearch.embedder import _MEAN, _STD
 from revsearch.images import load_image
 from revsearch.onnx_trunk import OnnxTrunk
 
@@ -40,7 +38,7 @@ class Int8Embedder(Embedder):
 
         fp32: OnnxTrunk = self.trunk
         pre, int8 = fp32.path.with_suffix(".pre.onnx"), fp32.path.with_suffix(".int8.onnx")
-        inputs = [self._normalised(calibration[i:i + 16]) for i in range(0, len(calibration), 16)]
+        inputs = [self.network_input(calibration[i:i + 16]).numpy() for i in range(0, len(calibration), 16)]
 
         class Reader(CalibrationDataReader):
             def __init__(self):
@@ -56,10 +54,6 @@ class Int8Embedder(Embedder):
         options.intra_op_num_threads = fp32.session.get_session_options().intra_op_num_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         fp32.session = onnxruntime.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
-
-    def _normalised(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return ((x - _MEAN) / _STD).numpy()
 
 
 def prepared_batch(embedder: Embedder, paths: list[str]) -> np.ndarray:

@@ -70,10 +70,15 @@ class Embedder(FeatureExtractor):
         size = self.config.image_size
         return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
-    def feature_maps(self, batch: np.ndarray) -> torch.Tensor:
-        """(B, S, S, 3) uint8 -> the trunk's last feature maps (B, dim, h, w), ImageNet-normalised input."""
+    @staticmethod
+    def network_input(batch: np.ndarray) -> torch.Tensor:
+        """(B, S, S, 3) uint8 -> (B, 3, S, S) float, ImageNet-normalised."""
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return self.trunk((x - _MEAN) / _STD)
+        return (x - _MEAN) / _STD
+
+    def feature_maps(self, batch: np.ndarray) -> torch.Tensor:
+        """(B, S, S, 3) uint8 -> the trunk's last feature maps (B, dim, h, w)."""
+        return self.trunk(self.network_input(batch))
 
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:

@@ -81,6 +81,13 @@ def _check_marks(dataset, good, bad):
     assert all(errors[i] is None for i in good)
 
 
+def _check_reported(out, bad):
+    """The operator's output lists every bad sample with its reason."""
+    assert set(out["failures"]) == set(bad)
+    for sample_id, reason in bad.items():
+        assert reason in out["failures"][sample_id]
+
+
 def _check_index(results, good):
     ids = results.sample_ids.tolist()
     assert len(ids) == len(set(ids)) == results.total_index_size == len(good)
@@ -102,9 +109,7 @@ def test_compute_embeddings_operator_lists_and_marks_each_failure(dataset, corpu
     good, bad = _expected(dataset, corpus)
     out = _run(dataset, "compute_embeddings", embeddings_field="pix", features="pixel")
     assert out["embedded"] == len(good)
-    assert set(out["failures"]) == set(bad)
-    for sample_id, reason in bad.items():
-        assert reason in out["failures"][sample_id]
+    _check_reported(out, bad)
     assert set(dataset.exists("pix").values("id")) == good
     _check_marks(dataset, good, bad)
 
@@ -113,9 +118,7 @@ def test_build_index_operator_indexes_every_good_sample_once(dataset, corpus, pl
     good, bad = _expected(dataset, corpus)
     out = _run(dataset, "build_index", brain_key="robust_pixel", index_kind="pixel")
     assert out["indexed"] == len(good)
-    assert set(out["failures"]) == set(bad)
-    for sample_id, reason in bad.items():
-        assert reason in out["failures"][sample_id]
+    _check_reported(out, bad)
     _check_marks(dataset, good, bad)
     results = dataset.load_brain_results("robust_pixel")
     _check_index(results, good)

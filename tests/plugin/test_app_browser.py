@@ -103,16 +103,26 @@ def test_app_sort_by_similarity_orders_the_grid(dataset, app_url):
             page.wait_for_selector('[data-cy="tag-name"]', timeout=120_000)
             initial = grid_labels(page)
             page.goto(f"{app_url}?view=similar")
-            wait_for_grid(page, expected, timeout_s=90)
-            page.wait_for_timeout(1000)  # let thumbnails finish drawing for the screenshot
-            ARTIFACT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACT))
-            shown = grid_labels(page)
+            shown = sorted_grid(page, expected, ARTIFACT, timeout_s=90)
         finally:
             browser.close()
+    check_sorted(dataset, initial, shown, expected, dataset.values("name.label")[query_row])
+
+
+def sorted_grid(page, expected: list[str], artifact, timeout_s: float = 60) -> list[str]:
+    """Wait for the grid to show ``expected``, screenshot it to ``artifact``, return its labels."""
+    wait_for_grid(page, expected, timeout_s=timeout_s)
+    page.wait_for_timeout(1000)  # let thumbnails finish drawing for the screenshot
+    artifact.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(artifact))
+    return grid_labels(page)
+
+
+def check_sorted(dataset, initial: list[str], shown: list[str], expected: list[str], query_label: str) -> None:
+    """The grid started in dataset order and now shows the similarity order, the query first."""
     assert initial[:SHOWN] == dataset.values("name.label")[:SHOWN]
     assert shown[:SHOWN] == expected[:SHOWN]
-    assert shown[0] == dataset.values("name.label")[query_row]
+    assert shown[0] == query_label
     assert shown[:SHOWN] != initial[:SHOWN]
 
 
@@ -174,14 +184,7 @@ def test_app_native_sort_button_and_similarity_panel(dataset, app_url):
             assert show.evaluate("e => e.disabled") is False
             show.click(force=True)  # see the docstring: an aria-disabled ancestor, not a disabled button
 
-            wait_for_grid(page, expected)
-            page.wait_for_timeout(1000)  # let thumbnails finish drawing for the screenshot
-            NATIVE_ARTIFACT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(NATIVE_ARTIFACT))
-            shown = grid_labels(page)
+            shown = sorted_grid(page, expected, NATIVE_ARTIFACT)
         finally:
             browser.close()
-    assert initial[:SHOWN] == dataset.values("name.label")[:SHOWN]
-    assert shown[:SHOWN] == expected[:SHOWN]
-    assert shown[0] == query_label
-    assert shown[:SHOWN] != initial[:SHOWN]
+    check_sorted(dataset, initial, shown, expected, query_label)
