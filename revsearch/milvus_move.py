@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import RevsearchError
 from .milvus_bulk import ROWS_PER_FILE
-from .milvus_index import KEY_FIELD, VECTOR_FIELD, MilvusIndex, from_milvus_key
+from .milvus_index import KEY_FIELD, VECTOR_FIELD, MilvusIndex, from_milvus_key, is_lite_uri
 
 #: Rows read from the source and handed to the target per call (bulk import: one file's worth).
 COPY_BATCH = 10_000
+
+
+def same_collection_place(uri_a: str, db_a: str, uri_b: str, db_b: str) -> bool:
+    """Whether two (URI, database) pairs name the same Milvus database (Lite files by resolved path)."""
+    if is_lite_uri(uri_a) and is_lite_uri(uri_b):
+        return Path(uri_a).expanduser().resolve() == Path(uri_b).expanduser().resolve()
+    return uri_a.rstrip("/") == uri_b.rstrip("/") and (db_a or "default") == (db_b or "default")
 
 
 def iter_rows(source: MilvusIndex, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -24,7 +24,7 @@ from .hits import Hit
 from .ivf_index import IVFIndex, default_n_clusters
 from .milvus_bulk import BulkStorage
 from .milvus_index import DEFAULT_URI, MilvusIndex
-from .milvus_move import copy_collection
+from .milvus_move import copy_collection, same_collection_place
 from .pca import PCAReducer
 from .pixel import PixelFeatures
 from .query_source import ImageQuery, load_query_image
@@ -266,6 +266,8 @@ class SearchIndex:
             raise ValueError(f"move_to needs a milvus backend, this index is {source.kind!r}: rebuild it with "
                              "backend='milvus' and uri=...")
         config = source.config()
+        if same_collection_place(source.uri, source.db_name, uri, db_name):
+            raise ValueError(f"the index is already at {uri!r}: moving it there would replace its own collection")
         target = MilvusIndex(source.dim, source.collection, uri, token, db_name, config["metric"],
                              index_type or config["index_type"], None if index_type else config["index_params"],
                              None if index_type else config["search_params"], overwrite=True,

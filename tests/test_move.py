@@ -70,6 +70,13 @@ def test_copy_pages_every_row_once(tmp_path):
         target.close()
 
 
+def test_move_to_where_it_already_is_is_refused_and_loses_nothing(lite_index, subset_paths):
+    before = _ranked(lite_index, subset_paths[:3])
+    with pytest.raises(ValueError, match="already at"):
+        lite_index.move_to(lite_index.backend.uri.replace("/idx/", "/idx/./"), progress=False)
+    assert len(lite_index) == 24 and _ranked(lite_index, subset_paths[:3]) == before
+
+
 def test_move_needs_a_milvus_backend(subset_paths, tmp_path):
     index, _ = SearchIndex.build([str(p) for p in subset_paths[:5]], tmp_path / "x", backend="exact",
                                  extractor=PixelFeatures(8), pca_dim=None, progress=False)
