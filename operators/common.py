@@ -11,6 +11,12 @@ from revsearch.brain_backend import BACKEND_NAME
 from revsearch.extractor import FeatureExtractor
 
 DEFAULT_EMBEDDINGS_FIELD = "revsearch_embedding"
+#: Targets of a search: the whole dataset (default) or only the view shown in the App.
+TARGETS = {"dataset": "Whole dataset", "view": "Current view only"}
+#: File-name endings the upload box accepts. FiftyOne's FileView keeps a file only when its *name ends
+#: with* one of these (it does not understand MIME patterns such as ``image/*``), case-sensitively.
+IMAGE_SUFFIXES = [s for ext in ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp")
+                  for s in (f".{ext}", f".{ext.upper()}")]
 
 
 def progress_callback(ctx):
@@ -43,6 +49,49 @@ def choose(inputs: types.Object, name: str, choices: list[str], label: str, desc
                 default=default if default in choices else choices[0] if required else None, view=dropdown)
 
 
+def new_brain_key_input(ctx, inputs: types.Object, default: str = "revsearch") -> None:
+    """A brain key for a new index, flagged in the form when invalid or already used."""
+    existing = set(ctx.dataset.list_brain_runs()) if ctx.dataset is not None else set()
+    free = next(k for k in [default] + [f"{default}_{i}" for i in range(2, 1000)] if k not in existing)
+    prop = inputs.str("brain_key", default=free, required=True, label="Brain key",
+                      description="a name for the index (letters, digits and underscores)")
+    key = ctx.params.get("brain_key", free) or ""
+    if key in existing:
+        prop.invalid = True
+        prop.error_message = f"An index or brain run named '{key}' already exists: choose another name"
+    elif key and not key.isidentifier():
+        prop.invalid = True
+        prop.error_message = "Use letters, digits and underscores only, not starting with a digit"
+
+
+def target_input(inputs: types.Object) -> None:
+    """Whether to search the whole dataset or only the current view."""
+    radio = types.RadioGroup()
+    for value, label in TARGETS.items():
+        radio.add_choice(value, label=label)
+    inputs.enum("target", radio.values(), default="dataset", label="Search in", view=radio,
+                description="the whole dataset, or only the samples in the view shown now "
+                            "(e.g. the previous result)")
+
+
+def target_samples(ctx):
+    """The samples to search: the whole dataset unless the form asked for the current view."""
+    return ctx.view if ctx.params.get("target", "dataset") == "view" else ctx.dataset
+
+
+def embeddings_field_input(ctx, inputs: types.Object, name: str = "embeddings_field") -> bool:
+    """An existing embeddings field; False (with a notice) when the dataset has none yet."""
+    fields = vector_fields(ctx)
+    if not fields:
+        inputs.view("no_embeddings", types.Warning(
+            label="No embeddings field yet",
+            description="Run 'revsearch: compute embeddings' first (or build an index with "
+                        "'Keep embeddings in field' filled in)."))
+        return False
+    choose(inputs, name, fields, "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
+    return True
+
+
 def brain_key_input(ctx, inputs: types.Object) -> bool:
     """The index (brain key) selector; False (with a notice) when the dataset has no index."""
     keys = revsearch_keys(ctx)
@@ -54,15 +103,17 @@ def brain_key_input(ctx, inputs: types.Object) -> bool:
     return True
 
 
-def extractor_inputs(inputs: types.Object, pixel: bool = True) -> None:
-    """Form fields describing the feature extractor."""
-    kinds = ["cnn", "pixel"] if pixel else ["cnn"]
-    inputs.enum("features", kinds, default="cnn", label="Features",
-                description="cnn: a torchvision CNN trunk; pixel: 32x32 thumbnails (the baseline)",
-                view=types.RadioGroup())
+def extractor_inputs(ctx, inputs: types.Object) -> None:
+    """Form fields describing the feature extractor (the CNN's settings only when features is cnn)."""
+    inputs.enum("features", ["cnn", "pixel"], default="cnn", label="Features", view=types.RadioGroup(),
+                description="cnn: a torchvision CNN trunk; pixel: 32x32 thumbnails (the baseline)")
+    if ctx.params.get("features", "cnn") != "cnn":
+        return
     inputs.enum("backbone", sorted(FEATURE_DIMS), default=DEFAULT_BACKBONE, label="Backbone")
     inputs.str("weights", default="DEFAULT", label="Weights",
-               description="DEFAULT, a torchvision weights name (e.g. IMAGENET1K_V1) or a local .pth file")
+               description="DEFAULT (also when empty): the backbone's ImageNet weights; a torchvision "
+                           "weights name (e.g. IMAGENET1K_V1), a local .pth file, or 'random' "
+                           "(untrained, for tests only)")
     inputs.enum("pooling", ["gem", "avg"], default="gem", label="Pooling",
                 description="GeM (generalised mean, p=3) or average pooling of the last feature map")
     inputs.int("batch_size", default=32, min=1, label="Batch size")
@@ -72,7 +123,8 @@ def extractor_from_params(params: dict) -> FeatureExtractor:
     """The extractor described by :func:`extractor_inputs` values."""
     if params.get("features", "cnn") == "pixel":
         return PixelFeatures()
-    weights = params.get("weights", "DEFAULT") or None
+    weights = (params.get("weights") or "").strip() or "DEFAULT"
+    weights = None if weights.lower() == "random" else weights
     return Embedder(backbone=params.get("backbone", DEFAULT_BACKBONE), weights=weights,
                     pooling=params.get("pooling", "gem"), batch_size=int(params.get("batch_size", 32)))
 

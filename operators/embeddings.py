@@ -7,8 +7,8 @@ import fiftyone.operators.types as types
 
 from revsearch import fiftyone_tools as tools
 
-from .common import (DEFAULT_EMBEDDINGS_FIELD, choose, extractor_from_params, extractor_inputs,
-                     progress_callback, vector_fields)
+from .common import (DEFAULT_EMBEDDINGS_FIELD, embeddings_field_input, extractor_from_params, extractor_inputs,
+                     progress_callback)
 
 
 def _long_running(name: str, label: str, description: str) -> foo.OperatorConfig:
@@ -27,7 +27,7 @@ class ComputeEmbeddings(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.str("embeddings_field", default=DEFAULT_EMBEDDINGS_FIELD, required=True, label="Embeddings field")
-        extractor_inputs(inputs)
+        extractor_inputs(ctx, inputs)
         return types.Property(inputs, view=types.View(label="Compute embeddings"))
 
     def execute(self, ctx):
@@ -53,7 +53,8 @@ class FitPCA(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        choose(inputs, "embeddings_field", vector_fields(ctx), "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
+        if not embeddings_field_input(ctx, inputs):
+            return types.Property(inputs)
         inputs.int("n_components", default=128, min=1, required=True, label="Components")
         inputs.bool("whiten", default=False, label="Whiten")
         inputs.str("out_field", default=f"{DEFAULT_EMBEDDINGS_FIELD}_pca", required=True, label="Output field")
@@ -83,7 +84,8 @@ class FitKMeans(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        choose(inputs, "embeddings_field", vector_fields(ctx), "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
+        if not embeddings_field_input(ctx, inputs):
+            return types.Property(inputs)
         inputs.int("n_clusters", default=16, min=1, required=True, label="Clusters")
         inputs.str("cluster_field", default="revsearch_cluster", required=True, label="Cluster id field")
         inputs.str("distance_field", default="revsearch_cluster_dist", required=True,

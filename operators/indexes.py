@@ -8,8 +8,8 @@ import fiftyone.operators.types as types
 from revsearch import fiftyone_tools as tools
 from revsearch.brain_backend import INDEX_KINDS
 
-from .common import (brain_key_input, choose, extractor_from_params, extractor_inputs, progress_callback,
-                     revsearch_keys, vector_fields)
+from .common import (DEFAULT_EMBEDDINGS_FIELD, brain_key_input, choose, extractor_from_params,
+                     extractor_inputs, new_brain_key_input, progress_callback, revsearch_keys, vector_fields)
 from .embeddings import _long_running
 
 _NO_FIELD = "(compute now)"
@@ -39,9 +39,10 @@ class BuildIndex(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.str("brain_key", default="revsearch", required=True, label="Brain key")
+        new_brain_key_input(ctx, inputs)
         inputs.enum("index_kind", list(INDEX_KINDS), default="milvus", label="Index", view=types.RadioGroup(),
-                    description="milvus: Milvus Lite file or server; kmeans: K-means IVF; pixel: baseline")
+                    description="milvus: Milvus Lite file or server; kmeans: K-means IVF; "
+                                "pixel: the pixel-distance baseline (exact search over thumbnails)")
         kind = ctx.params.get("index_kind", "milvus")
         if kind == "milvus":
             inputs.str("uri", label="Milvus URI", description="empty: Milvus Lite file "
@@ -54,7 +55,10 @@ class BuildIndex(foo.Operator):
             choose(inputs, "embeddings_field", [_NO_FIELD] + vector_fields(ctx), "Embeddings",
                    description="an existing embeddings field, or compute embeddings now", default=_NO_FIELD)
             if ctx.params.get("embeddings_field", _NO_FIELD) == _NO_FIELD:
-                extractor_inputs(inputs, pixel=False)
+                extractor_inputs(ctx, inputs)
+                inputs.str("keep_field", default=DEFAULT_EMBEDDINGS_FIELD, label="Keep embeddings in field",
+                           description="the computed vectors are also stored in this sample field (for "
+                                       "'fit PCA' and 'fit K-means'); empty: do not keep them")
             inputs.int("pca_components", label="PCA components", description="empty: no PCA")
         return types.Property(inputs, view=types.View(label="Build a revsearch index"))
 
@@ -64,9 +68,10 @@ class BuildIndex(foo.Operator):
         field = p.get("embeddings_field")
         field = None if kind == "pixel" or field in (None, "", _NO_FIELD) else field
         extractor = None if field or kind == "pixel" else extractor_from_params(p)
+        keep_field = (p.get("keep_field") or None) if extractor is not None else None
         results, failures = tools.build_index(ctx.view, p["brain_key"], kind, extractor=extractor,
-                                              embeddings_field=field, progress=progress_callback(ctx),
-                                              **_index_options(p))
+                                              embeddings_field=field, keep_field=keep_field,
+                                              progress=progress_callback(ctx), **_index_options(p))
         ctx.ops.reload_dataset()
         return {"brain_key": p["brain_key"], "indexed": results.total_index_size, "failures": failures}
 

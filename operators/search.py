@@ -9,7 +9,9 @@ import fiftyone.operators.types as types
 
 from revsearch import fiftyone_tools as tools
 
-from .common import brain_key_input
+from revsearch.errors import ImageLoadError, PrivateURLError
+
+from .common import IMAGE_SUFFIXES, brain_key_input, target_input, target_samples
 
 SOURCES = {"selected": "Selected sample(s)", "upload": "Upload an image", "path": "Local file path",
            "url": "http(s) URL"}
@@ -30,8 +32,20 @@ def _query(ctx):
             raise ValueError("select one or more samples in the grid first")
         return list(ctx.selected)
     if source == "upload":
+        if not p.get("upload"):
+            raise ValueError("choose an image file to upload first")
         return _uploaded_bytes(p["upload"])
-    return p[source]
+    if not (p.get(source) or "").strip():
+        raise ValueError(f"fill in the image {source} first")
+    return p[source].strip()
+
+
+def _in_form_terms(exc: ImageLoadError) -> ValueError:
+    """A query image error, reworded for the App's form (no Python argument names)."""
+    if isinstance(exc, PrivateURLError):
+        return ValueError(f"{exc.source}: points at a private-network address; tick "
+                          "'Allow private-network URLs' to search with it")
+    return ValueError(str(exc))
 
 
 class SearchByImage(foo.Operator):
@@ -53,13 +67,14 @@ class SearchByImage(foo.Operator):
         source = ctx.params.get("source", default)
         if source == "upload":
             inputs.uploaded_file("upload", required=True, label="Image",
-                                 view=types.FileView(label="Image", types="image/*"))
+                                 view=types.FileView(label="Image", types=",".join(IMAGE_SUFFIXES)))
         elif source == "path":
             inputs.str("path", required=True, label="Image path on the server")
         elif source == "url":
             inputs.str("url", required=True, label="Image URL (http or https)")
             inputs.bool("allow_private_urls", default=False, label="Allow private-network URLs")
         inputs.int("k", default=25, min=1, label="Number of results")
+        target_input(inputs)
         inputs.str("dist_field", default="revsearch_dist", label="Distance field",
                    description="each result's squared L2 distance to the query is stored here")
         return types.Property(inputs, view=types.View(label="Search by image"))
@@ -67,8 +82,11 @@ class SearchByImage(foo.Operator):
     def execute(self, ctx):
         p = ctx.params
         results = ctx.dataset.load_brain_results(p["brain_key"])
-        view = tools.query_view(results, ctx.view, _query(ctx), int(p.get("k", 25)),
-                                p.get("dist_field", "revsearch_dist"), bool(p.get("allow_private_urls", False)))
+        try:
+            view = tools.query_view(results, target_samples(ctx), _query(ctx), int(p.get("k", 25)),
+                                    p.get("dist_field", "revsearch_dist"), bool(p.get("allow_private_urls", False)))
+        except ImageLoadError as exc:
+            raise _in_form_terms(exc) from None
         ctx.ops.set_view(view)
         return {"ids": view.values("id"), "distances": view.values(p.get("dist_field", "revsearch_dist"))}
 

@@ -14,6 +14,10 @@ class ImageLoadError(RevsearchError):
         self.reason = reason
 
 
+class PrivateURLError(ImageLoadError):
+    """A URL (or a redirect) points at a loopback / private / link-local address, refused unless allowed."""
+
+
 class WeightsUnavailableError(RevsearchError):
     """Pretrained weights could not be loaded (offline, missing file, bad file)."""
 

@@ -120,13 +120,20 @@ def compute_embeddings(samples, field: str, extractor: FeatureExtractor, progres
                        ) -> dict[str, str]:
     """Store each sample's vector in ``field`` (extractor recorded in the field's info); failures."""
     ids, vectors, failures = embed_samples(samples, extractor, progress)
-    samples.set_values(field, dict(zip(ids, vectors)), key_field="id")
-    _set_field_info(samples, field, {EXTRACTOR_INFO: extractor.describe()})
+    _store_vectors(samples, field, ids, vectors, extractor.describe())
     return failures
+
+
+def _store_vectors(samples, field: str, ids: list[str], vectors: np.ndarray, description: dict) -> None:
+    """Vectors into a sample field, with the extractor that made them in the field's info."""
+    samples.set_values(field, dict(zip(ids, vectors)), key_field="id")
+    _set_field_info(samples, field, {EXTRACTOR_INFO: description})
 
 
 def field_vectors(samples, field: str) -> tuple[list[str], np.ndarray]:
     """Ids and vectors of the samples that have ``field`` set."""
+    if not samples.has_field(field):
+        raise ValueError(f"the dataset has no embeddings field {field!r}: compute embeddings first")
     view = samples.exists(field)
     ids, values = view.values("id"), view.values(field)
     if not ids:
@@ -163,14 +170,18 @@ def fit_kmeans(samples, field: str, n_clusters: int, cluster_field: str, distanc
 
 
 def build_index(samples, brain_key: str, index_kind: str = "milvus", extractor: FeatureExtractor | None = None,
-                embeddings_field: str | None = None, progress: Progress = None, **options
-                ) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
+                embeddings_field: str | None = None, progress: Progress = None, keep_field: str | None = None,
+                **options) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
     """Index the samples under ``brain_key``; returns the index and failures by sample id.
 
     Vectors come from ``embeddings_field`` (made by :func:`compute_embeddings` / :func:`fit_pca`) or
-    are computed with ``extractor`` (default: pixel thumbnails for ``pixel``, else the default CNN).
+    are computed with ``extractor`` (default: pixel thumbnails for ``pixel``, else the default CNN),
+    and then also stored in ``keep_field`` if given.
     ``options`` go to :class:`~revsearch.brain_backend.RevsearchSimilarityConfig`.
     """
+    if brain_key in samples._root_dataset.list_brain_runs():
+        raise ValueError(f"brain key {brain_key!r} is already used on this dataset: choose another name, "
+                         "or delete that run first")
     pca = None
     if embeddings_field:
         ids, vectors = field_vectors(samples, embeddings_field)
@@ -184,6 +195,8 @@ def build_index(samples, brain_key: str, index_kind: str = "milvus", extractor: 
         extractor = extractor or default_extractor(index_kind)
         ids, vectors, failures = embed_samples(samples, extractor, progress)
         description = extractor.describe()
+        if keep_field:
+            _store_vectors(samples, keep_field, ids, vectors, description)
     results = fob.compute_similarity(samples, embeddings=False, backend=BACKEND_NAME, brain_key=brain_key,
                                      index_kind=index_kind, extractor=description, **options)
     results.set_pca(pca)
@@ -234,7 +247,17 @@ def query_view(results: RevsearchSimilarityIndex, samples, query: str | list[str
     else:
         vector = results.embed_query(query, allow_private_urls)
     results.use_view(samples)
-    return results.sort_by_similarity(vector, k=k, dist_field=dist_field)
+    view = results.sort_by_similarity(vector, k=k, dist_field=dist_field)
+    if dist_field:
+        _clear_outside(samples._root_dataset, dist_field, view.values("id"))
+    return view
+
+
+def _clear_outside(dataset, field: str, ids: list[str]) -> None:
+    """Unset ``field`` on the samples not in ``ids`` (values left there by earlier searches)."""
+    stale = dataset.exists(field).exclude(ids)
+    if len(stale):
+        stale.set_values(field, [None] * len(stale))
 
 
 def near_duplicates(results: RevsearchSimilarityIndex, samples, threshold: float,

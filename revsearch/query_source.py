@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, PrivateURLError
 from .images import as_rgb_array, decode_image, load_image
 
 MAX_URL_BYTES = 32 * 1024 * 1024
@@ -55,8 +55,8 @@ def _check_host(url: str, allow_private: bool) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not _is_public(address):
-            raise ImageLoadError(url, f"host resolves to non-public address {address} "
-                                      "(pass allow_private_urls=True to allow)")
+            raise PrivateURLError(url, f"host resolves to non-public address {address} "
+                                       "(pass allow_private_urls=True to allow)")
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
@@ -73,7 +73,7 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
                 _check_host(target, self.allow_private)
             except ImageLoadError as exc:
                 fp.close()
-                raise ImageLoadError(req.full_url, f"redirected to {target}, refused: {exc.reason}") from None
+                raise type(exc)(req.full_url, f"redirected to {target}, refused: {exc.reason}") from None
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302

@@ -140,7 +140,7 @@ def test_search_by_local_path_and_url(dataset, run, milvus_index, caltech_files)
     try:
         by_url = run("search_by_image", brain_key=milvus_index, source="url", url=url, allow_private_urls=True, k=4)
         assert by_url["ids"] == by_path["ids"]
-        with pytest.raises(Exception, match="non-public address"):
+        with pytest.raises(Exception, match="private-network address; tick .Allow private-network URLs."):
             run("search_by_image", brain_key=milvus_index, source="url", url=url, k=4)
     finally:
         server.shutdown()
