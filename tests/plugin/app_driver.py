@@ -1,0 +1,232 @@
+"""Drive the FiftyOne App (1.22) in headless Chromium the way a user clicks it.
+
+Every forced click and wait that FiftyOne's UI needs lives here, so tests read as user steps:
+open the operator browser, pick an operator, fill its form by label, execute, read the grid.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from plugin_helpers import REPO, subprocess_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+PROMPT = '[data-cy="operators-prompt-modal"]'
+TILE, TILE_TAG = '[data-cy="looker"]', '[data-cy="tag-name"]'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Poll ``url`` until it answers; fail with the log's tail if ``process`` dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer: {log.read_text()[-3000:]}")
+            time.sleep(1)
+
+
+@contextmanager
+def app_server(log: Path, extra_env: dict | None = None, command: list[str] | None = None, port: int | None = None):
+    """A FiftyOne App server in a child process (this plugin importable there); yields its base URL."""
+    port = port or free_port()
+    env = {**subprocess_env(), "FIFTYONE_DO_NOT_TRACK": "true", **(extra_env or {})}
+    command = command or [sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address", "127.0.0.1"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/", server, log)
+            yield f"http://127.0.0.1:{port}", server
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=30)
+
+
+@contextmanager
+def browser_page(playwright_api):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+class App:
+    """One browser tab on one dataset of the App."""
+
+    def __init__(self, page, url: str):
+        self.page = page
+        self.url = url
+
+    # ---- page ------------------------------------------------------------------------------
+    def open(self, url: str | None = None) -> "App":
+        self.page.goto(url or self.url)
+        self.page.wait_for_selector(TILE_TAG, timeout=120_000)
+        self.dismiss_popups()
+        return self
+
+    def dismiss_popups(self) -> None:
+        """The "Explore Enterprise" popover and the analytics banner cover parts of the page."""
+        for name in ("Dismiss", "Disable"):
+            button = self.page.get_by_role("button", name=name, exact=True)
+            if button.count():
+                try:
+                    button.first.click(timeout=3000)
+                except Exception:  # noqa: BLE001  (gone in the meantime)
+                    pass
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.wait_for_timeout(800)  # thumbnails finish drawing
+        self.page.screenshot(path=str(path))
+        return path
+
+    # ---- operators -------------------------------------------------------------------------
+    def open_operator(self, label: str) -> None:
+        """Backtick opens the operator browser; type the label, pick the match, wait for its form."""
+        self.page.keyboard.press("Escape")
+        self.page.locator("body").click(position={"x": 700, "y": 40}, force=True)
+        self.page.keyboard.press("Backquote")
+        search = self.page.get_by_placeholder(re.compile("search", re.I)).last
+        search.wait_for(timeout=10_000)
+        search.fill(label)
+        self.page.get_by_text(label, exact=True).first.click()
+        self.page.locator(PROMPT).wait_for(timeout=30_000)
+
+    def field(self, label: str):
+        """The innermost form property whose label is exactly ``label``."""
+        prompt = self.page.locator(PROMPT)
+        title = self.page.locator("p", has_text=re.compile(f"^{re.escape(label)}$"))
+        return prompt.locator(".MuiGrid-item").filter(has=title).last
+
+    def fill(self, label: str, value) -> None:
+        box = self.field(label).locator("input").first
+        box.fill(str(value))
+        box.press("Tab")
+        self.settle()
+
+    def choose(self, label: str, option: str) -> None:
+        """A radio button or a dropdown choice."""
+        field = self.field(label)
+        radio = field.get_by_role("radio", name=option, exact=True)
+        if radio.count():
+            radio.check(force=True)
+        else:
+            field.get_by_role("combobox").click()
+            self.page.get_by_role("option", name=option, exact=True).click()
+        self.settle()
+
+    def tick(self, label: str) -> None:
+        self.field(label).get_by_role("checkbox").check(force=True)
+        self.settle()
+
+    def upload(self, label: str, path: Path) -> None:
+        self.field(label).locator('input[type="file"]').set_input_files(str(path))
+        self.settle()
+
+    def settle(self) -> None:
+        """Dynamic forms re-resolve on the server after each change."""
+        self.page.wait_for_timeout(700)
+
+    def prompt_text(self) -> str:
+        return self.page.locator(PROMPT).inner_text()
+
+    def execute(self, timeout_s: float = 300) -> str:
+        """Click Execute, wait until the operator finished; returns the prompt's output text (if any)."""
+        button = self.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True)
+        deadline = time.monotonic() + 30
+        while button.is_disabled() and time.monotonic() < deadline:
+            self.page.wait_for_timeout(250)
+        button.click()
+        return self.wait_done(timeout_s)
+
+    def wait_done(self, timeout_s: float) -> str:
+        """Either the prompt closes (no output) or it shows the output with a Done/Close button."""
+        deadline = time.monotonic() + timeout_s
+        prompt = self.page.locator(PROMPT)
+        previous = None
+        while time.monotonic() < deadline:
+            texts = prompt.all_inner_texts()  # no waiting: the prompt may close at any moment
+            if not texts:
+                return ""
+            text = texts[0]
+            finished = re.search(r"\bDone\b|\bClose\b", text) and "Execute" not in text
+            if finished and text == previous:  # the output has finished rendering
+                return text
+            previous = text if finished else None
+            self.page.wait_for_timeout(700)
+        raise TimeoutError(f"operator did not finish in {timeout_s} s: {prompt.inner_text()[-1500:]}")
+
+    def close_prompt(self) -> None:
+        prompt = self.page.locator(PROMPT)
+        for name in ("Done", "Close", "Cancel"):
+            button = prompt.get_by_role("button", name=name, exact=True)
+            if button.count():
+                button.first.click()
+                break
+        prompt.wait_for(state="detached", timeout=10_000)
+
+    # ---- grid ------------------------------------------------------------------------------
+    def grid(self) -> list[dict[str, str]]:
+        """Each tile's drawn tags, field -> text (``name`` is the label), in reading order."""
+        tiles = self.page.locator(TILE)
+        found = []
+        for i in range(tiles.count()):
+            box = tiles.nth(i).bounding_box()
+            tags = tiles.nth(i).locator('[data-cy^="tag-"]')
+            if box and tiles.nth(i).locator(TILE_TAG).count():
+                drawn = {t.get_attribute("data-cy")[4:]: t.inner_text() for t in tags.all()}
+                found.append((round(box["y"]), box["x"], drawn))
+        return [drawn for _, _, drawn in sorted(found, key=lambda f: (f[0], f[1]))]
+
+    def labels(self) -> list[str]:
+        return [drawn["name"] for drawn in self.grid()]
+
+    def wait_for_labels(self, expected: list[str], timeout_s: float = 60) -> list[str]:
+        """Poll until the grid's first tiles are ``expected``; returns what it shows."""
+        deadline = time.monotonic() + timeout_s
+        while self.labels()[:len(expected)] != expected and time.monotonic() < deadline:
+            self.page.wait_for_timeout(500)
+        return self.labels()
+
+    def show_field(self, name: str) -> None:
+        """Tick a field in the sidebar so its value is drawn on every tile."""
+        row = self.page.locator(f'[data-cy="sidebar-field-{name}"]')
+        if not row.count():
+            self.page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+        checkbox = self.page.locator(f'[data-cy="checkbox-{name}"]')
+        if checkbox.count():
+            checkbox.first.click()
+        else:
+            self.page.get_by_text(name, exact=True).first.click()
+        self.page.wait_for_timeout(1000)
+
+    def select_tile(self, label: str) -> None:
+        """Hover the tile with ``label`` and tick its selection checkbox (top left)."""
+        tile = self.page.locator(TILE).filter(has=self.page.locator(TILE_TAG, has_text=label)).first
+        tile.hover()
+        box = tile.bounding_box()
+        self.page.mouse.click(box["x"] + 18, box["y"] + 18)
+        self.page.wait_for_function(
+            "() => document.querySelectorAll('input[type=checkbox]:checked').length > 0", timeout=10_000)
