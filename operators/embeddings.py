@@ -16,6 +16,20 @@ def _long_running(name: str, label: str, description: str) -> foo.OperatorConfig
                               allow_immediate_execution=True, allow_delegated_execution=True)
 
 
+def _embeddings_field(ctx) -> str:
+    """The chosen embeddings field; a one-line error when the dataset has none."""
+    field = ctx.params.get("embeddings_field")
+    if not field:
+        raise ValueError("this dataset has no embeddings field yet: run 'revsearch: compute embeddings' first")
+    return field
+
+
+def _on_view(ctx) -> str:
+    """Tells the user which samples the operator works on."""
+    n = len(ctx.view) if ctx.view is not None else 0
+    return f"Runs on the {n} samples of the current view (clear the view bar to use the whole dataset)."
+
+
 class ComputeEmbeddings(foo.Operator):
     """Embed the images of the current view into a vector field."""
 
@@ -28,7 +42,7 @@ class ComputeEmbeddings(foo.Operator):
         inputs = types.Object()
         inputs.str("embeddings_field", default=DEFAULT_EMBEDDINGS_FIELD, required=True, label="Embeddings field")
         extractor_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Compute embeddings"))
+        return types.Property(inputs, view=types.View(label="Compute embeddings", description=_on_view(ctx)))
 
     def execute(self, ctx):
         field = ctx.params.get("embeddings_field", DEFAULT_EMBEDDINGS_FIELD)
@@ -58,11 +72,11 @@ class FitPCA(foo.Operator):
         inputs.int("n_components", default=128, min=1, required=True, label="Components")
         inputs.bool("whiten", default=False, label="Whiten")
         inputs.str("out_field", default=f"{DEFAULT_EMBEDDINGS_FIELD}_pca", required=True, label="Output field")
-        return types.Property(inputs, view=types.View(label="Fit PCA"))
+        return types.Property(inputs, view=types.View(label="Fit PCA", description=_on_view(ctx)))
 
     def execute(self, ctx):
         p = ctx.params
-        ratios = tools.fit_pca(ctx.view, p["embeddings_field"], p["out_field"], int(p["n_components"]),
+        ratios = tools.fit_pca(ctx.view, _embeddings_field(ctx), p["out_field"], int(p["n_components"]),
                                bool(p.get("whiten", False)))
         ctx.ops.reload_dataset()
         return {"out_field": p["out_field"], "explained_variance": round(sum(ratios), 4),
@@ -90,11 +104,11 @@ class FitKMeans(foo.Operator):
         inputs.str("cluster_field", default="revsearch_cluster", required=True, label="Cluster id field")
         inputs.str("distance_field", default="revsearch_cluster_dist", required=True,
                    label="Distance-to-centre field", description="L2 distance of each sample to its centre")
-        return types.Property(inputs, view=types.View(label="Fit K-means"))
+        return types.Property(inputs, view=types.View(label="Fit K-means", description=_on_view(ctx)))
 
     def execute(self, ctx):
         p = ctx.params
-        sizes = tools.fit_kmeans(ctx.view, p["embeddings_field"], int(p["n_clusters"]), p["cluster_field"],
+        sizes = tools.fit_kmeans(ctx.view, _embeddings_field(ctx), int(p["n_clusters"]), p["cluster_field"],
                                  p["distance_field"])
         ctx.ops.reload_dataset()
         return {"cluster_sizes": {str(i): n for i, n in enumerate(sizes)}, "n_clusters": len(sizes)}

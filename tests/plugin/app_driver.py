@@ -71,12 +71,32 @@ def browser_page(playwright_api):
             browser.close()
 
 
+#: Records every notice (snackbar) the App shows, since they vanish after a few seconds.
+RECORD_NOTICES = """
+window.__notices = [];
+new MutationObserver(() => document.querySelectorAll('#notistack-snackbar').forEach(e => {
+  if (!window.__notices.includes(e.innerText)) window.__notices.push(e.innerText);
+})).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
 class App:
     """One browser tab on one dataset of the App."""
 
     def __init__(self, page, url: str):
         self.page = page
         self.url = url
+        page.add_init_script(RECORD_NOTICES)
+
+    def wait_for_notice(self, text: str, timeout_s: float = 30) -> str:
+        """The first notice shown so far (or within ``timeout_s``) that contains ``text``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [n for n in self.page.evaluate("window.__notices || []") if text in n]
+            if found:
+                return found[0]
+            self.page.wait_for_timeout(250)
+        raise AssertionError(f"no notice with {text!r}; shown: {self.page.evaluate('window.__notices || []')}")
 
     # ---- page ------------------------------------------------------------------------------
     def open(self, url: str | None = None) -> "App":
@@ -94,6 +114,13 @@ class App:
                     button.first.click(timeout=3000)
                 except Exception:  # noqa: BLE001  (gone in the meantime)
                     pass
+
+    def clear_view(self) -> None:
+        """Click the view bar's clear button (the App restores the last view set by an operator)."""
+        clear = self.page.locator('[data-cy="btn-clear-view-bar"]')
+        if clear.count() and clear.first.is_visible():
+            clear.first.click()
+            self.page.wait_for_timeout(1500)
 
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -155,10 +182,11 @@ class App:
     def execute(self, timeout_s: float = 300) -> str:
         """Click Execute, wait until the operator finished; returns the prompt's output text (if any)."""
         button = self.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True)
-        deadline = time.monotonic() + 30
-        while button.is_disabled() and time.monotonic() < deadline:
-            self.page.wait_for_timeout(250)
-        button.click()
+        if button.count():  # operators without inputs run as soon as they are picked
+            deadline = time.monotonic() + 30
+            while button.is_disabled() and time.monotonic() < deadline:
+                self.page.wait_for_timeout(250)
+            button.click()
         return self.wait_done(timeout_s)
 
     def wait_done(self, timeout_s: float) -> str:
@@ -172,6 +200,10 @@ class App:
                 return ""
             text = texts[0]
             finished = re.search(r"\bDone\b|\bClose\b", text) and "Execute" not in text
+            if finished and "Error occurred during operator execution" in text:
+                prompt.get_by_text("Error occurred during operator execution").click()  # shows the details
+                self.page.wait_for_timeout(500)
+                return prompt.all_inner_texts()[0]
             if finished and text == previous:  # the output has finished rendering
                 return text
             previous = text if finished else None

@@ -52,13 +52,13 @@ def server(dataset, plugins_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {"FIFTYONE_PLUGINS_DIR": str(plugins_dir), "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true"}
     with app_server(log, env) as (base, _):
-        yield f"{base}/datasets/{dataset.name}"
+        yield base
 
 
 @pytest.fixture
-def app(server):
+def app(server, dataset):
     with browser_page(playwright_api) as page:
-        yield App(page, server).open()
+        yield App(page, f"{server}/datasets/{dataset.name}").open()
 
 
 def label_of(path: str | Path) -> str:
@@ -68,7 +68,7 @@ def label_of(path: str | Path) -> str:
 def expected_search(dataset, key: str, query, k: int = K, samples=None) -> tuple[list[str], list[float]]:
     """The SDK's answer for the same query on the same index: labels and distances, nearest first."""
     dataset.reload()  # the App's process added fields and runs
-    results = dataset.load_brain_results(key)
+    results = dataset.load_brain_results(key, cache=False)
     vector = query[0] if isinstance(query, list) else results.embed_query(query, allow_private_urls=True)
     results.use_view(samples if samples is not None else dataset)
     ids, _, dists = results._kneighbors(vector, k=k, return_dists=True)
@@ -198,9 +198,8 @@ def test_search_by_url_needs_the_private_network_tick(app, dataset, caltech_file
     app.choose("Query", "http(s) URL")
     app.fill("Image URL (http or https)", image_url)
     app.execute()
-    notice = app.page.get_by_text(re.compile("tick 'Allow private-network URLs'"))
-    notice.first.wait_for(timeout=30_000)
-    assert "allow_private_urls" not in app.page.content()
+    notice = app.wait_for_notice("tick 'Allow private-network URLs'")
+    assert "Traceback" not in notice and "allow_private_urls" not in notice
     app.close_prompt()
 
     app.open_operator("revsearch: search by image")
@@ -217,7 +216,7 @@ def test_search_by_url_needs_the_private_network_tick(app, dataset, caltech_file
 
 def test_second_search_covers_the_dataset_unless_told_the_view(app, dataset, caltech_files):
     """Default target: the whole dataset, even while the grid shows an earlier result."""
-    first = expected_search(dataset, "cnn", caltech_files[0])[0]
+    shown = []
     for target, query in (("Whole dataset", caltech_files[0]), ("Whole dataset", caltech_files[18]),
                           ("Current view only", caltech_files[12])):
         app.open_operator("revsearch: search by image")
@@ -227,19 +226,18 @@ def test_second_search_covers_the_dataset_unless_told_the_view(app, dataset, cal
         app.fill("Number of results", K)
         app.choose("Search in", target)
         app.execute()
-        if target == "Whole dataset":
-            labels, dists = expected_search(dataset, "cnn", query)
-            app.wait_for_labels(labels)
-            assert app.labels() == labels
-            previous = labels
-        else:
-            shown = app.wait_for_labels(previous[:1], timeout_s=5)
-            assert set(shown) <= set(previous) and len(shown) == K
-    assert previous != first
+        ids = dict(zip(*dataset.values(["name.label", "id"])))
+        within = dataset.select([ids[label] for label in shown[-1]]) if target != "Whole dataset" else None
+        labels, _ = expected_search(dataset, "cnn", query, samples=within)
+        assert app.wait_for_labels(labels) == labels
+        shown.append(labels)
+    assert not set(shown[1]) <= set(shown[0])  # the second search left the first result
+    assert set(shown[2]) == set(shown[1])  # the view-only search re-ranked the second result
 
 
 # ---- embeddings, PCA, K-means, cluster filter -----------------------------------------------------
 def test_pca_and_kmeans_right_after_build_then_filter_by_cluster(app, dataset):
+    app.clear_view()  # these work on the current view: show the whole dataset first
     app.open_operator("revsearch: fit PCA")
     app.choose("Embeddings field", "revsearch_embedding")
     app.fill("Components", 8)
@@ -258,6 +256,7 @@ def test_pca_and_kmeans_right_after_build_then_filter_by_cluster(app, dataset):
     members = sorted(label for label, c in zip(dataset.values("name.label"), clusters) if c == cluster)
 
     app.open()  # a fresh load shows the new fields in the sidebar
+    app.clear_view()
     app.page.locator('[data-cy="sidebar-field-revsearch_cluster"]').click()
     for bound in ("min", "max"):
         box = app.page.get_by_placeholder(bound, exact=True).first
@@ -270,21 +269,29 @@ def test_pca_and_kmeans_right_after_build_then_filter_by_cluster(app, dataset):
     app.screenshot("app_cluster_filter")
 
 
-def test_fit_forms_explain_when_there_is_no_embeddings_field(app, dataset):
-    for name in ("revsearch_embedding", "revsearch_embedding_pca"):
-        dataset.clone_sample_field(name, f"keep_{name}")
-        dataset.delete_sample_field(name)
+def test_fit_forms_explain_when_there_is_no_embeddings_field(server, caltech_files):
+    bare = fo.Dataset(unique_name("bare"))
+    bare.add_samples([fo.Sample(filepath=f, name=fo.Classification(label=label_of(f))) for f in caltech_files[:3]])
     try:
-        app.open_operator("revsearch: fit K-means")
-        assert "No embeddings field yet" in app.prompt_text()
-        assert "compute embeddings" in app.prompt_text()
+        with browser_page(playwright_api) as page:
+            app = App(page, f"{server}/datasets/{bare.name}").open()
+            for operator in ("revsearch: fit PCA", "revsearch: fit K-means"):
+                app.open_operator(operator)
+                app.page.get_by_text("No embeddings field yet", exact=True).wait_for(timeout=30_000)
+                assert "revsearch: compute embeddings" in app.prompt_text()
+                app.screenshot("app_fit_without_embeddings")
+                out = app.execute()  # a user may still press Execute: one line, no traceback
+                notice = app.wait_for_notice("no embeddings field yet: run 'revsearch: compute embeddings' first")
+                assert "Traceback" not in notice and len(notice.splitlines()) == 1
+                assert "Error occurred" in out
+                app.close_prompt()
     finally:
-        for name in ("revsearch_embedding", "revsearch_embedding_pca"):
-            dataset.rename_sample_field(f"keep_{name}", name)
+        bare.delete()
 
 
 # ---- near-duplicates ------------------------------------------------------------------------------
 def test_near_duplicates_shows_the_copy_pair(app, dataset, caltech_files):
+    app.clear_view()  # these work on the current view: show the whole dataset first
     app.open_operator("revsearch: find near-duplicates")
     app.choose("Index (brain key)", "px")
     app.fill("Threshold (squared L2)", 1)
@@ -320,7 +327,8 @@ def test_list_inspect_update_delete(app, dataset, caltech_files):
     app.choose("Index (brain key)", "px")
     out = app.execute()
     assert re.search(r"Samples added:?\s+1", out), out
-    assert extra.id in dataset.load_brain_results("px").sample_ids.tolist()
+    dataset.reload()
+    assert extra.id in dataset.load_brain_results("px", cache=False).sample_ids.tolist()
     app.close_prompt()
 
     app.open_operator("revsearch: delete index")
@@ -336,6 +344,7 @@ def test_list_inspect_update_delete(app, dataset, caltech_files):
 
 # ---- delegated (scheduled) build ------------------------------------------------------------------
 def test_scheduled_build_runs_in_fiftyone_delegated_launch(app, dataset, plugins_dir, tmp_path):
+    app.clear_view()  # these work on the current view: show the whole dataset first
     app.open_operator("revsearch: build index")
     app.fill("Brain key", "scheduled")
     app.choose("Index", "pixel")
@@ -349,7 +358,7 @@ def test_scheduled_build_runs_in_fiftyone_delegated_launch(app, dataset, plugins
 
     env = {**subprocess_env(), "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
     with open(tmp_path / "launch.log", "w") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "fiftyone", "delegated", "launch"], env=env,
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("fiftyone")), "delegated", "launch"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 180
@@ -360,7 +369,7 @@ def test_scheduled_build_runs_in_fiftyone_delegated_launch(app, dataset, plugins
             worker.terminate()
             worker.wait(timeout=30)
     assert "scheduled" in dataset.list_brain_runs(), (tmp_path / "launch.log").read_text()[-3000:]
-    assert dataset.load_brain_results("scheduled").total_index_size == len(dataset)
+    assert dataset.load_brain_results("scheduled", cache=False).total_index_size == len(dataset)
 
 
 # ---- examples/app.py survives a tab reload --------------------------------------------------------
