@@ -99,9 +99,10 @@ class App:
         raise AssertionError(f"no notice with {text!r}; shown: {self.page.evaluate('window.__notices || []')}")
 
     # ---- page ------------------------------------------------------------------------------
-    def open(self, url: str | None = None) -> "App":
+    def open(self, url: str | None = None, ready: str = TILE_TAG) -> "App":
+        """Load the page; ready once an element matching ``ready`` (default: a tile's label) shows."""
         self.page.goto(url or self.url)
-        self.page.wait_for_selector(TILE_TAG, timeout=120_000)
+        self.page.wait_for_selector(ready, timeout=120_000)
         self.dismiss_popups()
         return self
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import fiftyone as fo
 import pytest
-from app_driver import CHROMIUM, App, app_server, browser_page, free_port, wait_http
+from app_driver import CHROMIUM, TILE, App, app_server, browser_page, free_port, wait_http
 from plugin_helpers import MODEL, REPO, subprocess_env, unique_name
 
 from revsearch import fiftyone_tools as tools
@@ -383,10 +383,11 @@ def test_example_app_survives_a_tab_reload(caltech_files, tmp_path, plugins_dir)
                "--address", "127.0.0.1"]
     with app_server(tmp_path / "example.log", {"FIFTYONE_PLUGINS_DIR": str(plugins_dir)}, command, port) as (base, proc):
         with browser_page(playwright_api) as page:
-            app = App(page, f"{base}/datasets/{name}").open()
+            app = App(page, f"{base}/datasets/{name}").open(ready=TILE)  # unlabelled: wait for tiles
             page.reload()
             page.wait_for_timeout(8000)  # longer than FiftyOne's 3 s reconnect window
-            app.open()
+            app.open(ready=TILE)
+            assert page.locator(TILE).count() == 6
             assert proc.poll() is None
             page.close()
             time.sleep(8)  # no tab at all for a while: the App keeps serving
