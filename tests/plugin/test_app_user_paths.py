@@ -162,12 +162,14 @@ def test_search_by_uploaded_image(app, dataset, caltech_files, tmp_path, suffix)
     prompt = app.prompt_text()
     assert "allowed" not in prompt, prompt  # FiftyOne's "Only ... file is allowed" rejection
     assert upload.name in prompt
+    tag = suffix.lower().replace(".", "_")
+    app.screenshot(f"app_upload_form{tag}")
     app.fill("Number of results", K)
     app.execute()
     labels, dists = expected_search(dataset, "cnn", str(upload))
     assert labels[0] == label_of(caltech_files[9])
     assert_grid_shows(app, dataset, labels, dists)
-    app.screenshot(f"app_search_upload{suffix.lower().replace('.', '_')}")
+    app.screenshot(f"app_search_upload{tag}")
 
 
 def test_search_by_local_path(app, dataset, caltech_files):
