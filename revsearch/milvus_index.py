@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
+from .crashpoints import write_point
 from .errors import (BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError, LiteFileBusyError,
                      RevsearchError, UnsupportedIndexError)
 from .hits import Hit
@@ -201,6 +202,7 @@ class MilvusIndex:
         try:
             self.client.create_collection(self.collection, schema=schema, index_params=index,
                                           consistency_level=self.consistency_level)
+            write_point("collection created")
         except MilvusException as exc:
             if self.client.has_collection(self.collection):
                 self.client.drop_collection(self.collection)
@@ -269,6 +271,7 @@ class MilvusIndex:
             rows = [{KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
                     for k, v in zip(keys[start:start + INSERT_BATCH], arr[start:start + INSERT_BATCH])]
             self.client.upsert(self.collection, rows)
+            write_point("vectors upserted")
 
     def bulk_add(self, keys: list[str], vectors: np.ndarray, storage: BulkStorage | None = None,
                  rows_per_file: int = ROWS_PER_FILE, timeout: float = IMPORT_TIMEOUT) -> None:
@@ -300,6 +303,7 @@ class MilvusIndex:
         keys = list(keys)
         for start in range(0, len(keys), INSERT_BATCH):
             self.client.delete(self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]])
+            write_point("vectors deleted")
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         q = np.asarray(queries, dtype=np.float32)
@@ -353,6 +357,29 @@ class MilvusIndex:
 
     @classmethod
     def load(cls, directory: Path, config: dict, token: str = "") -> "MilvusIndex":
+        """Reconnect to an existing collection (a missing Lite file is an error, not created empty)."""
+        if is_lite_uri(config["uri"]) and not Path(config["uri"]).expanduser().exists():
+            raise IndexNotFoundError(f"Milvus Lite file {config['uri']!r} does not exist: the index in {directory} "
+                                     "lost its vectors; rebuild it with revsearch index FOLDER --rebuild")
         return cls(config["dim"], config["collection"], config["uri"], token, config.get("db_name", ""),
                    config["metric"], config["index_type"], config["index_params"], config["search_params"],
                    create=False, consistency_level=config.get("consistency_level", "Strong"))
+
+
+def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "") -> None:
+    """Drop ``collection`` at ``uri`` if it exists (a missing Lite file holds nothing to drop)."""
+    if is_lite_uri(uri) and not Path(uri).expanduser().exists():
+        return
+    lock = LiteFileLock(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
+    if lock:
+        lock.acquire()
+    try:
+        client = connect(uri, token, db_name)
+        try:
+            if client.has_collection(collection):
+                client.drop_collection(collection)
+        finally:
+            client.close()
+    finally:
+        if lock:
+            lock.release()
