@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from .atomic import fsync_tree, write_atomic
 from .checkpoint import EmbeddingCheckpoint
 from .crashpoints import write_point
-from .embedder import Embedder, EmbedderConfig
 from .errors import IndexBusyError, IndexMismatchError, RevsearchError
 from .exact_index import ExactIndex
 from .extractor import FeatureExtractor
@@ -109,6 +108,8 @@ def make_extractor(description: dict) -> FeatureExtractor:
     """Rebuild the extractor an index was built with from its stored description."""
     if description["type"] == "pixel":
         return PixelFeatures(description["size"])
+    from .embedder import Embedder, EmbedderConfig  # torch is imported only for CNN indexes
+
     keys = ("backbone", "weights", "pooling", "gem_p", "image_size")
     return Embedder(EmbedderConfig(**{k: description[k] for k in keys}))
 
@@ -173,7 +174,10 @@ class SearchIndex:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "pixel":
             extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
-        extractor = extractor or Embedder()
+        if extractor is None:
+            from .embedder import Embedder
+
+            extractor = Embedder()
         directory = Path(os.path.abspath(directory))
         paths = sorted({os.path.abspath(p) for p in paths})
         with IndexLock(directory):
@@ -446,10 +450,11 @@ def recover(directory: Path, token: str = "") -> None:
         if committed is not None and update.base_generation == generation:
             index = _open(SearchIndex, directory, committed, token)
             try:
-                index.apply(update)
+                index.apply(update)  # commits (and cleans up) the next generation
             finally:
                 if isinstance(index.backend, MilvusIndex):
                     index.backend.close()
+            generation = index.generation
         clear_journal(directory)
     remove_old_generations(directory, generation)
 
