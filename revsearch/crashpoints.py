@@ -4,7 +4,8 @@ Every place that changes an index on disk or in Milvus calls :func:`write_point`
 change. With ``REVSEARCH_CRASH_AT=n`` the n-th call sends SIGKILL to the process (nothing is flushed,
 no handler runs: like ``kill -9`` or a power cut at that moment). With ``REVSEARCH_CRASH_LOG=file``
 each call appends its label to ``file``, so a test can count the write points of an operation and
-then kill it at each one in turn. Without these variables a write point costs one dict lookup.
+then kill it at each one in turn. ``REVSEARCH_CRASH_SIGNAL=INT`` sends SIGINT instead (a Ctrl-C at
+that exact point). Without these variables a write point costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 
-CRASH_AT_ENV, CRASH_LOG_ENV = "REVSEARCH_CRASH_AT", "REVSEARCH_CRASH_LOG"
+CRASH_AT_ENV, CRASH_LOG_ENV, CRASH_SIGNAL_ENV = "REVSEARCH_CRASH_AT", "REVSEARCH_CRASH_LOG", "REVSEARCH_CRASH_SIGNAL"
 _count = 0
 
 
@@ -27,4 +28,4 @@ def write_point(label: str) -> None:
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{_count} {label}\n")
     if crash_at is not None and _count == int(crash_at):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")))

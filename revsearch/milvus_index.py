@@ -10,6 +10,7 @@ import base64
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,6 +45,8 @@ INDEX_TYPES = {
 #: for "add then query" in one process); Bounded / Session / Eventually trade that for latency on a
 #: busy cluster (Milvus Lite behaves as Strong whatever is asked).
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+#: Starting a Lite server is retried this often, this many seconds apart (see :func:`connect`).
+LITE_START_ATTEMPTS, LITE_RETRY_WAIT_S = 5, 2.0
 
 
 #: Keys that are not valid UTF-8 (file names with undecodable bytes) are stored base64-escaped.
@@ -137,6 +140,16 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "") -> Milvu
         check_lite_file_name(Path(uri).name)
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser().resolve())
+    for _ in range(LITE_START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
+        try:
+            return MilvusClient(uri=uri, token=token, db_name=db_name)
+        except Exception:
+            # the Lite server of a process that was just killed may still hold the file: it stops by
+            # itself once it sees its parent gone; start ours afresh and try again
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(uri)
+            time.sleep(LITE_RETRY_WAIT_S)
     try:
         return MilvusClient(uri=uri, token=token, db_name=db_name)
     except Exception as exc:

@@ -12,6 +12,7 @@ no stray Milvus collection).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from revsearch.files import list_images
 from revsearch.generations import MANIFEST, PENDING, generation_dir
 from revsearch.journal import JOURNAL
 
+REPO = Path(__file__).resolve().parents[1]
 EXTRACTOR_SIZE = 8
 MOVED_DB = "moved.db"
 
@@ -71,7 +73,12 @@ def move(folder: str, index_dir: str, backend: str) -> None:
         close(index)
 
 
-OPERATIONS = {"build": build, "sync": sync, "remove": remove, "move": move}
+def index(folder: str, index_dir: str, backend: str) -> None:
+    """What ``revsearch index FOLDER`` does: build the first time, sync afterwards."""
+    (sync if (Path(index_dir) / MANIFEST).exists() else build)(folder, index_dir, backend)
+
+
+OPERATIONS = {"build": build, "sync": sync, "remove": remove, "move": move, "index": index}
 
 
 def close(index: SearchIndex) -> None:
@@ -146,6 +153,15 @@ def leftovers(index_dir: Path) -> list[str]:
     finally:
         close(index)
     return found
+
+
+def run_op(op: str, folder: Path, index_dir: Path, backend: str, **env) -> subprocess.CompletedProcess:
+    """Run an operation in a subprocess (``env`` adds REVSEARCH_CRASH_* variables)."""
+    command = [sys.executable, __file__, "build" if op == "rebuild" else op,
+               str(folder), str(index_dir), backend]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(command, env={**os.environ, "PYTHONPATH": path, **env}, capture_output=True, text=True,
+                          timeout=300)
 
 
 if __name__ == "__main__":

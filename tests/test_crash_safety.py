@@ -11,19 +11,15 @@ files of the folder, each once, with the vectors of their current content, and n
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import crash_ops
-from crash_ops import OPERATIONS, counts, fresh, index_state, leftovers, same_state, write_image
+from crash_ops import OPERATIONS, counts, fresh, index_state, leftovers, run_op, same_state, write_image
 
-REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = [("pixel", "build"), ("pixel", "rebuild"), ("pixel", "sync"), ("pixel", "remove"),
              ("kmeans", "sync"),
              ("milvus", "build"), ("milvus", "rebuild"), ("milvus", "sync"), ("milvus", "remove"), ("milvus", "move")]
@@ -58,14 +54,6 @@ def prepare(work: Path, backend: str, op: str) -> tuple[Path, Path]:
         (folder / "c.png").unlink()
         (folder / "d.png").unlink()
     return folder, index_dir
-
-
-def run_op(op: str, folder: Path, index_dir: Path, backend: str, **env) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(Path(crash_ops.__file__)), "build" if op == "rebuild" else op,
-               str(folder), str(index_dir), backend]
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(command, env={**os.environ, "PYTHONPATH": path, **env}, capture_output=True, text=True,
-                          timeout=300)
 
 
 def restore(template: Path, work: Path) -> None:
