@@ -6,10 +6,13 @@ and a Milvus server or cluster (``uri="http://host:19530"``, plus ``token`` / ``
 
 from __future__ import annotations
 
+import atexit
 import base64
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -374,7 +377,10 @@ class MilvusIndex:
         if is_lite_uri(config["uri"]) and not Path(config["uri"]).expanduser().exists():
             raise IndexNotFoundError(f"Milvus Lite file {config['uri']!r} does not exist: the index in {directory} "
                                      "lost its vectors; rebuild it with revsearch index FOLDER --rebuild")
-        return cls(config["dim"], config["collection"], config["uri"], token, config.get("db_name", ""),
+        uri = config["uri"]
+        if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
+            uri = _read_only_copy(uri)
+        return cls(config["dim"], config["collection"], uri, token, config.get("db_name", ""),
                    config["metric"], config["index_type"], config["index_params"], config["search_params"],
                    create=False, consistency_level=config.get("consistency_level", "Strong"))
 
@@ -396,3 +402,14 @@ def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "
     finally:
         if lock:
             lock.release()
+
+
+def _read_only_copy(uri: str) -> str:
+    """A private copy of a Lite file in a read-only folder (milvus-lite must write lock files next to
+    the file it serves): queries answer from the copy, which is deleted when the process exits."""
+    folder = tempfile.mkdtemp(prefix="revsearch-readonly-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    copy = str(Path(folder) / Path(uri).name)
+    shutil.copyfile(Path(uri).expanduser(), copy)
+    logger.info("%s is in a read-only folder: serving queries from a private copy", uri)
+    return copy
