@@ -42,6 +42,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         index = SearchIndex.load(index_dir, token=args.token or "")
         scope, new_roots = _update_scope(index, roots, args)
         print(f"updating the existing index in {printable(str(index_dir))} (use --rebuild to start over)")
+        if (index_dir / "partial").exists():
+            print("note: an interrupted --rebuild left its embeddings in partial/; run with --rebuild to finish it")
         report = index.sync(paths, progress=not args.quiet, scope=scope, roots=new_roots)
     else:
         if args.backend == "pixel":

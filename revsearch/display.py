@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
 
 def printable(name: str) -> str:
     """``name`` with control characters (newline, escape...) and undecodable bytes escaped.
@@ -16,8 +18,8 @@ def printable(name: str) -> str:
         code = ord(ch)
         if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
+        elif ch in _NAMED:
+            out.append(_NAMED[ch])
         elif ch.isprintable():
             out.append(ch)
         elif code <= 0xFF:

@@ -69,8 +69,9 @@ def resolve_lite_uri(directory: Path, config: dict) -> dict:
 
 
 def needs_recovery(directory: Path) -> bool:
-    """True if a crashed run left a journal or a pending build behind."""
-    return (directory / JOURNAL).exists() or (directory / PENDING).exists()
+    """True if a crashed run left something behind: a journal, a pending build, an old generation."""
+    return ((directory / JOURNAL).exists() or (directory / PENDING).exists()
+            or (directory / (MANIFEST + ".tmp")).exists() or len(list(directory.glob("gen-*"))) > 1)
 
 
 def write_pending(directory: Path, generation: int, new: dict, old: dict | None) -> None:
