@@ -12,6 +12,7 @@ from .embedder import RUNTIMES, Embedder, EmbedderConfig
 from .errors import RevsearchError
 from .display import json_path, printable
 from .files import scan_images
+from .generations import CHECKPOINT
 from .milvus_bulk import LocalBulkStorage
 from .mosaic import make_mosaic, save_mosaic
 from .pixel import PixelFeatures
@@ -42,7 +43,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         index = SearchIndex.load(index_dir, token=args.token or "")
         scope, new_roots = _update_scope(index, roots, args)
         print(f"updating the existing index in {printable(str(index_dir))} (use --rebuild to start over)")
-        if (index_dir / "partial").exists():
+        if (index_dir / CHECKPOINT).exists():
             print("note: an interrupted --rebuild left its embeddings in partial/; run with --rebuild to finish it")
         report = index.sync(paths, progress=not args.quiet, scope=scope, roots=new_roots)
     else:

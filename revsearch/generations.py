@@ -29,6 +29,7 @@ from .milvus_index import drop_collection, is_lite_uri
 
 MANIFEST = "manifest.json"
 PENDING = "pending.json"
+CHECKPOINT = "partial"
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("extractor", "pca", "backend", "items", "failures")
 #: Files of format 1, kept in the index directory itself; deleted once a new generation is committed.
@@ -80,14 +81,21 @@ def write_pending(directory: Path, generation: int, new: dict, old: dict | None)
 
 
 def settle_pending(directory: Path, committed_generation: int, token: str = "") -> None:
-    """Drop the collection a build left behind: the new one if it never committed, else the old one."""
+    """Finish a build's switch: if it committed, delete its checkpoint and drop the old collection;
+    if not, drop its half-filled collection (its checkpoint stays, for the re-run to resume)."""
     path = directory / PENDING
     if not path.exists():
         return
     pending = json.loads(path.read_text())
     committed = pending["generation"] == committed_generation
-    drop = pending["old"] if committed else pending["new"]
-    if drop is not None and not (committed and drop == pending["new"]):  # never the live collection
+    if committed and (directory / CHECKPOINT).exists():
+        shutil.rmtree(directory / CHECKPOINT)
+        write_point("checkpoint cleared")
+    if committed:  # the old collection goes, never the one the manifest now names
+        drop = pending["old"] if pending["old"] != pending["new"] else None
+    else:
+        drop = pending["new"]
+    if drop is not None:
         drop_collection(drop["uri"], drop["collection"], token, drop.get("db_name", ""))
         write_point("collection of another generation dropped")
     path.unlink()

@@ -45,7 +45,8 @@ class Update:
 def write_journal(directory: Path, update: Update) -> None:
     """Durably record ``update`` before any of it is applied."""
     meta = {"base_generation": update.base_generation, "remove": update.remove, "keys": update.keys,
-            "items": update.items, "failures": update.failures, "forget_failures": update.forget_failures, "roots": update.roots}
+            "items": update.items, "failures": update.failures, "forget_failures": update.forget_failures,
+            "roots": update.roots}
     buffer = io.BytesIO()
     np.savez(buffer, vectors=update.vectors, meta=np.array(json.dumps(meta)))
     write_atomic(directory / JOURNAL, buffer.getvalue())

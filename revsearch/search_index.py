@@ -22,7 +22,7 @@ from .crashpoints import write_point
 from .errors import IndexBusyError, IndexMismatchError, RevsearchError
 from .exact_index import ExactIndex
 from .extractor import FeatureExtractor
-from .generations import (FORMAT_VERSION, MANIFEST, generation_dir, needs_recovery, read_manifest,
+from .generations import (CHECKPOINT, FORMAT_VERSION, MANIFEST, generation_dir, needs_recovery, read_manifest,
                           remove_old_generations, resolve_lite_uri, settle_pending, write_pending)
 from .hits import Hit
 from .index_lock import IndexLock
@@ -185,7 +185,7 @@ class SearchIndex:
             previous = read_manifest(directory) if (directory / MANIFEST).exists() else None
             generation = (previous.get("generation", 0) if previous else 0) + 1
             current = {p: _signature_or_none(p) for p in paths}
-            checkpoint = EmbeddingCheckpoint(directory / "partial", extractor.describe(), current)
+            checkpoint = EmbeddingCheckpoint(directory / CHECKPOINT, extractor.describe(), current)
             done = checkpoint.done()
             report = IndexReport(resumed=len(done), notes=list(checkpoint.notes))
             report.failures = _embed_to_checkpoint(extractor, [p for p in paths if p not in done], checkpoint,
@@ -197,8 +197,7 @@ class SearchIndex:
             pca_dim = _auto_pca_dim(len(sample), sample.shape[1], extractor) if pca_dim == "auto" else pca_dim
             reducer = PCAReducer.fit(sample, pca_dim, whiten) if pca_dim else None
             sample = reducer.transform(sample) if reducer else sample
-            if backend == "milvus":
-                _new_milvus_generation(directory, generation, previous, backend_options)
+            _record_pending(directory, generation, previous, backend, backend_options)
             if backend == "kmeans" and not backend_options.get("n_clusters"):
                 backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
             store = _make_backend(backend, sample, sample.shape[1], extractor.dtype, backend_options)
@@ -214,12 +213,11 @@ class SearchIndex:
                 root_list = sorted({os.path.abspath(r) for r in roots}) if roots is not None else None
                 index = cls(directory, extractor, store, reducer, items, report.failures, generation - 1, root_list)
                 index._commit()
-                settle_pending(directory, index.generation, backend_options.get("token", ""))
+                settle_pending(directory, index.generation, backend_options.get("token", ""))  # clears partial/
             except BaseException:
                 if isinstance(store, MilvusIndex):
                     store.close()  # release the Lite file; the checkpoint lets a re-run finish the job
                 raise
-            checkpoint.clear()
         report.added = list(items)
         return index, report
 
@@ -459,14 +457,17 @@ def recover(directory: Path, token: str = "") -> None:
     remove_old_generations(directory, generation)
 
 
-def _new_milvus_generation(directory: Path, generation: int, previous: dict | None, options: dict) -> None:
-    """Name the new generation's collection and record it as pending before it is created."""
-    base = options.get("collection") or _collection_name(directory)
-    options["collection"] = f"{base}_g{generation}"
-    uri = options.get("uri") or str(directory / DEFAULT_URI)
-    options["uri"] = os.path.abspath(uri) if is_lite_uri(uri) else uri
+def _record_pending(directory: Path, generation: int, previous: dict | None, backend: str, options: dict) -> None:
+    """Name the new generation's Milvus collection (if any) and record the build as pending before
+    the store is touched, with the previous index's collection (if any) to drop once it commits."""
+    new = None
+    if backend == "milvus":
+        base = options.get("collection") or _collection_name(directory)
+        options["collection"] = f"{base}_g{generation}"
+        uri = options.get("uri") or str(directory / DEFAULT_URI)
+        options["uri"] = os.path.abspath(uri) if is_lite_uri(uri) else uri
+        new = {"collection": options["collection"], "uri": options["uri"], "db_name": options.get("db_name", "")}
     old = previous["backend"] if previous and previous["backend"]["kind"] == "milvus" else None
-    new = {"collection": options["collection"], "uri": options["uri"], "db_name": options.get("db_name", "")}
     if old is not None:
         old = {"collection": old["collection"], "uri": resolve_lite_uri(directory, old)["uri"],
                "db_name": old.get("db_name", "")}

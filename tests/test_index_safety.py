@@ -255,7 +255,6 @@ def test_control_characters_in_names_are_escaped_and_json_is_utf8(tmp_path):
     assert rc == 0, err
     assert not any(line.startswith("  skipped forged") for line in out.splitlines())
     assert "evil\\n  skipped forged.png: not a recognised image format" in out
-    assert "caf\\xe9.png" in out
     done = subprocess.run([sys.executable, "-m", "revsearch", "query", str(folder / "a.png"), "--json",
                            "--index-dir", "idx"], cwd=tmp_path, capture_output=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
