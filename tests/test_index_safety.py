@@ -297,3 +297,17 @@ def test_vectors_from_a_file_unchanged_since_the_kill_are_reused(tmp_path):
     assert report.resumed == 6 and report.notes == []
     state = index_state(index_dir)
     assert all(np.allclose(state[k], v) for k, v in fresh(folder).items())
+
+
+def test_info_says_when_the_manifest_and_the_store_disagree(pixel_index, tmp_path):
+    folder, index_dir = pixel_index
+    rc, out, err = _cli("info", "--index-dir", "idx", cwd=tmp_path)
+    assert rc == 0 and json.loads(out)["consistent"] is True, err
+    manifest = index_dir / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["items"][str(folder / "ghost.png")] = {"path": str(folder / "ghost.png"), "signature": [1, 1]}
+    manifest.write_text(json.dumps(data))  # damaged by hand: the store has no vector for it
+    rc, out, err = _cli("info", "--index-dir", "idx", cwd=tmp_path)
+    info = json.loads(out)
+    assert rc == 1 and info["consistent"] is False and info["only_in_manifest"] == 1
+    assert "the manifest lists 5 files but the vector store holds 4 vectors" in err
