@@ -92,7 +92,7 @@ class IndexMachine(RuleBasedStateMachine):
         TALLY["steps"] += 1
 
 
-@pytest.mark.parametrize("backend, examples", [("pixel", 25), ("milvus", 12)])
+@pytest.mark.parametrize("backend, examples", [("pixel", 25), ("milvus", 25)])
 def test_random_changes_and_kills_keep_the_invariant(backend, examples):
     machine = type(f"IndexMachine_{backend}", (IndexMachine,), {"backend": backend})
     machine.TestCase.settings = settings(max_examples=examples, stateful_step_count=8, deadline=None,
