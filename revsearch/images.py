@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,31 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _JPEG_EOI = b"\xff\xd9"
 
 Image.MAX_IMAGE_PIXELS = None  # we apply our own, configurable limit from the header
+
+
+class _DecodeBudget:
+    """Decoded bytes in flight across the process's decoding threads: a decode that would push the
+    total over the limit waits for others to finish (one alone always proceeds), so indexing a
+    folder of huge images decodes them one at a time instead of all at once."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_use = limit, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, size: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + size <= self.limit)
+            self.in_use += size
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= size
+                self._cond.notify_all()
+
+
+_BUDGET = _DecodeBudget(DEFAULT_MAX_DECODED_BYTES)
 
 
 @dataclass(frozen=True)
@@ -195,6 +222,12 @@ def decode_image(
                                      f"the {max_decoded_bytes / 2**20:.0f} MiB memory budget (shrink the image first)")
     if header.format == "JPEG" and _jpeg_is_truncated(data):
         raise ImageLoadError(source, "truncated JPEG (no end-of-image marker)")
+    with _BUDGET.reserve(needed):
+        return _decode(data, header, source, min_side)
+
+
+def _decode(data: bytes, header: ImageHeader, source: str, min_side: int | None) -> np.ndarray:
+    """Decode pixels the header has already been checked for (see :func:`decode_image`)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     image: np.ndarray | None
     if header.has_alpha and header.format != "GIF":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -59,3 +60,24 @@ def test_peak_memory_of_a_large_transparent_png_stays_near_its_decoded_size(tmp_
     decoded = side * side * 4
     # the BGRA decode plus the RGB result (1.75x); compositing the whole image in float32 took 9x
     assert int(done.stdout) < 2.5 * decoded, f"peak grew by {int(done.stdout) / 2**20:.0f} MiB"
+
+
+def test_decodes_over_the_shared_budget_wait_for_each_other():
+    """Threads decoding huge images take turns: the bytes in flight never exceed the budget."""
+    from revsearch.images import _DecodeBudget
+
+    budget, entered = _DecodeBudget(100), threading.Event()
+
+    def second():
+        with budget.reserve(80):
+            entered.set()
+
+    with budget.reserve(80):
+        worker = threading.Thread(target=second)
+        worker.start()
+        worker.join(0.3)
+        assert not entered.is_set() and budget.in_use == 80  # waiting: 160 bytes would exceed 100
+        with budget.reserve(20):  # a small decode still fits beside the big one
+            assert budget.in_use == 100
+    worker.join()
+    assert entered.is_set() and budget.in_use == 0
