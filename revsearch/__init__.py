@@ -1,6 +1,5 @@
 """revsearch: reverse image search, from a pixel baseline to CNN embeddings in Milvus."""
 
-from .embedder import Embedder, EmbedderConfig
 from .errors import (ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError,
                      WeightsUnavailableError)
 from .exact_index import ExactIndex
@@ -18,3 +17,12 @@ __all__ = [
     "SearchIndex", "WeightsUnavailableError", "load_image",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Import the CNN embedder (and torch) only when it is used: pixel indexes and tools start fast."""
+    if name in ("Embedder", "EmbedderConfig"):
+        from . import embedder
+
+        return getattr(embedder, name)
+    raise AttributeError(f"module 'revsearch' has no attribute {name!r}")

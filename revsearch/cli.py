@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .embedder import RUNTIMES, Embedder, EmbedderConfig
 from .errors import RevsearchError
-from .files import list_images
+from .display import json_path, printable
+from .files import scan_images
+from .generations import CHECKPOINT
 from .milvus_bulk import LocalBulkStorage
 from .mosaic import make_mosaic, save_mosaic
 from .pixel import PixelFeatures
@@ -21,18 +23,29 @@ DEFAULT_INDEX_DIR = ".revsearch"
 
 
 def _print_report(report: IndexReport, total: int) -> None:
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"{total} image files found: {report.summary()}")
     for path, reason in sorted(report.failures.items()):
-        print(f"  skipped {path}: {reason}")
+        print(f"  skipped {printable(path)}: {reason}")
+
+
+def _index_dir(args: argparse.Namespace) -> Path:
+    """The index directory, made absolute once (the index then works from any working directory)."""
+    return Path(os.path.abspath(args.index_dir))
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    paths = list_images(args.folders)
-    index_dir = Path(args.index_dir)
+    paths, unreadable = scan_images(args.folders)
+    index_dir = _index_dir(args)
+    roots = sorted({os.path.abspath(f) for f in args.folders})
     if (index_dir / MANIFEST).exists() and not args.rebuild:
         index = SearchIndex.load(index_dir, token=args.token or "")
-        print(f"updating the existing index in {index_dir} (use --rebuild to start over)")
-        report = index.sync(paths, progress=not args.quiet)
+        scope, new_roots = _update_scope(index, roots, args)
+        print(f"updating the existing index in {printable(str(index_dir))} (use --rebuild to start over)")
+        if (index_dir / CHECKPOINT).exists():
+            print("note: an interrupted --rebuild left its embeddings in partial/; run with --rebuild to finish it")
+        report = index.sync(paths, progress=not args.quiet, scope=scope, roots=new_roots)
     else:
         if args.backend == "pixel":
             extractor = PixelFeatures(args.pixel_size)
@@ -45,38 +58,73 @@ def cmd_index(args: argparse.Namespace) -> int:
                                      "db_name": args.db_name}.items() if v is not None}
         pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
         index, report = SearchIndex.build(paths, index_dir, args.backend, extractor, pca_dim, args.whiten,
-                                          progress=not args.quiet, chunk_size=args.chunk_size, **options)
+                                          progress=not args.quiet, chunk_size=args.chunk_size, roots=roots,
+                                          **options)
+    report.failures.update(unreadable)
     _print_report(report, len(paths))
-    print(f"index: {index_dir} ({len(index)} vectors, backend {index.backend.kind})")
+    print(f"index: {printable(str(index_dir))} ({len(index)} vectors, backend {index.backend.kind})")
     return 0
+
+
+def _update_scope(index: SearchIndex, roots: list[str], args: argparse.Namespace
+                  ) -> tuple[list[str] | None, list[str]]:
+    """What an update may remove (None: anything not found) and the folders the index covers after it."""
+    if args.add:
+        return roots, sorted(set(index.roots or []) | set(roots))
+    if args.replace or index.roots is None or index.roots == roots:
+        return None, roots
+    built = ", ".join(printable(r) for r in index.roots)
+    raise RevsearchError(f"the index in {printable(str(index.directory))} covers {built}, not the folders given: "
+                         "add --add to index them as well, or --replace to make the index cover only them")
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    index = SearchIndex.load(args.index_dir, token=os.environ.get("MILVUS_TOKEN", ""))
+    if args.out:
+        _check_writable(args.out)
+    index = SearchIndex.load(_index_dir(args), token=os.environ.get("MILVUS_TOKEN", ""))
     hits = index.query(args.image, k=args.k, allow_private_urls=args.allow_private_urls)
     if args.json:
-        print(json.dumps([{"path": h.key, "distance": h.distance} for h in hits], indent=1))
+        print(json.dumps([{**json_path(h.key), "distance": h.distance} for h in hits], indent=1))
     else:
         for rank, hit in enumerate(hits, 1):
-            print(f"{rank:3d}  {hit.distance:10.4f}  {hit.key}")
+            print(f"{rank:3d}  {hit.distance:10.4f}  {printable(hit.key)}")
     if args.out:
         save_mosaic(args.out, make_mosaic(load_query_image(args.image, 256, args.allow_private_urls), hits))
-        print(f"mosaic written to {args.out}")
+        print(f"mosaic written to {printable(args.out)}")
     return 0
 
 
+def _check_writable(out: str) -> None:
+    """Refuse a mosaic path that cannot be written before any work is done."""
+    folder = Path(out).parent
+    if Path(out).suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        raise RevsearchError(f"--out {printable(out)}: give a .jpg or .png file name")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK) or Path(out).is_dir():
+        raise RevsearchError(f"--out {printable(out)}: cannot write there (missing or read-only folder); "
+                             "choose another path")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    index = SearchIndex.load(args.index_dir)
+    index = SearchIndex.load(_index_dir(args))
     manifest = index.manifest()
     stale = index.stale()
+    check = index.check()
+    consistent = check["manifest_items"] == check["store_vectors"] and not (
+        check["only_in_store"] or check["only_in_manifest"])
     print(json.dumps({"vectors": len(index), "extractor": manifest["extractor"], "pca": manifest["pca"],
-                      "backend": manifest["backend"], "failures": len(index.failures),
-                      "missing_files": len(stale["missing"]), "changed_files": len(stale["changed"])}, indent=1))
+                      "backend": manifest["backend"], "roots": manifest["roots"], "failures": len(index.failures),
+                      "missing_files": len(stale["missing"]), "changed_files": len(stale["changed"]),
+                      **check, "consistent": consistent}, indent=1))
+    if not consistent:
+        print(f"revsearch: the manifest lists {check['manifest_items']} files but the vector store holds "
+              f"{check['store_vectors']} vectors ({check['only_in_store']} not in the manifest, "
+              f"{check['only_in_manifest']} missing): rebuild with revsearch index FOLDER --rebuild", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_move(args: argparse.Namespace) -> int:
-    index = SearchIndex.load(args.index_dir, token=args.source_token or "")
+    index = SearchIndex.load(_index_dir(args), token=args.source_token or "")
     before = index.backend.config().get("uri")
     storage = LocalBulkStorage(args.bulk_dir) if args.bulk_dir else None
     index.move_to(args.uri, token=args.token or "", db_name=args.db_name or "", index_type=args.index_type,
@@ -84,6 +132,13 @@ def cmd_move(args: argparse.Namespace) -> int:
     print(f"moved {len(index)} vectors from {before} to {args.uri}; {args.index_dir} now uses it "
           "(the source collection is left as it was)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,12 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="checkpoint embeddings every N images, so an interrupted run resumes (default %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="discard an existing index and build anew")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--add", action="store_true",
+                       help="add these folders to an index built from other folders (keep what it holds)")
+    scope.add_argument("--replace", action="store_true",
+                       help="make an index built from other folders cover only these (remove the rest)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
     q = sub.add_parser("query", help="find the indexed images most similar to an image")
     q.add_argument("image", help="image file path or http(s) URL")
-    q.add_argument("-k", type=int, default=10, help="number of results (default %(default)s)")
+    q.add_argument("-k", type=_positive_int, default=10, help="number of results (default %(default)s)")
     q.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
     q.add_argument("--out", help="write a mosaic of the query and its hits to this .jpg/.png")
     q.add_argument("--json", action="store_true", help="print results as JSON")
@@ -147,13 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for stream in (sys.stdout, sys.stderr):  # print undecodable file-name bytes as they are
-        stream.reconfigure(errors="surrogateescape")
+    for stream in (sys.stdout, sys.stderr):  # names are escaped by printable(); never fail on output
+        stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RevsearchError, FileNotFoundError, ValueError) as exc:
-        print(f"revsearch: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("revsearch: interrupted; work done so far is kept (an index build resumes from its checkpoint "
+              "when run again)", file=sys.stderr)
+        return 130
+    except (RevsearchError, ValueError) as exc:
+        print(f"revsearch: error: {printable(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" ({printable(str(exc.filename))})" if exc.filename else ""
+        print(f"revsearch: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

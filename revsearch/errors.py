@@ -44,3 +44,11 @@ class BulkImportError(RevsearchError):
 
 class BulkImportUnsupportedError(BulkImportError):
     """The Milvus deployment does not offer bulk import (e.g. Milvus Lite)."""
+
+
+class IndexBusyError(RevsearchError):
+    """Another process is updating the same index directory."""
+
+
+class IndexCorruptError(RevsearchError):
+    """An index file is damaged (e.g. a truncated or hand-edited manifest)."""

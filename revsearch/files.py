@@ -16,18 +16,28 @@ def list_images(roots: Iterable[str | os.PathLike]) -> list[str]:
     Symlinked folders are not followed (no loops); hidden folders are skipped. Entries that merely
     look like images (directories, broken links) are returned so that indexing reports them.
     """
+    return scan_images(roots)[0]
+
+
+def scan_images(roots: Iterable[str | os.PathLike]) -> tuple[list[str], dict[str, str]]:
+    """:func:`list_images`, plus the folders that could not be read, each with the reason."""
     found: set[str] = set()
+    unreadable: dict[str, str] = {}
+
+    def note(error: OSError) -> None:
+        unreadable[os.path.abspath(error.filename)] = f"cannot read folder: {error.strerror or error}"
+
     for root in map(Path, roots):
         if root.is_file() or root.suffix.lower() in IMAGE_EXTENSIONS and not root.is_dir():
             found.add(os.path.abspath(root))
             continue
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such folder or file")
-        for folder, dirs, names in os.walk(root, followlinks=False):
+        for folder, dirs, names in os.walk(root, onerror=note, followlinks=False):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                              or Path(d).suffix.lower() in IMAGE_EXTENSIONS)
             entries = names + [d for d in dirs if Path(d).suffix.lower() in IMAGE_EXTENSIONS]
             for name in entries:
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                     found.add(os.path.abspath(os.path.join(folder, name)))
-    return sorted(found)
+    return sorted(found), unreadable

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +26,42 @@ from .errors import ImageLoadError
 DEFAULT_MAX_PIXELS = 200_000_000
 #: Refuse files larger than this many bytes before reading them.
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+#: Refuse images whose decoded pixels would take more memory than this (checked from the header,
+#: before anything is allocated; JPEGs count at the reduced size they are decoded at).
+DEFAULT_MAX_DECODED_BYTES = 1 << 30
+#: Rows composited over white at a time (bounds the temporary arrays of large transparent images).
+_FLATTEN_ROWS = 256
 
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _JPEG_EOI = b"\xff\xd9"
 
 Image.MAX_IMAGE_PIXELS = None  # we apply our own, configurable limit from the header
+
+
+class _DecodeBudget:
+    """Decoded bytes in flight across the process's decoding threads: a decode that would push the
+    total over the limit waits for others to finish (one alone always proceeds), so indexing a
+    folder of huge images decodes them one at a time instead of all at once."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_use = limit, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, size: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + size <= self.limit)
+            self.in_use += size
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= size
+                self._cond.notify_all()
+
+
+_BUDGET = _DecodeBudget(DEFAULT_MAX_DECODED_BYTES)
 
 
 @dataclass(frozen=True)
@@ -129,20 +161,36 @@ def _flatten_alpha_pil(im: Image.Image) -> np.ndarray:
 
 
 def _flatten_alpha_cv(image: np.ndarray) -> np.ndarray:
-    """BGRA (any depth) over white -> RGB uint8."""
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+    """BGRA (any depth) over white -> RGB uint8, a band of rows at a time (no full-size float copies)."""
     if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 2:  # gray + alpha
-        bgr, alpha = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR), image[:, :, 1]
-    elif image.shape[2] == 4:
-        bgr, alpha = image[:, :, :3], image[:, :, 3]
-    else:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    a = alpha.astype(np.float32)[:, :, None] / 255.0
-    out = bgr.astype(np.float32) * a + 255.0 * (1.0 - a)
-    return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(_to_uint8(image), cv2.COLOR_GRAY2RGB)
+    if image.shape[2] not in (2, 4):
+        return cv2.cvtColor(_to_uint8(image), cv2.COLOR_BGR2RGB)
+    out = np.empty((image.shape[0], image.shape[1], 3), np.uint8)
+    for top in range(0, image.shape[0], _FLATTEN_ROWS):
+        band = _to_uint8(image[top:top + _FLATTEN_ROWS])
+        if band.shape[2] == 2:  # gray + alpha
+            bgr, alpha = cv2.cvtColor(band[:, :, 0], cv2.COLOR_GRAY2BGR), band[:, :, 1]
+        else:
+            bgr, alpha = band[:, :, :3], band[:, :, 3]
+        a = alpha.astype(np.float32)[:, :, None] / 255.0
+        mixed = bgr.astype(np.float32) * a + 255.0 * (1.0 - a)
+        out[top:top + _FLATTEN_ROWS] = cv2.cvtColor(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
+    return out
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image
+
+
+def decoded_size(header: ImageHeader, min_side: int | None = None) -> int:
+    """Bytes the decoded pixels will take (before any is allocated): reduced JPEG size, 4 channels
+    and 16-bit samples where the image has them."""
+    factor = _reduction_factor(header, min_side) if not header.has_alpha else 1
+    width, height = -(-header.width // factor), -(-header.height // factor)
+    channels = 4 if header.has_alpha else 3
+    depth = 2 if header.has_alpha and ("16" in header.mode or header.mode in ("I", "F")) else 1
+    return width * height * channels * depth
 
 
 def decode_image(
@@ -150,11 +198,14 @@ def decode_image(
     source: str = "<bytes>",
     min_side: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
 
     ``min_side``: the caller only needs an image whose short side is at least this many pixels;
     JPEGs are then decoded at 1/2, 1/4 or 1/8 size, which is several times faster on large photos.
+    ``max_decoded_bytes``: refuse, from the header alone, images whose decoded pixels would take
+    more memory than this (a small, highly compressed PNG can declare gigabytes of pixels).
     """
     header = read_header(data, source)
     if header.width < 1 or header.height < 1:
@@ -165,8 +216,18 @@ def decode_image(
             f"declared size {header.width}x{header.height} exceeds the {max_pixels}-pixel limit "
             "(possible decompression bomb)",
         )
+    needed = decoded_size(header, min_side)
+    if needed > max_decoded_bytes:
+        raise ImageLoadError(source, f"decoded size {header.width}x{header.height} ({needed / 2**20:.0f} MiB) exceeds "
+                                     f"the {max_decoded_bytes / 2**20:.0f} MiB memory budget (shrink the image first)")
     if header.format == "JPEG" and _jpeg_is_truncated(data):
         raise ImageLoadError(source, "truncated JPEG (no end-of-image marker)")
+    with _BUDGET.reserve(needed):
+        return _decode(data, header, source, min_side)
+
+
+def _decode(data: bytes, header: ImageHeader, source: str, min_side: int | None) -> np.ndarray:
+    """Decode pixels the header has already been checked for (see :func:`decode_image`)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     image: np.ndarray | None
     if header.has_alpha and header.format != "GIF":

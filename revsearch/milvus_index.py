@@ -6,16 +6,21 @@ and a Milvus server or cluster (``uri="http://host:19530"``, plus ``token`` / ``
 
 from __future__ import annotations
 
+import atexit
 import base64
 import logging
 import os
 import re
+import shutil
+import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
+from .crashpoints import write_point
 from .errors import (BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError, LiteFileBusyError,
                      RevsearchError, UnsupportedIndexError)
 from .hits import Hit
@@ -43,6 +48,8 @@ INDEX_TYPES = {
 #: for "add then query" in one process); Bounded / Session / Eventually trade that for latency on a
 #: busy cluster (Milvus Lite behaves as Strong whatever is asked).
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+#: Starting a Lite server is retried this often, this many seconds apart (see :func:`connect`).
+LITE_START_ATTEMPTS, LITE_RETRY_WAIT_S = 5, 2.0
 
 
 #: Keys that are not valid UTF-8 (file names with undecodable bytes) are stored base64-escaped.
@@ -136,6 +143,16 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "") -> Milvu
         check_lite_file_name(Path(uri).name)
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser().resolve())
+    for _ in range(LITE_START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
+        try:
+            return MilvusClient(uri=uri, token=token, db_name=db_name)
+        except Exception:
+            # the Lite server of a process that was just killed may still hold the file: it stops by
+            # itself once it sees its parent gone; start ours afresh and try again
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(uri)
+            time.sleep(LITE_RETRY_WAIT_S)
     try:
         return MilvusClient(uri=uri, token=token, db_name=db_name)
     except Exception as exc:
@@ -201,6 +218,7 @@ class MilvusIndex:
         try:
             self.client.create_collection(self.collection, schema=schema, index_params=index,
                                           consistency_level=self.consistency_level)
+            write_point("collection created")
         except MilvusException as exc:
             if self.client.has_collection(self.collection):
                 self.client.drop_collection(self.collection)
@@ -269,6 +287,7 @@ class MilvusIndex:
             rows = [{KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
                     for k, v in zip(keys[start:start + INSERT_BATCH], arr[start:start + INSERT_BATCH])]
             self.client.upsert(self.collection, rows)
+            write_point("vectors upserted")
 
     def bulk_add(self, keys: list[str], vectors: np.ndarray, storage: BulkStorage | None = None,
                  rows_per_file: int = ROWS_PER_FILE, timeout: float = IMPORT_TIMEOUT) -> None:
@@ -300,6 +319,7 @@ class MilvusIndex:
         keys = list(keys)
         for start in range(0, len(keys), INSERT_BATCH):
             self.client.delete(self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]])
+            write_point("vectors deleted")
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         q = np.asarray(queries, dtype=np.float32)
@@ -353,6 +373,43 @@ class MilvusIndex:
 
     @classmethod
     def load(cls, directory: Path, config: dict, token: str = "") -> "MilvusIndex":
-        return cls(config["dim"], config["collection"], config["uri"], token, config.get("db_name", ""),
+        """Reconnect to an existing collection (a missing Lite file is an error, not created empty)."""
+        if is_lite_uri(config["uri"]) and not Path(config["uri"]).expanduser().exists():
+            raise IndexNotFoundError(f"Milvus Lite file {config['uri']!r} does not exist: the index in {directory} "
+                                     "lost its vectors; rebuild it with revsearch index FOLDER --rebuild")
+        uri = config["uri"]
+        if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
+            uri = _read_only_copy(uri)
+        return cls(config["dim"], config["collection"], uri, token, config.get("db_name", ""),
                    config["metric"], config["index_type"], config["index_params"], config["search_params"],
                    create=False, consistency_level=config.get("consistency_level", "Strong"))
+
+
+def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "") -> None:
+    """Drop ``collection`` at ``uri`` if it exists (a missing Lite file holds nothing to drop)."""
+    if is_lite_uri(uri) and not Path(uri).expanduser().exists():
+        return
+    lock = LiteFileLock(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
+    if lock:
+        lock.acquire()
+    try:
+        client = connect(uri, token, db_name)
+        try:
+            if client.has_collection(collection):
+                client.drop_collection(collection)
+        finally:
+            client.close()
+    finally:
+        if lock:
+            lock.release()
+
+
+def _read_only_copy(uri: str) -> str:
+    """A private copy of a Lite file in a read-only folder (milvus-lite must write lock files next to
+    the file it serves): queries answer from the copy, which is deleted when the process exits."""
+    folder = tempfile.mkdtemp(prefix="revsearch-readonly-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    copy = str(Path(folder) / Path(uri).name)
+    shutil.copyfile(Path(uri).expanduser(), copy)
+    logger.info("%s is in a read-only folder: serving queries from a private copy", uri)
+    return copy

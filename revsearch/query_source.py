@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import os
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -79,26 +81,106 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
+class _Deadline:
+    """One wall-clock limit for a whole fetch: every connection it opens gets the time that is left,
+    and when the time is up every socket is shut down, so a blocked read returns at once."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return max(0.001, self.end - time.monotonic())
+
+    def connection(self, cls: type[http.client.HTTPConnection]):
+        """A factory of ``cls`` connections whose sockets this deadline can shut."""
+        def make(host, timeout=None, **kwargs):
+            conn = cls(host, timeout=self.remaining(), **kwargs)
+            create = conn._create_connection
+
+            def create_tracked(address, timeout, source_address=None):
+                sock = create(address, self.remaining(), source_address)
+                with self._lock:
+                    self.sockets.append(sock)
+                    if self.expired:
+                        sock.shutdown(socket.SHUT_RDWR)
+                return sock
+
+            conn._create_connection = create_tracked
+            return conn
+        return make
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(self.deadline.connection(http.client.HTTPConnection), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(self.deadline.connection(http.client.HTTPSConnection), req, context=self._context)
+
+
 def fetch_url(url: str, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TIMEOUT_S,
               allow_private: bool = False) -> bytes:
     """Download an image over http(s) with size and time limits; redirects are checked too.
 
-    ``timeout`` bounds each wait for the connection and the response headers, and the body download
-    as a whole (not only each socket read), so a server that trickles bytes cannot hold the caller.
+    ``timeout`` is one wall-clock deadline for the whole fetch: name resolution, connecting, the
+    response headers, every redirect and the body. A server that trickles its headers or chains
+    slow redirects cannot hold the caller longer.
     """
+    deadline = _Deadline(timeout)
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["data"] = _download(url, max_bytes, timeout, allow_private, deadline)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="revsearch-fetch", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive() or deadline.expired:
+        deadline.expire()  # the worker's blocked read fails now; a stuck name lookup is abandoned
+        raise ImageLoadError(url, f"download timed out (no complete response within {timeout:g} s in all)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["data"]
+
+
+def _download(url: str, max_bytes: int, timeout: float, allow_private: bool, deadline: _Deadline) -> bytes:
     _check_host(url, allow_private)
-    opener = urllib.request.build_opener(_SafeRedirects(allow_private))
-    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_SafeRedirects(allow_private), _HTTPHandler(deadline),
+                                         _HTTPSHandler(deadline))
     chunks: list[bytes] = []
     size = 0
     try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "revsearch"}), timeout=timeout) as resp:
+        with opener.open(urllib.request.Request(url, headers={"User-Agent": "revsearch"}),
+                         timeout=deadline.remaining()) as resp:
             declared = resp.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise ImageLoadError(url, f"download larger than {max_bytes} bytes (Content-Length {declared})")
             while size <= max_bytes:
-                if time.monotonic() > deadline:
-                    raise ImageLoadError(url, f"download timed out (took longer than {timeout:g} s)")
                 chunk = resp.read1(min(65536, max_bytes + 1 - size))
                 if not chunk:
                     break
@@ -108,7 +190,8 @@ def fetch_url(url: str, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TIM
         raise
     except Exception as exc:
         if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
-            raise ImageLoadError(url, f"download timed out (no response within {timeout:g} s)") from None
+            raise ImageLoadError(url, f"download timed out (no complete response within {timeout:g} s in all)") \
+                from None
         raise ImageLoadError(url, f"download failed: {exc}") from None
     if size > max_bytes:
         raise ImageLoadError(url, f"download larger than {max_bytes} bytes")

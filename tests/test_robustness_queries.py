@@ -326,7 +326,7 @@ def test_exact_index_with_its_vector_files_deleted(corpus, tmp_path):
     paths = [c.path for c in corpus.good][:3]
     SearchIndex.build(paths, tmp_path / "ex", backend="pixel", progress=False)
     shutil.copy(tmp_path / "ex" / "manifest.json", tmp_path / "manifest.bak")
-    for f in (tmp_path / "ex").glob("vectors.*"):
+    for f in (tmp_path / "ex").glob("gen-*/vectors.*"):  # the live generation's vector files
         f.unlink()
     with pytest.raises((RevsearchError, FileNotFoundError)) as info:
         SearchIndex.load(tmp_path / "ex")
