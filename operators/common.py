@@ -119,12 +119,16 @@ def extractor_inputs(ctx, inputs: types.Object) -> None:
     inputs.int("batch_size", default=32, min=1, label="Batch size")
 
 
+def weights_from_form(value: str | None) -> str | None:
+    """The Weights box: empty means DEFAULT (never random); 'random' asks for untrained weights (None)."""
+    weights = (value or "").strip() or "DEFAULT"
+    return None if weights.lower() == "random" else weights
+
+
 def extractor_from_params(params: dict) -> FeatureExtractor:
     """The extractor described by :func:`extractor_inputs` values."""
     if params.get("features", "cnn") == "pixel":
         return PixelFeatures()
-    weights = (params.get("weights") or "").strip() or "DEFAULT"
-    weights = None if weights.lower() == "random" else weights
-    return Embedder(backbone=params.get("backbone", DEFAULT_BACKBONE), weights=weights,
+    return Embedder(backbone=params.get("backbone", DEFAULT_BACKBONE), weights=weights_from_form(params.get("weights")),
                     pooling=params.get("pooling", "gem"), batch_size=int(params.get("batch_size", 32)))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import importlib
+import re
 import http.server
 import shutil
 import threading
@@ -12,6 +14,7 @@ from pathlib import Path
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
+from fiftyone.operators.executor import ExecutionContext
 import numpy as np
 import pytest
 import yaml
@@ -19,6 +22,7 @@ from plugin_helpers import MODEL, REPO, make_dataset
 from sklearn.metrics import adjusted_rand_score
 
 from revsearch import Embedder, PCAReducer
+from revsearch import fiftyone_tools as tools
 
 URI = "@revsearch/revsearch/"
 
@@ -201,3 +205,50 @@ def test_long_operators_can_be_delegated(dataset, plugins_dir):
     dataset.delete_brain_run("delegated_px")
     for op in ops:
         service.delete_operation(op.id)
+
+
+def resolved_form(dataset, name: str, **params) -> dict:
+    """The form an operator shows for ``params`` (what the App renders), as JSON."""
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": params})
+    return foo.get_operator(URI + name).resolve_input(ctx).to_json()["type"]["properties"]
+
+
+def test_build_form_offers_the_features_it_describes(dataset, plugins_dir):
+    features = resolved_form(dataset, "build_index", index_kind="milvus")["features"]
+    offered = features["type"]["values"]
+    described = re.findall(r"(\w+): ", features["view"]["description"])
+    assert offered == described == ["cnn", "pixel"]
+
+
+def test_build_form_flags_a_used_brain_key_and_the_library_refuses_it_before_embedding(dataset, run, milvus_index):
+    key = resolved_form(dataset, "build_index", brain_key=milvus_index)["brain_key"]
+    assert key["invalid"] is True and "already exists" in key["error_message"]
+    assert resolved_form(dataset, "build_index")["brain_key"]["default"] not in dataset.list_brain_runs()
+    with pytest.raises(ValueError, match="already used"):
+        tools.build_index(dataset, milvus_index, "milvus", extractor=BrokenExtractor())
+
+
+class BrokenExtractor:
+    """Fails the test if anything is embedded."""
+
+    def describe(self) -> dict:
+        raise AssertionError("embedding started although the brain key is taken")
+
+    def iter_batches(self, *args, **kwargs):
+        raise AssertionError("embedding started although the brain key is taken")
+
+
+def test_weights_box_empty_means_default_never_random(plugins_dir):
+    common = importlib.import_module(foo.get_operator(URI + "build_index").__module__.rsplit(".", 1)[0] + ".common")
+    assert common.weights_from_form("") == common.weights_from_form(None) == "DEFAULT"
+    assert common.weights_from_form(" IMAGENET1K_V1 ") == "IMAGENET1K_V1"
+    assert common.weights_from_form("random") is None
+
+
+def test_a_new_search_clears_distances_left_on_other_samples(dataset, run, milvus_index):
+    ids = dataset.values("id")
+    run("search_by_image", selected=[ids[0]], brain_key=milvus_index, source="selected", k=12, dist_field="d_clear")
+    out = run("search_by_image", selected=[ids[20]], brain_key=milvus_index, source="selected", k=3,
+              dist_field="d_clear")
+    stored = dict(zip(dataset.values("id"), dataset.values("d_clear")))
+    assert {i for i, d in stored.items() if d is not None} == set(out["ids"])
