@@ -344,12 +344,13 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _full_index_neighbors(self, k: int, return_dists: bool):
         """The ``k`` nearest other samples of every sample of the view, as indexes into
-        ``current_sample_ids`` (as fob's sklearn backend returns them)."""
+        ``current_sample_ids`` (as fob's sklearn backend returns them). Exact on every kind: the
+        view's keys are always pushed down, which makes the IVF search exact."""
         ids = self.current_sample_ids
         position = {key: i for i, key in enumerate(ids.tolist())}
         with self._store.hold():
             vectors = self._store.vectors(ids.tolist()) if len(ids) else np.empty((0, 0), np.float32)
-            hits = self._store.search(vectors, k + 1, allowed=self._allowed()) if len(ids) else []
+            hits = self._store.search(vectors, k + 1, allowed=ids) if len(ids) else []
         rows = [[h for h in row if h.key != key][:k] for key, row in zip(ids.tolist(), hits)]
         inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in rows]
         dists = [np.array([h.distance for h in row]) for row in rows]
