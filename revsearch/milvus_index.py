@@ -38,6 +38,8 @@ BULK_MIN_ROWS = 200_000
 QUERY_BATCH = 256
 #: Milvus's largest ``limit`` (top-k) per search.
 MAX_LIMIT = 16384
+#: First ``limit`` of a range search (raised for the queries that fill it).
+RANGE_FIRST_LIMIT = 64
 #: Keys per ``key in [...]`` filter. Milvus Lite parses the list at ~6-10 us per key (100k vectors,
 #: 1 query: 50 keys 4 ms, 5,000 keys 56 ms, 100,000 keys 0.60 s), 10-14x less than fetching those
 #: vectors to search them here (9 ms, 0.58 s, 8.4 s), so a view is always searched by filter;
@@ -414,12 +416,29 @@ class MilvusIndex:
         params = {**self.search_params, "radius": float(np.nextafter(np.float32(radius), np.float32(np.inf))),
                   "range_filter": 0.0}
         if allowed is None:
-            results = self._search(q, MAX_LIMIT, "", params)
-        else:
-            results = self._filtered(q, MAX_LIMIT, list(allowed), params)
-        if any(len(hits) >= MAX_LIMIT for hits in results):
-            raise ValueError(f"more than {MAX_LIMIT} vectors lie within distance {radius} of a query, the most "
-                             "Milvus returns: use a smaller threshold, or a kmeans index")
+            return self._range(q, radius, params, "")
+        allowed = list(allowed)
+        merged: list[list[Hit]] = [[] for _ in range(len(q))]
+        for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
+            expr = key_filter(allowed[start:start + FILTER_CHUNK_KEYS])
+            for row, hits in zip(merged, self._range(q, radius, params, expr)):
+                row.extend(hits)
+        for row in merged:
+            row.sort(key=lambda h: h.distance)
+        return merged
+
+    def _range(self, q: np.ndarray, radius: float, params: dict, expr: str) -> list[list[Hit]]:
+        """Range search with a small limit first; queries that fill it are searched again with a
+        larger one (a limit of 16,384 costs ~5x the time of 64 when few vectors are in range)."""
+        limit = RANGE_FIRST_LIMIT
+        results = self._search(q, limit, expr, params)
+        while full := [i for i, hits in enumerate(results) if len(hits) >= limit]:
+            if limit >= MAX_LIMIT:
+                raise ValueError(f"more than {MAX_LIMIT} vectors lie within distance {radius} of a query, the "
+                                 "most Milvus returns: use a smaller threshold, or a kmeans index")
+            limit = min(MAX_LIMIT, limit * 16)
+            for i, hits in zip(full, self._search(q[full], limit, expr, params)):
+                results[i] = hits
         return [[h for h in hits if h.distance <= radius] for hits in results]
 
     def contains(self, keys: list[str]) -> set[str]:

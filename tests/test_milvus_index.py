@@ -143,11 +143,12 @@ def test_search_within_allowed_keys_matches_exact(milvus, data, monkeypatch, vie
         assert [h.key for h in got] == [h.key for h in want]
 
 
-def test_range_search_matches_exact(milvus, data):
+@pytest.mark.parametrize("fraction", [0.01, 0.05])  # ~30 hits per query, and ~150: above the first limit
+def test_range_search_matches_exact(milvus, data, fraction):
     keys, vectors, _ = data
     exact = ExactIndex(48)
     exact.add(keys, vectors)
-    radius = float(np.quantile(((vectors[:50, None] - vectors[None]) ** 2).sum(-1), 0.01))
+    radius = float(np.quantile(((vectors[:50, None] - vectors[None]) ** 2).sum(-1), fraction))
     allowed = keys[::3]
     for kwargs in ({}, {"allowed": allowed}):
         got = milvus.range_search(vectors[:50], radius, **kwargs)
