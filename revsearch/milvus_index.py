@@ -16,9 +16,7 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
-
-from . import grpc_quiet  # noqa: F401  (before pymilvus imports grpc)
-from pymilvus import DataType, MilvusClient, MilvusException  # noqa: E402
+from pymilvus import DataType, MilvusClient, MilvusException
 
 from .errors import (BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError, LiteFileBusyError,
                      RevsearchError, UnsupportedIndexError)

@@ -7,6 +7,7 @@ import pytest
 
 from revsearch import ExactIndex, MilvusIndex
 from revsearch.errors import IndexMismatchError, IndexNotFoundError, UnsupportedIndexError
+from revsearch.milvus_index import LITE_GRPC_OPTIONS
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,12 @@ def test_a_dropped_channel_is_retried_once_on_a_new_connection(milvus, data):
     milvus.client._handler._channel.close()  # what a GOAWAY or a reset leaves behind
     assert milvus.search(vectors[:1], 1)[0][0].key == keys[0]
     assert len(milvus) == 3000
+
+
+def test_lite_connections_send_no_idle_keepalive_pings(milvus):
+    """pymilvus pings every 10 s by default; Milvus Lite's gRPC server answers that with GOAWAY
+    too_many_pings, so revsearch's Lite clients (first and retried) do not ping."""
+    assert milvus.client._handler._grpc_options == LITE_GRPC_OPTIONS
+    milvus.client._handler._channel.close()
+    milvus.search(np.zeros((1, 48), np.float32), 1)
+    assert milvus.client._handler._grpc_options == LITE_GRPC_OPTIONS
