@@ -57,6 +57,9 @@ class MemoryStore:
             self.index.remove(keys)
 
     def vectors(self, keys: list[str]) -> np.ndarray:
+        """Stored vectors for ``keys``, in that order; KeyError if one is not stored."""
+        if self.index is None:
+            raise KeyError(keys[0] if keys else "")
         store = self.index.store
         return store.vectors[store.rows_of(keys)]
 
