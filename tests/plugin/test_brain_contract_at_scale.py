@@ -135,3 +135,12 @@ def test_find_unique_and_duplicates_within_a_view(indexed, kind):
         assert set(index.duplicate_ids) == {ids[N_SAMPLES - N_PAIRS + i] for i in range(pairs_in_view)}
         index.find_unique(300)
         assert len(index.unique_ids) == 300
+
+
+def test_milvus_counts_and_queries_without_reading_every_key(indexed):
+    """The size comes from Milvus's entity count; a query by sample id fetches only that vector."""
+    ds, ids, _ = indexed
+    results = ds.load_brain_results("milvus", cache=False)
+    assert results.total_index_size == N_SAMPLES
+    assert results.sort_by_similarity(ids[3], k=5).values("id")[0] == ids[3]
+    assert results._ids is None  # the cached list of every key was never built
