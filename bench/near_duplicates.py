@@ -122,8 +122,33 @@ def child(dataset_name: str, backend: str) -> dict:
             "peak MB": round(peak), "added MB": round(peak - base), "server peak MB": round(server.stop())}
 
 
+def child_index_level(n: int) -> dict:
+    """The K-means IVF range-search self-join and fob's greedy rule, without FiftyOne (no dataset)."""
+    from revsearch.ivf_index import IVFIndex
+
+    vectors, copies = planted(n)
+    keys = [str(i) for i in range(n)]
+    base = psutil.Process().memory_info().rss / 2**20
+    start = time.perf_counter()
+    ivf = IVFIndex.fit(vectors)
+    ivf.add(keys, vectors)
+    built = time.perf_counter()
+    neighbours = ivf.range_search(vectors, THRESH)
+    dropped: set[int] = set()
+    for i, hits in enumerate(neighbours):  # fob's _remove_duplicates_thresh: keep i, drop later neighbours
+        if i not in dropped:
+            dropped.update(int(h.key) for h in hits if int(h.key) > i)
+    found = time.perf_counter()
+    hits, peak = len(dropped & set(copies.tolist())), peak_rss_mb()
+    return {"build s": built - start, "find s": found - built, "total s": found - start,
+            "precision": hits / max(len(dropped), 1), "recall": hits / len(copies),
+            "peak MB": round(peak), "added MB": round(peak - base)}
+
+
 def run_child(name: str, backend: str, timeout_s: float) -> dict:
     cmd = [sys.executable, __file__, "--child", name, backend]
+    if backend == "kmeans-index":
+        cmd = [sys.executable, __file__, "--child-index", name]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -142,7 +167,7 @@ def expected_seconds(measured: list[tuple[int, float]], n: int) -> float:
     return t2 * (n / n2) ** max(exponent, 1.0)
 
 
-def write_doc(rows: list[dict], command: str) -> None:
+def write_doc(rows: list[dict], command: str, name: str = "near_duplicates") -> None:
     """Table and ratios into docs/benchmarks.md (between markers), raw rows into bench/results."""
     columns = ["N", "backend", "build s", "find s", "total s", "precision", "recall", "peak MB", "added MB",
                "server peak MB", "sklearn/this time", "sklearn/this added MB", "note"]
@@ -153,9 +178,9 @@ def write_doc(rows: list[dict], command: str) -> None:
             row["sklearn/this added MB"] = round(ref["added MB"] / max(row["added MB"], 1), 2)
     table = markdown_table(rows, columns)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "near_duplicates.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    (RESULTS / "near_duplicates.md").write_text(table + "\n")
-    start, end = "<!-- bench:near_duplicates -->", "<!-- /bench:near_duplicates -->"
+    (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     text = DOC.read_text()
     head, rest = text.split(start, 1)
     DOC.write_text(f"{head}{start}\nCommand: `{command}`\n\n{table}\n{end}{rest.split(end, 1)[1]}")
@@ -167,10 +192,22 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="per (backend, size) run")
+    parser.add_argument("--index-level", action="store_true",
+                        help="only the K-means IVF index, without FiftyOne (table 2 of docs/benchmarks.md)")
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "BACKEND"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-index", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
+        return
+    if args.child_index:
+        print(json.dumps(child_index_level(args.child_index)))
+        return
+    if args.index_level:
+        rows = [{"N": n, "backend": "kmeans-index", **run_child(str(n), "kmeans-index", args.timeout_s)}
+                for n in args.sizes]
+        write_doc(rows, "cd bench && ../.venv/bin/python near_duplicates.py " + " ".join(sys.argv[1:]),
+                  "near_duplicates_index")
         return
     import fiftyone as fo
 
