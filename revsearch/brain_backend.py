@@ -7,7 +7,14 @@ Importing this module registers the backend, so afterwards::
     dataset.sort_by_similarity(sample_id, k=10, brain_key="rev")
 
 A run is re-opened in any later process from its stored config (class path + parameters), so
-only ``revsearch`` needs to be importable there. Distances are squared L2.
+only ``revsearch`` needs to be importable there. Distances are squared L2 (for unit vectors, twice
+the cosine distance: fob's default near-duplicate threshold 0.2 corresponds to 0.4 here).
+
+Queries on a view search only the view's samples (the view's keys are pushed down into the index),
+so their results equal an exact search of the view. Least-similar queries (``reverse=True``) work on
+kmeans and pixel indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
+similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique`` and
+``duplicates_view`` run range searches in the index.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import eta.core.utils as etau
 import fiftyone.brain as fb
 import numpy as np
 from eta.core.serial import deserialize_numpy_array, serialize_numpy_array
-from fiftyone.brain.similarity import Similarity, SimilarityConfig, SimilarityIndex
+from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
 
 from .fiftyone_stores import MemoryStore, MilvusStore
 from .hits import Hit
@@ -82,7 +89,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
 
     @property
     def supports_least_similarity(self) -> bool:
-        return False
+        """Exact and IVF indexes can rank farthest first; Milvus searches return nearest only."""
+        return self.index_kind != "milvus"
 
     @property
     def supported_aggregations(self) -> tuple:
@@ -130,7 +138,7 @@ def _make_store(config: RevsearchSimilarityConfig, state: dict) -> MemoryStore |
                        config.index_type, state.get("dim"))
 
 
-class RevsearchSimilarityIndex(SimilarityIndex):
+class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     """A revsearch index over a dataset's samples, keyed by sample id."""
 
     def __init__(self, samples, config, brain_key, state: dict | None = None,
@@ -140,7 +148,8 @@ class RevsearchSimilarityIndex(SimilarityIndex):
         self._signatures: dict[str, list[float]] = dict(signatures or {})
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
         self._store = _make_store(config, state or {})
-        super().__init__(samples, config, brain_key, backend=backend)
+        SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
+        DuplicatesMixin.__init__(self)
         if filled and brain_key is not None:
             self.save_config()
 
@@ -153,7 +162,8 @@ class RevsearchSimilarityIndex(SimilarityIndex):
 
     @property
     def total_index_size(self) -> int:
-        return len(self.sample_ids)
+        """The store's count (Milvus: its entity count; no keys are read)."""
+        return len(self._store) if self._ids is None else len(self._ids)
 
     @property
     def pca(self) -> PCAReducer | None:
@@ -180,7 +190,7 @@ class RevsearchSimilarityIndex(SimilarityIndex):
             raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
         ids = [str(i) for i in sample_ids]
         vectors = self._reduce(np.asarray(embeddings), fit=True)
-        existing = set(self.sample_ids.tolist()) & set(ids)
+        existing = self._store.contains(ids) if (warn_existing or not overwrite) else set()
         if existing and not allow_existing and not overwrite:
             raise ValueError(f"{len(existing)} IDs (eg {next(iter(existing))}) already exist in the index")
         if existing and warn_existing:
@@ -236,7 +246,7 @@ class RevsearchSimilarityIndex(SimilarityIndex):
         if label_ids is not None:
             raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
         ids = [str(i) for i in ([sample_ids] if isinstance(sample_ids, str) else sample_ids or [])]
-        missing = set(ids) - set(self.sample_ids.tolist())
+        missing = set(ids) - self._store.contains(ids) if (warn_missing or not allow_missing) else set()
         if missing and not allow_missing:
             raise ValueError(f"{len(missing)} IDs (eg {next(iter(missing))}) are not in the index")
         if missing and warn_missing:
@@ -257,7 +267,7 @@ class RevsearchSimilarityIndex(SimilarityIndex):
             ids = self.sample_ids.tolist()
         else:
             wanted = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids)
-            present = set(self.sample_ids.tolist())
+            present = self._store.contains(wanted)
             ids = [i for i in wanted if i in present]
             if len(ids) < len(wanted) and not allow_missing:
                 raise ValueError(f"{len(wanted) - len(ids)} IDs are not in the index")
@@ -293,36 +303,78 @@ class RevsearchSimilarityIndex(SimilarityIndex):
             if np.issubdtype(query.dtype, np.number):
                 single = query.ndim == 1
                 return self._reduce(query.reshape(-1, query.shape[-1])), single
-            query, single = list(query), False
-        missing = set(query) - set(self.sample_ids.tolist())
-        if missing:
-            raise ValueError(f"Query IDs {sorted(missing)} are not in the index")
-        return self._store.vectors(query), single
+            query, single = [str(q) for q in query], False
+        try:
+            return self._store.vectors(query), single
+        except KeyError:
+            missing = sorted(set(query) - self._store.contains(query))
+            raise ValueError(f"Query IDs {missing} are not in the index") from None
 
-    def search(self, vectors: np.ndarray, k: int | None) -> list[list[Hit]]:
-        """Nearest indexed samples of the current view for each vector (squared L2, ascending)."""
-        total = self.total_index_size
+    def _allowed(self) -> np.ndarray | None:
+        """The keys a query may return: the current view's indexed samples, or None for all."""
+        return self.current_sample_ids if self.has_view else None
+
+    def search(self, vectors: np.ndarray, k: int | None, reverse: bool = False) -> list[list[Hit]]:
+        """Nearest (``reverse``: farthest) indexed samples of the current view for each vector
+        (squared L2, ascending; descending if ``reverse``)."""
+        allowed = self._allowed()
+        total = self.total_index_size if allowed is None else len(allowed)
         if not total:
             return [[] for _ in range(len(vectors))]
         limit = min(total, self.config.max_k or total)
-        k = min(k or limit, limit)
-        if not self.has_view:
-            return self._store.search(vectors, k)
-        allowed = set(self.current_sample_ids.tolist())
-        return [[h for h in hits if h.key in allowed][:k] for hits in self._store.search(vectors, limit)]
+        return self._store.search(vectors, min(k or limit, limit), allowed=allowed, reverse=reverse)
 
     def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
-        if query is None:
-            raise ValueError("revsearch indexes do not support full-index neighbor queries")
-        if reverse:
-            raise ValueError("revsearch indexes do not support least-similarity queries")
         if aggregation not in (None, "mean"):
             raise ValueError(f"Unsupported aggregation {aggregation!r}; use 'mean'")
+        if query is None:
+            if aggregation is not None:
+                raise ValueError("Full index queries do not support aggregation")
+            return self._full_index_neighbors(k or 1, return_dists)
         with self._store.hold():
             vectors, single = self._query_vectors(query)
             if aggregation == "mean":
                 vectors, single = vectors.mean(axis=0, keepdims=True), True
-            hits = self.search(vectors, k)
+            hits = self.search(vectors, k, reverse=reverse)
+        ids = [[h.key for h in row] for row in hits]
+        dists = [[h.distance for h in row] for row in hits]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    def _full_index_neighbors(self, k: int, return_dists: bool):
+        """The ``k`` nearest other samples of every sample of the view, as indexes into
+        ``current_sample_ids`` (as fob's sklearn backend returns them). Exact on every kind: the
+        view's keys are always pushed down, which makes the IVF search exact."""
+        ids = self.current_sample_ids
+        position = {key: i for i, key in enumerate(ids.tolist())}
+        with self._store.hold():
+            vectors = self._store.vectors(ids.tolist()) if len(ids) else np.empty((0, 0), np.float32)
+            hits = self._store.search(vectors, k + 1, allowed=ids) if len(ids) else []
+        rows = [[h for h in row if h.key != key][:k] for key, row in zip(ids.tolist(), hits)]
+        inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in rows]
+        dists = [np.array([h.distance for h in row]) for row in rows]
+        return (inds, dists) if return_dists else inds
+
+    def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
+        """Indexed samples of the view within squared L2 distance ``thresh`` (range search in the index).
+
+        ``query=None``: for every sample of the view, integer indexes into ``current_sample_ids``
+        (itself included), as fob's ``DuplicatesMixin`` expects; else ids as for :meth:`_kneighbors`.
+        """
+        if thresh is None:
+            raise ValueError("a distance threshold is needed (squared L2; for unit vectors 2x cosine distance)")
+        with self._store.hold():
+            if query is None:
+                ids = self.current_sample_ids.tolist()
+                vectors = self._store.vectors(ids) if ids else np.empty((0, 0), np.float32)
+                hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed()) if ids else []
+                position = {key: i for i, key in enumerate(ids)}
+                inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in hits]
+                dists = [np.array([h.distance for h in row]) for row in hits]
+                return (inds, dists) if return_dists else inds
+            vectors, single = self._query_vectors(query)
+            hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed())
         ids = [[h.key for h in row] for row in hits]
         dists = [[h.distance for h in row] for row in hits]
         if single:

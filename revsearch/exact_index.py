@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ class ExactIndex:
     """
 
     kind = "exact"
+    supports_least_similarity = True
 
     def __init__(self, dim: int, dtype: np.dtype | type = np.float32):
         self.store = VectorStore(dim, dtype)
@@ -41,16 +43,42 @@ class ExactIndex:
     def remove(self, keys: list[str]) -> None:
         self.store.remove(keys)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def _candidates(self, allowed: Collection[str] | None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """Rows searched (None: all), their vectors and squared norms."""
+        if allowed is None:
+            return None, self.store.vectors, self.store.sq_norms
+        rows = self.store.rows_in(allowed)
+        return rows, self.store.vectors[rows], self.store.sq_norms[rows]
+
+    def _distance_chunks(self, queries: np.ndarray, allowed: Collection[str] | None):
+        """(rows or None, distance matrix) for successive chunks of ``queries``."""
         q = self.store.check_dim(queries)
-        n = max(len(self.store), 1)
-        step = max(1, _CHUNK_CELLS // n)
-        results: list[list[Hit]] = []
+        rows, vectors, norms = self._candidates(allowed)
+        step = max(1, _CHUNK_CELLS // max(len(vectors), 1))
         for start in range(0, q.shape[0], step):
-            dist = squared_l2(q[start : start + step], self.store.vectors, self.store.sq_norms)
+            yield rows, squared_l2(q[start:start + step], vectors, norms)
+
+    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
+               reverse: bool = False) -> list[list[Hit]]:
+        """The ``k`` nearest (``reverse``: farthest) stored vectors among the ``allowed`` keys (None: all)."""
+        keys = self.store.keys
+        results: list[list[Hit]] = []
+        for rows, dist in self._distance_chunks(queries, allowed):
             for row in dist:
-                idx = top_k(row, k)
-                results.append([Hit(self.store.keys[i], float(row[i])) for i in idx])
+                idx = top_k(-row if reverse else row, k)
+                results.append([Hit(keys[i if rows is None else rows[i]], float(row[i])) for i in idx])
+        return results
+
+    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+                     ) -> list[list[Hit]]:
+        """Every stored vector (among ``allowed``) within squared distance ``radius``, nearest first."""
+        keys = self.store.keys
+        results: list[list[Hit]] = []
+        for rows, dist in self._distance_chunks(queries, allowed):
+            for row in dist:
+                idx = np.flatnonzero(row <= radius)
+                idx = idx[np.argsort(row[idx], kind="stable")]
+                results.append([Hit(keys[i if rows is None else rows[i]], float(row[i])) for i in idx])
         return results
 
     def config(self) -> dict:

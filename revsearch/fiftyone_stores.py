@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 from eta.core.serial import deserialize_numpy_array, serialize_numpy_array
@@ -57,13 +57,27 @@ class MemoryStore:
             self.index.remove(keys)
 
     def vectors(self, keys: list[str]) -> np.ndarray:
+        """Stored vectors for ``keys``, in that order; KeyError if one is not stored."""
+        if self.index is None:
+            raise KeyError(keys[0] if keys else "")
         store = self.index.store
         return store.vectors[store.rows_of(keys)]
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def contains(self, keys: list[str]) -> set[str]:
+        store = self.index.store if self.index is not None else None
+        return {k for k in keys if store is not None and k in store}
+
+    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
+               reverse: bool = False) -> list[list[Hit]]:
         if self.index is None or not len(self.index):
             return [[] for _ in range(len(queries))]
-        return self.index.search(queries, k)
+        return self.index.search(queries, k, allowed=allowed, reverse=reverse)
+
+    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+                     ) -> list[list[Hit]]:
+        if self.index is None or not len(self.index):
+            return [[] for _ in range(len(queries))]
+        return self.index.range_search(queries, radius, allowed=allowed)
 
     def drop(self) -> None:
         self.index = None
@@ -185,11 +199,23 @@ class MilvusStore:
         with self.session() as index:
             return index.get_vectors(list(keys))
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def contains(self, keys: list[str]) -> set[str]:
+        with self.session() as index:
+            return index.contains(keys) if index is not None else set()
+
+    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
+               reverse: bool = False) -> list[list[Hit]]:
         with self.session() as index:
             if index is None:
                 return [[] for _ in range(len(queries))]
-            return index.search(queries, k)
+            return index.search(queries, k, allowed=allowed, reverse=reverse)
+
+    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+                     ) -> list[list[Hit]]:
+        with self.session() as index:
+            if index is None:
+                return [[] for _ in range(len(queries))]
+            return index.range_search(queries, radius, allowed=allowed)
 
     def drop(self) -> None:
         with self.session() as index:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,13 @@ from .vector_store import VectorStore
 TRAINING_POINTS_PER_CLUSTER = 64
 #: Distance-matrix cells computed at once when assigning vectors to centres.
 _CHUNK_CELLS = 16_000_000
+#: Relative float32 error allowed for in the bisector bound (distances are float32).
+_BOUND_SLACK = 1e-5
+#: Query x list cells of bisector bounds computed at once.
+_BOUND_CELLS = 4_000_000
+#: A view holding at least this fraction of the vectors is searched by scanning whole lists and
+#: masking; a sparser one by gathering its own rows.
+_DENSE_FRACTION = 0.25
 
 
 def default_n_clusters(n_vectors: int) -> int:
@@ -38,6 +46,7 @@ class IVFIndex:
     """
 
     kind = "kmeans"
+    supports_least_similarity = True
 
     def __init__(self, centroids: np.ndarray, nprobe: int | None = None):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -132,8 +141,18 @@ class IVFIndex:
         rows = self.store.rows_of(keys)
         return self.assignments[rows], self.center_distances[rows]
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> list[list[Hit]]:
-        return self.search_with_stats(queries, k, nprobe)[0]
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               allowed: Collection[str] | None = None, reverse: bool = False) -> list[list[Hit]]:
+        """The ``k`` nearest stored vectors: approximate (``nprobe`` lists) over the whole index, exact
+        among the ``allowed`` keys when given; ``reverse`` (farthest first) scans every vector."""
+        if allowed is None and not reverse:
+            return self.search_with_stats(queries, k, nprobe)[0]
+        q = self.store.check_dim(queries)
+        self._sort_lists()
+        rows = np.arange(len(self.store)) if allowed is None else self.store.rows_in(allowed)
+        if reverse or len(rows) <= self._probe_budget(nprobe):
+            return [self._hits(*self._exhaustive(query, rows, k, reverse)) for query in q]
+        return [self._hits(*found) for found in self._bounded_search(q, rows, k, nprobe)]
 
     def search_with_stats(self, queries: np.ndarray, k: int, nprobe: int | None = None
                           ) -> tuple[list[list[Hit]], float]:
@@ -149,6 +168,127 @@ class IVFIndex:
             scanned += len(rows)
             results.append([Hit(self.store.keys[r], float(dist[i])) for i, r in self._nearest(rows, dist, k)])
         return results, scanned / max(1, len(q) * len(self.store))
+
+    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+                     ) -> list[list[Hit]]:
+        """Every stored vector (among ``allowed``) within squared distance ``radius``, nearest first.
+
+        Exact: a list is scanned only if the query's distance to the list's Voronoi cell (the
+        bisector bound) is within ``radius``, so small radii scan few lists.
+        """
+        q = self.store.check_dim(queries)
+        self._sort_lists()
+        keep = None
+        if allowed is not None:
+            keep = np.zeros(len(self.store), dtype=bool)
+            keep[self.store.rows_in(allowed)] = True
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        order = np.argsort(self.assign(q)[0], kind="stable")  # queries of one list together
+        step = max(1, _BOUND_CELLS // self.n_clusters)
+        for start in range(0, len(q), step):
+            chunk = order[start:start + step]
+            found.extend(self._range_chunk(q[chunk], chunk, radius, keep))
+        return self._group_hits(len(q), found)
+
+    def _range_chunk(self, q: np.ndarray, query_ids: np.ndarray, radius: float, keep: np.ndarray | None):
+        """(query ids, rows, distances) of the pairs within ``radius`` for one chunk of queries."""
+        reach = self._cell_gaps(q) <= radius
+        pairs_q, pairs_c = np.nonzero(reach)
+        by_cluster = np.argsort(pairs_c, kind="stable")
+        pairs_q, pairs_c = pairs_q[by_cluster], pairs_c[by_cluster]
+        bounds = np.flatnonzero(np.diff(pairs_c)) + 1
+        for members, cluster in zip(np.split(pairs_q, bounds), pairs_c[np.r_[0, bounds]] if len(pairs_c) else []):
+            lo, hi = self._offsets[cluster], self._offsets[cluster + 1]
+            rows = np.arange(lo, hi)
+            if keep is not None:
+                rows = rows[keep[lo:hi]]
+            if not len(rows):
+                continue
+            dist = squared_l2(q[members], self.store.vectors[rows], self.store.sq_norms[rows])
+            qi, ri = np.nonzero(dist <= radius)
+            if len(qi):
+                yield query_ids[members[qi]], rows[ri], dist[qi, ri]
+
+    def _group_hits(self, n_queries: int, found: list) -> list[list[Hit]]:
+        """Per-query hit lists (nearest first, ties in insertion order) from (query, row, dist) arrays."""
+        results: list[list[Hit]] = [[] for _ in range(n_queries)]
+        if not found:
+            return results
+        qs, rows, dist = (np.concatenate(parts) for parts in zip(*found))
+        order = np.lexsort((self._sequence[rows], dist, qs))
+        keys = self.store.keys
+        for query, row, d in zip(qs[order].tolist(), rows[order].tolist(), dist[order].tolist()):
+            results[query].append(Hit(keys[row], d))
+        return results
+
+    def _cell_gaps(self, q: np.ndarray) -> np.ndarray:
+        """Lower bound of the squared distance from each query to any vector of each list.
+
+        A vector of list B is nearer to centre B than to the query's nearest centre A, so it lies
+        beyond the A|B bisector: at least (|q-cB|^2 - |q-cA|^2) / (2 |cA-cB|) from the query.
+        """
+        d2 = squared_l2(q, self.centroids, self._centroid_norms).astype(np.float64)
+        own = d2.argmin(axis=1)
+        own_d2 = d2[np.arange(len(q)), own][:, None]
+        between = np.sqrt(squared_l2(self.centroids[own], self.centroids, self._centroid_norms)).astype(np.float64)
+        slack = _BOUND_SLACK * (np.einsum("ij,ij->i", q, q)[:, None] + self._centroid_norms[None, :])
+        gap = np.maximum(d2 - own_d2 - slack, 0.0) / np.maximum(2.0 * between, np.finfo(np.float64).tiny)
+        gap[between == 0.0] = 0.0
+        return gap ** 2
+
+    def _probe_budget(self, nprobe: int | None) -> int:
+        """How many vectors a search of ``nprobe`` lists scans on average."""
+        return int(len(self.store) * min(nprobe or self.nprobe, self.n_clusters) / self.n_clusters)
+
+    def _exhaustive(self, query: np.ndarray, rows: np.ndarray, k: int, reverse: bool
+                    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Compare the query with every one of ``rows``."""
+        vectors, norms = self.store.vectors[rows], self.store.sq_norms[rows]
+        dist = np.maximum(query @ query - 2.0 * (vectors @ query) + norms, 0.0)
+        return rows, dist, self._nearest(rows, -dist if reverse else dist, k)
+
+    def _bounded_search(self, q: np.ndarray, rows: np.ndarray, k: int, nprobe: int | None):
+        """Exact top-k among ``rows``: lists in order of their bisector bound, ``nprobe`` at first,
+        then twice as many each round, until no unscanned list can hold a nearer vector."""
+        starts = np.searchsorted(rows, self._offsets)  # rows are sorted, so grouped by list
+        lists = np.flatnonzero(starts[1:] > starts[:-1])
+        dense = len(rows) >= _DENSE_FRACTION * len(self.store)
+        keep = None
+        if dense:
+            keep = np.zeros(len(self.store), dtype=bool)
+            keep[rows] = True
+        step = max(1, _BOUND_CELLS // self.n_clusters)
+        for start in range(0, len(q), step):
+            gaps = self._cell_gaps(q[start:start + step])[:, lists]
+            for query, gap in zip(q[start:start + step], gaps):
+                order = np.argsort(gap, kind="stable")
+                yield self._scan_until_exact(query, k, lists[order], gap[order], rows, starts, keep,
+                                             min(nprobe or self.nprobe, self.n_clusters))
+
+    def _scan_until_exact(self, query, k, lists, gaps, rows, starts, keep, first):
+        best_rows, best_dist = np.empty(0, np.int64), np.empty(0, np.float32)
+        pos, batch = 0, first
+        while pos < len(lists):
+            chosen = np.sort(lists[pos:pos + batch])
+            pos, batch = pos + batch, 2 * batch
+            if keep is not None:
+                got_rows, got_dist = self._scan(query, chosen)
+                mask = keep[got_rows]
+                got_rows, got_dist = got_rows[mask], got_dist[mask]
+            else:
+                got_rows = np.concatenate([rows[starts[c]:starts[c + 1]] for c in chosen])
+                vectors = self.store.vectors[got_rows]
+                got_dist = np.maximum(query @ query - 2.0 * (vectors @ query) + self.store.sq_norms[got_rows], 0.0)
+            best_rows = np.concatenate([best_rows, got_rows])
+            best_dist = np.concatenate([best_dist, got_dist])
+            nearest = self._nearest(best_rows, best_dist, k)
+            best_rows, best_dist = best_rows[[i for i, _ in nearest]], best_dist[[i for i, _ in nearest]]
+            if len(best_rows) >= k and pos < len(lists) and best_dist[-1] < gaps[pos]:
+                break
+        return best_rows, best_dist, self._nearest(best_rows, best_dist, k)
+
+    def _hits(self, rows: np.ndarray, dist: np.ndarray, nearest: list[tuple[int, int]]) -> list[Hit]:
+        return [Hit(self.store.keys[r], float(dist[i])) for i, r in nearest]
 
     def _scan(self, query: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row numbers and squared distances of every vector in ``clusters`` (one block each)."""

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import atexit
 import base64
+import json
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,24 @@ INSERT_BATCH = 2000
 #: its size; docs/scale-out.md has the measurements).
 BULK_MIN_ROWS = 200_000
 QUERY_BATCH = 256
+#: Milvus's largest ``limit`` (top-k) per search.
+MAX_LIMIT = 16384
+#: First ``limit`` of a range search (raised for the queries that fill it).
+RANGE_FIRST_LIMIT = 64
+#: Keys per ``key in [...]`` filter. Milvus Lite parses the list at ~6-10 us per key (100k vectors,
+#: 1 query: 50 keys 4 ms, 5,000 keys 56 ms, 100,000 keys 0.60 s), 10-14x less than fetching those
+#: vectors to search them here (9 ms, 0.58 s, 8.4 s), so a view is always searched by filter;
+#: larger views in chunks of this many keys, merged (docs/benchmarks.md).
+FILTER_CHUNK_KEYS = 50_000
+#: A view with at least this fraction of the collection is first searched unfiltered with a larger
+#: limit; queries that then have k hits from the view are exact, the others fall back to filters.
+DENSE_VIEW_FRACTION = 0.5
+#: gRPC channel options for a Milvus Lite (local socket) connection: no client keepalive pings.
+#: pymilvus pings every 10 s even when idle; a gRPC server with default settings (Milvus Lite)
+#: answers pings more often than every 5 minutes with GOAWAY "too_many_pings" and closes the channel.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
+#: Parts of a Milvus error message that mean the channel dropped (worth one retry on a new client).
+_DROPPED_CHANNEL = ("closed channel", "UNAVAILABLE", "GOAWAY", "Socket closed", "Connection reset")
 #: Index build and search parameters per Milvus index type.
 INDEX_TYPES = {
     "FLAT": ({}, {}),
@@ -137,15 +157,17 @@ def check_lite_file_name(name: str) -> None:
                              "characters from letters, digits, '.', '_' and '-' (the folder may be anything)")
 
 
-def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "") -> MilvusClient:
-    """A MilvusClient for a Lite file path or a server URI."""
+def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: bool = False) -> MilvusClient:
+    """A MilvusClient for a Lite file path or a server URI (``fresh``: a new channel, not a shared one)."""
+    options = {}
     if is_lite_uri(uri):
         check_lite_file_name(Path(uri).name)
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser().resolve())
+        options["grpc_options"] = LITE_GRPC_OPTIONS
     for _ in range(LITE_START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
         try:
-            return MilvusClient(uri=uri, token=token, db_name=db_name)
+            return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
         except Exception:
             # the Lite server of a process that was just killed may still hold the file: it stops by
             # itself once it sees its parent gone; start ours afresh and try again
@@ -154,9 +176,19 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "") -> Milvu
             server_manager_instance.release_server(uri)
             time.sleep(LITE_RETRY_WAIT_S)
     try:
-        return MilvusClient(uri=uri, token=token, db_name=db_name)
+        return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
     except Exception as exc:
         raise RevsearchError(f"cannot connect to Milvus at {uri!r}: {exc}") from exc
+
+
+def is_dropped_channel(exc: Exception) -> bool:
+    """Whether a Milvus error says the gRPC channel was closed or lost (GOAWAY, reset)."""
+    return isinstance(exc, MilvusException) and any(s in str(exc.message) for s in _DROPPED_CHANNEL)
+
+
+def key_filter(keys: list[str]) -> str:
+    """A filter expression matching these keys (as stored: see :func:`to_milvus_key`)."""
+    return f"{KEY_FIELD} in {json.dumps([to_milvus_key(k) for k in keys], ensure_ascii=False)}"
 
 
 class MilvusIndex:
@@ -239,8 +271,22 @@ class MilvusIndex:
                                      f"this index produces {self.dim}-d vectors")
         self.client.load_collection(self.collection)
 
+    def _rpc(self, method: str, *args, **kwargs):
+        """Call a MilvusClient method; if the channel dropped, retry once on a fresh client."""
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except MilvusException as exc:
+            if not is_dropped_channel(exc):
+                raise
+            logger.warning("Milvus channel to %s dropped (%s); retrying once on a new connection",
+                           self.uri, exc.message)
+            self.client.close()
+            self.client = connect(self.uri, self.token, self.db_name, fresh=True)
+            return getattr(self.client, method)(*args, **kwargs)
+
     def __len__(self) -> int:
-        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        """The entity count (``count(*)``: Milvus counts, no keys are read)."""
+        res = self._rpc("query", self.collection, filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
     def keys(self) -> list[str]:
@@ -286,7 +332,7 @@ class MilvusIndex:
         for start in range(0, len(keys), INSERT_BATCH):
             rows = [{KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
                     for k, v in zip(keys[start:start + INSERT_BATCH], arr[start:start + INSERT_BATCH])]
-            self.client.upsert(self.collection, rows)
+            self._rpc("upsert", self.collection, rows)
             write_point("vectors upserted")
 
     def bulk_add(self, keys: list[str], vectors: np.ndarray, storage: BulkStorage | None = None,
@@ -318,30 +364,116 @@ class MilvusIndex:
     def remove(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for start in range(0, len(keys), INSERT_BATCH):
-            self.client.delete(self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]])
+            self._rpc("delete", self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]])
             write_point("vectors deleted")
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
         if q.shape[1] != self.dim:
             raise IndexMismatchError(f"query has dimension {q.shape[1]}, the index expects {self.dim}")
+        return q
+
+    def _search(self, q: np.ndarray, limit: int, expr: str = "", params: dict | None = None) -> list[list[Hit]]:
+        """One Milvus search per ``QUERY_BATCH`` queries."""
         results: list[list[Hit]] = []
         for start in range(0, len(q), QUERY_BATCH):
-            res = self.client.search(self.collection, data=q[start:start + QUERY_BATCH].tolist(), limit=k,
-                                     anns_field=VECTOR_FIELD,
-                                     search_params={"metric_type": self.metric, "params": self.search_params},
-                                     consistency_level=self.consistency_level)
+            res = self._rpc("search", self.collection, data=q[start:start + QUERY_BATCH].tolist(), limit=limit,
+                            filter=expr, anns_field=VECTOR_FIELD, consistency_level=self.consistency_level,
+                            search_params={"metric_type": self.metric, "params": params or self.search_params})
             results.extend([Hit(from_milvus_key(str(h["id"])), float(h["distance"])) for h in hits] for hits in res)
         return results
+
+    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
+               reverse: bool = False) -> list[list[Hit]]:
+        """The ``k`` nearest vectors, among the ``allowed`` keys when given (exact on a FLAT index)."""
+        if reverse:
+            raise ValueError("Milvus searches for nearest neighbours only (no farthest-first search): "
+                             "use a kmeans or pixel index for least-similar queries")
+        q = self._check_queries(queries)
+        if allowed is None:
+            return self._search(q, k)
+        allowed = list(allowed)
+        results: list[list[Hit] | None] = [None] * len(q)
+        if len(allowed) > FILTER_CHUNK_KEYS and len(allowed) >= DENSE_VIEW_FRACTION * (total := len(self)):
+            wanted = set(allowed)
+            limit = min(MAX_LIMIT, k * math.ceil(2 * total / max(len(allowed), 1)))
+            for i, hits in enumerate(self._search(q, limit)):
+                kept = [h for h in hits if h.key in wanted][:k]
+                if len(kept) == min(k, len(allowed)) or len(hits) < limit:
+                    results[i] = kept
+        short = [i for i, r in enumerate(results) if r is None]
+        for i, hits in zip(short, self._filtered(q[short], k, allowed, self.search_params)):
+            results[i] = hits[:k]
+        return results
+
+    def _filtered(self, q: np.ndarray, limit: int, allowed: list[str], params: dict) -> list[list[Hit]]:
+        """Search with ``key in [...]`` filters of ``FILTER_CHUNK_KEYS`` keys; hits merged, nearest first."""
+        merged: list[list[Hit]] = [[] for _ in range(len(q))]
+        if not len(q):
+            return merged
+        for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
+            expr = key_filter(allowed[start:start + FILTER_CHUNK_KEYS])
+            for row, hits in zip(merged, self._search(q, limit, expr, params)):
+                row.extend(hits)
+        for row in merged:
+            row.sort(key=lambda h: h.distance)
+        return merged
+
+    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+                     ) -> list[list[Hit]]:
+        """Every vector (among ``allowed``) within squared L2 distance ``radius``, nearest first.
+
+        Milvus range search: ``range_filter <= distance < radius`` for L2, so the radius passed is
+        the next float up (``<= radius`` as in the other indexes). At most ``MAX_LIMIT`` hits per query.
+        """
+        if self.metric != "L2":
+            raise ValueError(f"range_search needs metric L2; this collection uses {self.metric}")
+        q = self._check_queries(queries)
+        params = {**self.search_params, "radius": float(np.nextafter(np.float32(radius), np.float32(np.inf))),
+                  "range_filter": 0.0}
+        if allowed is None:
+            return self._range(q, radius, params, "")
+        allowed = list(allowed)
+        merged: list[list[Hit]] = [[] for _ in range(len(q))]
+        for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
+            expr = key_filter(allowed[start:start + FILTER_CHUNK_KEYS])
+            for row, hits in zip(merged, self._range(q, radius, params, expr)):
+                row.extend(hits)
+        for row in merged:
+            row.sort(key=lambda h: h.distance)
+        return merged
+
+    def _range(self, q: np.ndarray, radius: float, params: dict, expr: str) -> list[list[Hit]]:
+        """Range search with a small limit first; queries that fill it are searched again with a
+        larger one (a limit of 16,384 costs ~5x the time of 64 when few vectors are in range)."""
+        limit = RANGE_FIRST_LIMIT
+        results = self._search(q, limit, expr, params)
+        while full := [i for i, hits in enumerate(results) if len(hits) >= limit]:
+            if limit >= MAX_LIMIT:
+                raise ValueError(f"more than {MAX_LIMIT} vectors lie within distance {radius} of a query, the "
+                                 "most Milvus returns: use a smaller threshold, or a kmeans index")
+            limit = min(MAX_LIMIT, limit * 16)
+            for i, hits in zip(full, self._search(q[full], limit, expr, params)):
+                results[i] = hits
+        return [[h for h in hits if h.distance <= radius] for hits in results]
+
+    def contains(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` that are stored (without reading the other keys)."""
+        present: set[str] = set()
+        for start in range(0, len(keys), INSERT_BATCH):
+            rows = self._rpc("query", self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]],
+                             output_fields=[KEY_FIELD])
+            present.update(from_milvus_key(row[KEY_FIELD]) for row in rows)
+        return present
 
     def get_vectors(self, keys: list[str]) -> np.ndarray:
         """Stored vectors for ``keys``, in that order; raises KeyError naming a missing key."""
         by_key: dict[str, list[float]] = {}
         for start in range(0, len(keys), INSERT_BATCH):
-            rows = self.client.query(self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]],
-                                     output_fields=[KEY_FIELD, VECTOR_FIELD])
+            rows = self._rpc("query", self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]],
+                             output_fields=[KEY_FIELD, VECTOR_FIELD])
             by_key.update((from_milvus_key(row[KEY_FIELD]), row[VECTOR_FIELD]) for row in rows)
         missing = [k for k in keys if k not in by_key]
         if missing:

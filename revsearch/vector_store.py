@@ -98,6 +98,11 @@ class VectorStore:
     def rows_of(self, keys: list[str]) -> list[int]:
         return [self._row[k] for k in keys]
 
+    def rows_in(self, keys) -> np.ndarray:
+        """Sorted row numbers of those ``keys`` that are stored (others are ignored)."""
+        row = self._row
+        return np.sort(np.fromiter((row[k] for k in keys if k in row), dtype=np.int64))
+
     def save(self, directory: Path, name: str, order: np.ndarray | None = None) -> None:
         """Write vectors and keys (in ``order`` of rows if given)."""
         directory.mkdir(parents=True, exist_ok=True)

@@ -75,3 +75,28 @@ def test_add_replace_remove_and_reload(clustered, tmp_path):
     assert [h.key for h in again.search(queries[:5], 10)[0]] == [h.key for h in ivf.search(queries[:5], 10)[0]]
     with pytest.raises(IndexMismatchError, match="dimension 5"):
         ivf.search(np.zeros((1, 5), np.float32), 3)
+
+
+def test_allowed_reverse_and_range_search_equal_exact():
+    """Searches restricted to allowed keys are exact (bisector-bounded), as are reverse and range search."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 16))
+    vectors = (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(np.float32)
+    keys = [f"v{i}" for i in range(4000)]
+    ivf = IVFIndex.fit(vectors, 64, nprobe=2)
+    ivf.add(keys, vectors)
+    exact = ExactIndex(16)
+    exact.add(keys, vectors)
+    queries = vectors[:30] + 0.01
+
+    def same(got, want):
+        return [[h.key for h in row] for row in got] == [[h.key for h in row] for row in want]
+
+    for size in (20, 600, 3500):  # below the probe budget, sparse (gathered rows), dense (masked lists)
+        allowed = {keys[i] for i in rng.choice(4000, size, replace=False)}
+        assert same(ivf.search(queries, 10, allowed=allowed), exact.search(queries, 10, allowed=allowed))
+    assert same(ivf.search(queries, 10, reverse=True), exact.search(queries, 10, reverse=True))
+    for radius in (0.05, 1.0):
+        assert same(ivf.range_search(queries, radius), exact.range_search(queries, radius))
+        allowed = set(keys[::2])
+        assert same(ivf.range_search(queries, radius, allowed), exact.range_search(queries, radius, allowed))

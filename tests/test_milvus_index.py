@@ -7,6 +7,7 @@ import pytest
 
 from revsearch import ExactIndex, MilvusIndex
 from revsearch.errors import IndexMismatchError, IndexNotFoundError, UnsupportedIndexError
+from revsearch.milvus_index import LITE_GRPC_OPTIONS
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +129,50 @@ def test_lite_file_name_rule_is_checked(tmp_path):
 
     with pytest.raises(RevsearchError, match="at most 36"):
         MilvusIndex(8, uri=str(tmp_path / ("x" * 40 + ".db")))
+
+
+@pytest.mark.parametrize("view_size", [40, 1000, 2500])
+def test_search_within_allowed_keys_matches_exact(milvus, data, monkeypatch, view_size):
+    """One filter (40 keys), chunked filters (1,000 keys in chunks of 300), and the dense-view path
+    (2,500 of 3,000: unfiltered search with a larger limit, then filters for queries left short)."""
+    monkeypatch.setattr("revsearch.milvus_index.FILTER_CHUNK_KEYS", 300)
+    keys, vectors, queries = data
+    allowed = [keys[i] for i in np.random.default_rng(view_size).choice(len(keys), view_size, replace=False)]
+    exact = ExactIndex(48)
+    exact.add(keys, vectors)
+    for got, want in zip(milvus.search(queries, 10, allowed=allowed), exact.search(queries, 10, allowed=allowed)):
+        assert [h.key for h in got] == [h.key for h in want]
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05])  # ~30 hits per query, and ~150: above the first limit
+def test_range_search_matches_exact(milvus, data, fraction):
+    keys, vectors, _ = data
+    exact = ExactIndex(48)
+    exact.add(keys, vectors)
+    radius = float(np.quantile(((vectors[:50, None] - vectors[None]) ** 2).sum(-1), fraction))
+    allowed = keys[::3]
+    for kwargs in ({}, {"allowed": allowed}):
+        got = milvus.range_search(vectors[:50], radius, **kwargs)
+        want = exact.range_search(vectors[:50], radius, **kwargs)
+        assert [[h.key for h in row] for row in got] == [[h.key for h in row] for row in want]
+
+
+def test_least_similar_is_refused_with_the_reason(milvus, data):
+    with pytest.raises(ValueError, match="nearest neighbours only"):
+        milvus.search(data[2][:1], 5, reverse=True)
+
+
+def test_a_dropped_channel_is_retried_once_on_a_new_connection(milvus, data):
+    keys, vectors, _ = data
+    milvus.client._handler._channel.close()  # what a GOAWAY or a reset leaves behind
+    assert milvus.search(vectors[:1], 1)[0][0].key == keys[0]
+    assert len(milvus) == 3000
+
+
+def test_lite_connections_send_no_idle_keepalive_pings(milvus):
+    """pymilvus pings every 10 s by default; Milvus Lite's gRPC server answers that with GOAWAY
+    too_many_pings, so revsearch's Lite clients (first and retried) do not ping."""
+    assert milvus.client._handler._grpc_options == LITE_GRPC_OPTIONS
+    milvus.client._handler._channel.close()
+    milvus.search(np.zeros((1, 48), np.float32), 1)
+    assert milvus.client._handler._grpc_options == LITE_GRPC_OPTIONS

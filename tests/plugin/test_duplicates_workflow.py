@@ -1,0 +1,59 @@
+"""Near-duplicate workflow on real Caltech images: nearest-neighbour distances, groups, keep one
+per group, exact duplicates by file hash."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from plugin_helpers import make_dataset
+
+from revsearch import PixelFeatures
+from revsearch import fiftyone_tools as tools
+from revsearch.duplicates import exact_duplicate_groups, near_duplicate_groups, nearest_neighbor_distances
+
+
+@pytest.fixture
+def dataset_with_copies(caltech_files, tmp_path):
+    """10 distinct images, two byte-identical copies of the first and one re-encoded copy of the second."""
+    from PIL import Image
+
+    files = list(caltech_files[::2][:10])
+    copies = [tmp_path / "a1.jpg", tmp_path / "a2.jpg"]
+    for copy in copies:
+        shutil.copy(files[0], copy)
+    Image.open(files[1]).save(tmp_path / "b1.jpg", quality=70)
+    ds = make_dataset("dups", files + [str(c) for c in copies] + [str(tmp_path / "b1.jpg")])
+    yield ds
+    ds.delete()
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "pixel"])
+def test_groups_keep_one_and_nearest_distances(dataset_with_copies, kind):
+    ds = dataset_with_copies
+    results, _ = tools.build_index(ds, kind, kind, extractor=PixelFeatures(8), n_clusters=2)
+    ids = ds.values("id")
+    features = PixelFeatures(8).embed_paths(ds.values("filepath"), progress=False).vectors.astype(np.float64)
+    dist = ((features[:, None] - features[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+
+    distances = nearest_neighbor_distances(results, ds)
+    np.testing.assert_allclose(sorted(distances), sorted(dist.min(axis=1)), rtol=1e-4, atol=1e-3)
+    assert ds.values("nn_id") == [ids[j] for j in dist.argmin(axis=1)]
+
+    threshold = float(np.sort(dist[1, :])[0]) * 1.01  # just holds the re-encoded copy of image 1
+    assert near_duplicate_groups(results, ds, threshold) == 2
+    groups = ds.values("dup_group")
+    assert groups[0] == groups[10] == groups[11] is not None and groups[1] == groups[12] is not None
+    assert sum(g is not None for g in groups) == 5
+    assert set(ds.match_tags("duplicate").values("id")) == {ids[10], ids[11], ids[12]}
+
+
+def test_exact_duplicates_by_file_hash(dataset_with_copies):
+    ds = dataset_with_copies
+    ids = ds.values("id")
+    assert exact_duplicate_groups(ds) == 1  # the re-encoded copy differs in bytes
+    groups = ds.values("file_dup_group")
+    assert groups[0] == groups[10] == groups[11] == 0 and sum(g is not None for g in groups) == 3
+    assert set(ds.match_tags("file_duplicate").values("id")) == {ids[10], ids[11]}
