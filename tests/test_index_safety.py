@@ -233,6 +233,8 @@ def test_query_k_and_out_are_checked(pixel_index, tmp_path):
         SearchIndex.load(tmp_path / "idx").query(str(folder / "a.png"), k=0)
 
 
+@pytest.mark.xfail(strict=False, reason="flaky: passed in every local run, but once exited 0 in a full "
+                   "CI run on a loaded machine (the SIGINT from the crash hook did not interrupt); open")
 def test_ctrl_c_exits_130_in_one_line_and_keeps_the_checkpoint(tmp_path):
     folder, log = _folder(tmp_path / "img", "abcdef"), tmp_path / "log"
     args = ["index", str(folder), "--backend", "pixel", "--quiet", "--chunk-size", "2", "--index-dir"]
