@@ -1,4 +1,4 @@
-"""Search by image (sample, upload, path, URL) and near-duplicate detection."""
+"""Search by image: a selected sample, an uploaded file, a local path or a URL."""
 
 from __future__ import annotations
 
@@ -89,39 +89,3 @@ class SearchByImage(foo.Operator):
             raise _in_form_terms(exc) from None
         ctx.ops.set_view(view)
         return {"ids": view.values("id"), "distances": view.values(p.get("dist_field", "revsearch_dist"))}
-
-
-class FindNearDuplicates(foo.Operator):
-    """Show the samples whose nearest other sample is within a distance threshold."""
-
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="find_near_duplicates", label="revsearch: find near-duplicates",
-                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True)
-
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        if not brain_key_input(ctx, inputs):
-            return types.Property(inputs)
-        inputs.float("threshold", default=0.05, min=0.0, label="Threshold (squared L2)",
-                     description="CNN vectors are unit length: 0 = identical, 2 = unrelated; "
-                                 "about 0.05 catches re-encodes and resizes. Pixel vectors use 0-255 "
-                                 "values over 3072 dimensions, so use e.g. 3072 * 10^2 there.")
-        inputs.str("dist_field", default="revsearch_nn_dist", label="Score field",
-                   description="distance from each sample to its nearest other sample")
-        inputs.str("id_field", default="revsearch_nn_id", label="Nearest-sample id field")
-        return types.Property(inputs, view=types.View(label="Find near-duplicates"))
-
-    def execute(self, ctx):
-        p = ctx.params
-        results = ctx.dataset.load_brain_results(p["brain_key"])
-        dist_field = p.get("dist_field", "revsearch_nn_dist")
-        view = tools.near_duplicates(results, ctx.view, float(p.get("threshold", 0.05)), dist_field,
-                                     p.get("id_field", "revsearch_nn_id"))
-        ctx.ops.set_view(view)
-        return {"duplicates": len(view), "ids": view.values("id"), "scores": view.values(dist_field)}
-
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.int("duplicates", label="Samples with a near-duplicate")
-        return types.Property(outputs)

@@ -26,7 +26,32 @@ def nearest_neighbor_distances(results: RevsearchSimilarityIndex, samples, dist_
     distances = {str(ids[i]): float(d[0]) for i, d in enumerate(dists) if len(d)}
     samples.set_values(dist_field, distances, key_field="id")
     samples.set_values(id_field, nearest, key_field="id")
+    _record_source(samples, dist_field, results.key)
     return np.array(list(distances.values()))
+
+
+def _record_source(samples, field: str, brain_key: str | None) -> None:
+    """Note in ``field``'s info which index its values came from (a form shows them only for it)."""
+    field_doc = samples._dataset.get_field(field)
+    field_doc.info = {**(field_doc.info or {}), "revsearch_brain_key": brain_key}
+    field_doc.save()
+
+
+def distances_from(samples, field: str, brain_key: str) -> bool:
+    """Whether ``field`` holds nearest-neighbour distances computed with index ``brain_key``."""
+    field_doc = samples.get_field(field)
+    return field_doc is not None and (field_doc.info or {}).get("revsearch_brain_key") == brain_key
+
+
+def distance_histogram(samples, field: str, bins: int = 40) -> tuple[list[int], list[float]]:
+    """Counts and bin edges of ``field``'s values over ``samples`` (computed by the database)."""
+    counts, edges, _ = samples.histogram_values(field, bins=bins)
+    return list(counts), list(edges)
+
+
+def grouped_view(samples, group_field: str):
+    """The samples that belong to a group, group by group."""
+    return samples.exists(group_field).sort_by(group_field)
 
 
 def _components(n: int, neighbours: list[np.ndarray]) -> np.ndarray:

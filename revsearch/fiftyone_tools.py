@@ -258,18 +258,3 @@ def _clear_outside(dataset, field: str, ids: list[str]) -> None:
     stale = dataset.exists(field).exclude(ids)
     if len(stale):
         stale.set_values(field, [None] * len(stale))
-
-
-def near_duplicates(results: RevsearchSimilarityIndex, samples, threshold: float,
-                    dist_field: str = "nn_dist", id_field: str = "nn_id"):
-    """Store each indexed sample's nearest other sample and distance; view those within threshold."""
-    results.use_view(samples)
-    vectors, ids, _ = results.get_embeddings(results.current_sample_ids.tolist())
-    nearest, dists = {}, {}
-    for sample_id, hits in zip(ids.tolist(), results.search(vectors, 2)):
-        other = next((h for h in hits if h.key != sample_id), None)
-        if other is not None:
-            nearest[sample_id], dists[sample_id] = other.key, other.distance
-    samples.set_values(dist_field, dists, key_field="id")
-    samples.set_values(id_field, nearest, key_field="id")
-    return samples.match({dist_field: {"$lte": threshold}}).sort_by(dist_field)

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import fiftyone as fo
 import pytest
-from app_driver import CHROMIUM, TILE, App, app_server, browser_page, free_port, wait_http
+from app_driver import CHROMIUM, PROMPT, TILE, App, app_server, browser_page, free_port, wait_http
 from plugin_helpers import MODEL, REPO, subprocess_env, unique_name
 
 from revsearch import fiftyone_tools as tools
@@ -293,20 +293,37 @@ def test_fit_forms_explain_when_there_is_no_embeddings_field(server, caltech_fil
 
 # ---- near-duplicates ------------------------------------------------------------------------------
 def test_near_duplicates_shows_the_copy_pair(app, dataset, caltech_files):
+    """Run once, reopen the form: the histogram of nearest distances is drawn with the threshold line;
+    the grid shows the group, and all but one of it carry the keep-one tag."""
     app.clear_view()  # these work on the current view: show the whole dataset first
     app.open_operator("revsearch: find near-duplicates")
     app.choose("Index (brain key)", "px")
+    assert "reopen this form to see their histogram" in app.prompt_text()
     app.fill("Threshold (squared L2)", 1)
     out = app.execute()
     assert re.search(r"Samples with a near-duplicate:?\s+2", out), out
+    assert re.search(r"Duplicate groups:?\s+1", out) and re.search(r"all but one per group\)?:?\s+1", out), out
     app.close_prompt()
-    pair = {label_of(caltech_files[1]), "dup0/copy_of_image_0002"}
+    pair = {"image_0002", "copy_of_image_0002"}
     deadline = time.monotonic() + 30
-    while {lab.split("/")[-1] for lab in app.labels()} != {p.split("/")[-1] for p in pair} \
-            and time.monotonic() < deadline:
+    while {lab.split("/")[-1] for lab in app.labels()} != pair and time.monotonic() < deadline:
         app.page.wait_for_timeout(500)
-    assert {lab.split("/")[-1] for lab in app.labels()} == {"image_0002", "copy_of_image_0002"}
-    assert len(app.labels()) == 2
+    assert {lab.split("/")[-1] for lab in app.labels()} == pair and len(app.labels()) == 2
+    app.show_field("tags")
+    app.screenshot("app_duplicates_grid")
+    tiles = app.grid()
+    assert sum("duplicate" in " ".join(tile.values()).split() for tile in tiles) == 1, tiles
+
+    app.open_operator("revsearch: find near-duplicates")
+    app.choose("Index (brain key)", "px")
+    app.fill("Threshold (squared L2)", 1)
+    plot = app.page.locator(PROMPT).locator(".js-plotly-plot")
+    plot.wait_for(timeout=30_000)
+    bars = plot.locator(".barlayer .point")
+    assert bars.count() >= 2  # the zero-distance pair, and the rest far away
+    assert plot.locator(".shapelayer path").count() == 1  # the threshold line
+    app.screenshot("app_duplicates_histogram")
+    app.close_prompt()
 
 
 # ---- list, inspect, update, delete ----------------------------------------------------------------

@@ -162,10 +162,59 @@ def test_near_duplicates_finds_the_copied_image(dataset, run, caltech_files, tmp
                                    ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}})
         res.raise_exceptions()
         ids = ds.values("id")
-        assert sorted(res.result["ids"]) == sorted([ids[8], ids[12]]) and res.result["scores"] == [0.0, 0.0]
+        assert sorted(res.result["ids"]) == sorted([ids[8], ids[12]])
+        assert (res.result["duplicates"], res.result["groups"], res.result["tagged"]) == (2, 1, 1)
+        groups = ds.values("revsearch_dup_group")
+        assert groups[8] == groups[12] is not None and sum(g is not None for g in groups) == 2
+        assert ds.match_tags("duplicate").values("id") == [ids[12]]  # the first of the pair is kept
         nn = dict(zip(ids, ds.values("revsearch_nn_id")))
         assert nn[ids[8]] == ids[12] and nn[ids[12]] == ids[8]
-        assert min(s for i, s in zip(ids, ds.values("revsearch_nn_dist")) if i not in (ids[8], ids[12])) > 1.0
+        dists = dict(zip(ids, ds.values("revsearch_nn_dist")))
+        assert dists[ids[8]] == dists[ids[12]] == 0.0
+        assert min(s for i, s in dists.items() if i not in (ids[8], ids[12])) > 1.0
+    finally:
+        ds.delete()
+
+
+def test_near_duplicates_form_shows_the_distance_histogram_of_its_index(run, caltech_files, tmp_path):
+    """After a run, the form draws the histogram of nearest-neighbour distances for that index only."""
+    copy = tmp_path / "copy.jpg"
+    shutil.copy(caltech_files[3], copy)
+    ds = make_dataset("ops-dup-hist", caltech_files[:10] + [str(copy)])
+    try:
+        ctx = {"dataset": ds, "view": ds.view()}
+        for key in ("px", "px2"):
+            foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": key, "index_kind": "pixel"}}
+                                 ).raise_exceptions()
+
+        def form(key: str) -> dict:
+            return resolved_form(ds, "find_near_duplicates", mode="near", brain_key=key, threshold=1.0)
+
+        assert "histogram" not in form("px")
+        foo.execute_operator(URI + "find_near_duplicates",
+                             ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}}).raise_exceptions()
+        plot = form("px")["histogram"]["view"]
+        counts, edges, _ = ds.histogram_values("revsearch_nn_dist", bins=40)
+        assert plot["data"][0]["y"] == list(counts) and sum(plot["data"][0]["y"]) == len(ds)
+        assert plot["layout"]["shapes"][0]["x0"] == 1.0
+        assert "histogram" not in form("px2")  # distances came from another index
+    finally:
+        ds.delete()
+
+
+def test_exact_copies_by_file_hash_from_the_operator(run, caltech_files, tmp_path):
+    copies = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for copy in copies:
+        shutil.copy(caltech_files[5], copy)
+    ds = make_dataset("ops-filedups", caltech_files[:8] + [str(c) for c in copies])
+    try:
+        res = foo.execute_operator(URI + "find_near_duplicates", ctx={
+            "dataset": ds, "view": ds.view(), "params": {"mode": "exact", "drop_tag": "copy"}})
+        res.raise_exceptions()
+        ids = ds.values("id")
+        assert sorted(res.result["ids"]) == sorted([ids[5], ids[8], ids[9]])
+        assert (res.result["groups"], res.result["tagged"]) == (1, 2)
+        assert sorted(ds.match_tags("copy").values("id")) == sorted([ids[8], ids[9]])
     finally:
         ds.delete()
 

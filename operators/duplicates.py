@@ -1,0 +1,93 @@
+"""Near-duplicates and exact copies: distances to the nearest other sample (with their histogram to
+choose a threshold), one group id per duplicate group, and a tag on all but one sample per group."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from revsearch import duplicates
+
+from .common import brain_key_input
+
+MODES = {"near": "Near-duplicates (distance in the index)", "exact": "Exact copies (same file bytes)"}
+DIST_FIELD, ID_FIELD = "revsearch_nn_dist", "revsearch_nn_id"
+GROUP_FIELDS = {"near": "revsearch_dup_group", "exact": "revsearch_file_dup_group"}
+
+
+def _histogram_plot(counts: list[int], edges: list[float], threshold: float) -> dict:
+    """A Plotly bar chart of the distance histogram with the threshold drawn as a red line."""
+    centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    return {
+        "data": [{"type": "bar", "x": centers, "y": counts, "name": "samples",
+                  "marker": {"color": "#ff6d04"}}],
+        "layout": {"height": 260, "margin": {"l": 50, "r": 10, "t": 10, "b": 40}, "bargap": 0.05,
+                   "xaxis": {"title": {"text": "squared L2 distance to the nearest other sample"}},
+                   "yaxis": {"title": {"text": "samples"}, "type": "log"},
+                   "shapes": [{"type": "line", "x0": threshold, "x1": threshold, "y0": 0, "y1": 1,
+                               "yref": "paper", "line": {"color": "red", "width": 2}}]},
+    }
+
+
+class FindNearDuplicates(foo.Operator):
+    """Group near-duplicates (or exact copies) and tag all but one sample of each group."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="find_near_duplicates", label="revsearch: find near-duplicates",
+                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        radio = types.RadioGroup()
+        for value, label in MODES.items():
+            radio.add_choice(value, label=label)
+        inputs.enum("mode", radio.values(), default="near", label="Find", view=radio)
+        if ctx.params.get("mode", "near") == "near":
+            if not brain_key_input(ctx, inputs):
+                return types.Property(inputs)
+            self._threshold_inputs(ctx, inputs)
+        inputs.str("drop_tag", default="duplicate", label="Tag all but one per group with",
+                   description="keep one sample per group: the others get this tag (filter them out "
+                               "with the sidebar's tags)")
+        return types.Property(inputs, view=types.View(label="Find near-duplicates"))
+
+    @staticmethod
+    def _threshold_inputs(ctx, inputs: types.Object) -> None:
+        inputs.float("threshold", default=0.05, min=0.0, label="Threshold (squared L2)",
+                     description="CNN vectors are unit length: 0 = identical, 2 = unrelated; "
+                                 "about 0.05 catches re-encodes and resizes. Pixel vectors use 0-255 "
+                                 "values over 3072 dimensions, so use e.g. 3072 * 10^2 there.")
+        key, threshold = ctx.params.get("brain_key"), float(ctx.params.get("threshold") or 0.05)
+        if key and duplicates.distances_from(ctx.dataset, DIST_FIELD, key):
+            counts, edges = duplicates.distance_histogram(ctx.dataset.exists(DIST_FIELD), DIST_FIELD)
+            inputs.view("histogram_note", types.Notice(
+                label="Distances to the nearest other sample (last run); the red line is the threshold"))
+            inputs.plot("histogram", **_histogram_plot(counts, edges, threshold))
+        else:
+            inputs.view("histogram_note", types.Notice(
+                label="Each run stores every sample's distance to its nearest other sample "
+                      f"('{DIST_FIELD}'); reopen this form to see their histogram and pick a threshold"))
+
+    def execute(self, ctx):
+        p = ctx.params
+        mode, drop_tag = p.get("mode", "near"), p.get("drop_tag") or "duplicate"
+        if mode == "exact":
+            groups = duplicates.exact_duplicate_groups(ctx.view, GROUP_FIELDS["exact"], drop_tag)
+        else:
+            results = ctx.dataset.load_brain_results(p["brain_key"])
+            duplicates.nearest_neighbor_distances(results, ctx.view, DIST_FIELD, ID_FIELD)
+            groups = duplicates.near_duplicate_groups(results, ctx.view, float(p.get("threshold", 0.05)),
+                                                      GROUP_FIELDS["near"], drop_tag)
+        view = duplicates.grouped_view(ctx.view, GROUP_FIELDS[mode])
+        ctx.ops.set_view(view)
+        return {"duplicates": len(view), "groups": groups, "tagged": len(view) - groups,
+                "ids": view.values("id"), "group_field": GROUP_FIELDS[mode]}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("duplicates", label="Samples with a near-duplicate")
+        outputs.int("groups", label="Duplicate groups")
+        outputs.int("tagged", label="Samples tagged (all but one per group)")
+        outputs.str("group_field", label="Group id field")
+        return types.Property(outputs)
