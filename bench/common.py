@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: data locations, timing, README table output."""
+"""Helpers shared by the benchmark scripts: data locations, timing, table output into the docs."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_results(name: str, rows: list[dict], table: str, meta: dict) -> None:
-    """Save raw results (JSON) and the markdown table, then splice the table into the README."""
+    """Save raw results (JSON) and the markdown table, then splice the table into the docs."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (RESULTS / f"{name}.md").write_text(table + "\n")
@@ -61,15 +61,18 @@ def write_results(name: str, rows: list[dict], table: str, meta: dict) -> None:
     print(table)
 
 
+DOCS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+
+
 def splice_into_readme(name: str, table: str) -> None:
-    """Replace the text between ``<!-- bench:NAME -->`` markers in README.md with ``table``."""
-    readme = ROOT / "README.md"
+    """Replace the text between ``<!-- bench:NAME -->`` markers in README.md and docs/benchmarks.md."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = readme.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+    for doc in DOCS:
+        text = doc.read_text()
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            tail = rest.split(end, 1)[1]
+            doc.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 if __name__ == "__main__":  # re-splice every saved table (e.g. after editing the README by hand)

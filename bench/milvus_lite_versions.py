@@ -12,7 +12,7 @@ Compares milvus-lite releases, each installed in its own virtual environment:
   python3 -m venv /tmp/lite3 && /tmp/lite3/bin/pip install pymilvus==3.0.2 milvus-lite==3.2.2 numpy
   /tmp/lite25/bin/python bench/milvus_lite_versions.py --index FLAT
   /tmp/lite3/bin/python bench/milvus_lite_versions.py --index IVF_FLAT --flush
-Prints one JSON line (prefixed "RESULT ") with all measurements; see README for the figures.
+Prints one JSON line (prefixed "RESULT ") with all measurements; figures in docs/benchmarks.md.
 """
 import argparse
 import json

@@ -122,8 +122,9 @@ def child(dataset_name: str, backend: str) -> dict:
             "peak MB": round(peak), "added MB": round(peak - base), "server peak MB": round(server.stop())}
 
 
-def child_index_level(n: int) -> dict:
-    """The K-means IVF range-search self-join and fob's greedy rule, without FiftyOne (no dataset)."""
+def child_index_level(n: int, nprobe: int | None = None) -> dict:
+    """The K-means IVF range-search self-join and fob's greedy rule, without FiftyOne (no dataset);
+    exact, or scanning only the ``nprobe`` nearest lists of each vector (approximate)."""
     from revsearch.ivf_index import IVFIndex
 
     vectors, copies = planted(n)
@@ -133,7 +134,7 @@ def child_index_level(n: int) -> dict:
     ivf = IVFIndex.fit(vectors)
     ivf.add(keys, vectors)
     built = time.perf_counter()
-    neighbours = ivf.range_search(vectors, THRESH)
+    neighbours = ivf.range_search(vectors, THRESH, nprobe=nprobe)
     dropped: set[int] = set()
     for i, hits in enumerate(neighbours):  # fob's _remove_duplicates_thresh: keep i, drop later neighbours
         if i not in dropped:
@@ -145,10 +146,10 @@ def child_index_level(n: int) -> dict:
             "peak MB": round(peak), "added MB": round(peak - base)}
 
 
-def run_child(name: str, backend: str, timeout_s: float) -> dict:
+def run_child(name: str, backend: str, timeout_s: float, nprobe: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--child", name, backend]
     if backend == "kmeans-index":
-        cmd = [sys.executable, __file__, "--child-index", name]
+        cmd = [sys.executable, __file__, "--child-index", name, str(nprobe)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -195,17 +196,31 @@ def main() -> None:
     parser.add_argument("--index-level", action="store_true",
                         help="only the K-means IVF index, without FiftyOne (table 2 of docs/benchmarks.md)")
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "BACKEND"), help=argparse.SUPPRESS)
-    parser.add_argument("--child-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[0, 8],
+                        help="with --index-level: lists scanned per vector (0 = exact, bisector-bounded)")
+    parser.add_argument("--child-index", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
         return
     if args.child_index:
-        print(json.dumps(child_index_level(args.child_index)))
+        n, nprobe = args.child_index
+        print(json.dumps(child_index_level(n, nprobe or None)))
         return
     if args.index_level:
-        rows = [{"N": n, "backend": "kmeans-index", **run_child(str(n), "kmeans-index", args.timeout_s)}
-                for n in args.sizes]
+        rows, measured = [], {nprobe: [] for nprobe in args.nprobe}
+        for n in args.sizes:
+            for nprobe in args.nprobe:
+                row = {"N": n, "backend": f"kmeans-index nprobe={nprobe}" if nprobe else "kmeans-index exact"}
+                expected = expected_seconds(measured[nprobe], n)
+                if expected > args.timeout_s:
+                    row["note"] = f"skipped: ~{expected / 3600:.1f} h expected (scaling of the smaller sizes)"
+                else:
+                    row.update(run_child(str(n), "kmeans-index", args.timeout_s, nprobe))
+                    if "total s" in row:
+                        measured[nprobe].append((n, row["total s"]))
+                rows.append(row)
+                print(row, flush=True)
         write_doc(rows, "cd bench && ../.venv/bin/python near_duplicates.py " + " ".join(sys.argv[1:]),
                   "near_duplicates_index")
         return
