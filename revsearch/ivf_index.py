@@ -169,12 +169,14 @@ class IVFIndex:
             results.append([Hit(self.store.keys[r], float(dist[i])) for i, r in self._nearest(rows, dist, k)])
         return results, scanned / max(1, len(q) * len(self.store))
 
-    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
-                     ) -> list[list[Hit]]:
+    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None,
+                     nprobe: int | None = None) -> list[list[Hit]]:
         """Every stored vector (among ``allowed``) within squared distance ``radius``, nearest first.
 
-        Exact: a list is scanned only if the query's distance to the list's Voronoi cell (the
-        bisector bound) is within ``radius``, so small radii scan few lists.
+        Exact by default: a list is scanned only if the query's distance to the list's Voronoi cell
+        (the bisector bound) is within ``radius``, so small radii scan few lists. With ``nprobe``,
+        at most the ``nprobe`` lists of smallest bound are scanned (approximate; for self-joins of
+        high-dimensional data, where the bound reaches many lists).
         """
         q = self.store.check_dim(queries)
         self._sort_lists()
@@ -187,12 +189,19 @@ class IVFIndex:
         step = max(1, _BOUND_CELLS // self.n_clusters)
         for start in range(0, len(q), step):
             chunk = order[start:start + step]
-            found.extend(self._range_chunk(q[chunk], chunk, radius, keep))
+            found.extend(self._range_chunk(q[chunk], chunk, radius, keep, nprobe))
         return self._group_hits(len(q), found)
 
-    def _range_chunk(self, q: np.ndarray, query_ids: np.ndarray, radius: float, keep: np.ndarray | None):
+    def _range_chunk(self, q: np.ndarray, query_ids: np.ndarray, radius: float, keep: np.ndarray | None,
+                     nprobe: int | None = None):
         """(query ids, rows, distances) of the pairs within ``radius`` for one chunk of queries."""
-        reach = self._cell_gaps(q) <= radius
+        d2 = squared_l2(q, self.centroids, self._centroid_norms).astype(np.float64)
+        reach = self._cell_gaps(q, d2) <= radius
+        if nprobe is not None and nprobe < self.n_clusters:  # the nprobe nearest centres
+            nearest = np.argpartition(d2, nprobe - 1, axis=1)[:, :nprobe]
+            probed = np.zeros_like(reach)
+            np.put_along_axis(probed, nearest, True, axis=1)
+            reach &= probed
         pairs_q, pairs_c = np.nonzero(reach)
         by_cluster = np.argsort(pairs_c, kind="stable")
         pairs_q, pairs_c = pairs_q[by_cluster], pairs_c[by_cluster]
@@ -221,13 +230,14 @@ class IVFIndex:
             results[query].append(Hit(keys[row], d))
         return results
 
-    def _cell_gaps(self, q: np.ndarray) -> np.ndarray:
+    def _cell_gaps(self, q: np.ndarray, d2: np.ndarray | None = None) -> np.ndarray:
         """Lower bound of the squared distance from each query to any vector of each list.
 
         A vector of list B is nearer to centre B than to the query's nearest centre A, so it lies
         beyond the A|B bisector: at least (|q-cB|^2 - |q-cA|^2) / (2 |cA-cB|) from the query.
         """
-        d2 = squared_l2(q, self.centroids, self._centroid_norms).astype(np.float64)
+        if d2 is None:  # squared distances from the queries to the centres
+            d2 = squared_l2(q, self.centroids, self._centroid_norms).astype(np.float64)
         own = d2.argmin(axis=1)
         own_d2 = d2[np.arange(len(q)), own][:, None]
         between = np.sqrt(squared_l2(self.centroids[own], self.centroids, self._centroid_norms)).astype(np.float64)

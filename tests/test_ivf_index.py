@@ -100,3 +100,25 @@ def test_allowed_reverse_and_range_search_equal_exact():
         assert same(ivf.range_search(queries, radius), exact.range_search(queries, radius))
         allowed = set(keys[::2])
         assert same(ivf.range_search(queries, radius, allowed), exact.range_search(queries, radius, allowed))
+
+
+def test_range_search_with_nprobe_scans_only_the_nearest_lists():
+    """With ``nprobe`` the range search is approximate: a subset of the exact pairs, each with its exact
+    distance, that grows with nprobe and reaches the exact result when every list is probed."""
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(30, 24))
+    vectors = (centres[rng.integers(0, 30, 3000)] + 0.8 * rng.normal(size=(3000, 24))).astype(np.float32)
+    keys = [f"v{i}" for i in range(3000)]
+    ivf = IVFIndex.fit(vectors, 50)
+    ivf.add(keys, vectors)
+    radius = float(np.quantile(((vectors[:200, None] - vectors[None, :200]) ** 2).sum(-1), 0.02))
+    exact = {(q, h.key): h.distance for q, row in enumerate(ivf.range_search(vectors[:300], radius))
+             for h in row}
+    found = []
+    for nprobe in (1, 3, 50):
+        pairs = {(q, h.key): h.distance for q, row in enumerate(ivf.range_search(vectors[:300], radius, nprobe=nprobe))
+                 for h in row}
+        assert pairs.keys() <= exact.keys() and all(np.isclose(d, exact[p], atol=1e-3) for p, d in pairs.items())
+        assert all((q, keys[q]) in pairs for q in range(300))  # each vector's own list is always probed
+        found.append(len(pairs))
+    assert found[0] < found[1] < found[2] == len(exact)
