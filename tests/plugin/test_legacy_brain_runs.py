@@ -8,6 +8,7 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
+
 from plugin_helpers import unique_name
 
 LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy"

@@ -1,0 +1,397 @@
+"""FiftyOne Brain similarity backend ``revsearch``: any index kind of the core (exact, K-means IVF,
+Milvus) over any features (CNN, pixel), through :mod:`revsearch.index_registry`.
+
+Importing this module registers the backend, so afterwards::
+
+    fob.compute_similarity(dataset, model=ExtractorModel(Embedder()), backend="revsearch",
+                           index_kind="milvus", brain_key="rev")
+    dataset.sort_by_similarity(sample_id, k=10, brain_key="rev")
+
+A run is re-opened in any later process from its stored config (class path + parameters), so
+only ``revsearch`` needs to be importable there. Distances are squared L2 (for unit vectors, twice
+the cosine distance: fob's default near-duplicate threshold 0.2 corresponds to 0.4 here).
+
+Queries on a view search only the view's samples (the view's keys are pushed down into the index),
+so their results equal an exact search of the view. Least-similar queries (``reverse=True``) work on
+exact and kmeans indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
+similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique`` and
+``duplicates_view`` run range searches in the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import eta.core.utils as etau
+import fiftyone.brain as fb
+import numpy as np
+from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
+
+from .extractor import make_extractor
+from .fiftyone_stores import IndexHandle
+from .files import file_signature, stale_files
+from .hits import Hit
+from .index_registry import check_kind, collection_name
+from .pca import PCAReducer
+from .query_source import ImageQuery, load_query_image
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAME = "revsearch"
+MILVUS_MAX_K = 16384
+#: Milvus Lite file used when no ``uri`` is given (overridable with the brain config / env).
+DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch", "milvus.db")
+
+
+class RevsearchSimilarityConfig(SimilarityConfig):
+    """Configuration of a revsearch similarity index.
+
+    Args:
+        index_kind: ``milvus`` (Milvus Lite file or server), ``kmeans`` (IVF) or ``exact``; ``pixel``
+            (runs made before the index core) is read as ``exact``
+        extractor: ``describe()`` of the feature extractor (CNN or pixel), so image queries can be embedded
+        collection_name, uri, db_name, index_type: Milvus options (``uri`` defaults to a Lite file)
+        token: Milvus token (never stored in the database)
+        n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/20)
+        pca_components, whiten: reduce vectors with PCA fitted on the first vectors added
+    """
+
+    def __init__(self, index_kind: str = "milvus", extractor: dict | None = None,
+                 collection_name: str | None = None, uri: str | None = None, token: str | None = None,
+                 db_name: str | None = None, index_type: str = "FLAT", n_clusters: int | None = None,
+                 nprobe: int | None = None, pca_components: int | None = None, whiten: bool = False,
+                 **kwargs):
+        index_kind = check_kind(index_kind)
+        super().__init__(**kwargs)
+        self.index_kind, self.extractor = index_kind, extractor
+        self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
+        self.index_type, self.n_clusters, self.nprobe = index_type, n_clusters, nprobe
+        self.pca_components, self.whiten = pca_components, whiten
+        self._token = token
+
+    @property
+    def method(self) -> str:
+        return BACKEND_NAME
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value
+
+    @property
+    def max_k(self) -> int | None:
+        return MILVUS_MAX_K if self.index_kind == "milvus" else None
+
+    @property
+    def supports_least_similarity(self) -> bool:
+        """Exact and IVF indexes can rank farthest first; Milvus searches return nearest only."""
+        return self.index_kind != "milvus"
+
+    @property
+    def supported_aggregations(self) -> tuple:
+        return ("mean",)
+
+    def load_credentials(self, token: str | None = None, uri: str | None = None) -> None:
+        """Token from the argument or brain config; ``uri`` only if the run stored none."""
+        params = fb.brain_config.similarity_backends.get(BACKEND_NAME, {})
+        self._token = token or self._token or params.get("token")
+        self.uri = self.uri or uri or params.get("uri")
+
+
+class RevsearchSimilarity(Similarity):
+    """Factory of :class:`RevsearchSimilarityIndex` (FiftyOne finds it by the config's name)."""
+
+    def initialize(self, samples, brain_key):
+        return RevsearchSimilarityIndex(samples, self.config, brain_key, backend=self)
+
+    def cleanup(self, samples, key):
+        """Drop the vectors (Milvus collection) when the brain run is deleted."""
+        samples.load_brain_results(key, cache=False).cleanup()
+
+
+def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, brain_key: str | None) -> bool:
+    """Give a Milvus index its default Lite file and collection name; True if anything was set."""
+    if config.index_kind != "milvus" or (config.uri and config.collection_name):
+        return False
+    config.uri = config.uri or DEFAULT_LITE_URI
+    config.collection_name = config.collection_name or collection_name(dataset_name, brain_key or "index")
+    return True
+
+
+def _make_handle(config: RevsearchSimilarityConfig, state: dict) -> IndexHandle:
+    """The run's index: its stored ``state``, made (when first added to) with the config's options."""
+    if config.index_kind != "milvus":
+        return IndexHandle({**state, "kind": config.index_kind},
+                           {"n_clusters": config.n_clusters, "nprobe": config.nprobe})
+    uri = os.path.expanduser(config.uri)
+    if uri.endswith(".db"):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    return IndexHandle({**state, "kind": "milvus"},
+                       {"collection": config.collection_name, "uri": uri, "token": config.token or "",
+                        "db_name": config.db_name or "", "index_type": config.index_type})
+
+
+class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
+    """A revsearch index over a dataset's samples, keyed by sample id."""
+
+    def __init__(self, samples, config, brain_key, state: dict | None = None,
+                 pca: PCAReducer | None = None, backend=None, signatures: dict | None = None):
+        self._pca = pca
+        self._ids: np.ndarray | None = None
+        self._signatures: dict[str, list[float]] = dict(signatures or {})
+        filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
+        self._store = _make_handle(config, state or {})
+        SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
+        DuplicatesMixin.__init__(self)
+        if filled and brain_key is not None:
+            self.save_config()
+
+    # ---- sizes and ids -------------------------------------------------------------------
+    @property
+    def sample_ids(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = np.array(self._store.keys(), dtype=str)
+        return self._ids
+
+    @property
+    def total_index_size(self) -> int:
+        """The store's count (Milvus: its entity count; no keys are read)."""
+        return len(self._store) if self._ids is None else len(self._ids)
+
+    @property
+    def pca(self) -> PCAReducer | None:
+        return self._pca
+
+    def set_pca(self, pca: PCAReducer | None) -> None:
+        """Use a PCA fitted elsewhere (for vectors that are already reduced); None keeps the current one."""
+        if pca is not None:
+            self._pca = pca
+
+    # ---- updates -------------------------------------------------------------------------
+    def _reduce(self, vectors: np.ndarray, fit: bool = False) -> np.ndarray:
+        """Apply the index's PCA (fitted here on the first vectors if configured)."""
+        vectors = np.asarray(vectors)
+        if self._pca is None and fit and self.config.pca_components:
+            self._pca = PCAReducer.fit(vectors, self.config.pca_components, self.config.whiten)
+        if self._pca is not None and vectors.shape[-1] == self._pca.input_dim:
+            return self._pca.transform(vectors.reshape(-1, self._pca.input_dim))
+        return vectors
+
+    def add_to_index(self, embeddings, sample_ids, label_ids=None, overwrite=True, allow_existing=True,
+                     warn_existing=False, reload=True):
+        if label_ids is not None:
+            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
+        ids = [str(i) for i in sample_ids]
+        vectors = self._reduce(np.asarray(embeddings), fit=True)
+        existing = self._store.contains(ids) if (warn_existing or not overwrite) else set()
+        if existing and not allow_existing and not overwrite:
+            raise ValueError(f"{len(existing)} IDs (eg {next(iter(existing))}) already exist in the index")
+        if existing and warn_existing:
+            logger.warning("%s %d IDs that already exist in the index",
+                           "Overwriting" if overwrite else "Skipping", len(existing))
+        if existing and not overwrite:
+            keep = [i for i, _id in enumerate(ids) if _id not in existing]
+            ids, vectors = [ids[i] for i in keep], vectors[keep]
+        if ids:
+            self._store.add(ids, vectors)
+            self._record_signatures(ids)
+        self._ids = None
+        if reload:
+            self.reload()
+
+    def _filepaths(self, ids: list[str]) -> dict[str, str]:
+        """Sample id -> file path for ``ids`` (one query; a full scan when asked for many)."""
+        dataset = self._samples._root_dataset
+        source = dataset.select(ids) if len(ids) <= 10_000 else dataset
+        wanted = set(ids)
+        return {i: p for i, p in zip(*source.values(["id", "filepath"])) if i in wanted}
+
+    def _record_signatures(self, ids: list[str]) -> None:
+        """Remember (size, mtime) of each sample's file, to detect files changed after indexing."""
+        for sample_id, path in self._filepaths(ids).items():
+            signature = file_signature(path)
+            if signature is not None:
+                self._signatures[sample_id] = signature
+
+    def changed_sample_ids(self) -> list[str]:
+        """Indexed samples whose file is missing or differs (size or mtime) from when it was indexed."""
+        indexed = set(self.sample_ids.tolist())
+        recorded = {i: sig for i, sig in self._signatures.items() if i in indexed}
+        stale = stale_files((i, path, recorded[i]) for i, path in self._filepaths(list(recorded)).items())
+        return stale["missing"] + stale["changed"]
+
+    @property
+    def file_signatures(self) -> dict[str, list[float]]:
+        return self._signatures
+
+    def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False,
+                          reload=True):
+        if label_ids is not None:
+            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
+        ids = [str(i) for i in ([sample_ids] if isinstance(sample_ids, str) else sample_ids or [])]
+        missing = set(ids) - self._store.contains(ids) if (warn_missing or not allow_missing) else set()
+        if missing and not allow_missing:
+            raise ValueError(f"{len(missing)} IDs (eg {next(iter(missing))}) are not in the index")
+        if missing and warn_missing:
+            logger.warning("Ignoring %d IDs that are not in the index", len(missing))
+        present = [i for i in ids if i not in missing]
+        if present:
+            self._store.remove(present)
+            for sample_id in present:
+                self._signatures.pop(sample_id, None)
+        self._ids = None
+        if reload:
+            self.reload()
+
+    def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False):
+        if label_ids is not None:
+            raise ValueError("This index does not support label IDs")
+        if sample_ids is None:
+            ids = self.sample_ids.tolist()
+        else:
+            wanted = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids)
+            present = self._store.contains(wanted)
+            ids = [i for i in wanted if i in present]
+            if len(ids) < len(wanted) and not allow_missing:
+                raise ValueError(f"{len(wanted) - len(ids)} IDs are not in the index")
+            if len(ids) < len(wanted) and warn_missing:
+                logger.warning("Skipping %d IDs that are not in the index", len(wanted) - len(ids))
+        vectors = self._store.vectors(ids) if ids else np.empty((0, 0), np.float32)
+        return vectors, np.array(ids, dtype=str), None
+
+    def reload(self):
+        self._ids = None
+        super().reload()
+
+    def cleanup(self):
+        self._store.drop()
+        self._ids = None
+
+    # ---- queries -------------------------------------------------------------------------
+    def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
+        """The vector of a query image (path, URL, bytes, array) with the index's extractor + PCA."""
+        if not self.config.extractor:
+            raise ValueError("this index does not record its feature extractor; query by vector or sample")
+        extractor = make_extractor(self.config.extractor)
+        image = load_query_image(query, extractor.min_side, allow_private_urls)
+        return self._reduce(extractor.embed_images([image]))[0]
+
+    def _query_vectors(self, query) -> tuple[np.ndarray, bool]:
+        """Query vectors (in index space) and whether a single query was given."""
+        if isinstance(query, str):
+            query = [query]
+            single = True
+        else:
+            query = np.asarray(query)
+            if np.issubdtype(query.dtype, np.number):
+                single = query.ndim == 1
+                return self._reduce(query.reshape(-1, query.shape[-1])), single
+            query, single = [str(q) for q in query], False
+        try:
+            return self._store.vectors(query), single
+        except KeyError:
+            missing = sorted(set(query) - self._store.contains(query))
+            raise ValueError(f"Query IDs {missing} are not in the index") from None
+
+    def _allowed(self) -> np.ndarray | None:
+        """The keys a query may return: the current view's indexed samples, or None for all."""
+        return self.current_sample_ids if self.has_view else None
+
+    def search(self, vectors: np.ndarray, k: int | None, reverse: bool = False) -> list[list[Hit]]:
+        """Nearest (``reverse``: farthest) indexed samples of the current view for each vector
+        (squared L2, ascending; descending if ``reverse``)."""
+        allowed = self._allowed()
+        total = self.total_index_size if allowed is None else len(allowed)
+        if not total:
+            return [[] for _ in range(len(vectors))]
+        limit = min(total, self.config.max_k or total)
+        return self._store.search(vectors, min(k or limit, limit), allowed=allowed, reverse=reverse)
+
+    def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
+        if aggregation not in (None, "mean"):
+            raise ValueError(f"Unsupported aggregation {aggregation!r}; use 'mean'")
+        if query is None:
+            if aggregation is not None:
+                raise ValueError("Full index queries do not support aggregation")
+            return self._full_index_neighbors(k or 1, return_dists)
+        with self._store.hold():
+            vectors, single = self._query_vectors(query)
+            if aggregation == "mean":
+                vectors, single = vectors.mean(axis=0, keepdims=True), True
+            hits = self.search(vectors, k, reverse=reverse)
+        ids = [[h.key for h in row] for row in hits]
+        dists = [[h.distance for h in row] for row in hits]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    def _full_index_neighbors(self, k: int, return_dists: bool):
+        """The ``k`` nearest other samples of every sample of the view, as indexes into
+        ``current_sample_ids`` (as fob's sklearn backend returns them). Exact on every kind: the
+        view's keys are always pushed down, which makes the IVF search exact."""
+        ids = self.current_sample_ids
+        position = {key: i for i, key in enumerate(ids.tolist())}
+        with self._store.hold():
+            vectors = self._store.vectors(ids.tolist()) if len(ids) else np.empty((0, 0), np.float32)
+            hits = self._store.search(vectors, k + 1, allowed=ids) if len(ids) else []
+        rows = [[h for h in row if h.key != key][:k] for key, row in zip(ids.tolist(), hits)]
+        inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in rows]
+        dists = [np.array([h.distance for h in row]) for row in rows]
+        return (inds, dists) if return_dists else inds
+
+    def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
+        """Indexed samples of the view within squared L2 distance ``thresh`` (range search in the index).
+
+        ``query=None``: for every sample of the view, integer indexes into ``current_sample_ids``
+        (itself included), as fob's ``DuplicatesMixin`` expects; else ids as for :meth:`_kneighbors`.
+        """
+        if thresh is None:
+            raise ValueError("a distance threshold is needed (squared L2; for unit vectors 2x cosine distance)")
+        with self._store.hold():
+            if query is None:
+                ids = self.current_sample_ids.tolist()
+                vectors = self._store.vectors(ids) if ids else np.empty((0, 0), np.float32)
+                hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed()) if ids else []
+                position = {key: i for i, key in enumerate(ids)}
+                inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in hits]
+                dists = [np.array([h.distance for h in row]) for row in hits]
+                return (inds, dists) if return_dists else inds
+            vectors, single = self._query_vectors(query)
+            hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed())
+        ids = [[h.key for h in row] for row in hits]
+        dists = [[h.distance for h in row] for row in hits]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    # ---- persistence ---------------------------------------------------------------------
+    @property
+    def index_state(self) -> dict:
+        return self._store.state()
+
+    @property
+    def pca_state(self) -> dict | None:
+        return self._pca.state() if self._pca is not None else None
+
+    def attributes(self) -> list[str]:
+        return super().attributes() + ["index_state", "pca_state", "file_signatures"]
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        pca = PCAReducer.from_state(d["pca_state"]) if d.get("pca_state") else None
+        return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca,
+                   signatures=d.get("file_signatures"))
+
+
+def register(name: str = BACKEND_NAME) -> None:
+    """Make ``backend=name`` available to ``fob.compute_similarity`` in this process."""
+    fb.brain_config.similarity_backends.setdefault(name, {})["config_cls"] = etau.get_class_name(
+        RevsearchSimilarityConfig)
+
+
+register()

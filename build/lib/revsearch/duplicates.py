@@ -1,0 +1,84 @@
+"""Near-duplicate workflow on a revsearch brain index: nearest-neighbour distances, duplicate groups,
+one sample kept per group, and exact duplicates by file hash.
+
+Near-duplicates come from the index's range search (``_radius_neighbors``, the same search fob's
+``find_duplicates`` uses); a group is a connected set of samples within the threshold of one another.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import fiftyone.core.utils as fou
+import numpy as np
+
+from .brain_backend import RevsearchSimilarityIndex
+
+
+def nearest_neighbor_distances(results: RevsearchSimilarityIndex, samples, dist_field: str = "nn_dist",
+                               id_field: str = "nn_id") -> np.ndarray:
+    """Store each sample's nearest other sample (id, squared L2 distance) of ``samples``; returns the
+    distances, whose distribution is what a near-duplicate threshold is chosen from."""
+    with results.use_view(samples):
+        ids = results.current_sample_ids
+        inds, dists = results._kneighbors(k=1, return_dists=True)
+    nearest = {str(ids[i]): str(ids[n[0]]) for i, n in enumerate(inds) if len(n)}
+    distances = {str(ids[i]): float(d[0]) for i, d in enumerate(dists) if len(d)}
+    samples.set_values(dist_field, distances, key_field="id")
+    samples.set_values(id_field, nearest, key_field="id")
+    return np.array(list(distances.values()))
+
+
+def _components(n: int, neighbours: list[np.ndarray]) -> np.ndarray:
+    """Connected component of each of ``n`` points (union-find over the neighbour lists)."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, row in enumerate(neighbours):
+        for j in row:
+            a, b = root(i), root(int(j))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(n)])
+
+
+def _label_groups(samples, members: dict[str, list[str]], group_field: str, drop_tag: str) -> int:
+    """Group number per member of a group of 2+ (None for the others), and ``drop_tag`` on all but
+    each group's first."""
+    groups = [m for m in members.values() if len(m) > 1]
+    group_of = {i: g for g, m in enumerate(groups) for i in m}
+    samples.set_values(group_field, [group_of.get(i) for i in samples.values("id")])
+    drop = [i for m in groups for i in m[1:]]
+    samples.untag_samples(drop_tag)
+    samples.select(drop).tag_samples(drop_tag)
+    return len(groups)
+
+
+def near_duplicate_groups(results: RevsearchSimilarityIndex, samples, threshold: float,
+                          group_field: str = "dup_group", drop_tag: str = "duplicate") -> int:
+    """Group the samples lying within squared distance ``threshold`` of one another (transitively);
+    tag all but one sample of each group with ``drop_tag``. Returns the number of groups."""
+    with results.use_view(samples):
+        ids = results.current_sample_ids.tolist()
+        neighbours = results._radius_neighbors(thresh=threshold)
+    members: dict[str, list[str]] = defaultdict(list)
+    for sample_id, component in zip(ids, _components(len(ids), neighbours).tolist()):
+        members[ids[component]].append(sample_id)
+    return _label_groups(samples, members, group_field, drop_tag)
+
+
+def exact_duplicate_groups(samples, group_field: str = "file_dup_group", drop_tag: str = "file_duplicate") -> int:
+    """Group samples whose files have the same content hash; tag all but one of each group with
+    ``drop_tag``. Unreadable files are left out. Returns the number of groups."""
+    members: dict[str, list[str]] = defaultdict(list)
+    for sample_id, path in zip(*samples.values(["id", "filepath"])):
+        try:
+            members[fou.compute_filehash(path)].append(sample_id)
+        except OSError:
+            continue
+    return _label_groups(samples, members, group_field, drop_tag)
