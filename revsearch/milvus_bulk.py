@@ -142,17 +142,16 @@ def _is_unimplemented(exc: Exception) -> bool:
 @contextlib.contextmanager
 def import_connection(uri: str, token: str = "", db_name: str = "") -> Iterator[str]:
     """The alias of a new pymilvus connection to ``uri`` (a Lite file path as the client opened it),
-    for the ``utility`` bulk-insert calls; closed when the block ends. pymilvus 2.6 marks the alias
-    API deprecated (in favour of MilvusClient, which has no import call): that warning is silenced."""
+    for the ``utility`` bulk-insert calls made inside the block; closed when it ends. pymilvus 2.6 marks
+    these alias-based calls deprecated (MilvusClient has no import call yet): that warning is silenced
+    inside the block."""
     alias = f"revsearch-bulk-{uuid.uuid4().hex[:12]}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PyMilvusDeprecationWarning)
         connections.connect(alias=alias, uri=uri, token=token, db_name=db_name)
-    try:
-        yield alias
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PyMilvusDeprecationWarning)
+        try:
+            yield alias
+        finally:
             connections.disconnect(alias)
 
 
