@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages for the App browser tests (tests/plugin/test_app_browser.py): Debian's Chromium.
-# Playwright's Python driver comes from requirements-dev.txt; it never downloads a browser here.
+# Playwright's Python driver comes from the "dev" extra in pyproject.toml; it never downloads a browser here.
 # If Chromium cannot be installed, the browser tests skip with that reason; nothing else depends on it.
 set -uo pipefail
 if ! command -v chromium >/dev/null 2>&1; then

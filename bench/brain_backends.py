@@ -45,16 +45,14 @@ import traceback
 import uuid
 import warnings
 
-import numpy as np
-
-from common import Timer, markdown_table, write_results
-from vector_search import synthetic
-
 import fiftyone as fo  # noqa: E402
 import fiftyone.brain as fob  # noqa: E402
+import numpy as np
+from common import Timer, markdown_table, write_results
+from fiftyone.brain.internal.core.milvus import MilvusSimilarity, MilvusSimilarityConfig  # noqa: E402
+from vector_search import synthetic
 
 import revsearch.brain_backend  # noqa: E402,F401  (registers backend="revsearch")
-from fiftyone.brain.internal.core.milvus import MilvusSimilarity, MilvusSimilarityConfig  # noqa: E402
 
 K = 10
 

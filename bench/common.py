@@ -34,7 +34,7 @@ def caltech_split(name: str) -> list[tuple[str, str]]:
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._start = time.perf_counter()
         return self
 

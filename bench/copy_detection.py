@@ -13,7 +13,6 @@ import argparse
 
 import cv2
 import numpy as np
-
 from common import CACHE, caltech_split, markdown_table, seed_torch_cache, write_results
 from features_cache import cnn_features, pixel_features
 from retrieval_quality import exact_rankings

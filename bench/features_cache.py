@@ -10,7 +10,6 @@ import hashlib
 
 import numpy as np
 import torch
-
 from common import CACHE
 
 from revsearch import Embedder, EmbedderConfig, PixelFeatures

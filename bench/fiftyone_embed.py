@@ -15,7 +15,6 @@ import argparse
 import uuid
 
 import numpy as np
-
 from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 
 

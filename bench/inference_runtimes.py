@@ -16,7 +16,6 @@ import argparse
 import statistics
 
 import numpy as np
-
 from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 
 from revsearch import Embedder, EmbedderConfig

@@ -15,6 +15,7 @@ Compares milvus-lite releases, each installed in its own virtual environment:
 Prints one JSON line (prefixed "RESULT ") with all measurements; figures in docs/benchmarks.md.
 """
 import argparse
+import importlib.metadata as md
 import json
 import os
 import shutil
@@ -22,8 +23,6 @@ import time
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
-
-import importlib.metadata as md
 
 INDEXES = {
     "FLAT": ({}, {}),
@@ -74,7 +73,8 @@ def main():
     lim = int(args.mem_limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     versions = {p: md.version(p) for p in ("pymilvus", "milvus-lite")}
-    tag = f"{versions['milvus-lite']}_{args.index}_{args.data}_{'flush' if args.flush else 'noflush'}_{args.consistency or 'default'}_{args.n}"
+    flush = "flush" if args.flush else "noflush"
+    tag = f"{versions['milvus-lite']}_{args.index}_{args.data}_{flush}_{args.consistency or 'default'}_{args.n}"
     # NB: milvus-lite 2.5.x requires the .db *file name* to be < 36 chars
     db = args.db or f"/tmp/milvusbench/runs/{tag}/bench.db"
     os.makedirs(os.path.dirname(db), exist_ok=True)

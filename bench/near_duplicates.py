@@ -39,7 +39,6 @@ import time
 
 import numpy as np
 import psutil
-
 from common import RESULTS, ROOT, markdown_table
 from vector_search import synthetic
 

@@ -12,7 +12,6 @@ import argparse
 
 import cv2
 import numpy as np
-
 from common import Timer, caltech_split, markdown_table, write_results
 
 from revsearch import ExactIndex, PixelFeatures

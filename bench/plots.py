@@ -16,7 +16,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from common import RESULTS, ROOT  # noqa: E402
 
 IMG = ROOT / "docs" / "img"

@@ -13,7 +13,6 @@ import argparse
 import tempfile
 
 import numpy as np
-
 from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 from features_cache import cnn_features, pixel_features
 
@@ -120,23 +119,23 @@ def main() -> None:
         for nprobe in (1, 2, 4, 8, 16, 64):
             _, scanned = ivf.search_with_stats(qv[:200], TOP, nprobe)
             rows.append(evaluate_index(f"gem + PCA-128, K-means IVF nprobe={nprobe}/64",
-                                       lambda: hits_to_rankings(ivf.search(qv, TOP, nprobe), key_to_row),
+                                       lambda: hits_to_rankings(ivf.search(qv, TOP, nprobe=nprobe), key_to_row),  # noqa: B023 (called now)
                                        len(qv), labels, exact_top10, f"scans {100 * scanned:.0f}% of vectors"))
         exact = ExactIndex(dbv.shape[1])
         exact.add(keys, dbv)
         rows.append(evaluate_index("gem + PCA-128, exact (numpy)",
-                                   lambda: hits_to_rankings(exact.search(qv, TOP), key_to_row),
+                                   lambda: hits_to_rankings(exact.search(qv, TOP), key_to_row),  # noqa: B023 (called now)
                                    len(qv), labels, exact_top10, "reference for the index rows"))
         with tempfile.TemporaryDirectory() as tmp:
             milvus = MilvusIndex(dbv.shape[1], "quality", uri=f"{tmp}/q.db")
             milvus.add(keys, dbv)
             rows.append(evaluate_index("gem + PCA-128, Milvus Lite FLAT",
-                                       lambda: hits_to_rankings(milvus.search(qv, TOP), key_to_row),
+                                       lambda: hits_to_rankings(milvus.search(qv, TOP), key_to_row),  # noqa: B023 (called now)
                                        len(qv), labels, exact_top10, "milvus-lite 2.5.1"))
             milvus.close()
     meta = {"database": len(db_paths), "queries": len(q_paths)}
-    write_results("retrieval_quality", rows, markdown_table(rows, ["stage", "dim", "mAP", "P@10", "mAP@100", "recall@10 vs exact", "note"]),
-                  meta)
+    columns = ["stage", "dim", "mAP", "P@10", "mAP@100", "recall@10 vs exact", "note"]
+    write_results("retrieval_quality", rows, markdown_table(rows, columns), meta)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import tracemalloc
 
 import numpy as np
 import psutil
-
 from common import RESULTS, Timer, markdown_table, write_results
 
 from revsearch import ExactIndex, IVFIndex, MilvusIndex
@@ -104,12 +103,12 @@ def bench_size(n: int, dim: int, n_queries: int, milvus: bool) -> tuple[list[dic
         default = " (default)" if nprobe == default_nprobe(n_clusters) else ""
         rows.append({"N": n, "backend": f"kmeans IVF {n_clusters} lists, nprobe={nprobe}{default}", "build s": secs,
                      "peak MB": peak, "recall@10": r, "scanned": scanned,
-                     **latencies(lambda q, p=nprobe: ivf.search(q, K, p), queries)})
+                     **latencies(lambda q, p=nprobe: ivf.search(q, K, nprobe=p), queries)})
 
     if milvus:
         for index_type, params in (("FLAT", None), ("IVF_FLAT", {"nlist": n_clusters})):
             with tempfile.TemporaryDirectory() as tmp:
-                def build_milvus():
+                def build_milvus(index_type=index_type, params=params):
                     index = MilvusIndex(dim, "bench", uri=f"{tmp}/b.db", index_type=index_type, index_params=params,
                                         search_params={"nprobe": max(1, n_clusters // 8)} if params else None)
                     index.add(keys, data)
@@ -120,7 +119,7 @@ def bench_size(n: int, dim: int, n_queries: int, milvus: bool) -> tuple[list[dic
                 results = index.search(queries, K)
                 rows.append({"N": n, "backend": f"Milvus Lite {index_type}", "build s": secs,
                              "peak MB": milvus_server_rss_mb(), "recall@10": recall(results, truth),
-                             "scanned": "", **latencies(lambda q: index.search(q, K), queries)})
+                             "scanned": "", **latencies(lambda q, index=index: index.search(q, K), queries)})
                 index.drop()
                 index.close()
     for row in rows:

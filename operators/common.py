@@ -5,10 +5,9 @@ from __future__ import annotations
 import fiftyone as fo
 import fiftyone.operators.types as types
 
-from revsearch import Embedder, PixelFeatures
 from revsearch.backbones import DEFAULT_BACKBONE, FEATURE_DIMS
 from revsearch.brain_backend import BACKEND_NAME
-from revsearch.extractor import FeatureExtractor
+from revsearch.extractor import FEATURES, FeatureExtractor, make_extractor
 
 DEFAULT_EMBEDDINGS_FIELD = "revsearch_embedding"
 #: Targets of a search: the whole dataset (default) or only the view shown in the App.
@@ -105,7 +104,7 @@ def brain_key_input(ctx, inputs: types.Object) -> bool:
 
 def extractor_inputs(ctx, inputs: types.Object) -> None:
     """Form fields describing the feature extractor (the CNN's settings only when features is cnn)."""
-    inputs.enum("features", ["cnn", "pixel"], default="cnn", label="Features", view=types.RadioGroup(),
+    inputs.enum("features", list(FEATURES), default="cnn", label="Features", view=types.RadioGroup(),
                 description="cnn: a torchvision CNN trunk; pixel: 32x32 thumbnails (the baseline)")
     if ctx.params.get("features", "cnn") != "cnn":
         return
@@ -128,7 +127,8 @@ def weights_from_form(value: str | None) -> str | None:
 def extractor_from_params(params: dict) -> FeatureExtractor:
     """The extractor described by :func:`extractor_inputs` values."""
     if params.get("features", "cnn") == "pixel":
-        return PixelFeatures()
-    return Embedder(backbone=params.get("backbone", DEFAULT_BACKBONE), weights=weights_from_form(params.get("weights")),
-                    pooling=params.get("pooling", "gem"), batch_size=int(params.get("batch_size", 32)))
+        return make_extractor("pixel")
+    return make_extractor({"type": "cnn", "backbone": params.get("backbone", DEFAULT_BACKBONE),
+                           "weights": weights_from_form(params.get("weights")),
+                           "pooling": params.get("pooling", "gem"), "batch_size": int(params.get("batch_size", 32))})
 

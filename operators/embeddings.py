@@ -7,8 +7,13 @@ import fiftyone.operators.types as types
 
 from revsearch import fiftyone_tools as tools
 
-from .common import (DEFAULT_EMBEDDINGS_FIELD, embeddings_field_input, extractor_from_params, extractor_inputs,
-                     progress_callback)
+from .common import (
+    DEFAULT_EMBEDDINGS_FIELD,
+    embeddings_field_input,
+    extractor_from_params,
+    extractor_inputs,
+    progress_callback,
+)
 
 
 def _long_running(name: str, label: str, description: str) -> foo.OperatorConfig:

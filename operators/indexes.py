@@ -6,10 +6,19 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from revsearch import fiftyone_tools as tools
-from revsearch.brain_backend import INDEX_KINDS
+from revsearch.index_registry import INDEX_KINDS
 
-from .common import (DEFAULT_EMBEDDINGS_FIELD, brain_key_input, choose, extractor_from_params,
-                     extractor_inputs, new_brain_key_input, progress_callback, revsearch_keys, vector_fields)
+from .common import (
+    DEFAULT_EMBEDDINGS_FIELD,
+    brain_key_input,
+    choose,
+    extractor_from_params,
+    extractor_inputs,
+    new_brain_key_input,
+    progress_callback,
+    revsearch_keys,
+    vector_fields,
+)
 from .embeddings import _long_running
 
 _NO_FIELD = "(compute now)"
@@ -24,13 +33,13 @@ def _index_options(params: dict) -> dict:
         opts = {"n_clusters": params.get("n_clusters") or None, "nprobe": params.get("nprobe") or None}
     else:
         opts = {}
-    if kind != "pixel" and params.get("pca_components"):
+    if params.get("features", "cnn") != "pixel" and params.get("pca_components"):
         opts["pca_components"] = int(params["pca_components"])
     return {k: v for k, v in opts.items() if v is not None}
 
 
 class BuildIndex(foo.Operator):
-    """Index the current view under a brain key with Milvus, K-means IVF or the pixel baseline."""
+    """Index the current view under a brain key: Milvus, K-means IVF or exact, over CNN or pixel features."""
 
     @property
     def config(self):
@@ -41,8 +50,8 @@ class BuildIndex(foo.Operator):
         inputs = types.Object()
         new_brain_key_input(ctx, inputs)
         inputs.enum("index_kind", list(INDEX_KINDS), default="milvus", label="Index", view=types.RadioGroup(),
-                    description="milvus: Milvus Lite file or server; kmeans: K-means IVF; "
-                                "pixel: the pixel-distance baseline (exact search over thumbnails)")
+                    description="exact: every vector compared (numpy); kmeans: K-means IVF; "
+                                "milvus: Milvus Lite file or server")
         kind = ctx.params.get("index_kind", "milvus")
         if kind == "milvus":
             inputs.str("uri", label="Milvus URI", description="empty: Milvus Lite file "
@@ -51,14 +60,14 @@ class BuildIndex(foo.Operator):
         elif kind == "kmeans":
             inputs.int("n_clusters", label="Clusters", description="empty: about 4 x sqrt(N)")
             inputs.int("nprobe", label="Clusters probed per query", description="empty: 1/20 of the clusters")
-        if kind != "pixel":
-            choose(inputs, "embeddings_field", [_NO_FIELD] + vector_fields(ctx), "Embeddings",
-                   description="an existing embeddings field, or compute embeddings now", default=_NO_FIELD)
-            if ctx.params.get("embeddings_field", _NO_FIELD) == _NO_FIELD:
-                extractor_inputs(ctx, inputs)
-                inputs.str("keep_field", default=DEFAULT_EMBEDDINGS_FIELD, label="Keep embeddings in field",
-                           description="the computed vectors are also stored in this sample field (for "
-                                       "'fit PCA' and 'fit K-means'); empty: do not keep them")
+        choose(inputs, "embeddings_field", [_NO_FIELD] + vector_fields(ctx), "Embeddings", required=False,
+               description="an existing embeddings field, or compute embeddings now", default=_NO_FIELD)
+        if ctx.params.get("embeddings_field", _NO_FIELD) == _NO_FIELD:
+            extractor_inputs(ctx, inputs)
+            inputs.str("keep_field", default=DEFAULT_EMBEDDINGS_FIELD, label="Keep embeddings in field",
+                       description="the computed vectors are also stored in this sample field (for "
+                                   "'fit PCA' and 'fit K-means'); empty: do not keep them")
+        if ctx.params.get("features", "cnn") != "pixel":
             inputs.int("pca_components", label="PCA components", description="empty: no PCA")
         return types.Property(inputs, view=types.View(label="Build a revsearch index"))
 
@@ -66,8 +75,8 @@ class BuildIndex(foo.Operator):
         p = ctx.params
         kind = p.get("index_kind", "milvus")
         field = p.get("embeddings_field")
-        field = None if kind == "pixel" or field in (None, "", _NO_FIELD) else field
-        extractor = None if field or kind == "pixel" else extractor_from_params(p)
+        field = None if field in (None, "", _NO_FIELD) else field
+        extractor = None if field else extractor_from_params(p)
         keep_field = (p.get("keep_field") or None) if extractor is not None else None
         results, failures = tools.build_index(ctx.view, p["brain_key"], kind, extractor=extractor,
                                               embeddings_field=field, keep_field=keep_field,
@@ -143,7 +152,8 @@ class UpdateIndex(foo.Operator):
 
     @property
     def config(self):
-        return _long_running("update_index", "update index", "Add new samples, re-embed changed files, remove deleted samples")
+        return _long_running("update_index", "update index",
+                             "Add new samples, re-embed changed files, remove deleted samples")
 
     def resolve_input(self, ctx):
         inputs = types.Object()

@@ -8,7 +8,6 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from revsearch import fiftyone_tools as tools
-
 from revsearch.errors import ImageLoadError, PrivateURLError
 
 from .common import IMAGE_SUFFIXES, brain_key_input, target_input, target_samples

@@ -1,8 +1,7 @@
 """revsearch: reverse image search, from a pixel baseline to CNN embeddings in Milvus."""
 
 from . import grpc_quiet  # noqa: F401  (first: before anything imports grpc)
-from .errors import (ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError,
-                     WeightsUnavailableError)
+from .errors import ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError, WeightsUnavailableError
 from .exact_index import ExactIndex
 from .hits import Hit
 from .images import load_image

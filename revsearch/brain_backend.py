@@ -1,4 +1,5 @@
-"""FiftyOne Brain similarity backend ``revsearch``: Milvus (MilvusClient), K-means IVF, pixel baseline.
+"""FiftyOne Brain similarity backend ``revsearch``: any index kind of the core (exact, K-means IVF,
+Milvus) over any features (CNN, pixel), through :mod:`revsearch.index_registry`.
 
 Importing this module registers the backend, so afterwards::
 
@@ -12,7 +13,7 @@ the cosine distance: fob's default near-duplicate threshold 0.2 corresponds to 0
 
 Queries on a view search only the view's samples (the view's keys are pushed down into the index),
 so their results equal an exact search of the view. Least-similar queries (``reverse=True``) work on
-kmeans and pixel indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
+exact and kmeans indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
 similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique`` and
 ``duplicates_view`` run range searches in the index.
 """
@@ -21,25 +22,24 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 import eta.core.utils as etau
 import fiftyone.brain as fb
 import numpy as np
-from eta.core.serial import deserialize_numpy_array, serialize_numpy_array
 from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
 
-from .fiftyone_stores import MemoryStore, MilvusStore
+from .extractor import make_extractor
+from .fiftyone_stores import IndexHandle
+from .files import file_signature, stale_files
 from .hits import Hit
+from .index_registry import check_kind, collection_name
 from .pca import PCAReducer
 from .query_source import ImageQuery, load_query_image
-from .search_index import make_extractor
 
 logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "revsearch"
-INDEX_KINDS = ("milvus", "kmeans", "pixel")
 MILVUS_MAX_K = 16384
 #: Milvus Lite file used when no ``uri`` is given (overridable with the brain config / env).
 DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch", "milvus.db")
@@ -49,8 +49,9 @@ class RevsearchSimilarityConfig(SimilarityConfig):
     """Configuration of a revsearch similarity index.
 
     Args:
-        index_kind: ``milvus`` (Milvus Lite file or server), ``kmeans`` (IVF) or ``pixel``
-        extractor: ``describe()`` of the feature extractor, so image queries can be embedded
+        index_kind: ``milvus`` (Milvus Lite file or server), ``kmeans`` (IVF) or ``exact``; ``pixel``
+            (runs made before the index core) is read as ``exact``
+        extractor: ``describe()`` of the feature extractor (CNN or pixel), so image queries can be embedded
         collection_name, uri, db_name, index_type: Milvus options (``uri`` defaults to a Lite file)
         token: Milvus token (never stored in the database)
         n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/20)
@@ -62,8 +63,7 @@ class RevsearchSimilarityConfig(SimilarityConfig):
                  db_name: str | None = None, index_type: str = "FLAT", n_clusters: int | None = None,
                  nprobe: int | None = None, pca_components: int | None = None, whiten: bool = False,
                  **kwargs):
-        if index_kind not in INDEX_KINDS:
-            raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
+        index_kind = check_kind(index_kind)
         super().__init__(**kwargs)
         self.index_kind, self.extractor = index_kind, extractor
         self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
@@ -114,28 +114,26 @@ class RevsearchSimilarity(Similarity):
         samples.load_brain_results(key, cache=False).cleanup()
 
 
-def _collection_name(dataset_name: str, brain_key: str | None) -> str:
-    raw = f"revsearch_{dataset_name}_{brain_key or 'index'}"
-    return re.sub(r"[^0-9A-Za-z_]", "_", raw)[:255]
-
-
 def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, brain_key: str | None) -> bool:
     """Give a Milvus index its default Lite file and collection name; True if anything was set."""
     if config.index_kind != "milvus" or (config.uri and config.collection_name):
         return False
     config.uri = config.uri or DEFAULT_LITE_URI
-    config.collection_name = config.collection_name or _collection_name(dataset_name, brain_key)
+    config.collection_name = config.collection_name or collection_name(dataset_name, brain_key or "index")
     return True
 
 
-def _make_store(config: RevsearchSimilarityConfig, state: dict) -> MemoryStore | MilvusStore:
+def _make_handle(config: RevsearchSimilarityConfig, state: dict) -> IndexHandle:
+    """The run's index: its stored ``state``, made (when first added to) with the config's options."""
     if config.index_kind != "milvus":
-        return MemoryStore.from_state({"kind": config.index_kind, **state}, config.n_clusters, config.nprobe)
+        return IndexHandle({**state, "kind": config.index_kind},
+                           {"n_clusters": config.n_clusters, "nprobe": config.nprobe})
     uri = os.path.expanduser(config.uri)
     if uri.endswith(".db"):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    return MilvusStore(config.collection_name, uri, config.token or "", config.db_name or "",
-                       config.index_type, state.get("dim"))
+    return IndexHandle({**state, "kind": "milvus"},
+                       {"collection": config.collection_name, "uri": uri, "token": config.token or "",
+                        "db_name": config.db_name or "", "index_type": config.index_type})
 
 
 class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
@@ -147,7 +145,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids: np.ndarray | None = None
         self._signatures: dict[str, list[float]] = dict(signatures or {})
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
-        self._store = _make_store(config, state or {})
+        self._store = _make_handle(config, state or {})
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None:
@@ -216,26 +214,16 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _record_signatures(self, ids: list[str]) -> None:
         """Remember (size, mtime) of each sample's file, to detect files changed after indexing."""
         for sample_id, path in self._filepaths(ids).items():
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            self._signatures[sample_id] = [st.st_size, st.st_mtime]
+            signature = file_signature(path)
+            if signature is not None:
+                self._signatures[sample_id] = signature
 
     def changed_sample_ids(self) -> list[str]:
         """Indexed samples whose file is missing or differs (size or mtime) from when it was indexed."""
         indexed = set(self.sample_ids.tolist())
         recorded = {i: sig for i, sig in self._signatures.items() if i in indexed}
-        changed = []
-        for sample_id, path in self._filepaths(list(recorded)).items():
-            try:
-                st = os.stat(path)
-            except OSError:
-                changed.append(sample_id)
-                continue
-            if [st.st_size, st.st_mtime] != recorded[sample_id]:
-                changed.append(sample_id)
-        return changed
+        stale = stale_files((i, path, recorded[i]) for i, path in self._filepaths(list(recorded)).items())
+        return stale["missing"] + stale["changed"]
 
     @property
     def file_signatures(self) -> dict[str, list[float]]:
@@ -388,22 +376,14 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     @property
     def pca_state(self) -> dict | None:
-        if self._pca is None:
-            return None
-        p = self._pca
-        return {"mean": serialize_numpy_array(p.mean), "components": serialize_numpy_array(p.components),
-                "explained_variance": serialize_numpy_array(p.explained_variance), "whiten": p.whiten}
+        return self._pca.state() if self._pca is not None else None
 
     def attributes(self) -> list[str]:
         return super().attributes() + ["index_state", "pca_state", "file_signatures"]
 
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):
-        pca_state = d.get("pca_state")
-        pca = None
-        if pca_state:
-            pca = PCAReducer(*(deserialize_numpy_array(pca_state[k])
-                               for k in ("mean", "components", "explained_variance")), pca_state["whiten"])
+        pca = PCAReducer.from_state(d["pca_state"]) if d.get("pca_state") else None
         return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca,
                    signatures=d.get("file_signatures"))
 

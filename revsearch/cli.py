@@ -8,14 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from .embedder import RUNTIMES, Embedder, EmbedderConfig
-from .errors import RevsearchError
 from .display import json_path, printable
+from .embedder import RUNTIMES, EmbedderConfig
+from .errors import RevsearchError
+from .extractor import FEATURES, make_extractor
 from .files import scan_images
 from .generations import CHECKPOINT
+from .index_registry import LEGACY_PIXEL
 from .milvus_bulk import LocalBulkStorage
 from .mosaic import make_mosaic, save_mosaic
-from .pixel import PixelFeatures
 from .query_source import load_query_image
 from .search_index import BACKENDS, MANIFEST, IndexReport, SearchIndex
 
@@ -47,12 +48,11 @@ def cmd_index(args: argparse.Namespace) -> int:
             print("note: an interrupted --rebuild left its embeddings in partial/; run with --rebuild to finish it")
         report = index.sync(paths, progress=not args.quiet, scope=scope, roots=new_roots)
     else:
-        if args.backend == "pixel":
-            extractor = PixelFeatures(args.pixel_size)
-        else:
-            weights = None if args.weights == "none" else args.weights
-            extractor = Embedder(EmbedderConfig(args.backbone, weights, args.pooling, image_size=args.image_size,
-                                                batch_size=args.batch_size, runtime=args.runtime))
+        features = "pixel" if args.backend == LEGACY_PIXEL else args.features
+        extractor = make_extractor({"type": features, "size": args.pixel_size, "backbone": args.backbone,
+                                    "weights": None if args.weights == "none" else args.weights,
+                                    "pooling": args.pooling, "image_size": args.image_size,
+                                    "batch_size": args.batch_size, "runtime": args.runtime})
         options = {k: v for k, v in {"n_clusters": args.n_clusters, "nprobe": args.nprobe, "uri": args.uri,
                                      "index_type": args.index_type, "token": args.token,
                                      "db_name": args.db_name}.items() if v is not None}
@@ -148,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index (or update the index of) image folders")
     p.add_argument("folders", nargs="+", help="folders (searched recursively) or image files")
     p.add_argument("--index-dir", default=DEFAULT_INDEX_DIR, help="where the index is saved (default %(default)s)")
-    p.add_argument("--backend", choices=BACKENDS, default="milvus", help="default %(default)s (Milvus Lite)")
+    p.add_argument("--backend", choices=BACKENDS, default="milvus",
+                   help="index kind: exact, kmeans or milvus (default %(default)s: Milvus Lite); pixel = "
+                        "--features pixel --backend exact")
+    p.add_argument("--features", choices=FEATURES, default="cnn",
+                   help="cnn: a CNN descriptor (default); pixel: thumbnails (the baseline), any backend")
     p.add_argument("--uri", help="Milvus URI: a Lite file (default <index-dir>/revsearch.db) or http://host:19530")
     p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
                    help="Milvus server token (user:password or API key; default $MILVUS_TOKEN; never saved)")
@@ -167,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
     p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
     p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
-    p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --backend pixel")
+    p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --features pixel")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="checkpoint embeddings every N images, so an interrupted run resumes (default %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="discard an existing index and build anew")

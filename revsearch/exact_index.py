@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from .hits import Hit, squared_l2, top_k
+from .serial import decode_array
+from .vector_index import InMemoryIndex
 from .vector_store import VectorStore
 
 #: Distance-matrix cells computed at once (bounds memory for large query batches).
 _CHUNK_CELLS = 32_000_000
 
 
-class ExactIndex:
+class ExactIndex(InMemoryIndex):
     """Every query is compared with every vector in one vectorised pass.
 
     ``dtype=float64`` makes distances on integer data (pixel thumbnails) exact, so results equal
@@ -22,20 +24,9 @@ class ExactIndex:
     """
 
     kind = "exact"
-    supports_least_similarity = True
 
     def __init__(self, dim: int, dtype: np.dtype | type = np.float32):
         self.store = VectorStore(dim, dtype)
-
-    @property
-    def dim(self) -> int:
-        return self.store.dim
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def keys(self) -> list[str]:
-        return list(self.store.keys)
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
         self.store.add(keys, vectors)
@@ -88,7 +79,15 @@ class ExactIndex:
         self.store.save(directory, "vectors")
 
     @classmethod
-    def load(cls, directory: Path, config: dict) -> "ExactIndex":
+    def load(cls, directory: Path, config: dict) -> ExactIndex:
         index = cls(config["dim"], config["dtype"])
         index.store = VectorStore.load(directory, "vectors")
+        return index
+
+    @classmethod
+    def from_state(cls, state: dict) -> ExactIndex:
+        """Inverse of :meth:`state` (brain runs before the index core stored kind ``pixel``, no dtype)."""
+        dtype = state.get("dtype") or (decode_array(state["vectors"]).dtype if "vectors" in state else np.float64)
+        index = cls(state.get("dim") or decode_array(state["vectors"]).shape[1], dtype)
+        index._add_state(state)
         return index

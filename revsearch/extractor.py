@@ -1,4 +1,5 @@
-"""Shared pipeline of every feature extractor: threaded decoding, batching, per-file failures."""
+"""Feature extractors: the shared pipeline (threaded decoding, batching, per-file failures) and the one
+factory that makes an extractor from its description (``cnn`` or ``pixel``)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,27 @@ class FeatureExtractor:
             failures.update(batch.failures)
         stacked = np.concatenate(vectors) if vectors else np.empty((0, self.dim), self.dtype)
         return EmbedBatch(indices, stacked, failures)
+
+
+#: The kinds of features: a torchvision CNN's pooled descriptor, or pixel thumbnails (the baseline).
+FEATURES = ("cnn", "pixel")
+#: Settings of a CNN extractor that a description may carry (see ``Embedder.describe``).
+_CNN_SETTINGS = ("backbone", "weights", "pooling", "gem_p", "image_size", "batch_size", "runtime")
+
+
+def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
+    """The extractor ``description`` names: the ``describe()`` of one (stored with an index), or
+    ``{"type": "cnn" | "pixel", ...settings}`` (a bare type string is enough; None: the default CNN).
+    Settings not given take their defaults; torch is imported only for CNN features."""
+    if description is None or isinstance(description, str):
+        description = {"type": description or "cnn"}
+    kind = description.get("type", "cnn")
+    if kind == "pixel":
+        from .pixel import PixelFeatures
+
+        return PixelFeatures(description.get("size", 32))
+    if kind != "cnn":
+        raise ValueError(f"features must be one of {FEATURES}, got {kind!r}")
+    from .embedder import Embedder, EmbedderConfig
+
+    return Embedder(EmbedderConfig(**{k: description[k] for k in _CNN_SETTINGS if k in description}))

@@ -1,9 +1,9 @@
-"""Vector stores behind the FiftyOne brain backend: in-memory (K-means IVF, pixel) and Milvus.
+"""The vector index behind a brain run, opened when first needed (see :mod:`revsearch.index_registry`).
 
-In-memory stores are serialised into the brain run's results (FiftyOne's database). The Milvus
-store keeps its vectors in a collection; a Milvus Lite file can be open in only one process at a
-time, so for Lite the file is released a few seconds after the last operation, which lets the App
-server and a notebook use the same index in turn.
+In-memory kinds (exact, kmeans) are serialised inline into the brain run's results (FiftyOne's
+database). A Milvus index keeps its vectors in a collection; a Milvus Lite file can be open in only
+one process at a time, so for Lite the file is released a few seconds after the last operation,
+which lets the App server and a notebook use the same index in turn.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import time
 from collections.abc import Collection, Iterator
 
 import numpy as np
-from eta.core.serial import deserialize_numpy_array, serialize_numpy_array
 
 from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError
-from .exact_index import ExactIndex
 from .hits import Hit
-from .ivf_index import IVFIndex
-from .milvus_index import MilvusIndex, is_lite_uri
+from .index_registry import MILVUS_OPTIONS, check_kind, create_index, load_index
+from .milvus_index import is_lite_uri
+from .vector_index import VectorIndex
 
 #: How long an operation waits for a Milvus Lite file held by another process.
 LITE_WAIT_S = 30.0
@@ -29,131 +28,73 @@ LITE_WAIT_S = 30.0
 LITE_IDLE_S = float(os.environ.get("REVSEARCH_LITE_IDLE_S", "5"))
 
 
-class MemoryStore:
-    """An :class:`ExactIndex` (``pixel``) or :class:`IVFIndex` (``kmeans``) kept in memory."""
+class IndexHandle:
+    """A brain run's :class:`~revsearch.vector_index.VectorIndex`, made on the first add.
 
-    def __init__(self, kind: str, index: ExactIndex | IVFIndex | None = None,
-                 n_clusters: int | None = None, nprobe: int | None = None):
-        self.kind, self.index = kind, index
-        self.n_clusters, self.nprobe = n_clusters, nprobe
+    ``state``: the run's stored index state (``kind`` plus, for in-memory kinds, keys and vectors;
+    for milvus, ``dim``); ``options``: how to make it (``n_clusters`` / ``nprobe``; Milvus
+    connection: ``collection``, ``uri``, ``db_name``, ``index_type``, ``token``).
+    """
 
-    def __len__(self) -> int:
-        return len(self.index) if self.index is not None else 0
-
-    def keys(self) -> list[str]:
-        return self.index.keys() if self.index is not None else []
-
-    def add(self, keys: list[str], vectors: np.ndarray) -> None:
-        if self.index is None:
-            if self.kind == "kmeans":
-                n_clusters = min(self.n_clusters or 0, len(vectors)) or None
-                self.index = IVFIndex.fit(vectors, n_clusters, self.nprobe)
-            else:
-                self.index = ExactIndex(vectors.shape[1], np.float64)
-        self.index.add(keys, vectors)
-
-    def remove(self, keys: list[str]) -> None:
-        if self.index is not None:
-            self.index.remove(keys)
-
-    def vectors(self, keys: list[str]) -> np.ndarray:
-        """Stored vectors for ``keys``, in that order; KeyError if one is not stored."""
-        if self.index is None:
-            raise KeyError(keys[0] if keys else "")
-        store = self.index.store
-        return store.vectors[store.rows_of(keys)]
-
-    def contains(self, keys: list[str]) -> set[str]:
-        store = self.index.store if self.index is not None else None
-        return {k for k in keys if store is not None and k in store}
-
-    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
-               reverse: bool = False) -> list[list[Hit]]:
-        if self.index is None or not len(self.index):
-            return [[] for _ in range(len(queries))]
-        return self.index.search(queries, k, allowed=allowed, reverse=reverse)
-
-    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
-                     ) -> list[list[Hit]]:
-        if self.index is None or not len(self.index):
-            return [[] for _ in range(len(queries))]
-        return self.index.range_search(queries, radius, allowed=allowed)
-
-    def drop(self) -> None:
-        self.index = None
-
-    def hold(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def state(self) -> dict:
-        """JSON-able state (vectors as compressed base64 ``.npy``)."""
-        if self.index is None:
-            return {"kind": self.kind}
-        state = {"kind": self.kind, "keys": self.index.keys(),
-                 "vectors": serialize_numpy_array(self.index.store.vectors)}
-        if isinstance(self.index, IVFIndex):
-            state.update(centroids=serialize_numpy_array(self.index.centroids), nprobe=self.index.nprobe)
-        return state
-
-    @classmethod
-    def from_state(cls, state: dict, n_clusters: int | None, nprobe: int | None) -> "MemoryStore":
-        store = cls(state["kind"], None, n_clusters, nprobe)
-        if "vectors" not in state:
-            return store
-        vectors = deserialize_numpy_array(state["vectors"])
-        if "centroids" in state:
-            store.index = IVFIndex(deserialize_numpy_array(state["centroids"]), state["nprobe"])
-        else:
-            store.index = ExactIndex(vectors.shape[1], vectors.dtype)
-        if state["keys"]:
-            store.index.add(state["keys"], vectors)
-        return store
-
-
-class MilvusStore:
-    """A Milvus collection: a Lite file is released when idle, a server connection stays open."""
-
-    def __init__(self, collection: str, uri: str, token: str = "", db_name: str = "",
-                 index_type: str = "FLAT", dim: int | None = None):
-        self.collection, self.uri, self.token = collection, uri, token
-        self.db_name, self.index_type, self.dim = db_name, index_type, dim
-        self.is_lite = is_lite_uri(uri)
-        self._open_index: MilvusIndex | None = None
+    def __init__(self, state: dict, options: dict):
+        self.kind = check_kind(state["kind"])
+        self.dim: int | None = state.get("dim")
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self.is_lite = self.kind == "milvus" and is_lite_uri(self.options["uri"])
+        self._index: VectorIndex | None = None
+        if self.kind != "milvus" and "vectors" in state:
+            self._index = load_index({**state, "kind": self.kind})
         self._mutex = threading.RLock()
         self._idle_timer: threading.Timer | None = None
 
-    def _open(self, create: bool) -> MilvusIndex:
+    def _create(self, sample: np.ndarray) -> VectorIndex:
+        if self.kind != "milvus":
+            return create_index(self.kind, sample, n_clusters=self.options.get("n_clusters"),
+                                nprobe=self.options.get("nprobe"))
+        milvus = {k: v for k, v in self.options.items() if k in MILVUS_OPTIONS}
+        return self._retry_lite(lambda: create_index("milvus", sample, **milvus))
+
+    def _reopen(self) -> VectorIndex:
+        milvus = {k: v for k, v in self.options.items() if k in MILVUS_OPTIONS and k != "token"}
+        config = {"kind": "milvus", "dim": self.dim, **milvus}
+        return self._retry_lite(lambda: load_index(config, token=self.options.get("token", "")))
+
+    def _retry_lite(self, open_index) -> VectorIndex:
+        """``open_index()``, retried for up to ``LITE_WAIT_S`` while another process holds the Lite file."""
         deadline = time.monotonic() + LITE_WAIT_S
         while True:
             try:
-                return MilvusIndex(self.dim, self.collection, self.uri, self.token, self.db_name,
-                                   index_type=self.index_type, create=create)
+                return open_index()
             except (IndexNotFoundError, IndexMismatchError):
                 raise
             except RevsearchError:
                 if not self.is_lite or time.monotonic() > deadline:
                     raise
-                time.sleep(0.5)  # another process holds the Lite file
+                time.sleep(0.5)
 
     @contextlib.contextmanager
-    def session(self, create: bool = False) -> Iterator[MilvusIndex | None]:
-        """The open collection, or None if nothing was ever added (and ``create`` is False).
+    def session(self, sample: np.ndarray | None = None) -> Iterator[VectorIndex | None]:
+        """The open index, or None if nothing was ever added (and no ``sample`` to make it from).
 
         A Lite file stays open for ``LITE_IDLE_S`` seconds after the last operation (queries in
         quick succession skip the ~1 s start of the Lite server), then is released for other
-        processes; a server connection stays open for the store's lifetime.
+        processes; other indexes stay open for the handle's lifetime.
         """
         with self._mutex:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None
-            if self._open_index is None:
-                if self.dim is None:
+            if self._index is None:
+                if sample is not None:
+                    self._index = self._create(sample)
+                    self.dim = self._index.dim
+                elif self.kind == "milvus" and self.dim is not None:
+                    self._index = self._reopen()
+                else:
                     yield None
                     return
-                self._open_index = self._open(create)
             try:
-                yield self._open_index
+                yield self._index
             finally:
                 if self.is_lite:
                     if self._idle_timer is not None:  # a nested session already armed one
@@ -162,20 +103,7 @@ class MilvusStore:
                     self._idle_timer.daemon = True
                     self._idle_timer.start()
 
-    def release(self) -> None:
-        """Close the collection now (for Lite: stop the server, unlock the file)."""
-        with self._mutex:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            if self._open_index is not None:
-                self._open_index.close()
-                self._open_index = None
-
-    def hold(self) -> contextlib.AbstractContextManager:
-        """Keep the collection open across several operations (one Lite start instead of many)."""
-        return self.session()
-
+    # ---- the index's operations (an index never added to is empty) ----------------------------
     def __len__(self) -> int:
         with self.session() as index:
             return len(index) if index is not None else 0
@@ -184,24 +112,25 @@ class MilvusStore:
         with self.session() as index:
             return index.keys() if index is not None else []
 
+    def contains(self, keys: list[str]) -> set[str]:
+        with self.session() as index:
+            return index.contains(keys) if index is not None else set()
+
+    def vectors(self, keys: list[str]) -> np.ndarray:
+        """Stored vectors for ``keys``, in that order; KeyError if one is not stored."""
+        with self.session() as index:
+            if index is None:
+                raise KeyError(keys[0] if keys else "")
+            return index.vectors(list(keys))
+
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
-        self.dim = self.dim or int(vectors.shape[1])
-        with self.session(create=True) as index:
+        with self.session(sample=vectors) as index:
             index.add(keys, vectors)
 
     def remove(self, keys: list[str]) -> None:
         with self.session() as index:
             if index is not None:
                 index.remove(keys)
-
-    def vectors(self, keys: list[str]) -> np.ndarray:
-        """Stored vectors for ``keys``, in that order (every key must be present)."""
-        with self.session() as index:
-            return index.get_vectors(list(keys))
-
-    def contains(self, keys: list[str]) -> set[str]:
-        with self.session() as index:
-            return index.contains(keys) if index is not None else set()
 
     def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
                reverse: bool = False) -> list[list[Hit]]:
@@ -217,10 +146,30 @@ class MilvusStore:
                 return [[] for _ in range(len(queries))]
             return index.range_search(queries, radius, allowed=allowed)
 
+    def hold(self) -> contextlib.AbstractContextManager:
+        """Keep the index open across several operations (one Lite start instead of many)."""
+        return self.session()
+
+    def release(self) -> None:
+        """Close a Milvus index now (for Lite: stop the server, unlock the file)."""
+        with self._mutex:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            if self._index is not None and self.kind == "milvus":
+                self._index.close()
+                self._index = None
+
     def drop(self) -> None:
+        """Delete the vectors (the Milvus collection) for good."""
         with self.session() as index:
             if index is not None:
                 index.drop()
+        self.release()
+        self._index, self.dim = None, None
 
     def state(self) -> dict:
-        return {"kind": "milvus", "dim": self.dim}
+        """What the brain run stores: the in-memory index whole, or a Milvus collection's dimension."""
+        if self.kind != "milvus" and self._index is not None:
+            return self._index.state()
+        return {"kind": self.kind, "dim": self.dim}

@@ -12,13 +12,11 @@ import fiftyone.core.models as fom
 import numpy as np
 
 from .brain_backend import BACKEND_NAME, RevsearchSimilarityIndex
-from .embedder import Embedder
-from .extractor import FeatureExtractor
+from .extractor import FeatureExtractor, make_extractor
+from .index_registry import LEGACY_PIXEL, check_kind
 from .ivf_index import IVFIndex
 from .pca import PCAReducer
-from .pixel import PixelFeatures
 from .query_source import ImageQuery
-from .search_index import make_extractor
 
 #: Field ``info`` keys recording how an embeddings field was made.
 EXTRACTOR_INFO, PCA_INFO = "revsearch_extractor", "revsearch_pca"
@@ -64,11 +62,6 @@ class ExtractorModel(fom.Model, fom.EmbeddingsMixin):
 
     def predict_all(self, args) -> np.ndarray:
         return self.embed_all(args)
-
-
-def default_extractor(index_kind: str) -> FeatureExtractor:
-    """Pixel thumbnails for the ``pixel`` baseline, the default CNN otherwise."""
-    return PixelFeatures() if index_kind == "pixel" else Embedder()
 
 
 def embed_samples(samples, extractor: FeatureExtractor, progress: Progress = None
@@ -146,10 +139,8 @@ def fit_pca(samples, field: str, out_field: str, n_components: int, whiten: bool
     ids, vectors = field_vectors(samples, field)
     pca = PCAReducer.fit(vectors, n_components, whiten)
     samples.set_values(out_field, dict(zip(ids, pca.transform(vectors))), key_field="id")
-    state = {"mean": pca.mean.tolist(), "components": pca.components.tolist(),
-             "explained_variance": pca.explained_variance.tolist(), "whiten": pca.whiten}
     _set_field_info(samples, out_field, {EXTRACTOR_INFO: _field_info(samples, field).get(EXTRACTOR_INFO),
-                                         PCA_INFO: state})
+                                         PCA_INFO: pca.state()})
     total_var = float(np.var(vectors, axis=0).sum() * len(vectors) / max(len(vectors) - 1, 1))
     return (pca.explained_variance / total_var).tolist()
 
@@ -174,25 +165,27 @@ def build_index(samples, brain_key: str, index_kind: str = "milvus", extractor: 
                 **options) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
     """Index the samples under ``brain_key``; returns the index and failures by sample id.
 
-    Vectors come from ``embeddings_field`` (made by :func:`compute_embeddings` / :func:`fit_pca`) or
-    are computed with ``extractor`` (default: pixel thumbnails for ``pixel``, else the default CNN),
-    and then also stored in ``keep_field`` if given.
+    ``index_kind``: ``exact``, ``kmeans`` or ``milvus`` (``pixel``: the older name of pixel features
+    in an exact index). Vectors come from ``embeddings_field`` (made by :func:`compute_embeddings` /
+    :func:`fit_pca`) or are computed with ``extractor`` (default: the CNN), and then also stored in
+    ``keep_field`` if given.
     ``options`` go to :class:`~revsearch.brain_backend.RevsearchSimilarityConfig`.
     """
     if brain_key in samples._root_dataset.list_brain_runs():
         raise ValueError(f"brain key {brain_key!r} is already used on this dataset: choose another name, "
                          "or delete that run first")
+    if index_kind == LEGACY_PIXEL:
+        extractor = extractor or make_extractor("pixel")
+    index_kind = check_kind(index_kind)
     pca = None
     if embeddings_field:
         ids, vectors = field_vectors(samples, embeddings_field)
         info, failures = _field_info(samples, embeddings_field), {}
         description = info.get(EXTRACTOR_INFO)
         if info.get(PCA_INFO):
-            state = info[PCA_INFO]
-            pca = PCAReducer(*(np.asarray(state[k]) for k in ("mean", "components", "explained_variance")),
-                             state["whiten"])
+            pca = PCAReducer.from_state(info[PCA_INFO])
     else:
-        extractor = extractor or default_extractor(index_kind)
+        extractor = extractor or make_extractor("cnn")
         ids, vectors, failures = embed_samples(samples, extractor, progress)
         description = extractor.describe()
         if keep_field:

@@ -41,3 +41,24 @@ def scan_images(roots: Iterable[str | os.PathLike]) -> tuple[list[str], dict[str
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                     found.add(os.path.abspath(os.path.join(folder, name)))
     return sorted(found), unreadable
+
+
+def file_signature(path: str | os.PathLike) -> list[float] | None:
+    """(size, mtime) of a file, to notice it changed since it was indexed; None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime]
+
+
+def stale_files(recorded: Iterable[tuple[str, str, list[float] | None]]) -> dict[str, list[str]]:
+    """Of ``(key, path, signature when indexed)``, the keys whose file is now missing or changed."""
+    missing, changed = [], []
+    for key, path, signature in recorded:
+        now = file_signature(path)
+        if now is None:
+            missing.append(key)
+        elif now != signature:
+            changed.append(key)
+    return {"missing": missing, "changed": changed}

@@ -30,7 +30,8 @@ from .milvus_index import drop_collection, is_lite_uri
 MANIFEST = "manifest.json"
 PENDING = "pending.json"
 CHECKPOINT = "partial"
-FORMAT_VERSION = 2
+#: 3: the PCA is saved as pca.json (its state form); 2 wrote pca.npz, still read.
+FORMAT_VERSION = 3
 REQUIRED_KEYS = ("extractor", "pca", "backend", "items", "failures")
 #: Files of format 1, kept in the index directory itself; deleted once a new generation is committed.
 _FORMAT1_FILES = ("vectors.npy", "vectors.keys.json", "ivf.npz", "pca.npz")

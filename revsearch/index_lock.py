@@ -24,7 +24,7 @@ class IndexLock:
     def __init__(self, directory: Path):
         self.path = Path(directory) / LOCK_FILE
 
-    def __enter__(self) -> "IndexLock":
+    def __enter__(self) -> IndexLock:
         key = str(self.path)
         if key in self._held:
             handle, count = self._held[key]

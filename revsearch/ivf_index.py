@@ -10,6 +10,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from .hits import Hit, squared_l2
+from .serial import decode_array, encode_array
+from .vector_index import InMemoryIndex
 from .vector_store import VectorStore
 
 #: K-means is fitted on at most this many vectors per cluster; the rest are assigned. On 1M synthetic
@@ -38,7 +40,7 @@ def default_nprobe(n_clusters: int) -> int:
     return max(1, math.ceil(n_clusters / 20))
 
 
-class IVFIndex:
+class IVFIndex(InMemoryIndex):
     """Vectors grouped by nearest K-means centre; each vector's cluster id and distance are kept.
 
     Rows are kept sorted by cluster (re-sorted lazily after updates), so probing a cluster reads one
@@ -46,7 +48,6 @@ class IVFIndex:
     """
 
     kind = "kmeans"
-    supports_least_similarity = True
 
     def __init__(self, centroids: np.ndarray, nprobe: int | None = None):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -62,7 +63,7 @@ class IVFIndex:
 
     @classmethod
     def fit(cls, vectors: np.ndarray, n_clusters: int | None = None, nprobe: int | None = None,
-            seed: int = 0) -> "IVFIndex":
+            seed: int = 0) -> IVFIndex:
         """Fit K-means centres on (a sample of) ``vectors``. Vectors are not added: call add()."""
         data = np.asarray(vectors, dtype=np.float32)
         n_clusters = n_clusters or default_n_clusters(len(data))
@@ -76,15 +77,8 @@ class IVFIndex:
         return cls(kmeans.cluster_centers_, nprobe)
 
     @property
-    def dim(self) -> int:
-        return self.store.dim
-
-    @property
     def n_clusters(self) -> int:
         return self.centroids.shape[0]
-
-    def __len__(self) -> int:
-        return len(self.store)
 
     def keys(self) -> list[str]:
         """Keys in insertion order."""
@@ -141,8 +135,8 @@ class IVFIndex:
         rows = self.store.rows_of(keys)
         return self.assignments[rows], self.center_distances[rows]
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
-               allowed: Collection[str] | None = None, reverse: bool = False) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
+               reverse: bool = False, nprobe: int | None = None) -> list[list[Hit]]:
         """The ``k`` nearest stored vectors: approximate (``nprobe`` lists) over the whole index, exact
         among the ``allowed`` keys when given; ``reverse`` (farthest first) scans every vector."""
         if allowed is None and not reverse:
@@ -330,9 +324,19 @@ class IVFIndex:
         np.savez(directory / "ivf.npz", centroids=self.centroids)
 
     @classmethod
-    def load(cls, directory: Path, config: dict) -> "IVFIndex":
+    def load(cls, directory: Path, config: dict) -> IVFIndex:
         index = cls(np.load(directory / "ivf.npz")["centroids"], config.get("nprobe"))
         store = VectorStore.load(directory, "vectors")
         if len(store):
             index.add(store.keys, store.vectors)
+        return index
+
+    def state(self) -> dict:
+        return {**super().state(), "centroids": encode_array(self.centroids)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> IVFIndex:
+        """Inverse of :meth:`state` (also the form brain runs stored before the index core)."""
+        index = cls(decode_array(state["centroids"]), state.get("nprobe"))
+        index._add_state(state)
         return index

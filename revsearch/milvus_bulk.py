@@ -2,8 +2,11 @@
 
 Instead of sending vectors through the proxy in upsert requests, revsearch writes them as numpy
 column files (``key.npy``, ``vector.npy``: Milvus's column-based import format) where the Milvus
-server can read them, asks the server to import them (the gRPC ``Import`` API, pymilvus
-``do_bulk_insert``), waits for the task, then makes the new segments searchable (``refresh_load``).
+server can read them, asks the server to import them (the gRPC ``Import`` API through pymilvus's
+public ``utility.do_bulk_insert`` / ``get_bulk_insert_state``), waits for the task, then makes the
+new segments searchable (``refresh_load``). ``MilvusClient`` has no gRPC import call and the REST
+import (``pymilvus.bulk_writer.bulk_import``) needs Milvus 2.4+, so the calls go through a
+short-lived connection alias (:func:`import_connection`).
 
 Where the files go is a :class:`BulkStorage`:
 
@@ -24,15 +27,15 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import numpy as np
-from pymilvus import MilvusClient, MilvusException
+from pymilvus import BulkInsertState, MilvusClient, MilvusException, PyMilvusDeprecationWarning, connections, utility
 
 from .errors import BulkImportError, BulkImportUnsupportedError
-
 
 #: Rows per import task (one ``key.npy`` + ``vector.npy`` pair).
 ROWS_PER_FILE = 200_000
@@ -42,8 +45,7 @@ IMPORT_TIMEOUT = 1800.0
 #: Turns the names of files written in a batch's local directory into the paths the server reads.
 Publish = Callable[[Sequence[str]], list[str]]
 
-# pymilvus BulkInsertState.state values
-_FAILED, _COMPLETED, _FAILED_AND_CLEANED = 1, 6, 7
+_FAILED_STATES = (BulkInsertState.ImportFailed, BulkInsertState.ImportFailedAndCleaned)
 
 
 class BulkStorage:
@@ -137,14 +139,31 @@ def _is_unimplemented(exc: Exception) -> bool:
     return isinstance(exc, MilvusException) and "unimplemented" in str(exc.message).lower()
 
 
-def supports_bulk_import(client: MilvusClient, collection: str) -> bool:
-    """Ask the server (it lists its import tasks for ``collection``, a read-only call): True if it
-    answers, False if it says the API is unimplemented (Milvus Lite); other errors propagate."""
+@contextlib.contextmanager
+def import_connection(uri: str, token: str = "", db_name: str = "") -> Iterator[str]:
+    """The alias of a new pymilvus connection to ``uri`` (a Lite file path as the client opened it),
+    for the ``utility`` bulk-insert calls made inside the block; closed when it ends. pymilvus 2.6 marks
+    these alias-based calls deprecated (MilvusClient has no import call yet): that warning is silenced
+    inside the block."""
+    alias = f"revsearch-bulk-{uuid.uuid4().hex[:12]}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PyMilvusDeprecationWarning)
+        connections.connect(alias=alias, uri=uri, token=token, db_name=db_name)
+        try:
+            yield alias
+        finally:
+            connections.disconnect(alias)
+
+
+def supports_bulk_import(using: str, collection: str) -> bool:
+    """Ask the server on connection ``using`` (it lists its import tasks for ``collection``, a read-only
+    call): True if it answers, False if it says the API is unimplemented (Milvus Lite); other errors
+    propagate."""
     rpc_log = logging.getLogger("pymilvus.decorators")  # pymilvus logs every failed RPC at ERROR
     quiet = _DropRpcErrorLogs()
     rpc_log.addFilter(quiet)
     try:
-        client._get_connection().list_bulk_insert_tasks(1, collection)
+        utility.list_bulk_insert_tasks(1, collection, using=using)
     except Exception as exc:
         if _is_unimplemented(exc):
             return False
@@ -163,27 +182,27 @@ def write_columns(directory: Path, key_field: str, vector_field: str, keys: Sequ
     return [f"{key_field}.npy", f"{vector_field}.npy"]
 
 
-def run_import(client: MilvusClient, collection: str, files: list[str], expected_rows: int,
+def run_import(using: str, collection: str, files: list[str], expected_rows: int,
                timeout: float = IMPORT_TIMEOUT, poll: float = 0.5) -> int:
-    """Start one import task of ``files`` (server paths) and wait for it; returns the task id.
+    """Start one import task of ``files`` (server paths) on connection ``using`` and wait for it;
+    returns the task id.
 
     Raises :class:`BulkImportError` with the server's reason if the task fails, if it imports another
     number of rows than ``expected_rows``, or if it is not done after ``timeout`` seconds.
     """
-    handler = client._get_connection()
     try:
-        task = handler.do_bulk_insert(collection, "", files)
+        task = utility.do_bulk_insert(collection, files, using=using)
     except Exception as exc:
         if _is_unimplemented(exc):
             raise BulkImportUnsupportedError(f"this Milvus does not offer bulk import: {exc}") from exc
         raise BulkImportError(f"Milvus refused the import of {files}: {getattr(exc, 'message', exc)}") from exc
     deadline = time.monotonic() + timeout
     while True:
-        state = handler.get_bulk_insert_state(task)
-        if state.state in (_FAILED, _FAILED_AND_CLEANED):
+        state = utility.get_bulk_insert_state(task, using=using)
+        if state.state in _FAILED_STATES:
             raise BulkImportError(f"Milvus import task {task} of {files} failed: "
                                   f"{state.infos.get('failed_reason') or state.state_name}")
-        if state.state == _COMPLETED:
+        if state.state == BulkInsertState.ImportCompleted:
             if state.row_count != expected_rows:
                 raise BulkImportError(f"Milvus import task {task} imported {state.row_count} rows, "
                                       f"{expected_rows} were written")
@@ -195,12 +214,13 @@ def run_import(client: MilvusClient, collection: str, files: list[str], expected
         time.sleep(poll)
 
 
-def bulk_import(client: MilvusClient, collection: str, storage: BulkStorage, key_field: str,
+def bulk_import(client: MilvusClient, using: str, collection: str, storage: BulkStorage, key_field: str,
                 vector_field: str, keys: Sequence[str], vectors: np.ndarray,
                 before_import: Callable[[Sequence[str]], None] | None = None,
                 rows_per_file: int = ROWS_PER_FILE, timeout: float = IMPORT_TIMEOUT) -> list[int]:
     """Import ``keys`` / ``vectors`` (keys already in their stored form, each once) in tasks of
-    ``rows_per_file`` rows, then reload the collection so searches see them; returns the task ids.
+    ``rows_per_file`` rows on connection ``using``, then reload the collection through ``client`` so
+    searches see them; returns the task ids.
 
     Import *inserts*: ``before_import(chunk_keys)`` runs before each task (to delete existing rows with
     those keys), so a failed task leaves the earlier ones in place.
@@ -212,7 +232,7 @@ def bulk_import(client: MilvusClient, collection: str, storage: BulkStorage, key
             before_import(chunk_keys)
         with storage.batch() as (local, publish):
             names = write_columns(local, key_field, vector_field, chunk_keys, vectors[start:start + rows_per_file])
-            tasks.append(run_import(client, collection, publish(names), len(chunk_keys), timeout))
+            tasks.append(run_import(using, collection, publish(names), len(chunk_keys), timeout))
     if tasks:
         client.refresh_load(collection)  # load the imported segments: searchable when this returns
     return tasks

@@ -23,10 +23,23 @@ import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from .crashpoints import write_point
-from .errors import (BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError, LiteFileBusyError,
-                     RevsearchError, UnsupportedIndexError)
+from .errors import (
+    BulkImportUnsupportedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    LiteFileBusyError,
+    RevsearchError,
+    UnsupportedIndexError,
+)
 from .hits import Hit
-from .milvus_bulk import IMPORT_TIMEOUT, ROWS_PER_FILE, BulkStorage, bulk_import, supports_bulk_import
+from .milvus_bulk import (
+    IMPORT_TIMEOUT,
+    ROWS_PER_FILE,
+    BulkStorage,
+    bulk_import,
+    import_connection,
+    supports_bulk_import,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +208,8 @@ class MilvusIndex:
     """One Milvus collection per index: VARCHAR primary key (path or sample id) + float vector."""
 
     kind = "milvus"
+    #: Milvus searches return nearest neighbours only.
+    supports_least_similarity = False
 
     def __init__(self, dim: int, collection: str = "revsearch", uri: str = DEFAULT_URI, token: str = "",
                  db_name: str = "", metric: str = "L2", index_type: str = "FLAT",
@@ -303,8 +318,14 @@ class MilvusIndex:
     def supports_bulk_import(self) -> bool:
         """Whether this Milvus offers server-side bulk import: asked once, answered by the server."""
         if self._bulk_supported is None:
-            self._bulk_supported = supports_bulk_import(self.client, self.collection)
+            with self._import_connection() as using:
+                self._bulk_supported = supports_bulk_import(using, self.collection)
         return self._bulk_supported
+
+    def _import_connection(self):
+        """A connection alias for pymilvus's bulk-insert calls (a Lite file: the path the client serves)."""
+        uri = str(Path(self.uri).expanduser().resolve()) if is_lite_uri(self.uri) else self.uri
+        return import_connection(uri, self.token, self.db_name)
 
     def _check_vectors(self, keys: list[str], vectors: np.ndarray) -> np.ndarray:
         arr = np.asarray(vectors, dtype=np.float32)
@@ -358,8 +379,9 @@ class MilvusIndex:
             for start in range(0, len(chunk), INSERT_BATCH):
                 self.client.delete(self.collection, ids=chunk[start:start + INSERT_BATCH])
 
-        bulk_import(self.client, self.collection, storage, KEY_FIELD, VECTOR_FIELD, stored, arr[rows],
-                    before_import=delete_existing, rows_per_file=rows_per_file, timeout=timeout)
+        with self._import_connection() as using:
+            bulk_import(self.client, using, self.collection, storage, KEY_FIELD, VECTOR_FIELD, stored, arr[rows],
+                        before_import=delete_existing, rows_per_file=rows_per_file, timeout=timeout)
 
     def remove(self, keys: Iterable[str]) -> None:
         keys = list(keys)
@@ -468,7 +490,7 @@ class MilvusIndex:
             present.update(from_milvus_key(row[KEY_FIELD]) for row in rows)
         return present
 
-    def get_vectors(self, keys: list[str]) -> np.ndarray:
+    def vectors(self, keys: list[str]) -> np.ndarray:
         """Stored vectors for ``keys``, in that order; raises KeyError naming a missing key."""
         by_key: dict[str, list[float]] = {}
         for start in range(0, len(keys), INSERT_BATCH):
@@ -504,17 +526,20 @@ class MilvusIndex:
         """Nothing to write: the vectors live in Milvus (the config goes in the manifest)."""
 
     @classmethod
-    def load(cls, directory: Path, config: dict, token: str = "") -> "MilvusIndex":
-        """Reconnect to an existing collection (a missing Lite file is an error, not created empty)."""
+    def load(cls, directory: Path | None, config: dict, token: str = "") -> MilvusIndex:
+        """Reconnect to the existing collection ``config`` names (a missing Lite file is an error, not
+        created empty); settings it lacks take their defaults."""
+        where = f"the index in {directory}" if directory else f"collection {config['collection']!r}"
         if is_lite_uri(config["uri"]) and not Path(config["uri"]).expanduser().exists():
-            raise IndexNotFoundError(f"Milvus Lite file {config['uri']!r} does not exist: the index in {directory} "
+            raise IndexNotFoundError(f"Milvus Lite file {config['uri']!r} does not exist: {where} "
                                      "lost its vectors; rebuild it with revsearch index FOLDER --rebuild")
         uri = config["uri"]
         if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
             uri = _read_only_copy(uri)
-        return cls(config["dim"], config["collection"], uri, token, config.get("db_name", ""),
-                   config["metric"], config["index_type"], config["index_params"], config["search_params"],
-                   create=False, consistency_level=config.get("consistency_level", "Strong"))
+        return cls(config["dim"], config["collection"], uri, token, config.get("db_name") or "",
+                   config.get("metric", "L2"), config.get("index_type", "FLAT"), config.get("index_params"),
+                   config.get("search_params"), create=False,
+                   consistency_level=config.get("consistency_level", "Strong"))
 
 
 def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "") -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from .errors import IndexMismatchError
+from .serial import decode_array, encode_array
+
+_ARRAYS = ("mean", "components", "explained_variance")
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -27,12 +29,14 @@ class PCAReducer:
         self.whiten = whiten
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, n_components: int, whiten: bool = False, seed: int = 0) -> "PCAReducer":
+    def fit(cls, vectors: np.ndarray, n_components: int, whiten: bool = False, seed: int = 0) -> PCAReducer:
         data = np.asarray(vectors, dtype=np.float32)
         limit = min(data.shape)
         if not 1 <= n_components <= limit:
             raise ValueError(f"PCA n_components must be in [1, {limit}] for {data.shape[0]} vectors "
                              f"of dimension {data.shape[1]}, got {n_components}")
+        from sklearn.decomposition import PCA
+
         pca = PCA(n_components=n_components, whiten=whiten, random_state=seed).fit(data)
         return cls(pca.mean_, pca.components_, pca.explained_variance_, whiten)
 
@@ -56,11 +60,17 @@ class PCAReducer:
     def config(self) -> dict:
         return {"n_components": self.output_dim, "whiten": self.whiten, "input_dim": self.input_dim}
 
-    def save(self, path: Path) -> None:
-        np.savez(path, mean=self.mean, components=self.components,
-                 explained_variance=self.explained_variance, whiten=np.array(self.whiten))
+    def state(self) -> dict:
+        """The one serialised form (JSON-able; arrays as :func:`~revsearch.serial.encode_array`)."""
+        return {**{name: encode_array(getattr(self, name)) for name in _ARRAYS}, "whiten": bool(self.whiten)}
 
     @classmethod
-    def load(cls, path: Path) -> "PCAReducer":
+    def from_state(cls, state: dict) -> PCAReducer:
+        """Inverse of :meth:`state` (also reads the lists older field info held)."""
+        return cls(*(decode_array(state[name]) for name in _ARRAYS), bool(state["whiten"]))
+
+    @classmethod
+    def load_npz(cls, path: Path) -> PCAReducer:
+        """A PCA saved by folder indexes before the state form (``pca.npz`` of format 2)."""
         data = np.load(path)
         return cls(data["mean"], data["components"], data["explained_variance"], bool(data["whiten"]))

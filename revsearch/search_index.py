@@ -20,13 +20,24 @@ from .atomic import fsync_tree, write_atomic
 from .checkpoint import EmbeddingCheckpoint
 from .crashpoints import write_point
 from .errors import IndexBusyError, IndexMismatchError, RevsearchError
-from .exact_index import ExactIndex
-from .extractor import FeatureExtractor
-from .generations import (CHECKPOINT, FORMAT_VERSION, MANIFEST, generation_dir, needs_recovery, read_manifest,
-                          remove_old_generations, resolve_lite_uri, settle_pending, write_pending)
+from .extractor import FeatureExtractor, make_extractor
+from .files import file_signature, stale_files
+from .generations import (
+    CHECKPOINT,
+    FORMAT_VERSION,
+    MANIFEST,
+    generation_dir,
+    needs_recovery,
+    read_manifest,
+    remove_old_generations,
+    resolve_lite_uri,
+    settle_pending,
+    write_pending,
+)
 from .hits import Hit
 from .index_lock import IndexLock
-from .ivf_index import IVFIndex, default_n_clusters
+from .index_registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
+from .ivf_index import default_n_clusters
 from .journal import Update, clear_journal, read_journal, write_journal
 from .milvus_bulk import BulkStorage
 from .milvus_index import DEFAULT_URI, MilvusIndex, is_lite_uri
@@ -35,7 +46,11 @@ from .pca import PCAReducer
 from .pixel import PixelFeatures
 from .query_source import ImageQuery, load_query_image
 
-BACKENDS = ("exact", "kmeans", "milvus", "pixel")
+#: Index kinds ``build`` takes: :data:`~revsearch.index_registry.INDEX_KINDS`, and ``pixel`` (the
+#: older name of pixel features in an exact index).
+BACKENDS = (*INDEX_KINDS, LEGACY_PIXEL)
+#: The PCA of a generation (format 3; format 2 wrote ``pca.npz``).
+PCA_FILE = "pca.json"
 
 
 @dataclass
@@ -56,19 +71,6 @@ class IndexReport:
         text = (f"{len(self.added)} indexed, {self.unchanged} unchanged, {len(self.removed)} removed, "
                 f"{len(self.failures)} skipped")
         return text + (f" ({self.resumed} resumed from an interrupted run)" if self.resumed else "")
-
-
-def file_signature(path: str) -> list[float]:
-    """(size, mtime) of a file, used to detect files changed since indexing."""
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime]
-
-
-def _signature_or_none(path: str) -> list[float] | None:
-    try:
-        return file_signature(path)
-    except OSError:
-        return None
 
 
 def _embed_to_checkpoint(extractor: FeatureExtractor, paths: list[str], checkpoint: EmbeddingCheckpoint,
@@ -104,28 +106,6 @@ def _auto_pca_dim(n_vectors: int, dim: int, extractor: FeatureExtractor) -> int 
     return AUTO_PCA_DIM
 
 
-def make_extractor(description: dict) -> FeatureExtractor:
-    """Rebuild the extractor an index was built with from its stored description."""
-    if description["type"] == "pixel":
-        return PixelFeatures(description["size"])
-    from .embedder import Embedder, EmbedderConfig  # torch is imported only for CNN indexes
-
-    keys = ("backbone", "weights", "pooling", "gem_p", "image_size")
-    return Embedder(EmbedderConfig(**{k: description[k] for k in keys}))
-
-
-def _make_backend(backend: str, vectors: np.ndarray, dim: int, dtype: np.dtype, options: dict):
-    if backend in ("exact", "pixel"):
-        return ExactIndex(dim, dtype)
-    if backend == "kmeans":
-        return IVFIndex.fit(vectors, options.get("n_clusters"), options.get("nprobe"))
-    if backend == "milvus":
-        keys = ("collection", "uri", "token", "db_name", "metric", "index_type", "index_params", "search_params",
-                "consistency_level")
-        return MilvusIndex(dim, overwrite=True, **{k: options[k] for k in keys if k in options})
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
 class SearchIndex:
     """Extractor + optional PCA + vector backend, persisted in a directory (``manifest.json``).
 
@@ -151,12 +131,13 @@ class SearchIndex:
     def build(cls, paths: Sequence[str | os.PathLike], directory: str | os.PathLike, backend: str = "milvus",
               extractor: FeatureExtractor | None = None, pca_dim: int | str | None = "auto",
               whiten: bool = False, progress: bool = True, chunk_size: int = 1024, fit_sample: int = 100_000,
-              roots: Sequence[str | os.PathLike] | None = None, **backend_options) -> tuple["SearchIndex", IndexReport]:
+              roots: Sequence[str | os.PathLike] | None = None, **backend_options) -> tuple[SearchIndex, IndexReport]:
         """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
 
-        ``backend``: ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``), ``milvus``
-        (``uri`` default ``<directory>/revsearch.db`` = Milvus Lite, ``collection``, ``index_type``...),
-        or ``pixel`` (the pixel-distance baseline: thumbnails + exact search).
+        ``backend``: the index kind, ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``) or
+        ``milvus`` (``uri`` default ``<directory>/revsearch.db`` = Milvus Lite, ``collection``,
+        ``index_type``...); ``pixel`` is the older name of pixel features in an exact index. The
+        features are the ``extractor``'s (default: the CNN), whatever the kind.
 
         ``pca_dim="auto"`` (default) reduces CNN descriptors to 128 dimensions with PCA when at least
         1,000 images are indexed (the best measured trade-off on Caltech-101, see README), and keeps
@@ -170,21 +151,17 @@ class SearchIndex:
         complete, then the manifest switches to it atomically and the old one is dropped. ``roots``:
         the folders the paths came from (stored, so that a later update of other folders is noticed).
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "pixel":
+        if backend == LEGACY_PIXEL:
             extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
-        if extractor is None:
-            from .embedder import Embedder
-
-            extractor = Embedder()
+        backend = check_kind(backend)
+        extractor = extractor or make_extractor("cnn")
         directory = Path(os.path.abspath(directory))
         paths = sorted({os.path.abspath(p) for p in paths})
         with IndexLock(directory):
             recover(directory, backend_options.get("token", ""))
             previous = read_manifest(directory) if (directory / MANIFEST).exists() else None
             generation = (previous.get("generation", 0) if previous else 0) + 1
-            current = {p: _signature_or_none(p) for p in paths}
+            current = {p: file_signature(p) for p in paths}
             checkpoint = EmbeddingCheckpoint(directory / CHECKPOINT, extractor.describe(), current)
             done = checkpoint.done()
             report = IndexReport(resumed=len(done), notes=list(checkpoint.notes))
@@ -199,8 +176,8 @@ class SearchIndex:
             sample = reducer.transform(sample) if reducer else sample
             _record_pending(directory, generation, previous, backend, backend_options)
             if backend == "kmeans" and not backend_options.get("n_clusters"):
-                backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
-            store = _make_backend(backend, sample, sample.shape[1], extractor.dtype, backend_options)
+                backend_options["n_clusters"] = default_n_clusters(len(paths))
+            store = _create_backend(backend, sample, extractor.dtype, backend_options)
             bar = tqdm(total=len(paths) - len(report.failures), desc=f"insert into {backend}", unit="vec",
                        disable=not progress)
             items: dict[str, dict] = {}
@@ -215,8 +192,7 @@ class SearchIndex:
                 index._commit()
                 settle_pending(directory, index.generation, backend_options.get("token", ""))  # clears partial/
             except BaseException:
-                if isinstance(store, MilvusIndex):
-                    store.close()  # release the Lite file; the checkpoint lets a re-run finish the job
+                store.close()  # release a Lite file; the checkpoint lets a re-run finish the job
                 raise
         report.added = list(items)
         return index, report
@@ -237,7 +213,7 @@ class SearchIndex:
         report = IndexReport()
         todo, current = [], {}
         for p in sorted(wanted):
-            signature, item = _signature_or_none(p), self.items.get(p)
+            signature, item = file_signature(p), self.items.get(p)
             if item is not None and signature is not None and item["signature"] == signature:
                 report.unchanged += 1
             else:
@@ -300,14 +276,7 @@ class SearchIndex:
 
     def stale(self) -> dict[str, list[str]]:
         """Indexed files that are missing or changed on disk since indexing."""
-        missing, changed = [], []
-        for key, item in self.items.items():
-            signature = _signature_or_none(item["path"])
-            if signature is None:
-                missing.append(key)
-            elif signature != item["signature"]:
-                changed.append(key)
-        return {"missing": missing, "changed": changed}
+        return stale_files((key, item["path"], item["signature"]) for key, item in self.items.items())
 
     def check(self) -> dict:
         """Compare the manifest with the vector store: counts, and keys only on one side."""
@@ -389,7 +358,7 @@ class SearchIndex:
         folder.mkdir(parents=True)
         self.backend.save(folder)
         if self.reducer:
-            self.reducer.save(folder / "pca.npz")
+            (folder / PCA_FILE).write_text(json.dumps(self.reducer.state()))
         fsync_tree(folder)
         write_point("generation files written")
         self.generation = generation
@@ -402,7 +371,7 @@ class SearchIndex:
             self._commit()
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, token: str = "") -> "SearchIndex":
+    def load(cls, directory: str | os.PathLike, token: str = "") -> SearchIndex:
         """Re-open a saved index (its Milvus collection is reconnected from the stored URI).
 
         A change interrupted by a crash is finished or undone first, when this process may write
@@ -428,12 +397,15 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     """The index a (validated) manifest describes."""
     folder = generation_dir(directory, manifest["generation"]) if "generation" in manifest else directory
     extractor = make_extractor(manifest["extractor"])
-    reducer = PCAReducer.load(folder / "pca.npz") if manifest["pca"] else None
+    reducer = None
+    if manifest["pca"]:
+        pca_file = folder / PCA_FILE
+        reducer = (PCAReducer.from_state(json.loads(pca_file.read_text())) if pca_file.exists()
+                   else PCAReducer.load_npz(folder / "pca.npz"))  # format 2
     config = manifest["backend"]
     if config["kind"] == "milvus":
-        backend = MilvusIndex.load(directory, resolve_lite_uri(directory, config), token)
-    else:
-        backend = {"exact": ExactIndex.load, "kmeans": IVFIndex.load}[config["kind"]](folder, config)
+        config = resolve_lite_uri(directory, config)
+    backend = load_index(config, folder if config["kind"] != "milvus" else directory, token)
     return cls(directory, extractor, backend, reducer, manifest["items"], manifest["failures"],
                manifest.get("generation", 0), manifest.get("roots"))
 
@@ -450,8 +422,7 @@ def recover(directory: Path, token: str = "") -> None:
             try:
                 index.apply(update)  # commits (and cleans up) the next generation
             finally:
-                if isinstance(index.backend, MilvusIndex):
-                    index.backend.close()
+                index.backend.close()
             generation = index.generation
         clear_journal(directory)
     remove_old_generations(directory, generation)
@@ -462,7 +433,7 @@ def _record_pending(directory: Path, generation: int, previous: dict | None, bac
     the store is touched, with the previous index's collection (if any) to drop once it commits."""
     new = None
     if backend == "milvus":
-        base = options.get("collection") or _collection_name(directory)
+        base = options.get("collection") or collection_name(Path(directory).resolve().name)
         options["collection"] = f"{base}_g{generation}"
         uri = options.get("uri") or str(directory / DEFAULT_URI)
         options["uri"] = os.path.abspath(uri) if is_lite_uri(uri) else uri
@@ -474,7 +445,9 @@ def _record_pending(directory: Path, generation: int, previous: dict | None, bac
     write_pending(directory, generation, new, old)
 
 
-def _collection_name(directory: str | os.PathLike) -> str:
-    """A valid Milvus collection name (ASCII letters, digits, _) derived from the index directory name."""
-    name = "".join(c if c.isascii() and c.isalnum() else "_" for c in Path(directory).resolve().name)
-    return f"revsearch_{name}"[:240]
+def _create_backend(kind: str, sample: np.ndarray, dtype: np.dtype, options: dict):
+    """A new, empty vector index of ``kind`` for a build (a Milvus collection of that name is replaced)."""
+    if kind == "milvus":
+        return create_index(kind, sample, overwrite=True,
+                            **{k: v for k, v in options.items() if k not in ("n_clusters", "nprobe")})
+    return create_index(kind, sample, dtype, n_clusters=options.get("n_clusters"), nprobe=options.get("nprobe"))

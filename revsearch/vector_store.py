@@ -111,7 +111,7 @@ class VectorStore:
         (directory / f"{name}.keys.json").write_text(json.dumps([self.keys[i] for i in rows]))
 
     @classmethod
-    def load(cls, directory: Path, name: str) -> "VectorStore":
+    def load(cls, directory: Path, name: str) -> VectorStore:
         vectors = np.load(directory / f"{name}.npy")
         keys = json.loads((directory / f"{name}.keys.json").read_text())
         store = cls(vectors.shape[1], vectors.dtype)

@@ -87,10 +87,7 @@ def close(index: SearchIndex) -> None:
 
 
 def stored_vectors(index: SearchIndex, keys: list[str]) -> np.ndarray:
-    if isinstance(index.backend, MilvusIndex):
-        return index.backend.get_vectors(keys)
-    store = index.backend.store
-    return store.vectors[store.rows_of(keys)]
+    return index.backend.vectors(keys)
 
 
 def snapshot(index_dir: Path) -> dict[str, np.ndarray]:

@@ -45,3 +45,18 @@ def test_index_query_and_mosaic(subset_paths, tmp_path):
 def test_clear_errors(tmp_path):
     done = _run("query", "x.jpg", "--index-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert done.returncode == 2 and "no revsearch index" in done.stderr
+
+
+def test_features_and_backend_are_chosen_independently(subset_paths, tmp_path):
+    images = tmp_path / "photos"
+    images.mkdir()
+    for p in subset_paths[:6]:
+        shutil.copy(p, images / f"{p.parent.name}_{p.name}")
+    done = _run("index", str(images), "--quiet", "--features", "pixel", "--pixel-size", "8", "--backend", "kmeans",
+                "--n-clusters", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(_run("info", cwd=tmp_path).stdout)
+    assert (info["extractor"]["type"], info["backend"]["kind"], info["vectors"]) == ("pixel", "kmeans", 6)
+    target = sorted(images.glob("*.jpg"))[2]
+    hits = _run("query", str(target), "-k", "1", "--json", cwd=tmp_path).stdout
+    assert json.loads(hits[: hits.rindex("]") + 1])[0]["path"] == str(target)

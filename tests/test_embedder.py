@@ -7,10 +7,9 @@ import pytest
 import torch
 import torchvision
 
+from helpers import SUBSET_CLASSES, write_edited_copy
 from revsearch import Embedder, EmbedderConfig, ExactIndex
 from revsearch.errors import WeightsUnavailableError
-
-from helpers import SUBSET_CLASSES, write_edited_copy
 
 
 @pytest.fixture(scope="module")

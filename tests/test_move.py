@@ -64,7 +64,7 @@ def test_copy_pages_every_row_once(tmp_path):
         assert sorted(got) == sorted(keys)
         np.testing.assert_array_equal(np.stack([got[k] for k in keys]), vectors)
         assert copy_collection(source, target, progress=False) == 2500
-        np.testing.assert_array_equal(target.get_vectors(keys[::97]), vectors[::97])
+        np.testing.assert_array_equal(target.vectors(keys[::97]), vectors[::97])
     finally:
         source.close()
         target.close()

@@ -9,9 +9,8 @@ import subprocess
 import sys
 import time
 
-from revsearch import SearchIndex
-
 from helpers import MOBILENET_FILE, TORCH_CACHE
+from revsearch import SearchIndex
 
 
 def _index_cmd(images, index_dir):

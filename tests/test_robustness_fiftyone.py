@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from badfiles import make_corpus
 
 import helpers  # noqa: F401  (sets TORCH_HOME before FiftyOne / torchvision are used)
+from badfiles import make_corpus
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")

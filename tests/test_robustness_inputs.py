@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from badfiles import KINDS, make_corpus
 
+from badfiles import KINDS, make_corpus
 from helpers import MOBILENET_FILE, TORCH_CACHE
 from revsearch import Embedder, PixelFeatures, SearchIndex
 from revsearch.display import printable

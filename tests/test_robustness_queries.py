@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import pytest
-from badfiles import BAD_KINDS, GOOD_KINDS, make_corpus
 
+from badfiles import BAD_KINDS, GOOD_KINDS, make_corpus
 from helpers import TORCH_CACHE
 from revsearch import PixelFeatures, SearchIndex
 from revsearch.errors import ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError
@@ -220,7 +220,8 @@ def test_redirect_to_a_non_http_scheme_is_refused(server, target, scheme):
     url = f"{server}/redirect?{target}"
     with pytest.raises(ImageLoadError) as info:
         fetch_url(url, allow_private=True)
-    assert info.value.reason == f"redirected to {target}, refused: URL scheme {scheme!r} not allowed (only http and https)"
+    expected = f"redirected to {target}, refused: URL scheme {scheme!r} not allowed (only http and https)"
+    assert info.value.reason == expected
     assert info.value.source == url
 
 

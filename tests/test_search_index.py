@@ -7,10 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers import write_edited_copy
 from revsearch import SearchIndex
 from revsearch.errors import IndexMismatchError, IndexNotFoundError
-
-from helpers import write_edited_copy
 
 
 @pytest.fixture

@@ -31,11 +31,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from pymilvus import utility
 
 from revsearch import MilvusIndex
-from revsearch.errors import (BulkImportError, BulkImportUnsupportedError, IndexMismatchError, IndexNotFoundError,
-                             UnsupportedIndexError)
-from revsearch.milvus_bulk import LocalBulkStorage, S3BulkStorage
+from revsearch.errors import (
+    BulkImportError,
+    BulkImportUnsupportedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    UnsupportedIndexError,
+)
+from revsearch.milvus_bulk import LocalBulkStorage, S3BulkStorage, import_connection
 from revsearch.milvus_move import copy_collection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +277,8 @@ def bulk_index(server) -> Iterator[MilvusIndex]:
 
 def import_tasks(index: MilvusIndex) -> list[tuple[str, int]]:
     """(state, rows) of the server's own import tasks for the index's collection, oldest first."""
-    tasks = index.client._get_connection().list_bulk_insert_tasks(0, index.collection)
+    with import_connection(index.uri, index.token, index.db_name) as using:
+        tasks = utility.list_bulk_insert_tasks(0, index.collection, using=using)
     return [(t.state_name, t.row_count) for t in sorted(tasks, key=lambda t: t.task_id)]
 
 
@@ -306,7 +313,7 @@ def test_bulk_readd_replaces_without_duplicates(bulk_index, server, data):
     bulk_index.add(keys[:1500], moved)  # the same keys again, by bulk import where the server has it
     assert len(bulk_index) == N
     assert sorted(bulk_index.keys()) == sorted(keys)  # every key exactly once
-    np.testing.assert_allclose(bulk_index.get_vectors(keys[:3]), moved[:3])
+    np.testing.assert_allclose(bulk_index.vectors(keys[:3]), moved[:3])
     assert [h[0].key for h in bulk_index.search(moved[:5], 1)] == keys[:5]
     assert bulk_index.search(vectors[:1], 1)[0][0].key != keys[0]  # the old vector is gone
     if server.has_bulk_import:
@@ -324,8 +331,8 @@ def test_bulk_add_repeated_keys_escaped_keys_and_several_tasks(bulk_index, serve
     assert import_tasks(bulk_index) == [("Completed", 40), ("Completed", 40), ("Completed", 20)]
     assert len(bulk_index) == 100
     assert sorted(bulk_index.keys()) == sorted(names[:100])  # the undecodable file name comes back as given
-    np.testing.assert_allclose(bulk_index.get_vectors(keys[:10]), vectors[:10] + 50.0)  # the last one wins
-    np.testing.assert_allclose(bulk_index.get_vectors(names[99:100]), vectors[99:100])
+    np.testing.assert_allclose(bulk_index.vectors(keys[:10]), vectors[:10] + 50.0)  # the last one wins
+    np.testing.assert_allclose(bulk_index.vectors(names[99:100]), vectors[99:100])
 
 
 @pytest.mark.server

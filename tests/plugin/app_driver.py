@@ -40,7 +40,7 @@ def wait_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float =
             return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer: {log.read_text()[-3000:]}")
+                raise RuntimeError(f"{url} did not answer: {log.read_text()[-3000:]}") from None
             time.sleep(1)
 
 
@@ -99,7 +99,7 @@ class App:
         raise AssertionError(f"no notice with {text!r}; shown: {self.page.evaluate('window.__notices || []')}")
 
     # ---- page ------------------------------------------------------------------------------
-    def open(self, url: str | None = None, ready: str = TILE_TAG) -> "App":
+    def open(self, url: str | None = None, ready: str = TILE_TAG) -> App:
         """Load the page; ready once an element matching ``ready`` (default: a tile's label) shows."""
         self.page.goto(url or self.url)
         self.page.wait_for_selector(ready, timeout=120_000)

@@ -6,7 +6,6 @@ import os
 import uuid
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 CALTECH = SHARED / "data" / "caltech101" / "101_ObjectCategories"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
-from plugin_helpers import REPO, unique_name, subprocess_env
 
+from plugin_helpers import REPO, subprocess_env, unique_name
 from revsearch import PixelFeatures
 from revsearch import fiftyone_tools as tools
 
@@ -66,7 +66,8 @@ def app_url(dataset, tmp_path):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"App server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"App server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}") from None
                 time.sleep(1)
         yield f"http://127.0.0.1:{port}/datasets/{dataset.name}"
     finally:

@@ -21,10 +21,9 @@ from pathlib import Path
 import cv2
 import fiftyone as fo
 import pytest
+
 from app_driver import CHROMIUM, PROMPT, TILE, App, app_server, browser_page, free_port, wait_http
 from plugin_helpers import MODEL, REPO, subprocess_env, unique_name
-
-from revsearch import fiftyone_tools as tools
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip package 'playwright' not installed")
 if not CHROMIUM.exists():
@@ -116,12 +115,14 @@ def test_build_kmeans_and_pixel_indexes(app, dataset):
     app.close_prompt()
     app.open_operator("revsearch: build index")
     app.fill("Brain key", "px")
-    app.choose("Index", "pixel")
+    app.choose("Index", "exact")
+    app.choose("Features", "pixel")
     out = app.execute()
     assert re.search(rf"Samples indexed:?\s+{len(dataset)}", out), out
     dataset.reload()
     kinds = {k: dataset.get_brain_info(k).config.index_kind for k in ("ivf", "px")}
-    assert kinds == {"ivf": "kmeans", "px": "pixel"}
+    assert kinds == {"ivf": "kmeans", "px": "exact"}
+    assert dataset.get_brain_info("px").config.extractor["type"] == "pixel"
 
 
 def test_build_with_a_used_brain_key_is_refused_in_the_form(app, dataset):
@@ -366,7 +367,8 @@ def test_scheduled_build_runs_in_fiftyone_delegated_launch(app, dataset, plugins
     app.clear_view()  # these work on the current view: show the whole dataset first
     app.open_operator("revsearch: build index")
     app.fill("Brain key", "scheduled")
-    app.choose("Index", "pixel")
+    app.choose("Index", "exact")
+    app.choose("Features", "pixel")
     prompt = app.page.locator('[data-cy="operators-prompt-modal"]')
     prompt.get_by_role("button").last.click()  # the arrow beside Execute: execution options
     app.page.get_by_text("Schedule", exact=True).click()
@@ -400,7 +402,8 @@ def test_example_app_survives_a_tab_reload(caltech_files, tmp_path, plugins_dir)
     name, port = unique_name("example"), free_port()
     command = [sys.executable, str(REPO / "examples" / "app.py"), str(folder), "--name", name, "--port", str(port),
                "--address", "127.0.0.1"]
-    with app_server(tmp_path / "example.log", {"FIFTYONE_PLUGINS_DIR": str(plugins_dir)}, command, port) as (base, proc):
+    env = {"FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
+    with app_server(tmp_path / "example.log", env, command, port) as (base, proc):
         with browser_page(playwright_api) as page:
             app = App(page, f"{base}/datasets/{name}").open(ready=TILE)  # unlabelled: wait for tiles
             page.reload()

@@ -12,14 +12,15 @@ import fiftyone as fo
 import fiftyone.brain as fob
 import numpy as np
 import pytest
-from plugin_helpers import MODEL, make_dataset, subprocess_env
 
+from plugin_helpers import MODEL, make_dataset, subprocess_env
 from revsearch import Embedder, MilvusIndex, PixelFeatures
 from revsearch import fiftyone_tools as tools
 from revsearch.brain_backend import RevsearchSimilarityConfig
 from revsearch.errors import IndexNotFoundError
 
-KINDS = ("milvus", "kmeans", "pixel")
+#: Brain keys of the module dataset: index kinds, over CNN features unless they start with "pixel".
+KINDS = ("milvus", "kmeans", "pixel", "exact", "pixel_milvus")
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,15 @@ def dataset(caltech_files, tmp_path_factory):
     tools.build_index(ds, "milvus", "milvus", embeddings_field="emb", uri=uri)
     tools.build_index(ds, "kmeans", "kmeans", embeddings_field="emb", n_clusters=4, nprobe=4)
     tools.build_index(ds, "pixel", "pixel")
+    tools.build_index(ds, "exact", "exact", embeddings_field="emb")  # CNN features, exact index
+    tools.build_index(ds, "pixel_milvus", "milvus", extractor=PixelFeatures(), uri=uri)  # pixel features, Milvus
     yield ds
     ds.delete()
 
 
 def reference_vectors(ds: fo.Dataset, kind: str) -> tuple[list[str], np.ndarray]:
     """Vectors computed independently of the index: the embeddings field, or pixel features."""
-    if kind == "pixel":
+    if kind.startswith("pixel"):
         batch = PixelFeatures().embed_paths(ds.values("filepath"), progress=False)
         return ds.values("id"), batch.vectors
     return ds.values("id"), np.stack(ds.values("emb"))
@@ -86,7 +89,7 @@ def test_image_query_finds_the_indexed_image(dataset, kind, caltech_files):
     results = dataset.load_brain_results(kind)
     hits = results.search(results.embed_query(caltech_files[9])[None, :], 3)[0]
     assert hits[0].key == dataset.values("id")[9]
-    assert hits[0].distance == pytest.approx(0.0, abs=1e-3 if kind != "pixel" else 0.5)
+    assert hits[0].distance == pytest.approx(0.0, abs=1e-3 if not kind.startswith("pixel") else 0.5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -191,3 +194,21 @@ def test_deleting_the_brain_run_drops_the_milvus_collection(caltech_files, tmp_p
             MilvusIndex(48, collection, uri=uri, create=False)
     finally:
         ds.delete()
+
+
+def test_features_and_index_kind_are_recorded_independently(dataset):
+    infos = {k: dataset.load_brain_results(k).config for k in ("exact", "pixel_milvus", "pixel")}
+    assert [(c.index_kind, c.extractor["type"]) for c in infos.values()] == [
+        ("exact", "cnn"), ("milvus", "pixel"), ("exact", "pixel")]  # "pixel" is read as pixel features, exact
+
+
+def test_kmeans_run_saved_after_a_search_keeps_keys_and_vectors_together(dataset):
+    """Searching sorts an IVF index's rows by list; a save afterwards must still pair each key with its vector
+    (8a8fad0 stored the rows in list order with the keys in insertion order)."""
+    results = dataset.load_brain_results("kmeans", cache=False)
+    ids = dataset.values("id")
+    results.sort_by_similarity(ids[3], k=5)
+    results.save()
+    vectors, got_ids, _ = dataset.load_brain_results("kmeans", cache=False).get_embeddings(ids)
+    np.testing.assert_allclose(vectors, np.stack(dataset.values("emb")), rtol=1e-6, atol=1e-6)
+    assert got_ids.tolist() == ids

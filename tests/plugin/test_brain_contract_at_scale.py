@@ -11,9 +11,9 @@ import fiftyone as fo
 import fiftyone.brain as fob
 import numpy as np
 import pytest
-from plugin_helpers import unique_name
 
 import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
+from plugin_helpers import unique_name
 
 KINDS = ("kmeans", "milvus", "pixel")
 N_SAMPLES, DIM, N_CENTRES = 25_000, 64, 250

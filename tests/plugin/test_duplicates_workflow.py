@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from plugin_helpers import make_dataset
 
+from plugin_helpers import make_dataset
 from revsearch import PixelFeatures
 from revsearch import fiftyone_tools as tools
 from revsearch.duplicates import exact_duplicate_groups, near_duplicate_groups, nearest_neighbor_distances

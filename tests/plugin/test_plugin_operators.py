@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import http.server
 import importlib
 import re
-import http.server
 import shutil
 import threading
 from pathlib import Path
@@ -14,13 +14,13 @@ from pathlib import Path
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
-from fiftyone.operators.executor import ExecutionContext
 import numpy as np
 import pytest
 import yaml
-from plugin_helpers import MODEL, REPO, make_dataset
+from fiftyone.operators.executor import ExecutionContext
 from sklearn.metrics import adjusted_rand_score
 
+from plugin_helpers import MODEL, REPO, make_dataset
 from revsearch import Embedder, PCAReducer
 from revsearch import fiftyone_tools as tools
 
@@ -122,8 +122,9 @@ def test_search_by_uploaded_image(dataset, run, embedded, milvus_index, caltech_
     else:
         key = f"up_{kind}"
         if key not in dataset.list_brain_runs():
-            extra = {"n_clusters": 4, "nprobe": 4, "embeddings_field": embedded} if kind == "kmeans" else {}
-            run("build_index", brain_key=key, index_kind=kind, **extra)
+            extra = ({"index_kind": "kmeans", "n_clusters": 4, "nprobe": 4, "embeddings_field": embedded}
+                     if kind == "kmeans" else {"index_kind": "exact", "features": "pixel"})
+            run("build_index", brain_key=key, **extra)
     content = base64.b64encode(Path(caltech_files[19]).read_bytes()).decode()
     upload = {"name": "q.jpg", "type": "image/jpeg", "size": 1, "content": f"data:image/jpeg;base64,{content}"}
     out = run("search_by_image", brain_key=key, source="upload", upload=upload, k=3)
@@ -156,7 +157,8 @@ def test_near_duplicates_finds_the_copied_image(dataset, run, caltech_files, tmp
     ds = make_dataset("ops-dups", caltech_files[:12] + [str(copy)])
     try:
         ctx = {"dataset": ds, "view": ds.view()}
-        foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": "px", "index_kind": "pixel"}}
+        foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": "px", "index_kind": "exact",
+                                                               "features": "pixel"}}
                              ).raise_exceptions()
         res = foo.execute_operator(URI + "find_near_duplicates",
                                    ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}})
@@ -184,7 +186,8 @@ def test_near_duplicates_form_shows_the_distance_histogram_of_its_index(run, cal
     try:
         ctx = {"dataset": ds, "view": ds.view()}
         for key in ("px", "px2"):
-            foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": key, "index_kind": "pixel"}}
+            foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": key, "index_kind": "exact",
+                                                                              "features": "pixel"}}
                                  ).raise_exceptions()
 
         def form(key: str) -> dict:
@@ -233,7 +236,7 @@ def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
         assert run("inspect_index", brain_key=milvus_index)["stale"] is False
     finally:
         dataset.delete_samples(extra)
-    run("build_index", brain_key="tmp_px", index_kind="pixel")
+    run("build_index", brain_key="tmp_px", index_kind="exact", features="pixel")
     assert run("delete_index", brain_key="tmp_px") == {"deleted": "tmp_px"}
     assert "tmp_px" not in dataset.list_brain_runs()
 
@@ -241,7 +244,7 @@ def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
 def test_long_operators_can_be_delegated(dataset, plugins_dir):
     result = foo.execute_operator(URI + "build_index", ctx={
         "dataset": dataset, "view": dataset.view(), "request_delegation": True,
-        "params": {"brain_key": "delegated_px", "index_kind": "pixel"}})
+        "params": {"brain_key": "delegated_px", "index_kind": "exact", "features": "pixel"}})
     result.raise_exceptions()
     assert result.delegated
     service = foo.delegated.DelegatedOperationService()
