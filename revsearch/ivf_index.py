@@ -7,7 +7,6 @@ from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from .hits import Hit, squared_l2
 from .vector_store import VectorStore
@@ -71,6 +70,8 @@ class IVFIndex:
         cap = TRAINING_POINTS_PER_CLUSTER * n_clusters
         if len(data) > cap:
             data = data[np.random.default_rng(seed).choice(len(data), cap, replace=False)]
+        from sklearn.cluster import KMeans  # only fitting needs scikit-learn
+
         # random initialisation (as faiss does): k-means++ seeding was 20x slower here for 400 lists
         kmeans = KMeans(n_clusters=n_clusters, init="random", n_init=1, max_iter=25, random_state=seed).fit(data)
         return cls(kmeans.cluster_centers_, nprobe)

@@ -108,10 +108,9 @@ def make_extractor(description: dict) -> FeatureExtractor:
     """Rebuild the extractor an index was built with from its stored description."""
     if description["type"] == "pixel":
         return PixelFeatures(description["size"])
-    from .embedder import Embedder, EmbedderConfig  # torch is imported only for CNN indexes
+    from .embedder import Embedder  # torch is imported only when the ONNX export is not cached
 
-    keys = ("backbone", "weights", "pooling", "gem_p", "image_size")
-    return Embedder(EmbedderConfig(**{k: description[k] for k in keys}))
+    return Embedder.from_description(description)
 
 
 def _make_backend(backend: str, vectors: np.ndarray, dim: int, dtype: np.dtype, options: dict):
