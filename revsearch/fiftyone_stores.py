@@ -2,17 +2,17 @@
 
 In-memory stores are serialised into the brain run's results (FiftyOne's database). The Milvus
 store keeps its vectors in a collection; a Milvus Lite file can be open in only one process at a
-time, so for Lite the file is released a few seconds after the last operation, which lets the App
-server and a notebook use the same index in turn.
+time, so a Lite store keeps its file (and running server) until another process asks for it (see
+:mod:`revsearch.lite_lock`), which lets the App server and a notebook use the same index in turn.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Collection, Iterator
+from pathlib import Path
 
 import numpy as np
 from eta.core.serial import deserialize_numpy_array, serialize_numpy_array
@@ -21,12 +21,11 @@ from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError
 from .exact_index import ExactIndex
 from .hits import Hit
 from .ivf_index import IVFIndex
+from .lite_lock import hand_over_on_request
 from .milvus_index import MilvusIndex, is_lite_uri
 
 #: How long an operation waits for a Milvus Lite file held by another process.
 LITE_WAIT_S = 30.0
-#: How long a Milvus Lite file stays open after the last operation before it is released.
-LITE_IDLE_S = float(os.environ.get("REVSEARCH_LITE_IDLE_S", "5"))
 
 
 class MemoryStore:
@@ -111,7 +110,8 @@ class MemoryStore:
 
 
 class MilvusStore:
-    """A Milvus collection: a Lite file is released when idle, a server connection stays open."""
+    """A Milvus collection: a Lite file is released when another process asks for it, a server
+    connection stays open."""
 
     def __init__(self, collection: str, uri: str, token: str = "", db_name: str = "",
                  index_type: str = "FLAT", dim: int | None = None):
@@ -120,7 +120,8 @@ class MilvusStore:
         self.is_lite = is_lite_uri(uri)
         self._open_index: MilvusIndex | None = None
         self._mutex = threading.RLock()
-        self._idle_timer: threading.Timer | None = None
+        if self.is_lite:
+            hand_over_on_request(Path(uri).expanduser().resolve(), self.release)
 
     def _open(self, create: bool) -> MilvusIndex:
         deadline = time.monotonic() + LITE_WAIT_S
@@ -139,35 +140,20 @@ class MilvusStore:
     def session(self, create: bool = False) -> Iterator[MilvusIndex | None]:
         """The open collection, or None if nothing was ever added (and ``create`` is False).
 
-        A Lite file stays open for ``LITE_IDLE_S`` seconds after the last operation (queries in
-        quick succession skip the ~1 s start of the Lite server), then is released for other
-        processes; a server connection stays open for the store's lifetime.
+        The collection stays open between operations (no restart of the Lite server); a Lite
+        file is released between operations when another process asks for it.
         """
         with self._mutex:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             if self._open_index is None:
                 if self.dim is None:
                     yield None
                     return
                 self._open_index = self._open(create)
-            try:
-                yield self._open_index
-            finally:
-                if self.is_lite:
-                    if self._idle_timer is not None:  # a nested session already armed one
-                        self._idle_timer.cancel()
-                    self._idle_timer = threading.Timer(LITE_IDLE_S, self.release)
-                    self._idle_timer.daemon = True
-                    self._idle_timer.start()
+            yield self._open_index
 
     def release(self) -> None:
         """Close the collection now (for Lite: stop the server, unlock the file)."""
         with self._mutex:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             if self._open_index is not None:
                 self._open_index.close()
                 self._open_index = None

@@ -54,7 +54,8 @@ def hand_over_on_request(db_path: str | os.PathLike, release: Callable[[], None]
     ``db_path`` while this process holds it; ``release`` must close what holds the file."""
     global _watcher
     with _mutex:
-        _handlers.setdefault(str(db_path), []).append(weakref.WeakMethod(release))
+        alive = [ref for ref in _handlers.get(str(db_path), []) if ref() is not None]
+        _handlers[str(db_path)] = alive + [weakref.WeakMethod(release)]
         if _watcher is None:
             _watcher = threading.Thread(target=_watch, name="revsearch-lite-handover", daemon=True)
             _watcher.start()
