@@ -217,7 +217,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     columns = ["measure", "N", "code", "ms", "first ms", "next ms", f"after {args.idle_s:g} s idle ms",
                "after clear_cache ms", "rss MB", "heavy modules loaded"]
-    meta = {"cpus": os.cpu_count(), "idle_s": args.idle_s, "repeats": args.repeats,
+    meta = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "idle_s": args.idle_s, "repeats": args.repeats,
             "baseline": str(args.baseline) if args.baseline else None}
     write_results("latency", rows, markdown_table(rows, columns), meta)
 

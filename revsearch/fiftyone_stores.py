@@ -88,10 +88,13 @@ class MemoryStore:
         """JSON-able state (vectors as compressed base64 ``.npy``)."""
         if self.index is None:
             return {"kind": self.kind}
-        state = {"kind": self.kind, "keys": self.index.keys(),
-                 "vectors": serialize_numpy_array(self.index.store.vectors)}
-        if isinstance(self.index, IVFIndex):
-            state.update(centroids=serialize_numpy_array(self.index.centroids), nprobe=self.index.nprobe)
+        state: dict = {"kind": self.kind}
+        if isinstance(self.index, IVFIndex):  # lists first: it orders the rows by cluster
+            lists = self.index.lists_state()
+            state.update(centroids=serialize_numpy_array(self.index.centroids), nprobe=self.index.nprobe,
+                         lists={name: serialize_numpy_array(a) for name, a in lists.items()})
+        # keys in row order, as the vectors (IVF keys() are in insertion order, rows in list order)
+        state.update(keys=list(self.index.store.keys), vectors=serialize_numpy_array(self.index.store.vectors))
         return state
 
     @classmethod
@@ -100,6 +103,11 @@ class MemoryStore:
         if "vectors" not in state:
             return store
         vectors = deserialize_numpy_array(state["vectors"])
+        if "lists" in state:  # stored in list order with each row's cluster: nothing to re-assign
+            lists = {name: deserialize_numpy_array(a) for name, a in state["lists"].items()}
+            store.index = IVFIndex.from_lists(deserialize_numpy_array(state["centroids"]), state["nprobe"],
+                                              state["keys"], vectors, lists)
+            return store
         if "centroids" in state:
             store.index = IVFIndex(deserialize_numpy_array(state["centroids"]), state["nprobe"])
         else:

@@ -316,6 +316,27 @@ class IVFIndex:
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "n_clusters": self.n_clusters, "nprobe": self.nprobe}
 
+    def lists_state(self) -> dict[str, np.ndarray]:
+        """The inverted lists, for :meth:`from_lists`: rows are sorted by cluster first, so the
+        store's keys and vectors (read after this) are contiguous per list."""
+        self._sort_lists()
+        return {"assignments": self.assignments, "center_distances": self.center_distances,
+                "sequence": self._sequence}
+
+    @classmethod
+    def from_lists(cls, centroids: np.ndarray, nprobe: int | None, keys: list[str], vectors: np.ndarray,
+                   lists: dict[str, np.ndarray]) -> "IVFIndex":
+        """Rebuild from :meth:`lists_state` and the rows it ordered, without assigning any vector."""
+        index = cls(centroids, nprobe)
+        if keys:
+            index.store.add(keys, vectors)
+            index.assignments = np.asarray(lists["assignments"], np.int32)
+            index.center_distances = np.asarray(lists["center_distances"], np.float32)
+            index._sequence = np.asarray(lists["sequence"], np.int64)
+            index._next_sequence = int(index._sequence.max()) + 1
+            index._lists_stale = True  # rows are already in order: only the offsets are computed
+        return index
+
     def save(self, directory: Path) -> None:
         self.store.save(directory, "vectors", order=np.argsort(self._sequence, kind="stable"))
         np.savez(directory / "ivf.npz", centroids=self.centroids)

@@ -16,6 +16,7 @@ the same clear busy error.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ HANDS_OVER = "releases it on request"
 HANDOVER_WAIT_S = float(os.environ.get("REVSEARCH_LITE_HANDOVER_S", "30"))
 #: How often the holder checks for requests, and the requester for the released file.
 POLL_S = 0.1
+
+logger = logging.getLogger(__name__)
 
 _handlers: dict[str, list[weakref.WeakMethod]] = {}
 _acquired_ns: dict[str, int] = {}
@@ -81,8 +84,11 @@ def _watch() -> None:
                 continue
             if requested > _acquired_ns.get(db_path, requested):
                 for release in releases:
-                    if release is not None:
-                        release()
+                    try:
+                        if release is not None:
+                            release()
+                    except Exception:  # the watcher must outlive one failed release
+                        logger.exception("could not release Milvus Lite file %s on request", db_path)
 
 
 class LiteFileLock:
