@@ -9,23 +9,20 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import torch
+
 from common import CACHE
 
 from revsearch import Embedder, EmbedderConfig, PixelFeatures
-from revsearch.embedder import gem_pool
+from revsearch.embedder import gem_pool, l2_rows
 from revsearch.extractor import FeatureExtractor
 
 
 class BothPoolings(Embedder):
     """An Embedder whose forward returns [avg | gem] concatenated (one pass, two descriptors)."""
 
-    @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
         f = self.feature_maps(batch)
-        avg = torch.nn.functional.normalize(f.mean(dim=(2, 3)), dim=1)
-        gem = torch.nn.functional.normalize(gem_pool(f, self.config.gem_p), dim=1)
-        return torch.cat([avg, gem], dim=1).numpy()
+        return np.concatenate([l2_rows(f.mean(axis=(2, 3))), l2_rows(gem_pool(f, self.config.gem_p))], axis=1)
 
 
 def _cached(name: str, paths: list[str], extractor: FeatureExtractor) -> np.ndarray:

@@ -37,7 +37,7 @@ class Int8Embedder(Embedder):
 
         fp32: OnnxTrunk = self.trunk
         pre, int8 = fp32.path.with_suffix(".pre.onnx"), fp32.path.with_suffix(".int8.onnx")
-        inputs = [self.network_input(calibration[i:i + 16]).numpy() for i in range(0, len(calibration), 16)]
+        inputs = [self.network_input(calibration[i:i + 16]) for i in range(0, len(calibration), 16)]
 
         class Reader(CalibrationDataReader):
             def __init__(self):

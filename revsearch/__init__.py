@@ -1,15 +1,21 @@
-"""revsearch: reverse image search, from a pixel baseline to CNN embeddings in Milvus."""
+"""revsearch: reverse image search, from a pixel baseline to CNN embeddings in Milvus.
+
+The public names are imported on first use, so ``import revsearch`` stays cheap: a query or a
+plugin load pays only for the modules it needs (pymilvus for Milvus, torch only to build models).
+"""
+
+from importlib import import_module
 
 from . import grpc_quiet  # noqa: F401  (first: before anything imports grpc)
 from .errors import ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError, WeightsUnavailableError
-from .exact_index import ExactIndex
 from .hits import Hit
-from .images import load_image
-from .ivf_index import IVFIndex
-from .milvus_index import MilvusIndex
-from .pca import PCAReducer
-from .pixel import PixelFeatures
-from .search_index import IndexReport, SearchIndex
+
+#: Public name -> the module that defines it (imported by ``__getattr__`` on first use).
+_LAZY = {
+    "Embedder": "embedder", "EmbedderConfig": "embedder", "ExactIndex": "exact_index", "IVFIndex": "ivf_index",
+    "IndexReport": "search_index", "MilvusIndex": "milvus_index", "PCAReducer": "pca", "PixelFeatures": "pixel",
+    "SearchIndex": "search_index", "load_image": "images",
+}
 
 __all__ = [
     "Embedder", "EmbedderConfig", "ExactIndex", "Hit", "IVFIndex", "ImageLoadError", "IndexMismatchError",
@@ -20,9 +26,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """Import the CNN embedder (and torch) only when it is used: pixel indexes and tools start fast."""
-    if name in ("Embedder", "EmbedderConfig"):
-        from . import embedder
-
-        return getattr(embedder, name)
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'revsearch' has no attribute {name!r}")

@@ -1,13 +1,9 @@
-"""CNN trunks from torchvision, loaded through its standard weights enums."""
+"""CNN trunks from torchvision, loaded through its standard weights enums (torch imported on use)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
-import torchvision
-from torch import nn
 
 from .errors import WeightsUnavailableError
 
@@ -16,14 +12,18 @@ FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "mobilenet_v2": 1280}
 DEFAULT_BACKBONE = "resnet50"
 
 
-def _trunk(name: str, model: nn.Module) -> nn.Module:
+def _trunk(name: str, model):
     """The convolutional part of the classifier: everything before global pooling."""
+    from torch import nn
+
     if name.startswith("resnet"):
         return nn.Sequential(*list(model.children())[:-2])
     return model.features
 
 
 def _weights_help(name: str, member) -> str:
+    import torch
+
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     return (
         f"Could not load pretrained weights for {name} ({type(member).__name__}.{member.name}). Either "
@@ -34,13 +34,16 @@ def _weights_help(name: str, member) -> str:
     )
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = "DEFAULT") -> nn.Module:
+def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = "DEFAULT"):
     """Build the trunk of a torchvision classifier in eval mode.
 
     ``weights``: ``"DEFAULT"`` or an enum member name such as ``"IMAGENET1K_V2"`` (downloaded and
     cached by torchvision as usual), a path to a local state-dict file, or ``None`` for random
     weights (only when asked for explicitly). Never falls back to random weights on failure.
     """
+    import torch
+    import torchvision
+
     if name not in FEATURE_DIMS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(FEATURE_DIMS)}")
     if weights is None:
@@ -74,6 +77,8 @@ def weights_id(name: str, weights: str | None) -> str:
         return "random"
     if os.path.exists(str(weights)):
         return f"file:{Path(str(weights)).name}"
+    import torchvision
+
     enum = torchvision.models.get_model_weights(name)
     member = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     return f"{enum.__name__}.{member.name}"

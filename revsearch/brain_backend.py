@@ -29,6 +29,7 @@ import fiftyone.brain as fb
 import numpy as np
 from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
 
+from . import ivf_cache
 from .extractor import make_extractor
 from .fiftyone_stores import IndexHandle
 from .files import file_signature, stale_files
@@ -145,7 +146,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids: np.ndarray | None = None
         self._signatures: dict[str, list[float]] = dict(signatures or {})
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
-        self._store = _make_handle(config, state or {})
+        if state and config.index_kind != "milvus" and brain_key is not None:  # loaded: kept per process
+            self._store = ivf_cache.load(samples, brain_key, lambda: _make_handle(config, state))
+        else:
+            self._store = _make_handle(config, state or {})
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None:
@@ -198,6 +202,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             keep = [i for i, _id in enumerate(ids) if _id not in existing]
             ids, vectors = [ids[i] for i in keep], vectors[keep]
         if ids:
+            self._forget_cached()
             self._store.add(ids, vectors)
             self._record_signatures(ids)
         self._ids = None
@@ -241,6 +246,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             logger.warning("Ignoring %d IDs that are not in the index", len(missing))
         present = [i for i in ids if i not in missing]
         if present:
+            self._forget_cached()
             self._store.remove(present)
             for sample_id in present:
                 self._signatures.pop(sample_id, None)
@@ -268,7 +274,18 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids = None
         super().reload()
 
+    def save(self):
+        """Save the run; an in-memory index is then kept for this process (see :mod:`ivf_cache`)."""
+        super().save()
+        if self._store.kind != "milvus" and self.key is not None:
+            ivf_cache.remember(self._samples, self.key, self._store)
+
+    def _forget_cached(self) -> None:
+        if self._store.kind != "milvus" and self.key is not None:
+            ivf_cache.forget(self._samples, self.key)
+
     def cleanup(self):
+        self._forget_cached()
         self._store.drop()
         self._ids = None
 

@@ -1,4 +1,9 @@
-"""CNN global descriptors: torchvision trunk, average or GeM pooling, L2-normalised."""
+"""CNN global descriptors: torchvision trunk, average or GeM pooling, L2-normalised.
+
+Pre- and post-processing are NumPy; only the trunk differs between runtimes. An embedder rebuilt
+from an index's description (:func:`revsearch.extractor.make_extractor`) runs the cached ONNX export named
+by the recorded weights hash, without importing torch or torchvision.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,13 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
-import torch
 
 from .backbones import DEFAULT_BACKBONE, FEATURE_DIMS, load_backbone, weights_id
 from .extractor import FeatureExtractor
-from .onnx_trunk import OnnxTrunk
+from .onnx_trunk import OnnxTrunk, TorchTrunk, export_cached, onnx_path, weights_digest
 
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
 POOLINGS = ("avg", "gem")
 #: How the trunk runs. Both give the same vectors (to ~1e-5); ONNX Runtime is 1.4-4x faster on CPU
 #: (README, inference runtimes), so it is the default.
@@ -35,35 +39,70 @@ class EmbedderConfig:
     runtime: str = field(default_factory=lambda: os.environ.get("REVSEARCH_RUNTIME", "onnxruntime"))
 
 
-def gem_pool(features: torch.Tensor, p: float) -> torch.Tensor:
-    """Generalised-mean pooling over the spatial dimensions (p=1 is average pooling)."""
+def gem_pool(features, p: float):
+    """Generalised-mean pooling over the spatial dimensions (p=1 is average pooling).
+
+    Takes a NumPy array or a torch tensor (B, C, h, w) and returns the same kind (B, C)."""
+    if isinstance(features, np.ndarray):
+        return np.power(np.power(np.maximum(features, 1e-6), p).mean(axis=(2, 3)), 1.0 / p)
     return features.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def l2_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (as torch's ``normalize``: norms below 1e-12 count as 1e-12)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class Embedder(FeatureExtractor):
     """Turns images into L2-normalised descriptors with a torchvision CNN trunk."""
 
-    def __init__(self, config: EmbedderConfig | None = None, **overrides):
+    def __init__(self, config: EmbedderConfig | None = None, *, digest: str | None = None,
+                 model_id: str | None = None, **overrides):
+        """``digest`` / ``model_id``: the weights hash and id an index recorded; with them, a cached
+        ONNX export is opened without building the torch model."""
         self.config = config or EmbedderConfig(**overrides)
         if self.config.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.config.pooling!r}")
         if self.config.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.config.runtime!r}")
-        self.model = load_backbone(self.config.backbone, self.config.weights)
-        self.trunk = self.model
-        if self.config.runtime == "onnxruntime":
-            self.trunk = OnnxTrunk(self.model, self.config.image_size, self.config.backbone)
-        self.dim = FEATURE_DIMS[self.config.backbone]
+        name, size = self.config.backbone, self.config.image_size
+        if name not in FEATURE_DIMS:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(FEATURE_DIMS)}")
+        self._model, self._digest = None, digest
+        cached = onnx_path(name, size, digest) if digest else None
+        if self.config.runtime == "onnxruntime" and cached is not None and cached.exists():
+            self.trunk = OnnxTrunk(cached)
+        elif self.config.runtime == "onnxruntime":
+            self._digest = weights_digest(self.model)  # the weights found now, whatever was recorded
+            self.trunk = OnnxTrunk(export_cached(self.model, size, name, self._digest))
+        else:
+            self.trunk = TorchTrunk(self.model)
+        self.dim = FEATURE_DIMS[name]
         self.batch_size = self.config.batch_size
-        self.min_side = self.config.image_size
-        self.label = f"embed {self.config.backbone}"
-        self.model_id = f"{self.config.backbone}/{weights_id(self.config.backbone, self.config.weights)}"
+        self.min_side = size
+        self.label = f"embed {name}"
+        self.model_id = model_id or f"{name}/{weights_id(name, self.config.weights)}"
+
+    @property
+    def model(self):
+        """The torch trunk (built on first use: a query from a cached export never needs it)."""
+        if self._model is None:
+            self._model = load_backbone(self.config.backbone, self.config.weights)
+        return self._model
+
+    @property
+    def digest(self) -> str:
+        """Hash of the trunk's weights (names the cached ONNX export)."""
+        if self._digest is None:
+            self._digest = weights_digest(self.model)
+        return self._digest
 
     def describe(self) -> dict:
         config = asdict(self.config)
         for setting in ("batch_size", "runtime"):  # do not change the vectors
             config.pop(setting)
-        return {"type": "cnn", **config, "model_id": self.model_id, "dim": self.dim}
+        return {"type": "cnn", **config, "model_id": self.model_id, "weights_digest": self.digest, "dim": self.dim}
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Resize an RGB uint8 image to the square network input (area interpolation)."""
@@ -71,21 +110,20 @@ class Embedder(FeatureExtractor):
         return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
     @staticmethod
-    def network_input(batch: np.ndarray) -> torch.Tensor:
-        """(B, S, S, 3) uint8 -> (B, 3, S, S) float, ImageNet-normalised."""
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - _MEAN) / _STD
+    def network_input(batch: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 -> (B, 3, S, S) float32, ImageNet-normalised."""
+        x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+        return np.ascontiguousarray((x - _MEAN) / _STD)
 
-    def feature_maps(self, batch: np.ndarray) -> torch.Tensor:
+    def feature_maps(self, batch: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> the trunk's last feature maps (B, dim, h, w)."""
         return self.trunk(self.network_input(batch))
 
-    @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, dim) float32 unit vectors."""
         features = self.feature_maps(batch)
         if self.config.pooling == "avg":
-            pooled = features.mean(dim=(2, 3))
+            pooled = features.mean(axis=(2, 3))
         else:
             pooled = gem_pool(features, self.config.gem_p)
-        return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)
+        return l2_rows(pooled)

@@ -117,4 +117,6 @@ def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
         raise ValueError(f"features must be one of {FEATURES}, got {kind!r}")
     from .embedder import Embedder, EmbedderConfig
 
-    return Embedder(EmbedderConfig(**{k: description[k] for k in _CNN_SETTINGS if k in description}))
+    config = EmbedderConfig(**{k: description[k] for k in _CNN_SETTINGS if k in description})
+    # a stored description names the weights' hash: a query then opens the cached ONNX export directly
+    return Embedder(config, digest=description.get("weights_digest"), model_id=description.get("model_id"))

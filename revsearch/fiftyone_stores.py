@@ -2,30 +2,30 @@
 
 In-memory kinds (exact, kmeans) are serialised inline into the brain run's results (FiftyOne's
 database). A Milvus index keeps its vectors in a collection; a Milvus Lite file can be open in only
-one process at a time, so for Lite the file is released a few seconds after the last operation,
-which lets the App server and a notebook use the same index in turn.
+one process at a time, so a Lite index keeps its file (and running server) until another process
+asks for it (see :mod:`revsearch.lite_lock`), which lets the App server and a notebook use the same
+index in turn without restarting the Lite server before every search.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Collection, Iterator
+from pathlib import Path
 
 import numpy as np
 
 from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError
 from .hits import Hit
 from .index_registry import MILVUS_OPTIONS, check_kind, create_index, load_index
+from .lite_lock import hand_over_on_request
 from .milvus_index import is_lite_uri
 from .vector_index import VectorIndex
 
 #: How long an operation waits for a Milvus Lite file held by another process.
 LITE_WAIT_S = 30.0
-#: How long a Milvus Lite file stays open after the last operation before it is released.
-LITE_IDLE_S = float(os.environ.get("REVSEARCH_LITE_IDLE_S", "5"))
 
 
 class IndexHandle:
@@ -45,7 +45,8 @@ class IndexHandle:
         if self.kind != "milvus" and "vectors" in state:
             self._index = load_index({**state, "kind": self.kind})
         self._mutex = threading.RLock()
-        self._idle_timer: threading.Timer | None = None
+        if self.is_lite:
+            hand_over_on_request(Path(self.options["uri"]).expanduser().resolve(), self.release)
 
     def _create(self, sample: np.ndarray) -> VectorIndex:
         if self.kind != "milvus":
@@ -76,14 +77,10 @@ class IndexHandle:
     def session(self, sample: np.ndarray | None = None) -> Iterator[VectorIndex | None]:
         """The open index, or None if nothing was ever added (and no ``sample`` to make it from).
 
-        A Lite file stays open for ``LITE_IDLE_S`` seconds after the last operation (queries in
-        quick succession skip the ~1 s start of the Lite server), then is released for other
-        processes; other indexes stay open for the handle's lifetime.
+        The index stays open between operations (no restart of the Lite server); a Lite file is
+        released between operations when another process asks for it.
         """
         with self._mutex:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             if self._index is None:
                 if sample is not None:
                     self._index = self._create(sample)
@@ -93,15 +90,7 @@ class IndexHandle:
                 else:
                     yield None
                     return
-            try:
-                yield self._index
-            finally:
-                if self.is_lite:
-                    if self._idle_timer is not None:  # a nested session already armed one
-                        self._idle_timer.cancel()
-                    self._idle_timer = threading.Timer(LITE_IDLE_S, self.release)
-                    self._idle_timer.daemon = True
-                    self._idle_timer.start()
+            yield self._index
 
     # ---- the index's operations (an index never added to is empty) ----------------------------
     def __len__(self) -> int:
@@ -153,9 +142,6 @@ class IndexHandle:
     def release(self) -> None:
         """Close a Milvus index now (for Lite: stop the server, unlock the file)."""
         with self._mutex:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             if self._index is not None and self.kind == "milvus":
                 self._index.close()
                 self._index = None

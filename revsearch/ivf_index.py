@@ -7,7 +7,6 @@ from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from .hits import Hit, squared_l2
 from .serial import decode_array, encode_array
@@ -72,6 +71,8 @@ class IVFIndex(InMemoryIndex):
         cap = TRAINING_POINTS_PER_CLUSTER * n_clusters
         if len(data) > cap:
             data = data[np.random.default_rng(seed).choice(len(data), cap, replace=False)]
+        from sklearn.cluster import KMeans  # only fitting needs scikit-learn
+
         # random initialisation (as faiss does): k-means++ seeding was 20x slower here for 400 lists
         kmeans = KMeans(n_clusters=n_clusters, init="random", n_init=1, max_iter=25, random_state=seed).fit(data)
         return cls(kmeans.cluster_centers_, nprobe)
@@ -319,6 +320,27 @@ class IVFIndex(InMemoryIndex):
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "n_clusters": self.n_clusters, "nprobe": self.nprobe}
 
+    def lists_state(self) -> dict[str, np.ndarray]:
+        """The inverted lists, for :meth:`from_lists`: rows are sorted by cluster first, so the
+        store's keys and vectors (read after this) are contiguous per list."""
+        self._sort_lists()
+        return {"assignments": self.assignments, "center_distances": self.center_distances,
+                "sequence": self._sequence}
+
+    @classmethod
+    def from_lists(cls, centroids: np.ndarray, nprobe: int | None, keys: list[str], vectors: np.ndarray,
+                   lists: dict[str, np.ndarray]) -> "IVFIndex":
+        """Rebuild from :meth:`lists_state` and the rows it ordered, without assigning any vector."""
+        index = cls(centroids, nprobe)
+        if keys:
+            index.store.add(keys, vectors)
+            index.assignments = np.asarray(lists["assignments"], np.int32)
+            index.center_distances = np.asarray(lists["center_distances"], np.float32)
+            index._sequence = np.asarray(lists["sequence"], np.int64)
+            index._next_sequence = int(index._sequence.max()) + 1
+            index._lists_stale = True  # rows are already in order: only the offsets are computed
+        return index
+
     def save(self, directory: Path) -> None:
         self.store.save(directory, "vectors", order=np.argsort(self._sequence, kind="stable"))
         np.savez(directory / "ivf.npz", centroids=self.centroids)
@@ -332,11 +354,21 @@ class IVFIndex(InMemoryIndex):
         return index
 
     def state(self) -> dict:
-        return {**super().state(), "centroids": encode_array(self.centroids)}
+        """``config()``, the centres, and the rows in list order with each row's cluster (keys and
+        vectors in row order), so that :meth:`from_state` assigns nothing."""
+        lists = self.lists_state()  # first: it orders the rows by cluster
+        return {**self.config(), "centroids": encode_array(self.centroids), "keys": list(self.store.keys),
+                "vectors": encode_array(self.store.vectors),
+                "lists": {name: encode_array(array) for name, array in lists.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> IVFIndex:
-        """Inverse of :meth:`state` (also the form brain runs stored before the index core)."""
-        index = cls(decode_array(state["centroids"]), state.get("nprobe"))
+        """Inverse of :meth:`state` (also the forms brain runs stored before, without ``lists``)."""
+        centroids = decode_array(state["centroids"])
+        if state.get("lists") and state.get("keys"):
+            lists = {name: decode_array(array) for name, array in state["lists"].items()}
+            return cls.from_lists(centroids, state.get("nprobe"), state["keys"], decode_array(state["vectors"]),
+                                  lists)
+        index = cls(centroids, state.get("nprobe"))
         index._add_state(state)
         return index

@@ -27,11 +27,11 @@ from .errors import (
     BulkImportUnsupportedError,
     IndexMismatchError,
     IndexNotFoundError,
-    LiteFileBusyError,
     RevsearchError,
     UnsupportedIndexError,
 )
 from .hits import Hit
+from .lite_lock import LiteFileLock
 from .milvus_bulk import (
     IMPORT_TIMEOUT,
     ROWS_PER_FILE,
@@ -108,59 +108,6 @@ def from_milvus_key(stored: str) -> str:
 def is_lite_uri(uri: str) -> bool:
     """True for a Milvus Lite file path, False for a server URI."""
     return not uri.startswith(("http://", "https://", "tcp://", "unix:", "grpc://"))
-
-
-class LiteFileLock:
-    """An exclusive, process-wide lock on ``<file>.revsearch.lock`` while a Milvus Lite file is open.
-
-    milvus-lite 2.5 has a lock of its own, but a second process that fails to open the file
-    deletes it on exit, letting a third process in; ours makes the one-process rule dependable and
-    the error clear. Within one process, indexes on the same file share the lock (reference count),
-    and the Lite server is stopped when the last of them closes.
-    """
-
-    _held: dict[str, tuple[object, int]] = {}
-
-    def __init__(self, db_path: Path):
-        self.db_path = str(db_path)
-        self.path = Path(f"{db_path}.revsearch.lock")
-
-    def acquire(self) -> None:
-        import fcntl
-
-        if self.db_path in self._held:
-            handle, count = self._held[self.db_path]
-            self._held[self.db_path] = (handle, count + 1)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise LiteFileBusyError(f"Milvus Lite file {self.db_path} is open in {holder}; a Lite file serves "
-                                    "one process at a time (close it there, or use a Milvus server for "
-                                    "shared access)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        self._held[self.db_path] = (handle, 1)
-
-    def release(self) -> None:
-        """Drop one reference; the last one stops this process's Lite server and unlocks the file."""
-        if self.db_path not in self._held:
-            return
-        handle, count = self._held.pop(self.db_path)
-        if count > 1:
-            self._held[self.db_path] = (handle, count - 1)
-            return
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(self.db_path)
-        handle.close()  # closing the descriptor drops the flock
 
 
 def check_lite_file_name(name: str) -> None:

@@ -1,7 +1,8 @@
 """Run a torchvision trunk with ONNX Runtime: the same vectors (to ~1e-5), faster on CPU.
 
-The trunk is loaded the standard torchvision way, exported to ONNX once and cached under
-``$REVSEARCH_CACHE`` (default ``~/.cache/revsearch``), keyed by a hash of its weights.
+The trunk is exported to ONNX once and cached under ``$REVSEARCH_CACHE`` (default
+``~/.cache/revsearch``), keyed by a hash of its weights. An index records that hash, so a query
+opens the cached file directly: no torch, no torchvision.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("REVSEARCH_CACHE", Path.home() / ".cache" / "revsearch")) / "onnx"
 
 
-def weights_digest(model: nn.Module) -> str:
+def onnx_path(name: str, image_size: int, digest: str) -> Path:
+    """Where the export of trunk ``name`` with weights hash ``digest`` is cached."""
+    return cache_dir() / f"{name}-{image_size}-{digest}.onnx"
+
+
+def weights_digest(model) -> str:
     """A short hash of every parameter and buffer: the same weights give the same exported file."""
     digest = hashlib.sha1()
     for name, tensor in model.state_dict().items():
@@ -29,8 +33,10 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def export_trunk(model: nn.Module, image_size: int, path: Path) -> None:
+def export_trunk(model, image_size: int, path: Path) -> None:
     """Export with a dynamic batch axis; written to a temporary name, then renamed (atomic)."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     example = torch.zeros(2, 3, image_size, image_size)
@@ -41,28 +47,46 @@ def export_trunk(model: nn.Module, image_size: int, path: Path) -> None:
     os.replace(tmp, path)
 
 
-class OnnxTrunk:
-    """Callable like the torch trunk: (B, 3, S, S) float tensor -> (B, C, h, w) feature maps."""
+def export_cached(model, image_size: int, name: str, digest: str) -> Path:
+    """The cached export of ``model``, whose weights hash is ``digest`` (exported now if missing)."""
+    path = onnx_path(name, image_size, digest)
+    if not path.exists():
+        try:
+            export_trunk(model, image_size, path)
+        except Exception as exc:
+            raise RuntimeError(f"could not export {name} to ONNX at {path} ({exc}); set REVSEARCH_CACHE "
+                               "to a writable folder, or use runtime='torch'") from exc
+    return path
 
-    def __init__(self, model: nn.Module, image_size: int, name: str):
+
+class OnnxTrunk:
+    """Callable like the torch trunk on arrays: (B, 3, S, S) float32 -> (B, C, h, w) feature maps."""
+
+    def __init__(self, path: Path):
         try:
             import onnxruntime
         except ImportError as exc:
             raise ImportError("runtime='onnxruntime' needs `pip install onnxruntime onnx`") from exc
-        self.path = cache_dir() / f"{name}-{image_size}-{weights_digest(model)}.onnx"
-        if not self.path.exists():
-            try:
-                export_trunk(model, image_size, self.path)
-            except Exception as exc:
-                raise RuntimeError(f"could not export {name} to ONNX at {self.path} ({exc}); set REVSEARCH_CACHE "
-                                   "to a writable folder, or use runtime='torch'") from exc
+        self.path = Path(path)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
         # idle workers sleep instead of spinning, leaving the cores to the decoding threads
         # (MobileNetV2, Caltech files: 154 -> 168 img/s end to end here)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        inputs = np.ascontiguousarray(images.numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"images": inputs})[0])
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        inputs = np.ascontiguousarray(images, dtype=np.float32)
+        return self.session.run(None, {"images": inputs})[0]
+
+
+class TorchTrunk:
+    """The torch model behind the same array interface as :class:`OnnxTrunk`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()

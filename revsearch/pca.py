@@ -35,7 +35,7 @@ class PCAReducer:
         if not 1 <= n_components <= limit:
             raise ValueError(f"PCA n_components must be in [1, {limit}] for {data.shape[0]} vectors "
                              f"of dimension {data.shape[1]}, got {n_components}")
-        from sklearn.decomposition import PCA
+        from sklearn.decomposition import PCA  # only fitting needs scikit-learn; transform is a matmul
 
         pca = PCA(n_components=n_components, whiten=whiten, random_state=seed).fit(data)
         return cls(pca.mean_, pca.components_, pca.explained_variance_, whiten)

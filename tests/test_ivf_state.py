@@ -1,0 +1,51 @@
+"""A K-means IVF index saved in a brain run reloads in list order, without re-assigning vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from revsearch.fiftyone_stores import IndexHandle
+from revsearch.ivf_index import IVFIndex
+
+OPTIONS = {"n_clusters": 12, "nprobe": 3}
+
+
+@pytest.fixture
+def store():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(600, 16)).astype(np.float32)
+    store = IndexHandle({"kind": "kmeans"}, OPTIONS)
+    store.add([f"k{i}" for i in range(600)], vectors)
+    store.remove([f"k{i}" for i in range(0, 600, 7)])
+    store.add(["late"], vectors[:1] + 0.01)
+    return store
+
+
+def test_reloaded_index_answers_exactly_as_the_saved_one_without_assigning(store, monkeypatch):
+    queries = np.random.default_rng(1).normal(size=(20, 16)).astype(np.float32)
+    before = store.search(queries, 10)
+    state = store.state()
+    monkeypatch.setattr(IVFIndex, "assign", lambda *a: pytest.fail("vectors were re-assigned"))
+    again = IndexHandle(state, OPTIONS)
+    after = again.search(queries, 10)
+    assert [[(h.key, h.distance) for h in row] for row in after] == [[(h.key, h.distance) for h in row]
+                                                                       for row in before]
+    assert sorted(again.keys()) == sorted(store.keys())
+
+
+def test_runs_saved_before_the_lists_were_stored_still_load(store):
+    state = store.state()
+    old = {k: v for k, v in state.items() if k != "lists"}  # the earlier format
+    queries = np.random.default_rng(2).normal(size=(5, 16)).astype(np.float32)
+    got = IndexHandle(old, OPTIONS).search(queries, 5)
+    assert [[h.key for h in row] for row in got] == [[h.key for h in row] for row in store.search(queries, 5)]
+
+
+def test_keys_stay_paired_with_their_vectors_after_a_search_and_a_save(store):
+    """Searching sorts the rows by cluster; the saved keys must follow the rows (they did not)."""
+    vectors = store.vectors(["k5", "k300"])
+    store.search(vectors, 1)
+    again = IndexHandle(store.state(), OPTIONS)
+    assert [row[0].key for row in again.search(vectors, 1)] == ["k5", "k300"]
+    np.testing.assert_array_equal(again.vectors(["k5", "k300"]), vectors)
