@@ -36,12 +36,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-
 from common import CALTECH, ROOT, markdown_table, seed_torch_cache, write_results
 from vector_search import synthetic
 
 HEAVY = ("torch", "torchvision", "sklearn", "pymilvus", "onnxruntime", "cv2", "fiftyone")
-PLUGIN_PROBE = r"""
+PLUGIN_PROBE = rf"""
 import json, sys, time
 import fiftyone.operators, fiftyone.brain  # noqa: E401  (loaded in the App before any plugin)
 import fiftyone.plugins.core as fopc
@@ -51,9 +50,9 @@ t = time.perf_counter()
 ctx = PluginContext(fopc.get_plugin(plugin_dir=sys.argv[1]))
 ctx.register_all()
 seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "errors": len(ctx.errors), "operators": len(ctx.instances),
-                  "loaded": [m for m in %r if m in sys.modules and m not in before]}))
-""" % (HEAVY,)
+print(json.dumps({{"seconds": seconds, "errors": len(ctx.errors), "operators": len(ctx.instances),
+                  "loaded": [m for m in {HEAVY!r} if m in sys.modules and m not in before]}}))
+"""
 BRAIN_PROBE = r"""
 import json, resource, sys, time
 import numpy as np
@@ -217,8 +216,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     columns = ["measure", "N", "code", "ms", "first ms", "next ms", f"after {args.idle_s:g} s idle ms",
                "after clear_cache ms", "rss MB", "heavy modules loaded"]
-    meta = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "idle_s": args.idle_s, "repeats": args.repeats,
-            "baseline": str(args.baseline) if args.baseline else None}
+    meta = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "idle_s": args.idle_s,
+            "repeats": args.repeats, "baseline": str(args.baseline) if args.baseline else None}
     write_results("latency", rows, markdown_table(rows, columns), meta)
 
 

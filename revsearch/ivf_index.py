@@ -329,7 +329,7 @@ class IVFIndex(InMemoryIndex):
 
     @classmethod
     def from_lists(cls, centroids: np.ndarray, nprobe: int | None, keys: list[str], vectors: np.ndarray,
-                   lists: dict[str, np.ndarray]) -> "IVFIndex":
+                   lists: dict[str, np.ndarray]) -> IVFIndex:
         """Rebuild from :meth:`lists_state` and the rows it ordered, without assigning any vector."""
         index = cls(centroids, nprobe)
         if keys:

@@ -14,12 +14,12 @@ from revsearch import Embedder, EmbedderConfig, SearchIndex
 from revsearch.extractor import make_extractor
 
 HEAVY = ("torch", "torchvision", "sklearn")
-PROBE = """
+PROBE = f"""
 import json, sys
 from revsearch.cli import main
 code = main(["query", sys.argv[1], "--index-dir", sys.argv[2], "-k", "3", "--json"])
-print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def _query_in_fresh_process(image: Path, index_dir: Path, cache: Path) -> dict:
