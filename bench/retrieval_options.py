@@ -1,0 +1,254 @@
+"""Retrieval options past the seed: multi-scale GeM, alpha-QE, alpha-DBA, and pixel + CNN fusion for copies.
+
+    .venv/bin/python bench/retrieval_options.py
+
+Class-level retrieval (Caltech-101, test images against train images, as bench/retrieval_quality.py)
+is reported separately on two halves of the classes: parameters are chosen on half A (classes at
+even positions in sorted order) and reported on half B (odd positions), so no number of half B was
+used to choose anything. Copy detection (bench/copy_detection.py's edited copies) is split the same
+way by source (even / odd). Latency: single queries on 100,000 synthetic unit vectors (128-d, the
+PCA output size) and the index-side build cost of DBA; embedding cost per scale from a timed pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
+from copy_detection import TRANSFORMS, make_queries
+from features_cache import CACHED_SCALES, multiscale_features, pixel_features
+from retrieval_quality import class_retrieval_task, ranking_metrics
+
+from revsearch import ExactIndex, PCAReducer
+from revsearch.dba import augment, nearest_others, DBAGraph
+from revsearch.fusion import reciprocal_rank_fusion
+from revsearch.pca import l2_normalize
+from revsearch.query_expansion import expand, expanded_search
+
+ALPHA = 3.0  # Radenović et al. 2018, for both alpha-QE and alpha-DBA
+SCALE_SETS = {"1": (1.0,), "1, 1/√2, 1/2": (1.0, 2 ** -0.5, 0.5), "√2, 1, 1/√2": (2 ** 0.5, 1.0, 2 ** -0.5),
+              "√2, 1": (2 ** 0.5, 1.0), "√2, 1, 1/√2, 1/2": CACHED_SCALES}
+NS = (1, 2, 3, 5, 10)
+
+
+def multiscale(per_scale: dict[float, np.ndarray], scales: tuple[float, ...]) -> np.ndarray:
+    return l2_normalize(np.mean([per_scale[s] for s in scales], axis=0))
+
+
+def dba(db: np.ndarray, n: int) -> np.ndarray:
+    if n == 0:
+        return db
+    rows = np.arange(len(db))
+    return augment(db, nearest_others(db, db, n, rows), rows, ALPHA)
+
+
+def qe(db: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
+    if n == 0:
+        return q
+    return expand(q, db[nearest_others(q, db, n)], ALPHA)
+
+
+def rankings(db: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.argsort(-(q @ db.T), axis=1, kind="stable")
+
+
+# ---- class-level retrieval ------------------------------------------------------------------
+def class_rows(args) -> tuple[list[dict], dict]:
+    db_paths, q_paths, (db_labels, q_labels, n_rel) = class_retrieval_task()
+    classes = sorted(set(q_labels))
+    half_a = {c for i, c in enumerate(classes) if i % 2 == 0}
+    in_a = np.array([lab in half_a for lab in q_labels])
+    db_ms, q_ms = multiscale_features(db_paths), multiscale_features(q_paths)
+
+    def score(db: np.ndarray, q: np.ndarray) -> dict:
+        order = rankings(db, q)
+        out = {}
+        for name, sel in (("A", in_a), ("B", ~in_a), ("all", np.ones_like(in_a))):
+            m, p10 = ranking_metrics(order[sel], db_labels, q_labels[sel], n_rel[sel])
+            out[f"mAP {name}"], out[f"P@10 {name}"] = m, p10
+        return out
+
+    rows = []
+
+    def run(scales: str, dba_n: int, qe_n: int, pca: bool = True) -> dict:
+        db, q = multiscale(db_ms, SCALE_SETS[scales]), multiscale(q_ms, SCALE_SETS[scales])
+        if pca:
+            reducer = PCAReducer.fit(db, 128)
+            db, q = reducer.transform(db), reducer.transform(q)
+        db = dba(db, dba_n)
+        q = qe(db, q, qe_n)
+        row = {"scales": scales, "PCA": 128 if pca else "-", "DBA n": dba_n, "αQE n": qe_n, **score(db, q)}
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        return row
+
+    run("1", 0, 0, pca=False)
+    base = run("1", 0, 0)
+    for scales in SCALE_SETS:
+        if scales != "1":
+            run(scales, 0, 0)
+    for n in NS:
+        run("1", n, 0)
+    for n in NS:
+        run("1", 0, n)
+    # choose on half A: scales, then DBA n, then QE n (each on top of the previous choices)
+    best_scales = max((r for r in rows if r["DBA n"] == 0 and r["αQE n"] == 0 and r["PCA"] == 128),
+                      key=lambda r: r["mAP A"])["scales"]
+    for n in NS:
+        for m in NS:
+            run(best_scales, n, m)
+    chosen = max((r for r in rows if r["scales"] == best_scales), key=lambda r: r["mAP A"])
+    meta = {"database": len(db_paths), "queries": len(q_paths), "queries half A": int(in_a.sum()),
+            "queries half B": int((~in_a).sum()), "classes half A": sorted(half_a), "alpha": ALPHA,
+            "baseline": base, "chosen on half A": chosen}
+    return rows, meta
+
+
+# ---- copy detection -------------------------------------------------------------------------
+def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict], dict]:
+    """options: (label, scales, dba n, qe n) for the CNN side."""
+    train = [p for p, _ in caltech_split("train")]
+    test = [p for p, lab in caltech_split("test") if lab != "BACKGROUND_Google"]
+    sources = test[:: max(1, len(test) // args.sources)][: args.sources]
+    queries = make_queries(sources)
+    q_paths = [q[0] for q in queries]
+    source_row = np.array([len(train) + q[3] for q in queries])
+    half_a = np.array([q[3] % 2 == 0 for q in queries])
+    db_ms = {s: np.concatenate([a, b]) for (s, a), b in
+             zip(multiscale_features(train).items(), multiscale_features(sources).values())}
+    q_ms = multiscale_features(q_paths)
+    pix = {}
+    for size in (16, 32):
+        pdb = np.concatenate([pixel_features(train, size), pixel_features(sources, size)]).astype(np.float32)
+        pq = pixel_features(q_paths, size).astype(np.float32)
+        d = (pq ** 2).sum(1)[:, None] - 2 * pq @ pdb.T + (pdb ** 2).sum(1)[None, :]
+        pix[size] = np.argsort(d, axis=1, kind="stable")[:, : args.top]
+
+    def cnn_order(scales: str, dba_n: int, qe_n: int) -> np.ndarray:
+        db, q = multiscale(db_ms, SCALE_SETS[scales]), multiscale(q_ms, SCALE_SETS[scales])
+        reducer = PCAReducer.fit(db[: len(train)], 128)
+        db, q = reducer.transform(db), reducer.transform(q)
+        db = dba(db, dba_n)
+        return rankings(db, qe(db, q, qe_n))
+
+    def rank_of_source(order: np.ndarray) -> np.ndarray:
+        hit = order == source_row[:, None]
+        return np.where(hit.any(axis=1), np.argmax(hit, axis=1) + 1, np.inf)
+
+    def fused(cnn: np.ndarray, pixel: np.ndarray, k: int) -> np.ndarray:
+        out = np.full((len(cnn), 2 * args.top), -1, dtype=np.int64)
+        for i in range(len(cnn)):
+            keys = [key for key, _ in reciprocal_rank_fusion([cnn[i, : args.top], pixel[i]], k)]
+            out[i, : len(keys)] = keys
+        return out
+
+    stages: dict[str, np.ndarray] = {"pixel 16": rank_of_source(pix[16]), "pixel 32": rank_of_source(pix[32])}
+    for label, scales, dba_n, qe_n in options:
+        order = cnn_order(scales, dba_n, qe_n)
+        stages[f"CNN {label}"] = rank_of_source(order)
+        for size in (16, 32):
+            for k in (1, 10, 60):
+                stages[f"fusion {label} + pixel {size}, RRF k={k}"] = rank_of_source(fused(order, pix[size], k))
+    rows = []
+    for name in TRANSFORMS:
+        for strength in ("mild", "strong"):
+            sel = np.array([q[1] == name and q[2] == strength for q in queries])
+            row = {"transform": f"{name} ({strength})"}
+            row.update({stage: float((ranks[sel] == 1).mean()) for stage, ranks in stages.items()})
+            rows.append(row)
+    summary = []
+    for stage, ranks in stages.items():
+        out = {"stage": stage}
+        for part, sel in (("A", half_a), ("B", ~half_a), ("all", np.ones_like(half_a))):
+            for strength in ("mild", "strong"):
+                s = sel & np.array([q[2] == strength for q in queries])
+                out[f"{strength} R@1 {part}"] = float((ranks[s] == 1).mean())
+                out[f"{strength} mAP {part}"] = float((1 / ranks[s]).mean())
+        summary.append(out)
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}, flush=True)
+    meta = {"sources": len(sources), "queries": len(queries), "database": len(train) + len(sources),
+            "fusion top-K per ranking": args.top, "summary": summary}
+    return rows, meta
+
+
+# ---- latency --------------------------------------------------------------------------------
+def latency_rows(args) -> list[dict]:
+    rng = np.random.default_rng(0)
+    db = l2_normalize(rng.standard_normal((args.n, 128)).astype(np.float32))
+    queries = l2_normalize(db[rng.choice(args.n, args.queries)] + 0.5 * rng.standard_normal((args.queries, 128)))
+    keys = [str(i) for i in range(args.n)]
+    index = ExactIndex(128)
+    index.add(keys, db)
+
+    def fetch(ks: list[str]) -> np.ndarray:
+        return index.store.vectors[index.store.rows_of(ks)]
+
+    def per_query(fn) -> float:
+        times = []
+        for q in queries:
+            start = time.perf_counter()
+            fn(q[None, :])
+            times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times))
+
+    rows = [{"operation": "search k=10 (today's default)", "ms": per_query(lambda q: index.search(q, 10))}]
+    for n in (1, 2, 3, 5, 10):
+        rows.append({"operation": f"αQE n={n}: search k={n}, expand, search k=10",
+                     "ms": per_query(lambda q, n=n: expanded_search(index.search, fetch, q, 10, n, ALPHA))})
+    pixels = rng.integers(0, 256, (args.n, 3 * 16 * 16)).astype(np.float64)
+    pix_index = ExactIndex(pixels.shape[1], np.float64)
+    pix_index.add(keys, pixels)
+    rows.append({"operation": "pixel 16x16 search k=100 (copy mode's second ranking)",
+                 "ms": per_query(lambda q: pix_index.search(pixels[:1], 100))})
+    for n in (1, 3, 5):
+        graph = DBAGraph(n, ALPHA, 128)
+        with Timer() as t:
+            graph.update(keys, db)
+            graph.augmented()
+        rows.append({"operation": f"DBA n={n}: build over {args.n:,} vectors (once)", "ms": 1000 * t.seconds})
+        with Timer() as t:
+            changed = graph.update([f"new{i}" for i in range(100)], queries[:100])
+        rows.append({"operation": f"DBA n={n}: add 100 vectors ({len(changed)} augmented vectors rewritten)",
+                     "ms": 1000 * t.seconds})
+        with Timer() as t:
+            changed = graph.update([], np.empty((0, 128), np.float32), keys[:100])
+        rows.append({"operation": f"DBA n={n}: remove 100 vectors ({len(changed)} rewritten)",
+                     "ms": 1000 * t.seconds})
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sources", type=int, default=200)
+    parser.add_argument("--top", type=int, default=100, help="top-K of each ranking fused in copy mode")
+    parser.add_argument("--n", type=int, default=100_000, help="synthetic vectors for the latency rows")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--parts", nargs="+", default=["class", "copy", "latency"])
+    args = parser.parse_args()
+    seed_torch_cache()
+    results = {}
+    if "class" in args.parts:
+        rows, meta = class_rows(args)
+        results["class"] = {"rows": rows, "meta": meta}
+        cols = ["scales", "PCA", "DBA n", "αQE n", "mAP A", "P@10 A", "mAP B", "P@10 B", "mAP all", "P@10 all"]
+        write_results("retrieval_options_class", rows, markdown_table(rows, cols), meta)
+    if "copy" in args.parts:
+        options = [("1", "1", 0, 0), ("1, 1/√2, 1/2", "1, 1/√2, 1/2", 0, 0), ("1 + DBA 1 + αQE 2", "1", 1, 2),
+                   ("√2, 1, 1/√2", "√2, 1, 1/√2", 0, 0)]
+        rows, meta = copy_rows(args, options)
+        write_results("retrieval_options_copy", rows, markdown_table(rows, list(rows[0])), meta)
+        cols = ["stage"] + [f"{s} {m} {p}" for p in ("A", "B", "all") for s in ("mild", "strong") for m in ("R@1",)]
+        write_results("retrieval_options_copy_summary", meta["summary"], markdown_table(meta["summary"], cols), {})
+    if "latency" in args.parts:
+        rows = latency_rows(args)
+        write_results("retrieval_options_latency", rows, markdown_table(rows, ["operation", "ms"]),
+                      {"vectors": args.n, "dim": 128, "queries": args.queries, "statistic": "median per query"})
+
+
+if __name__ == "__main__":
+    main()
