@@ -13,18 +13,20 @@ PCA output size) and the index-side build cost of DBA; embedding cost per scale 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
 
-from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
+from common import RESULTS, Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 from copy_detection import TRANSFORMS, make_queries
 from features_cache import CACHED_SCALES, multiscale_features, pixel_features
 from retrieval_quality import class_retrieval_task, ranking_metrics
 
 from revsearch import ExactIndex, PCAReducer
 from revsearch.dba import augment, nearest_others, DBAGraph
-from revsearch.fusion import reciprocal_rank_fusion
+from revsearch.fusion import fuse_hits, ratio_fusion
+from revsearch.hits import Hit
 from revsearch.pca import l2_normalize
 from revsearch.query_expansion import expand, expanded_search
 
@@ -108,8 +110,26 @@ def class_rows(args) -> tuple[list[dict], dict]:
 
 
 # ---- copy detection -------------------------------------------------------------------------
-def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict], dict]:
-    """options: (label, scales, dba n, qe n) for the CNN side."""
+def _top(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, distances) of the k nearest, nearest first, per query."""
+    part = np.argpartition(dist, k - 1, axis=1)[:, :k]
+    d = np.take_along_axis(dist, part, axis=1)
+    order = np.argsort(d, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(d, order, axis=1)
+
+
+def _fuse(cnn: tuple, pixel: tuple, how: str, param: int, width: int) -> np.ndarray:
+    """Fused rankings (rows, -1 padded) of every query with rank fusion or ratio fusion."""
+    out = np.full((len(cnn[0]), width), -1, dtype=np.int64)
+    for i in range(len(cnn[0])):
+        lists = [[Hit(str(r), float(d)) for r, d in zip(rows[i], dist[i])] for rows, dist in (cnn, pixel)]
+        hits = fuse_hits(lists, width, param) if how == "RRF" else ratio_fusion(lists, width, param)
+        out[i, : len(hits)] = [int(h.key) for h in hits]
+    return out
+
+
+def copy_rows(args, options: list[tuple[str, str, int]]) -> tuple[list[dict], dict]:
+    """options: (label, scales, dba n) for the CNN side (the copy mode searches without alpha-QE)."""
     train = [p for p, _ in caltech_split("train")]
     test = [p for p, lab in caltech_split("test") if lab != "BACKGROUND_Google"]
     sources = test[:: max(1, len(test) // args.sources)][: args.sources]
@@ -124,34 +144,27 @@ def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict
     for size in (16, 32):
         pdb = np.concatenate([pixel_features(train, size), pixel_features(sources, size)]).astype(np.float32)
         pq = pixel_features(q_paths, size).astype(np.float32)
-        d = (pq ** 2).sum(1)[:, None] - 2 * pq @ pdb.T + (pdb ** 2).sum(1)[None, :]
-        pix[size] = np.argsort(d, axis=1, kind="stable")[:, : args.top]
+        pix[size] = _top((pq ** 2).sum(1)[:, None] - 2 * pq @ pdb.T + (pdb ** 2).sum(1)[None, :], args.top)
 
-    def cnn_order(scales: str, dba_n: int, qe_n: int) -> np.ndarray:
+    def cnn_top(scales: str, dba_n: int) -> tuple[np.ndarray, np.ndarray]:
         db, q = multiscale(db_ms, SCALE_SETS[scales]), multiscale(q_ms, SCALE_SETS[scales])
         reducer = PCAReducer.fit(db[: len(train)], 128)
-        db, q = reducer.transform(db), reducer.transform(q)
-        db = dba(db, dba_n)
-        return rankings(db, qe(db, q, qe_n))
+        db, q = dba(reducer.transform(db), dba_n), reducer.transform(q)
+        return _top(2 - 2 * q @ db.T, args.top)
 
     def rank_of_source(order: np.ndarray) -> np.ndarray:
         hit = order == source_row[:, None]
         return np.where(hit.any(axis=1), np.argmax(hit, axis=1) + 1, np.inf)
 
-    def fused(cnn: np.ndarray, pixel: np.ndarray, k: int) -> np.ndarray:
-        out = np.full((len(cnn), 2 * args.top), -1, dtype=np.int64)
-        for i in range(len(cnn)):
-            keys = [key for key, _ in reciprocal_rank_fusion([cnn[i, : args.top], pixel[i]], k)]
-            out[i, : len(keys)] = keys
-        return out
-
-    stages: dict[str, np.ndarray] = {"pixel 16": rank_of_source(pix[16]), "pixel 32": rank_of_source(pix[32])}
-    for label, scales, dba_n, qe_n in options:
-        order = cnn_order(scales, dba_n, qe_n)
-        stages[f"CNN {label}"] = rank_of_source(order)
+    stages: dict[str, np.ndarray] = {f"pixel {s}": rank_of_source(pix[s][0]) for s in pix}
+    for label, scales, dba_n in options:
+        cnn = cnn_top(scales, dba_n)
+        stages[f"CNN {label}"] = rank_of_source(cnn[0])
         for size in (16, 32):
-            for k in (1, 10, 60):
-                stages[f"fusion {label} + pixel {size}, RRF k={k}"] = rank_of_source(fused(order, pix[size], k))
+            for how, params in (("RRF", (1, 10, 60)), ("ratio", (5, 10, 50))):
+                for param in params:
+                    name = f"{label} + pixel {size}, {how} {'k' if how == 'RRF' else 'ref rank'}={param}"
+                    stages[name] = rank_of_source(_fuse(cnn, pix[size], how, param, args.top))
     rows = []
     for name in TRANSFORMS:
         for strength in ("mild", "strong"):
@@ -198,12 +211,13 @@ def latency_rows(args) -> list[dict]:
     for n in (1, 2, 3, 5, 10):
         rows.append({"operation": f"αQE n={n}: search k={n}, expand, search k=10",
                      "ms": per_query(lambda q, n=n: expanded_search(index.search, fetch, q, 10, n, ALPHA))})
-    pixels = rng.integers(0, 256, (args.n, 3 * 16 * 16)).astype(np.float64)
-    pix_index = ExactIndex(pixels.shape[1], np.float64)
+    pixels = rng.integers(0, 256, (args.n, 3 * 16 * 16)).astype(np.float32)
+    pix_index = ExactIndex(pixels.shape[1], np.float32)
     pix_index.add(keys, pixels)
+    pixel_queries = iter(pixels[rng.choice(args.n, len(queries))])
     rows.append({"operation": "pixel 16x16 search k=100 (copy mode's second ranking)",
-                 "ms": per_query(lambda q: pix_index.search(pixels[:1], 100))})
-    for n in (1, 3, 5):
+                 "ms": per_query(lambda q: pix_index.search(next(pixel_queries)[None], 100))})
+    for n in args.dba_ns:
         graph = DBAGraph(n, ALPHA, 128)
         with Timer() as t:
             graph.update(keys, db)
@@ -228,6 +242,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=100, help="top-K of each ranking fused in copy mode")
     parser.add_argument("--n", type=int, default=100_000, help="synthetic vectors for the latency rows")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--dba-ns", type=int, nargs="+", default=[1], help="DBA n for the build-time rows")
     parser.add_argument("--parts", nargs="+", default=["class", "copy", "latency"])
     args = parser.parse_args()
     seed_torch_cache()
@@ -238,9 +253,10 @@ def main() -> None:
         cols = ["scales", "PCA", "DBA n", "αQE n", "mAP A", "P@10 A", "mAP B", "P@10 B", "mAP all", "P@10 all"]
         write_results("retrieval_options_class", rows, markdown_table(rows, cols), meta)
     if "copy" in args.parts:
-        options = [("1", "1", 0, 0), ("1, 1/√2, 1/2", "1, 1/√2, 1/2", 0, 0), ("1 + DBA 1 + αQE 2", "1", 1, 2),
-                   ("√2, 1, 1/√2", "√2, 1, 1/√2", 0, 0)]
-        rows, meta = copy_rows(args, options)
+        chosen = json.loads((RESULTS / "retrieval_options_class.json").read_text())["meta"]["chosen on half A"]
+        options = [("scales 1", "1", 0), (f"scales {chosen['scales']}", chosen["scales"], 0),
+                   (f"scales {chosen['scales']} + DBA {chosen['DBA n']}", chosen["scales"], chosen["DBA n"])]
+        rows, meta = copy_rows(args, list(dict.fromkeys(options)))
         write_results("retrieval_options_copy", rows, markdown_table(rows, list(rows[0])), meta)
         cols = ["stage"] + [f"{s} {m} {p}" for p in ("A", "B", "all") for s in ("mild", "strong") for m in ("R@1",)]
         write_results("retrieval_options_copy_summary", meta["summary"], markdown_table(meta["summary"], cols), {})

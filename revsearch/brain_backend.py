@@ -33,7 +33,9 @@ from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityCon
 from .fiftyone_stores import MemoryStore, MilvusStore
 from .hits import Hit
 from .pca import PCAReducer
+from .query_expansion import expanded_search
 from .query_source import ImageQuery, load_query_image
+from .retrieval_options import RetrievalOptions
 from .search_index import make_extractor
 
 logger = logging.getLogger(__name__)
@@ -55,13 +57,15 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         token: Milvus token (never stored in the database)
         n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/20)
         pca_components, whiten: reduce vectors with PCA fitted on the first vectors added
+        qe_n, qe_alpha: alpha-weighted query expansion of similarity queries (``qe_n`` neighbours,
+            0 = off; default :class:`~revsearch.retrieval_options.RetrievalOptions`)
     """
 
     def __init__(self, index_kind: str = "milvus", extractor: dict | None = None,
                  collection_name: str | None = None, uri: str | None = None, token: str | None = None,
                  db_name: str | None = None, index_type: str = "FLAT", n_clusters: int | None = None,
                  nprobe: int | None = None, pca_components: int | None = None, whiten: bool = False,
-                 **kwargs):
+                 qe_n: int = RetrievalOptions().qe_n, qe_alpha: float = RetrievalOptions().qe_alpha, **kwargs):
         if index_kind not in INDEX_KINDS:
             raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
         super().__init__(**kwargs)
@@ -69,6 +73,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
         self.index_type, self.n_clusters, self.nprobe = index_type, n_clusters, nprobe
         self.pca_components, self.whiten = pca_components, whiten
+        RetrievalOptions(qe_n=qe_n, qe_alpha=qe_alpha)  # validates
+        self.qe_n, self.qe_alpha = qe_n, qe_alpha  # issue 13 hook
         self._token = token
 
     @property
@@ -335,7 +341,11 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             vectors, single = self._query_vectors(query)
             if aggregation == "mean":
                 vectors, single = vectors.mean(axis=0, keepdims=True), True
-            hits = self.search(vectors, k, reverse=reverse)
+            if reverse or not self.config.qe_n or self.config.index_kind == "pixel":
+                hits = self.search(vectors, k, reverse=reverse)
+            else:  # issue 13 hook: alpha-QE with the view's own vectors
+                hits = expanded_search(self.search, self._store.vectors, vectors, k, self.config.qe_n,
+                                       self.config.qe_alpha)
         ids = [[h.key for h in row] for row in hits]
         dists = [[h.distance for h in row] for row in hits]
         if single:

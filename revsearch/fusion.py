@@ -36,3 +36,21 @@ def fuse_hits(hit_lists: Sequence[list[Hit]], top: int, k: int = RRF_K) -> list[
         return []
     best = fused[0][1]
     return [Hit(key, 1.0 - score / best) for key, score in fused]
+
+
+def ratio_fusion(hit_lists: Sequence[list[Hit]], top: int, ref_rank: int = 10) -> list[Hit]:
+    """Fuse per-feature hit lists (each nearest first) by each item's smallest *relative* distance:
+    its distance in a list divided by that list's ``ref_rank``-th distance. An item a list does not
+    hold gets that list's last relative distance (a lower bound). Unlike rank fusion this keeps how
+    much closer the best hit is than the rest, which is what marks a copy."""
+    relative: list[dict[str, float]] = []
+    bounds: list[float] = []
+    for hits in hit_lists:
+        if not hits:
+            continue
+        ref = max(hits[min(ref_rank, len(hits)) - 1].distance, 1e-12)
+        relative.append({h.key: h.distance / ref for h in hits})
+        bounds.append(hits[-1].distance / ref)
+    keys = list(dict.fromkeys(k for rel in relative for k in rel))
+    score = {k: min(rel.get(k, bound) for rel, bound in zip(relative, bounds)) for k in keys}
+    return [Hit(k, score[k]) for k in sorted(keys, key=lambda k: score[k])[:top]]

@@ -79,3 +79,19 @@ class MultiScaleEmbedder(Embedder):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Rows from :meth:`prepare` -> (B, dim) float32 unit vectors (mean of the scales, normalised)."""
         return l2_normalize(self.per_scale(batch).mean(axis=0))
+
+
+def make_cnn_extractor(config: EmbedderConfig, scales: tuple[float, ...] = (1.0,)) -> Embedder:
+    """The single-scale :class:`Embedder` for ``scales == (1,)``, else a :class:`MultiScaleEmbedder`."""
+    return Embedder(config) if tuple(scales) == (1.0,) else MultiScaleEmbedder(config, scales)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"1,0.707,0.5"`` -> (1.0, 0.707, 0.5); a clear error for anything else."""
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"scales must be comma-separated numbers such as 1,0.707,0.5, got {text!r}") from None
+    if not scales:
+        raise ValueError("give at least one scale, e.g. 1")
+    return scales
