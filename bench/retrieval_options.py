@@ -23,17 +23,19 @@ from copy_detection import TRANSFORMS, make_queries
 from features_cache import CACHED_SCALES, multiscale_features, pixel_features
 from retrieval_quality import class_retrieval_task, ranking_metrics
 
-from revsearch import ExactIndex, PCAReducer
+from revsearch import EmbedderConfig, ExactIndex, PCAReducer, load_image
 from revsearch.dba import augment, nearest_others, DBAGraph
 from revsearch.fusion import fuse_hits, ratio_fusion
 from revsearch.hits import Hit
+from revsearch.multiscale import MultiScaleEmbedder
 from revsearch.pca import l2_normalize
 from revsearch.query_expansion import expand, expanded_search
 
 ALPHA = 3.0  # Radenović et al. 2018, for both alpha-QE and alpha-DBA
-SCALE_SETS = {"1": (1.0,), "1, 1/√2, 1/2": (1.0, 2 ** -0.5, 0.5), "√2, 1, 1/√2": (2 ** 0.5, 1.0, 2 ** -0.5),
-              "√2, 1": (2 ** 0.5, 1.0), "√2, 1, 1/√2, 1/2": CACHED_SCALES}
+SCALE_SETS = {"1": (1.0,), "1, 1/√2, 1/2": (1.0, 2 ** -0.5, 0.5), "√2": (2 ** 0.5,),
+              "√2, 1, 1/√2": (2 ** 0.5, 1.0, 2 ** -0.5), "√2, 1": (2 ** 0.5, 1.0), "√2, 1, 1/√2, 1/2": CACHED_SCALES}
 NS = (1, 2, 3, 5, 10)
+GRID = (1, 2, 3, 5)
 
 
 def multiscale(per_scale: dict[float, np.ndarray], scales: tuple[float, ...]) -> np.ndarray:
@@ -96,17 +98,54 @@ def class_rows(args) -> tuple[list[dict], dict]:
         run("1", n, 0)
     for n in NS:
         run("1", 0, n)
-    # choose on half A: scales, then DBA n, then QE n (each on top of the previous choices)
+    # the scale set with the best half-A mAP, then the (DBA n, alpha-QE n) grid on it and on scale 1
     best_scales = max((r for r in rows if r["DBA n"] == 0 and r["αQE n"] == 0 and r["PCA"] == 128),
                       key=lambda r: r["mAP A"])["scales"]
-    for n in NS:
-        for m in NS:
-            run(best_scales, n, m)
-    chosen = max((r for r in rows if r["scales"] == best_scales), key=lambda r: r["mAP A"])
+    for scales in dict.fromkeys(["1", best_scales]):
+        for n in GRID:
+            for m in GRID:
+                run(scales, n, m)
+    # the default: single scale (multi-scale costs 3x the embedding time for every image indexed or
+    # queried), and n <= 3 for both: with 3 relevant images per query larger n lose (sparse rows)
+    chosen = max((r for r in rows if r["scales"] == "1" and r["PCA"] == 128 and 0 < r["DBA n"] <= 3
+                  and 0 < r["αQE n"] <= 3), key=lambda r: r["mAP A"])
     meta = {"database": len(db_paths), "queries": len(q_paths), "queries half A": int(in_a.sum()),
             "queries half B": int((~in_a).sum()), "classes half A": sorted(half_a), "alpha": ALPHA,
             "baseline": base, "chosen on half A": chosen}
     return rows, meta
+
+
+# ---- robustness: few relevant images per query ----------------------------------------------
+def sparse_rows(args) -> list[dict]:
+    """Caltech with at most ``m`` database images per class (distractors all kept): how the options
+    behave when a query has few relevant images, as in instance search or a personal photo folder.
+    PCA as the library applies it ("auto": only from 1,000 database images up)."""
+    db_paths, q_paths, (db_labels, q_labels, _) = class_retrieval_task()
+    db_all, q_all = multiscale_features(db_paths)[1.0], multiscale_features(q_paths)[1.0]
+    rows = []
+    for m in args.sparse:
+        seen: dict[str, int] = {}
+        keep = []
+        for i, lab in enumerate(db_labels):
+            seen[lab] = seen.get(lab, 0) + 1
+            if lab == "__distractor__" or seen[lab] <= m:
+                keep.append(i)
+        db, labels = db_all[keep], db_labels[keep]
+        n_rel = np.array([min(m, int((labels == lab).sum())) for lab in q_labels])
+        q = q_all
+        if len(db) >= 1000:
+            reducer = PCAReducer.fit(db, 128)
+            db, q = reducer.transform(db), reducer.transform(q)
+        for dba_n, qe_n in [(0, 0), (1, 0), (2, 0), (3, 0), (5, 0), (10, 0), (0, 1), (0, 2), (0, 3), (0, 5), (0, 10),
+                            (1, 1), (1, 2), (2, 2), (3, 3), (5, 5), (10, 10)]:
+            dbv = dba(db, dba_n)
+            order = rankings(dbv, qe(dbv, q, qe_n))
+            mean_ap, p10 = ranking_metrics(order, labels, q_labels, n_rel)
+            row = {"database images per class": m, "database": len(db), "DBA n": dba_n, "αQE n": qe_n,
+                   "mAP": mean_ap, "P@10": p10}
+            rows.append(row)
+            print(row, flush=True)
+    return rows
 
 
 # ---- copy detection -------------------------------------------------------------------------
@@ -128,8 +167,9 @@ def _fuse(cnn: tuple, pixel: tuple, how: str, param: int, width: int) -> np.ndar
     return out
 
 
-def copy_rows(args, options: list[tuple[str, str, int]]) -> tuple[list[dict], dict]:
-    """options: (label, scales, dba n) for the CNN side (the copy mode searches without alpha-QE)."""
+def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict], dict]:
+    """options: (label, scales, dba n, qe n) for the CNN side; fused with the thumbnails where qe n is 0
+    (the copy mode searches without alpha-QE)."""
     train = [p for p, _ in caltech_split("train")]
     test = [p for p, lab in caltech_split("test") if lab != "BACKGROUND_Google"]
     sources = test[:: max(1, len(test) // args.sources)][: args.sources]
@@ -146,20 +186,22 @@ def copy_rows(args, options: list[tuple[str, str, int]]) -> tuple[list[dict], di
         pq = pixel_features(q_paths, size).astype(np.float32)
         pix[size] = _top((pq ** 2).sum(1)[:, None] - 2 * pq @ pdb.T + (pdb ** 2).sum(1)[None, :], args.top)
 
-    def cnn_top(scales: str, dba_n: int) -> tuple[np.ndarray, np.ndarray]:
+    def cnn_top(scales: str, dba_n: int, qe_n: int) -> tuple[np.ndarray, np.ndarray]:
         db, q = multiscale(db_ms, SCALE_SETS[scales]), multiscale(q_ms, SCALE_SETS[scales])
-        reducer = PCAReducer.fit(db[: len(train)], 128)
+        reducer = PCAReducer.fit(db, 128)  # as the library: fitted on the indexed vectors
         db, q = dba(reducer.transform(db), dba_n), reducer.transform(q)
-        return _top(2 - 2 * q @ db.T, args.top)
+        return _top(2 - 2 * qe(db, q, qe_n) @ db.T, args.top)
 
     def rank_of_source(order: np.ndarray) -> np.ndarray:
         hit = order == source_row[:, None]
         return np.where(hit.any(axis=1), np.argmax(hit, axis=1) + 1, np.inf)
 
     stages: dict[str, np.ndarray] = {f"pixel {s}": rank_of_source(pix[s][0]) for s in pix}
-    for label, scales, dba_n in options:
-        cnn = cnn_top(scales, dba_n)
+    for label, scales, dba_n, qe_n in options:
+        cnn = cnn_top(scales, dba_n, qe_n)
         stages[f"CNN {label}"] = rank_of_source(cnn[0])
+        if qe_n:
+            continue
         for size in (16, 32):
             for how, params in (("RRF", (1, 10, 60)), ("ratio", (5, 10, 50))):
                 for param in params:
@@ -231,9 +273,25 @@ def latency_rows(args) -> list[dict]:
             changed = graph.update([], np.empty((0, 128), np.float32), keys[:100])
         rows.append({"operation": f"DBA n={n}: remove 100 vectors ({len(changed)} rewritten)",
                      "ms": 1000 * t.seconds})
+    images = [load_image(p, min_side=320) for p, _ in caltech_split("test")[: args.embed_images]]
+    for label in ("1", "1, 1/√2, 1/2", "√2, 1, 1/√2"):
+        embedder = MultiScaleEmbedder(EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1"),
+                                      scales=SCALE_SETS[label])
+        embedder.embed_images(images[:2])  # warm-up
+        rows.append({"operation": f"embed one query image, scales {label} (MobileNetV2, ONNX Runtime)",
+                     "ms": per_query_images(embedder, images)})
     for row in rows:
         print(row, flush=True)
     return rows
+
+
+def per_query_images(embedder, images) -> float:
+    times = []
+    for image in images:
+        start = time.perf_counter()
+        embedder.embed_images([image])
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
 
 
 def main() -> None:
@@ -242,8 +300,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=100, help="top-K of each ranking fused in copy mode")
     parser.add_argument("--n", type=int, default=100_000, help="synthetic vectors for the latency rows")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--embed-images", type=int, default=30, help="query images timed per scale set")
     parser.add_argument("--dba-ns", type=int, nargs="+", default=[1], help="DBA n for the build-time rows")
-    parser.add_argument("--parts", nargs="+", default=["class", "copy", "latency"])
+    parser.add_argument("--parts", nargs="+", default=["class", "sparse", "copy", "latency"])
+    parser.add_argument("--sparse", type=int, nargs="+", default=[3, 10], help="database images per class")
     args = parser.parse_args()
     seed_torch_cache()
     results = {}
@@ -252,11 +312,17 @@ def main() -> None:
         results["class"] = {"rows": rows, "meta": meta}
         cols = ["scales", "PCA", "DBA n", "αQE n", "mAP A", "P@10 A", "mAP B", "P@10 B", "mAP all", "P@10 all"]
         write_results("retrieval_options_class", rows, markdown_table(rows, cols), meta)
+    if "sparse" in args.parts:
+        rows = sparse_rows(args)
+        write_results("retrieval_options_sparse", rows, markdown_table(rows, list(rows[0])),
+                      {"note": "test queries of all classes; database: first m train images per class + distractors"})
     if "copy" in args.parts:
         chosen = json.loads((RESULTS / "retrieval_options_class.json").read_text())["meta"]["chosen on half A"]
-        options = [("scales 1", "1", 0), (f"scales {chosen['scales']}", chosen["scales"], 0),
-                   (f"scales {chosen['scales']} + DBA {chosen['DBA n']}", chosen["scales"], chosen["DBA n"])]
-        rows, meta = copy_rows(args, list(dict.fromkeys(options)))
+        dba_n, qe_n = chosen["DBA n"], chosen["αQE n"]
+        options = [("scales 1", "1", 0, 0), (f"scales 1 + DBA {dba_n}", "1", dba_n, 0),
+                   ("scales √2, 1", "√2, 1", 0, 0),
+                   (f"similar mode: scales 1 + DBA {dba_n} + αQE {qe_n}", "1", dba_n, qe_n)]
+        rows, meta = copy_rows(args, options)
         write_results("retrieval_options_copy", rows, markdown_table(rows, list(rows[0])), meta)
         cols = ["stage"] + [f"{s} {m} {p}" for p in ("A", "B", "all") for s in ("mild", "strong") for m in ("R@1",)]
         write_results("retrieval_options_copy_summary", meta["summary"], markdown_table(meta["summary"], cols), {})

@@ -101,3 +101,36 @@ def test_options_validate():
     with pytest.raises(ValueError, match="qe_n"):
         RetrievalOptions(qe_n=-1)
     assert RetrievalOptions.from_dict(RetrievalOptions().to_dict()) == RetrievalOptions()
+
+
+def test_cli_stores_the_options_and_queries_in_copy_mode(subset_paths, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import TORCH_CACHE
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    for p in subset_paths[:10]:
+        shutil.copy(p, images / f"{p.parent.name}_{p.name}")
+    env = {**os.environ, "TORCH_HOME": str(TORCH_CACHE)}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "revsearch", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    done = run("index", str(images), "--quiet", "--backend", "exact", "--backbone", "mobilenet_v2", "--weights",
+               "IMAGENET1K_V1", "--scales", "1,0.707", "--qe-n", "1", "--dba-n", "0", "--copy-pixels", "16")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(run("info").stdout)
+    assert info["retrieval"] == {**RetrievalOptions().to_dict(), "qe_n": 1, "dba_n": 0, "copy_pixels": 16}
+    assert info["extractor"]["scales"] == [1.0, 0.707]
+    target = sorted(images.glob("*.jpg"))[3]
+    small = cv2.resize(cv2.imread(str(target)), None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "small.png"), small)
+    done = run("query", str(tmp_path / "small.png"), "-k", "3", "--mode", "copy", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["path"] == str(target)
+    bad = run("index", str(images), "--rebuild", "--quiet", "--scales", "1,x")
+    assert bad.returncode == 2 and "scales must be" in bad.stderr
