@@ -157,12 +157,12 @@ def _top(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(d, order, axis=1)
 
 
-def _fuse(cnn: tuple, pixel: tuple, how: str, param: int, width: int) -> np.ndarray:
+def _fuse(cnn: tuple, pixel: tuple, how: str, param: int, width: int, weight: float = 1.0) -> np.ndarray:
     """Fused rankings (rows, -1 padded) of every query with rank fusion or ratio fusion."""
     out = np.full((len(cnn[0]), width), -1, dtype=np.int64)
     for i in range(len(cnn[0])):
         lists = [[Hit(str(r), float(d)) for r, d in zip(rows[i], dist[i])] for rows, dist in (cnn, pixel)]
-        hits = fuse_hits(lists, width, param) if how == "RRF" else ratio_fusion(lists, width, param)
+        hits = fuse_hits(lists, width, param) if how == "RRF" else ratio_fusion(lists, width, param, [1.0, weight])
         out[i, : len(hits)] = [int(h.key) for h in hits]
     return out
 
@@ -203,10 +203,12 @@ def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict
         if qe_n:
             continue
         for size in (16, 32):
-            for how, params in (("RRF", (1, 10, 60)), ("ratio", (5, 10, 50))):
-                for param in params:
-                    name = f"{label} + pixel {size}, {how} {'k' if how == 'RRF' else 'ref rank'}={param}"
-                    stages[name] = rank_of_source(_fuse(cnn, pix[size], how, param, args.top))
+            for how, param, weight in (("RRF", 1, 1), ("RRF", 10, 1), ("RRF", 60, 1), ("ratio", 5, 1),
+                                       ("ratio", 10, 1), ("ratio", 50, 1), ("ratio", 5, 1.5), ("ratio", 5, 2),
+                                       ("ratio", 5, 3)):
+                name = (f"{label} + pixel {size}, RRF k={param}" if how == "RRF" else
+                        f"{label} + pixel {size}, ratio ref rank={param} pixel weight={weight}")
+                stages[name] = rank_of_source(_fuse(cnn, pix[size], how, param, args.top, weight))
     rows = []
     for name in TRANSFORMS:
         for strength in ("mild", "strong"):

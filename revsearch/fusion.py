@@ -38,17 +38,22 @@ def fuse_hits(hit_lists: Sequence[list[Hit]], top: int, k: int = RRF_K) -> list[
     return [Hit(key, 1.0 - score / best) for key, score in fused]
 
 
-def ratio_fusion(hit_lists: Sequence[list[Hit]], top: int, ref_rank: int = 10) -> list[Hit]:
+def ratio_fusion(hit_lists: Sequence[list[Hit]], top: int, ref_rank: int = 5,
+                 weights: Sequence[float] | None = None) -> list[Hit]:
     """Fuse per-feature hit lists (each nearest first) by each item's smallest *relative* distance:
-    its distance in a list divided by that list's ``ref_rank``-th distance. An item a list does not
-    hold gets that list's last relative distance (a lower bound). Unlike rank fusion this keeps how
-    much closer the best hit is than the rest, which is what marks a copy."""
+    its distance in a list divided by that list's ``ref_rank``-th distance (times the list's weight:
+    above 1 a list must be more sure to win). An item a list does not hold gets that list's last
+    relative distance (a lower bound). Unlike rank fusion this keeps how much closer the best hit is
+    than the rest, which is what marks a copy."""
+    weights = [1.0] * len(hit_lists) if weights is None else list(weights)
+    if len(weights) != len(hit_lists):
+        raise ValueError(f"{len(weights)} weights for {len(hit_lists)} hit lists")
     relative: list[dict[str, float]] = []
     bounds: list[float] = []
-    for hits in hit_lists:
+    for hits, weight in zip(hit_lists, weights):
         if not hits:
             continue
-        ref = max(hits[min(ref_rank, len(hits)) - 1].distance, 1e-12)
+        ref = max(hits[min(ref_rank, len(hits)) - 1].distance, 1e-12) / weight
         relative.append({h.key: h.distance / ref for h in hits})
         bounds.append(hits[-1].distance / ref)
     keys = list(dict.fromkeys(k for rel in relative for k in rel))

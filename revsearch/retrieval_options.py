@@ -17,14 +17,16 @@ import numpy as np
 
 from .dba import DBAGraph
 from .exact_index import ExactIndex
-from .fusion import RRF_K, fuse_hits
-from .hits import Hit
+from .fusion import ratio_fusion
+from .hits import Hit, squared_l2, top_k
 from .query_expansion import expanded_search
 
 #: Query modes: ``similar`` (class-level: the stored options apply) and ``copy`` (CNN + pixel fusion).
 MODES = ("similar", "copy")
-#: How many hits of each ranking the copy mode fuses.
-COPY_TOP = 100
+#: How many hits of each ranking the copy mode fuses, the rank whose distance is each ranking's unit,
+#: and the thumbnails' weight (above 1: they must be more sure than the CNN to win). Chosen on half
+#: of the copy-detection sources (bench/results/retrieval_options.md).
+COPY_TOP, COPY_REF_RANK, COPY_PIXEL_WEIGHT = 100, 5, 1.5
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,9 @@ class RetrievalOptions:
     """``qe_n`` / ``dba_n`` neighbours (0: off), their ``alpha``; ``copy_pixels``: thumbnail side kept
     for the copy mode (0: no copy mode). Defaults: chosen in bench/results/retrieval_options.md."""
 
-    qe_n: int = 2
+    qe_n: int = 3
     qe_alpha: float = 3.0
-    dba_n: int = 1
+    dba_n: int = 3
     dba_alpha: float = 3.0
     copy_pixels: int = 16
 
@@ -116,9 +118,12 @@ class IndexExtras:
         return expanded_search(backend.search, lambda keys: stored_vectors(backend, keys), queries, k,
                                self.options.qe_n, self.options.qe_alpha)
 
-    def copy_search(self, cnn_search: Callable[[int], list[Hit]], image: np.ndarray, k: int) -> list[Hit]:
-        """Reciprocal-rank fusion of the CNN ranking without alpha-QE (``cnn_search(top)``) and the
-        ranking by the thumbnail of ``image`` (RGB array), top COPY_TOP of each."""
+    def copy_search(self, cnn_search: Callable[[int], list[Hit]], vector: np.ndarray, image: np.ndarray,
+                    k: int) -> list[Hit]:
+        """Fusion (:func:`~revsearch.fusion.ratio_fusion`) of the CNN ranking of ``vector`` without
+        alpha-QE and DBA (DBA blurs an image with its look-alikes: measured, it loses copies) and the
+        ranking by the thumbnail of ``image`` (RGB array), top COPY_TOP of each. ``cnn_search(top)``
+        is the backend's search, used when the index has no DBA."""
         if self.pixels is None:
             raise ValueError("this index keeps no thumbnails for the copy mode: rebuild it with copy_pixels > 0 "
                              "(revsearch index --rebuild --copy-pixels 16)")
@@ -127,7 +132,15 @@ class IndexExtras:
         thumbnail = PixelFeatures(self.options.copy_pixels).embed_images([image])
         top = max(k, COPY_TOP)
         pixel_hits = self.pixels.search(thumbnail, min(top, len(self.pixels)))[0] if len(self.pixels) else []
-        return fuse_hits([cnn_search(top), pixel_hits], k, RRF_K)
+        cnn_hits = cnn_search(top) if self.dba is None else self._original_search(vector, top)
+        return ratio_fusion([cnn_hits, pixel_hits], k, COPY_REF_RANK, [1.0, COPY_PIXEL_WEIGHT])
+
+    def _original_search(self, vector: np.ndarray, k: int) -> list[Hit]:
+        """Exact search over the DBA graph's original (not augmented) vectors."""
+        originals = self.dba.vectors
+        dist = squared_l2(np.asarray(vector, np.float32).reshape(1, -1), originals,
+                          np.einsum("ij,ij->i", originals, originals))[0]
+        return [Hit(self.dba.keys[i], float(dist[i])) for i in top_k(dist, k)]
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, folder: Path) -> None:

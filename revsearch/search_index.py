@@ -359,7 +359,7 @@ class SearchIndex:
 
         ``mode="similar"`` applies the index's stored options (alpha-QE); ``mode="copy"`` looks for
         edited copies of the query: the CNN ranking fused with the thumbnail ranking (distances are
-        then fusion scores: 0 for the best hit, up to 1)."""
+        then relative distances, see :func:`~revsearch.fusion.ratio_fusion`)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         k = check_k(k, len(self))
@@ -369,7 +369,7 @@ class SearchIndex:
         vector = self.transform(self.extractor.embed_images([image]))
         if mode == "copy":  # issue 13 hook
             return self.extras.copy_search(lambda top: self.backend.search(vector, min(top, len(self)))[0],
-                                           image, k)
+                                           vector, image, k)
         return self.extras.search(self.backend, vector, k)[0]
 
     def query_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:

@@ -8,7 +8,7 @@ import pytest
 
 from revsearch import ExactIndex
 from revsearch.dba import DBAGraph, augment, nearest_others
-from revsearch.fusion import fuse_hits, reciprocal_rank_fusion
+from revsearch.fusion import fuse_hits, ratio_fusion, reciprocal_rank_fusion
 from revsearch.hits import Hit
 from revsearch.pca import l2_normalize
 from revsearch.query_expansion import expand, expanded_search
@@ -137,6 +137,19 @@ def test_fuse_hits_scores_the_best_zero():
     hits = fuse_hits([[Hit("a", 0.1), Hit("b", 0.2)], [Hit("b", 5.0), Hit("c", 9.0)]], top=2)
     assert [h.key for h in hits] == ["b", "a"] and hits[0].distance == 0.0 and 0 < hits[1].distance < 1
     assert fuse_hits([[], []], top=3) == []
+
+
+def test_ratio_fusion_trusts_the_list_that_is_sure():
+    cnn = [Hit("a", 0.50), Hit("b", 0.52), Hit("c", 0.55), Hit("d", 0.56), Hit("e", 0.60)]
+    pixel = [Hit("c", 10.0), Hit("x", 900.0), Hit("y", 950.0), Hit("z", 990.0), Hit("w", 1000.0)]
+    fused = ratio_fusion([cnn, pixel], top=3, ref_rank=5)
+    assert fused[0] == Hit("c", 0.01)  # 10 / 1000: far closer than the thumbnail ranking's 5th
+    assert [h.key for h in fused[1:]] == ["a", "b"]  # then by the CNN's 0.5 / 0.6, 0.52 / 0.6
+    weighted = ratio_fusion([cnn, pixel], top=1, ref_rank=5, weights=[1.0, 100.0])
+    assert weighted[0].key == "a"  # a heavy weight makes the thumbnails' hit lose
+    assert ratio_fusion([[], []], top=2) == []
+    with pytest.raises(ValueError, match="weights"):
+        ratio_fusion([cnn], top=1, weights=[1, 2])
 
 
 # ---- multi-scale GeM ---------------------------------------------------------------------------
