@@ -57,15 +57,16 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         token: Milvus token (never stored in the database)
         n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/20)
         pca_components, whiten: reduce vectors with PCA fitted on the first vectors added
-        qe_n, qe_alpha: alpha-weighted query expansion of similarity queries (``qe_n`` neighbours,
-            0 = off; default :class:`~revsearch.retrieval_options.RetrievalOptions`)
+        qe_n, qe_alpha: alpha-weighted query expansion of similarity queries (``qe_n`` neighbours;
+            default 0 = off, so that ``sort_by_similarity`` distances stay distances to the query
+            as FiftyOne's other backends give them; 3 is the library's measured default)
     """
 
     def __init__(self, index_kind: str = "milvus", extractor: dict | None = None,
                  collection_name: str | None = None, uri: str | None = None, token: str | None = None,
                  db_name: str | None = None, index_type: str = "FLAT", n_clusters: int | None = None,
                  nprobe: int | None = None, pca_components: int | None = None, whiten: bool = False,
-                 qe_n: int = RetrievalOptions().qe_n, qe_alpha: float = RetrievalOptions().qe_alpha, **kwargs):
+                 qe_n: int = 0, qe_alpha: float = RetrievalOptions().qe_alpha, **kwargs):
         if index_kind not in INDEX_KINDS:
             raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
         super().__init__(**kwargs)

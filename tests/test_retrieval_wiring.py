@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from revsearch import SearchIndex
+from revsearch import ExactIndex, SearchIndex
 from revsearch.generations import MANIFEST
 from revsearch.retrieval_options import RetrievalOptions
 
@@ -134,3 +134,29 @@ def test_cli_stores_the_options_and_queries_in_copy_mode(subset_paths, tmp_path)
     assert json.loads(done.stdout)[0]["path"] == str(target)
     bad = run("index", str(images), "--rebuild", "--quiet", "--scales", "1,x")
     assert bad.returncode == 2 and "scales must be" in bad.stderr
+
+
+def test_brain_backend_applies_query_expansion_from_its_config(pretrained_mobilenet, subset_paths, tmp_path):
+    import fiftyone as fo
+
+    from revsearch import fiftyone_tools as tools
+    from revsearch.query_expansion import expanded_search
+
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in subset_paths])
+    try:
+        tools.compute_embeddings(ds, "emb", pretrained_mobilenet)
+        plain, _ = tools.build_index(ds, "plain", "kmeans", embeddings_field="emb", n_clusters=2, nprobe=2)
+        qe, _ = tools.build_index(ds, "qe", "kmeans", embeddings_field="emb", n_clusters=2, nprobe=2, qe_n=2)
+        assert ds.load_brain_results("qe").config.qe_n == 2 and plain.config.qe_n == 0
+        ids, vectors = ds.values("id"), np.stack(ds.values("emb"))
+        index = ExactIndex(vectors.shape[1])
+        index.add(ids, vectors)
+        want = expanded_search(index.search, lambda ks: vectors[[ids.index(k) for k in ks]], vectors[3:4], 6, 2, 3.0)
+        view = ds.sort_by_similarity(ids[3], k=6, brain_key="qe", dist_field="d")
+        assert view.values("id") == [h.key for h in want[0]]
+        np.testing.assert_allclose(view.values("d"), [h.distance for h in want[0]], atol=1e-5)
+        exact = index.search(vectors[3:4], 6)[0]
+        assert ds.sort_by_similarity(ids[3], k=6, brain_key="plain").values("id") == [h.key for h in exact]
+    finally:
+        ds.delete()
