@@ -243,24 +243,28 @@ def latency_rows(args) -> list[dict]:
     def fetch(ks: list[str]) -> np.ndarray:
         return index.store.vectors[index.store.rows_of(ks)]
 
-    def per_query(fn) -> float:
-        times = []
+    def interleaved(fns: dict[str, object]) -> dict[str, float]:
+        """Median ms per query of each fn, run in turn on each query (so load changes hit all alike)."""
+        times: dict[str, list[float]] = {name: [] for name in fns}
         for q in queries:
-            start = time.perf_counter()
-            fn(q[None, :])
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(q[None, :])
+                times[name].append(time.perf_counter() - start)
+        return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
-    rows = [{"operation": "search k=10 (today's default)", "ms": per_query(lambda q: index.search(q, 10))}]
+    fns = {"search k=10 (today's default)": lambda q: index.search(q, 10)}
     for n in (1, 2, 3, 5, 10):
-        rows.append({"operation": f"αQE n={n}: search k={n}, expand, search k=10",
-                     "ms": per_query(lambda q, n=n: expanded_search(index.search, fetch, q, 10, n, ALPHA))})
+        fns[f"αQE n={n}: search k={n}, expand, search k=10"] = (
+            lambda q, n=n: expanded_search(index.search, fetch, q, 10, n, ALPHA))
+    rows = [{"operation": name, "ms": ms} for name, ms in interleaved(fns).items()]
     pixels = rng.integers(0, 256, (args.n, 3 * 16 * 16)).astype(np.float32)
     pix_index = ExactIndex(pixels.shape[1], np.float32)
     pix_index.add(keys, pixels)
     pixel_queries = iter(pixels[rng.choice(args.n, len(queries))])
-    rows.append({"operation": "pixel 16x16 search k=100 (copy mode's second ranking)",
-                 "ms": per_query(lambda q: pix_index.search(next(pixel_queries)[None], 100))})
+    rows += [{"operation": name, "ms": ms} for name, ms in interleaved({
+        "pixel 16x16 search k=100 (copy mode's second ranking)":
+            lambda q: pix_index.search(next(pixel_queries)[None], 100)}).items()]
     for n in args.dba_ns:
         graph = DBAGraph(n, ALPHA, 128)
         with Timer() as t:
