@@ -29,6 +29,7 @@ from revsearch.fusion import fuse_hits, ratio_fusion
 from revsearch.hits import Hit
 from revsearch.multiscale import MultiScaleEmbedder
 from revsearch.pca import l2_normalize
+from revsearch.retrieval_options import COPY_PIXEL_WEIGHT, COPY_REF_RANK
 from revsearch.query_expansion import expand, expanded_search
 
 ALPHA = 3.0  # Radenović et al. 2018, for both alpha-QE and alpha-DBA
@@ -300,6 +301,29 @@ def per_query_images(embedder, images) -> float:
     return 1000 * float(np.median(times))
 
 
+def write_summary() -> None:
+    """retrieval_options.json: the defaults and the goal figures, read from the parts' results."""
+    part = {name: json.loads((RESULTS / f"retrieval_options_{name}.json").read_text())
+            for name in ("class", "copy_summary", "latency")}
+    chosen = part["class"]["meta"]["chosen on half A"]
+    copy = {r["stage"]: r for r in part["copy_summary"]["rows"]}
+    latency = {r["operation"]: r["ms"] for r in part["latency"]["rows"]}
+    copy_default = f"scales 1 + pixel 16, ratio ref rank={COPY_REF_RANK} pixel weight={COPY_PIXEL_WEIGHT}"
+    search = latency["search k=10 (today's default)"]
+    expanded = latency[f"αQE n={chosen['αQE n']}: search k={chosen['αQE n']}, expand, search k=10"]
+    embed = latency["embed one query image, scales 1 (MobileNetV2, ONNX Runtime)"]
+    summary = {
+        "defaults": {"scales": chosen["scales"], "dba_n": chosen["DBA n"], "qe_n": chosen["αQE n"], "alpha": ALPHA,
+                     "copy mode": copy_default},
+        "class mAP": {"today": part["class"]["meta"]["baseline"], "default": chosen},
+        "copy R@1": {"today (CNN)": copy["CNN scales 1"], "copy mode default": copy[copy_default]},
+        "latency ms": {"search": search, "search with αQE": expanded, "ratio": expanded / search,
+                       "end to end ratio (with the query's embedding)": (embed + expanded) / (embed + search)},
+    }
+    (RESULTS / "retrieval_options.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary["latency ms"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sources", type=int, default=200)
@@ -336,6 +360,7 @@ def main() -> None:
         rows = latency_rows(args)
         write_results("retrieval_options_latency", rows, markdown_table(rows, ["operation", "ms"]),
                       {"vectors": args.n, "dim": 128, "queries": args.queries, "statistic": "median per query"})
+    write_summary()
 
 
 if __name__ == "__main__":
