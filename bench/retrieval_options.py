@@ -34,7 +34,8 @@ from revsearch.query_expansion import expand, expanded_search
 
 ALPHA = 3.0  # Radenović et al. 2018, for both alpha-QE and alpha-DBA
 SCALE_SETS = {"1": (1.0,), "1, 1/√2, 1/2": (1.0, 2 ** -0.5, 0.5), "√2": (2 ** 0.5,),
-              "√2, 1, 1/√2": (2 ** 0.5, 1.0, 2 ** -0.5), "√2, 1": (2 ** 0.5, 1.0), "√2, 1, 1/√2, 1/2": CACHED_SCALES}
+              "√2, 1, 1/√2": (2 ** 0.5, 1.0, 2 ** -0.5), "√2, 1": (2 ** 0.5, 1.0),
+              "√2, 1, 1/√2, 1/2": CACHED_SCALES}
 NS = (1, 2, 3, 5, 10)
 GRID = (1, 2, 3, 5)
 

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qe-n", type=int, help=f"alpha-QE neighbours, 0 = off (default {RetrievalOptions().qe_n})")
     p.add_argument("--dba-n", type=int, help=f"alpha-DBA neighbours, 0 = off (default {RetrievalOptions().dba_n})")
     p.add_argument("--copy-pixels", type=int,
-                   help=f"thumbnail side kept for `query --mode copy`, 0 = none (default {RetrievalOptions().copy_pixels})")
+                   help="thumbnail side kept for `query --mode copy`, 0 = none "
+                        f"(default {RetrievalOptions().copy_pixels})")
     p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
     p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
     p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --backend pixel")
