@@ -14,6 +14,7 @@ from common import CACHE
 from revsearch import Embedder, EmbedderConfig, PixelFeatures
 from revsearch.embedder import gem_pool, l2_rows
 from revsearch.extractor import FeatureExtractor
+from revsearch.multiscale import MultiScaleEmbedder
 
 
 class BothPoolings(Embedder):
@@ -46,3 +47,24 @@ def cnn_features(paths: list[str], backbone: str, weights: str | None) -> dict[s
 
 def pixel_features(paths: list[str], size: int = 32) -> np.ndarray:
     return _cached(f"pixel{size}", paths, PixelFeatures(size))
+
+
+#: Scales cached per image for the multi-scale experiments (sqrt 2 up-scales, the rest as in Radenović et al.).
+CACHED_SCALES = (2 ** 0.5, 1.0, 2 ** -0.5, 0.5)
+
+
+class PerScale(MultiScaleEmbedder):
+    """A MultiScaleEmbedder whose forward returns every scale's unit vector side by side (B, S * dim)."""
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        per = self.per_scale(batch)
+        return per.transpose(1, 0, 2).reshape(len(batch), -1)
+
+
+def multiscale_features(paths: list[str], backbone: str = "mobilenet_v2",
+                        weights: str | None = "IMAGENET1K_V1") -> dict[float, np.ndarray]:
+    """{scale: (n, dim) GeM unit vectors} for each of CACHED_SCALES (one cached pass for all)."""
+    model = PerScale(EmbedderConfig(backbone=backbone, weights=weights, batch_size=32), scales=CACHED_SCALES)
+    flat = _cached(f"ms_{backbone}_{weights}", paths, model)
+    per = flat.reshape(len(paths), len(CACHED_SCALES), model.dim)
+    return {s: per[:, i] for i, s in enumerate(CACHED_SCALES)}

@@ -36,7 +36,9 @@ from .files import file_signature, stale_files
 from .hits import Hit
 from .index_registry import check_kind, collection_name
 from .pca import PCAReducer
+from .query_expansion import expanded_search
 from .query_source import ImageQuery, load_query_image
+from .retrieval_options import RetrievalOptions
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +59,24 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         token: Milvus token (never stored in the database)
         n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/20)
         pca_components, whiten: reduce vectors with PCA fitted on the first vectors added
+        qe_n, qe_alpha: alpha-weighted query expansion of similarity queries (``qe_n`` neighbours;
+            default 0 = off, so that ``sort_by_similarity`` distances stay distances to the query
+            as FiftyOne's other backends give them; 3 is the library's measured default)
     """
 
     def __init__(self, index_kind: str = "milvus", extractor: dict | None = None,
                  collection_name: str | None = None, uri: str | None = None, token: str | None = None,
                  db_name: str | None = None, index_type: str = "FLAT", n_clusters: int | None = None,
                  nprobe: int | None = None, pca_components: int | None = None, whiten: bool = False,
-                 **kwargs):
+                 qe_n: int = 0, qe_alpha: float = RetrievalOptions().qe_alpha, **kwargs):
         index_kind = check_kind(index_kind)
         super().__init__(**kwargs)
         self.index_kind, self.extractor = index_kind, extractor
         self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
         self.index_type, self.n_clusters, self.nprobe = index_type, n_clusters, nprobe
         self.pca_components, self.whiten = pca_components, whiten
+        RetrievalOptions(qe_n=qe_n, qe_alpha=qe_alpha)  # validates
+        self.qe_n, self.qe_alpha = qe_n, qe_alpha  # issue 13 hook
         self._token = token
 
     @property
@@ -340,7 +347,11 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             vectors, single = self._query_vectors(query)
             if aggregation == "mean":
                 vectors, single = vectors.mean(axis=0, keepdims=True), True
-            hits = self.search(vectors, k, reverse=reverse)
+            if reverse or not self.config.qe_n or self.config.index_kind == "pixel":
+                hits = self.search(vectors, k, reverse=reverse)
+            else:  # issue 13 hook: alpha-QE with the view's own vectors
+                hits = expanded_search(self.search, self._store.vectors, vectors, k, self.config.qe_n,
+                                       self.config.qe_alpha)
         ids = [[h.key for h in row] for row in hits]
         dists = [[h.distance for h in row] for row in hits]
         if single:

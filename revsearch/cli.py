@@ -11,13 +11,14 @@ from pathlib import Path
 from .display import json_path, printable
 from .embedder import RUNTIMES, EmbedderConfig
 from .errors import RevsearchError
-from .extractor import FEATURES, make_extractor
+from .extractor import FEATURES, make_extractor, parse_scales
 from .files import scan_images
 from .generations import CHECKPOINT
 from .index_registry import LEGACY_PIXEL
 from .milvus_bulk import LocalBulkStorage
 from .mosaic import make_mosaic, save_mosaic
 from .query_source import load_query_image
+from .retrieval_options import MODES, RetrievalOptions
 from .search_index import BACKENDS, MANIFEST, IndexReport, SearchIndex
 
 DEFAULT_INDEX_DIR = ".revsearch"
@@ -52,18 +53,27 @@ def cmd_index(args: argparse.Namespace) -> int:
         extractor = make_extractor({"type": features, "size": args.pixel_size, "backbone": args.backbone,
                                     "weights": None if args.weights == "none" else args.weights,
                                     "pooling": args.pooling, "image_size": args.image_size,
-                                    "batch_size": args.batch_size, "runtime": args.runtime})
+                                    "batch_size": args.batch_size, "runtime": args.runtime,
+                                    "scales": parse_scales(args.scales)})
         options = {k: v for k, v in {"n_clusters": args.n_clusters, "nprobe": args.nprobe, "uri": args.uri,
                                      "index_type": args.index_type, "token": args.token,
                                      "db_name": args.db_name}.items() if v is not None}
         pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
         index, report = SearchIndex.build(paths, index_dir, args.backend, extractor, pca_dim, args.whiten,
                                           progress=not args.quiet, chunk_size=args.chunk_size, roots=roots,
-                                          **options)
+                                          options=_retrieval_options(args), **options)
     report.failures.update(unreadable)
     _print_report(report, len(paths))
     print(f"index: {printable(str(index_dir))} ({len(index)} vectors, backend {index.backend.kind})")
     return 0
+
+
+def _retrieval_options(args: argparse.Namespace) -> RetrievalOptions | None:
+    """Issue 13 hook: the options given on the command line over the defaults (None: defaults)."""
+    given = {k: getattr(args, k) for k in ("qe_n", "dba_n", "copy_pixels") if getattr(args, k) is not None}
+    if args.backend == "pixel" or not given:
+        return None  # the build's defaults (all off for the pixel backend)
+    return RetrievalOptions.from_dict({**RetrievalOptions().to_dict(), **given})
 
 
 def _update_scope(index: SearchIndex, roots: list[str], args: argparse.Namespace
@@ -82,7 +92,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.out:
         _check_writable(args.out)
     index = SearchIndex.load(_index_dir(args), token=os.environ.get("MILVUS_TOKEN", ""))
-    hits = index.query(args.image, k=args.k, allow_private_urls=args.allow_private_urls)
+    hits = index.query(args.image, k=args.k, allow_private_urls=args.allow_private_urls, mode=args.mode)
     if args.json:
         print(json.dumps([{**json_path(h.key), "distance": h.distance} for h in hits], indent=1))
     else:
@@ -112,6 +122,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     consistent = check["manifest_items"] == check["store_vectors"] and not (
         check["only_in_store"] or check["only_in_manifest"])
     print(json.dumps({"vectors": len(index), "extractor": manifest["extractor"], "pca": manifest["pca"],
+                      "retrieval": manifest["retrieval"],
                       "backend": manifest["backend"], "roots": manifest["roots"], "failures": len(index.failures),
                       "missing_files": len(stale["missing"]), "changed_files": len(stale["changed"]),
                       **check, "consistent": consistent}, indent=1))
@@ -169,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-dim", default="auto",
                    help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up")
     p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
+    p.add_argument("--scales", default="1", help="input scales pooled and averaged (multi-scale GeM), e.g. "
+                                                 "1,0.707,0.5; default %(default)s")
+    p.add_argument("--qe-n", type=int, help=f"alpha-QE neighbours, 0 = off (default {RetrievalOptions().qe_n})")
+    p.add_argument("--dba-n", type=int, help=f"alpha-DBA neighbours, 0 = off (default {RetrievalOptions().dba_n})")
+    p.add_argument("--copy-pixels", type=int,
+                   help="thumbnail side kept for `query --mode copy`, 0 = none "
+                        f"(default {RetrievalOptions().copy_pixels})")
     p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
     p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
     p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --features pixel")
@@ -189,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
     q.add_argument("--out", help="write a mosaic of the query and its hits to this .jpg/.png")
     q.add_argument("--json", action="store_true", help="print results as JSON")
+    q.add_argument("--mode", choices=MODES, default="similar",
+                   help="similar: look-alikes (the index's options apply); copy: edited copies of the image "
+                        "(CNN and thumbnail rankings fused)")
     q.add_argument("--allow-private-urls", action="store_true", help="allow URLs on private/loopback hosts")
     q.set_defaults(func=cmd_query)
 

@@ -118,5 +118,21 @@ def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
     from .embedder import Embedder, EmbedderConfig
 
     config = EmbedderConfig(**{k: description[k] for k in _CNN_SETTINGS if k in description})
+    scales = tuple(description.get("scales") or (1.0,))
+    if scales != (1.0,):  # multi-scale descriptors (pooled at several input sizes, averaged)
+        from .multiscale import MultiScaleEmbedder
+
+        return MultiScaleEmbedder(config, scales)
     # a stored description names the weights' hash: a query then opens the cached ONNX export directly
     return Embedder(config, digest=description.get("weights_digest"), model_id=description.get("model_id"))
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"1,0.707,0.5"`` -> (1.0, 0.707, 0.5); a clear error for anything else."""
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"scales must be comma-separated numbers such as 1,0.707,0.5, got {text!r}") from None
+    if not scales:
+        raise ValueError("give at least one scale, e.g. 1")
+    return scales

@@ -45,6 +45,7 @@ from .milvus_move import copy_collection, same_collection_place
 from .pca import PCAReducer
 from .pixel import PixelFeatures
 from .query_source import ImageQuery, load_query_image
+from .retrieval_options import MODES, IndexExtras, RetrievalOptions  # issue 13 hook
 
 #: Index kinds ``build`` takes: :data:`~revsearch.index_registry.INDEX_KINDS`, and ``pixel`` (the
 #: older name of pixel features in an exact index).
@@ -118,8 +119,10 @@ class SearchIndex:
 
     def __init__(self, directory: str | os.PathLike, extractor: FeatureExtractor, backend,
                  reducer: PCAReducer | None = None, items: dict[str, dict] | None = None,
-                 failures: dict[str, str] | None = None, generation: int = 0, roots: list[str] | None = None):
+                 failures: dict[str, str] | None = None, generation: int = 0, roots: list[str] | None = None,
+                 extras: IndexExtras | None = None):
         self.directory = Path(os.path.abspath(directory))
+        self.extras = extras or IndexExtras(RetrievalOptions.off(), backend.dim)  # issue 13 hook
         self.extractor, self.backend, self.reducer = extractor, backend, reducer
         self.items: dict[str, dict] = items or {}
         self.failures: dict[str, str] = failures or {}
@@ -131,7 +134,8 @@ class SearchIndex:
     def build(cls, paths: Sequence[str | os.PathLike], directory: str | os.PathLike, backend: str = "milvus",
               extractor: FeatureExtractor | None = None, pca_dim: int | str | None = "auto",
               whiten: bool = False, progress: bool = True, chunk_size: int = 1024, fit_sample: int = 100_000,
-              roots: Sequence[str | os.PathLike] | None = None, **backend_options) -> tuple[SearchIndex, IndexReport]:
+              roots: Sequence[str | os.PathLike] | None = None, options: RetrievalOptions | None = None,
+              **backend_options) -> tuple[SearchIndex, IndexReport]:
         """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
 
         ``backend``: the index kind, ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``) or
@@ -150,6 +154,8 @@ class SearchIndex:
         generation: an existing index in ``directory`` stays intact and usable until the new one is
         complete, then the manifest switches to it atomically and the old one is dropped. ``roots``:
         the folders the paths came from (stored, so that a later update of other folders is noticed).
+        ``options``: alpha-QE / alpha-DBA / copy-mode thumbnails, stored with the index and applied
+        to every query and update (default :class:`RetrievalOptions`; all off for ``pixel``).
         """
         if backend == LEGACY_PIXEL:
             extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
@@ -176,19 +182,29 @@ class SearchIndex:
             sample = reducer.transform(sample) if reducer else sample
             _record_pending(directory, generation, previous, backend, backend_options)
             if backend == "kmeans" and not backend_options.get("n_clusters"):
-                backend_options["n_clusters"] = default_n_clusters(len(paths))
+                backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
             store = _create_backend(backend, sample, extractor.dtype, backend_options)
+            if options is None:  # issue 13 hook
+                options = RetrievalOptions.off() if isinstance(extractor, PixelFeatures) else RetrievalOptions()
+            extras, held = IndexExtras(options, sample.shape[1]), []
             bar = tqdm(total=len(paths) - len(report.failures), desc=f"insert into {backend}", unit="vec",
                        disable=not progress)
             items: dict[str, dict] = {}
             try:
                 for keys, vectors, signatures in checkpoint.chunks():
-                    store.add(keys, reducer.transform(vectors) if reducer else vectors)
+                    vectors = reducer.transform(vectors) if reducer else vectors
+                    if extras.dba is None:
+                        store.add(keys, vectors)
+                    else:
+                        held.append((keys, vectors))  # DBA needs every vector first
                     items.update((k, {"path": k, "signature": s}) for k, s in zip(keys, signatures))
                     bar.update(len(keys))
                 bar.close()
+                extras.finish_build(store, held, chunk_size)  # issue 13 hook: DBA, thumbnails
+                extras.update_pixels([], {k: k for k in items})
                 root_list = sorted({os.path.abspath(r) for r in roots}) if roots is not None else None
-                index = cls(directory, extractor, store, reducer, items, report.failures, generation - 1, root_list)
+                index = cls(directory, extractor, store, reducer, items, report.failures, generation - 1, root_list,
+                            extras)
                 index._commit()
                 settle_pending(directory, index.generation, backend_options.get("token", ""))  # clears partial/
             except BaseException:
@@ -262,8 +278,10 @@ class SearchIndex:
         """Apply a journalled update (idempotent: replaying it after a crash gives the same index)."""
         if update.remove:
             self.backend.remove(update.remove)
-        if update.keys:
-            self.backend.add(update.keys, update.vectors)
+        keys, vectors = self.extras.store_vectors(update.remove, update.keys, update.vectors)  # issue 13 hook
+        if keys:
+            self.backend.add(keys, vectors)
+        self.extras.update_pixels(update.remove, {k: update.items[k]["path"] for k in update.keys})
         for k in update.remove:
             self.items.pop(k, None)
         self.items.update(update.items)
@@ -295,14 +313,32 @@ class SearchIndex:
         image = load_query_image(query, self.extractor.min_side, allow_private_urls)
         return self.transform(self.extractor.embed_images([image]))
 
-    def query(self, query: ImageQuery, k: int = 10, allow_private_urls: bool = False) -> list[Hit]:
-        """The ``k`` indexed images nearest to the query image, nearest first (all of them if fewer)."""
+    @property
+    def options(self) -> RetrievalOptions:
+        return self.extras.options
+
+    def query(self, query: ImageQuery, k: int = 10, allow_private_urls: bool = False,
+              mode: str = "similar") -> list[Hit]:
+        """The ``k`` indexed images nearest to the query image, nearest first (all of them if fewer).
+
+        ``mode="similar"`` applies the index's stored options (alpha-QE); ``mode="copy"`` looks for
+        edited copies of the query: the CNN ranking fused with the thumbnail ranking (distances are
+        then relative distances, see :func:`~revsearch.fusion.ratio_fusion`)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         k = check_k(k, len(self))
-        return self.backend.search(self.embed_query(query, allow_private_urls), k)[0] if k else []
+        if not k:
+            return []
+        image = load_query_image(query, self.extractor.min_side, allow_private_urls)
+        vector = self.transform(self.extractor.embed_images([image]))
+        if mode == "copy":  # issue 13 hook
+            return self.extras.copy_search(lambda top: self.backend.search(vector, min(top, len(self)))[0],
+                                           vector, image, k)
+        return self.extras.search(self.backend, vector, k)[0]
 
     def query_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """Search with vectors already in the index's space (after PCA)."""
-        return self.backend.search(vectors, check_k(k, len(self)))
+        """Search with vectors already in the index's space (after PCA), with the stored options."""
+        return self.extras.search(self.backend, vectors, check_k(k, len(self)))
 
     def __len__(self) -> int:
         return len(self.backend)
@@ -344,6 +380,7 @@ class SearchIndex:
             "roots": self.roots,
             "extractor": self.extractor.describe(),
             "pca": self.reducer.config() if self.reducer else None,
+            "retrieval": self.options.to_dict(),
             "backend": self.backend.config(),
             "items": self.items,
             "failures": self.failures,
@@ -359,6 +396,7 @@ class SearchIndex:
         self.backend.save(folder)
         if self.reducer:
             (folder / PCA_FILE).write_text(json.dumps(self.reducer.state()))
+        self.extras.save(folder)
         fsync_tree(folder)
         write_point("generation files written")
         self.generation = generation
@@ -406,8 +444,9 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     if config["kind"] == "milvus":
         config = resolve_lite_uri(directory, config)
     backend = load_index(config, folder if config["kind"] != "milvus" else directory, token)
+    extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
     return cls(directory, extractor, backend, reducer, manifest["items"], manifest["failures"],
-               manifest.get("generation", 0), manifest.get("roots"))
+               manifest.get("generation", 0), manifest.get("roots"), extras)
 
 
 def recover(directory: Path, token: str = "") -> None:

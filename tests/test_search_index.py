@@ -10,6 +10,7 @@ import pytest
 from helpers import write_edited_copy
 from revsearch import SearchIndex
 from revsearch.errors import IndexMismatchError, IndexNotFoundError
+from revsearch.retrieval_options import RetrievalOptions
 
 
 @pytest.fixture
@@ -31,8 +32,9 @@ def folder(tmp_path, subset_paths):
     ("exact", {"pca_dim": 16}),
 ])
 def test_edited_copy_is_top_hit_and_survives_reload(pretrained_mobilenet, folder, tmp_path, backend, options):
+    # plain nearest neighbours (DBA / alpha-QE favour look-alikes over copies: tests/test_retrieval_wiring.py)
     index, report = SearchIndex.build(folder, tmp_path / "idx", backend, pretrained_mobilenet, progress=False,
-                                      **options)
+                                      options=RetrievalOptions.off(), **options)
     assert len(index) == len(folder) and not report.failures
     queries = [write_edited_copy(p, tmp_path / f"q{i}.jpg", i) for i, p in enumerate(folder[::4])]
     tops = [index.query(q, k=3)[0].key for q in queries]

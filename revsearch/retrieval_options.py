@@ -1,0 +1,161 @@
+"""Retrieval options stored with an index and applied at query time: alpha-QE, alpha-DBA, copy mode.
+
+:class:`RetrievalOptions` is what the user chooses (saved in the manifest / brain config);
+:class:`IndexExtras` is the state it needs beside the vector store (the DBA graph, the pixel
+thumbnails of the copy mode), saved in each generation's folder and updated in the same transaction.
+Multi-scale descriptors are a property of the extractor (:mod:`revsearch.multiscale`), not of these.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from .dba import DBAGraph
+from .exact_index import ExactIndex
+from .fusion import ratio_fusion
+from .hits import Hit, squared_l2, top_k
+from .query_expansion import expanded_search
+
+#: Query modes: ``similar`` (class-level: the stored options apply) and ``copy`` (CNN + pixel fusion).
+MODES = ("similar", "copy")
+#: How many hits of each ranking the copy mode fuses, the rank whose distance is each ranking's unit,
+#: and the thumbnails' weight (above 1: they must be more sure than the CNN to win). Chosen on half
+#: of the copy-detection sources (bench/results/retrieval_options.md).
+COPY_TOP, COPY_REF_RANK, COPY_PIXEL_WEIGHT = 100, 5, 1.5
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """``qe_n`` / ``dba_n`` neighbours (0: off), their ``alpha``; ``copy_pixels``: thumbnail side kept
+    for the copy mode (0: no copy mode). Defaults: chosen in bench/results/retrieval_options.md."""
+
+    qe_n: int = 3
+    qe_alpha: float = 3.0
+    dba_n: int = 3
+    dba_alpha: float = 3.0
+    copy_pixels: int = 16
+
+    def __post_init__(self):
+        for name in ("qe_n", "dba_n", "copy_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        for name in ("qe_alpha", "dba_alpha"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ValueError(f"{name} must be in [0, 100], got {getattr(self, name)!r}")
+
+    @classmethod
+    def off(cls) -> RetrievalOptions:
+        """No expansion, no augmentation, no copy mode (what indexes built before these options hold)."""
+        return cls(qe_n=0, dba_n=0, copy_pixels=0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> RetrievalOptions:
+        """Options from a manifest / config; None (an index from before the options) means all off."""
+        if data is None:
+            return cls.off()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class IndexExtras:
+    """The DBA graph (original vectors and neighbour lists) and the copy mode's thumbnails."""
+
+    def __init__(self, options: RetrievalOptions, dim: int, dba: DBAGraph | None = None,
+                 pixels: ExactIndex | None = None):
+        self.options = options
+        self.dba = dba if dba is not None or not options.dba_n else DBAGraph(options.dba_n, options.dba_alpha, dim)
+        self.pixels = pixels
+        if pixels is None and options.copy_pixels:
+            self.pixels = ExactIndex(3 * options.copy_pixels ** 2, np.float32)
+
+    # ---- updates --------------------------------------------------------------------------
+    def store_vectors(self, remove: Sequence[str], keys: Sequence[str], vectors: np.ndarray
+                      ) -> tuple[list[str], np.ndarray]:
+        """Take an update's (original) vectors; returns the keys and vectors the vector store must
+        upsert: the same without DBA, with DBA every augmented vector that changed."""
+        if self.dba is None:
+            return list(keys), vectors
+        changed = self.dba.update(list(keys), vectors, list(remove))
+        return changed, self.dba.augmented(changed)
+
+    def finish_build(self, store, held: list[tuple[list[str], np.ndarray]], chunk_size: int) -> None:
+        """With DBA, a build holds back its (original) vectors: augment them all, then fill ``store``."""
+        if self.dba is None or not held:
+            return
+        keys = [k for chunk_keys, _ in held for k in chunk_keys]
+        self.dba.update(keys, np.concatenate([v for _, v in held]))
+        for start in range(0, len(keys), chunk_size):
+            store.add(keys[start:start + chunk_size], self.dba.augmented(keys[start:start + chunk_size]))
+
+    def update_pixels(self, remove: Sequence[str], paths: dict[str, str]) -> None:
+        """Drop ``remove`` and (re)compute the thumbnails of ``paths`` ({key: file}); a file that does
+        not decode now just has no thumbnail (the copy mode then ranks it by the CNN alone)."""
+        if self.pixels is None:
+            return
+        from .pixel import PixelFeatures
+
+        gone = list(remove) + list(paths)
+        if gone:
+            self.pixels.remove(gone)
+        keys = list(paths)
+        if keys:
+            batch = PixelFeatures(self.options.copy_pixels).embed_paths([paths[k] for k in keys], progress=False)
+            if batch.indices:
+                self.pixels.add([keys[i] for i in batch.indices], batch.vectors)
+
+    # ---- queries --------------------------------------------------------------------------
+    def search(self, backend, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """The backend's search with alpha-QE when on (expanded with the stored, augmented vectors)."""
+        return expanded_search(backend.search, lambda keys: backend.vectors(list(keys)), queries, k,
+                               self.options.qe_n, self.options.qe_alpha)
+
+    def copy_search(self, cnn_search: Callable[[int], list[Hit]], vector: np.ndarray, image: np.ndarray,
+                    k: int) -> list[Hit]:
+        """Fusion (:func:`~revsearch.fusion.ratio_fusion`) of the CNN ranking of ``vector`` without
+        alpha-QE and DBA (DBA blurs an image with its look-alikes: measured, it loses copies) and the
+        ranking by the thumbnail of ``image`` (RGB array), top COPY_TOP of each. ``cnn_search(top)``
+        is the backend's search, used when the index has no DBA."""
+        if self.pixels is None:
+            raise ValueError("this index keeps no thumbnails for the copy mode: rebuild it with copy_pixels > 0 "
+                             "(revsearch index --rebuild --copy-pixels 16)")
+        from .pixel import PixelFeatures
+
+        thumbnail = PixelFeatures(self.options.copy_pixels).embed_images([image])
+        top = max(k, COPY_TOP)
+        pixel_hits = self.pixels.search(thumbnail, min(top, len(self.pixels)))[0] if len(self.pixels) else []
+        cnn_hits = cnn_search(top) if self.dba is None else self._original_search(vector, top)
+        return ratio_fusion([cnn_hits, pixel_hits], k, COPY_REF_RANK, [1.0, COPY_PIXEL_WEIGHT])
+
+    def _original_search(self, vector: np.ndarray, k: int) -> list[Hit]:
+        """Exact search over the DBA graph's original (not augmented) vectors."""
+        originals = self.dba.vectors
+        dist = squared_l2(np.asarray(vector, np.float32).reshape(1, -1), originals,
+                          np.einsum("ij,ij->i", originals, originals))[0]
+        return [Hit(self.dba.keys[i], float(dist[i])) for i in top_k(dist, k)]
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        if self.dba is not None:
+            np.savez(folder / "dba.npz", **self.dba.state())
+            (folder / "dba.keys.json").write_text(json.dumps(self.dba.keys))
+        if self.pixels is not None:
+            self.pixels.save(folder / "thumbnails")
+
+    @classmethod
+    def load(cls, folder: Path, options: RetrievalOptions, dim: int) -> IndexExtras:
+        dba = pixels = None
+        if options.dba_n:
+            with np.load(folder / "dba.npz") as state:
+                dba = DBAGraph.from_state(json.loads((folder / "dba.keys.json").read_text()), dict(state))
+        if options.copy_pixels:
+            pixels = ExactIndex.load(folder / "thumbnails", {"dim": 3 * options.copy_pixels ** 2, "dtype": "float32"})
+        return cls(options, dim, dba, pixels)
