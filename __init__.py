@@ -12,7 +12,6 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-
 def register(plugin):
     """Called by FiftyOne when it loads the plugin (as a package, so the relative import works).
 

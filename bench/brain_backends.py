@@ -73,15 +73,22 @@ class FlatMilvusSimilarityConfig(MilvusSimilarityConfig):
 class FlatMilvusSimilarity(MilvusSimilarity):
     """Found by FiftyOne from the config's class name (``...Config`` minus ``Config``)."""
 
+
 #: (label, brain key, compute_similarity kwargs; "{tmp}" is replaced by the temp dir).
 BACKENDS = [
-    ("revsearch milvus (Lite, FLAT)", "rs_milvus",
-     {"backend": "revsearch", "index_kind": "milvus", "uri": "{tmp}/rs_milvus.db"}),
+    (
+        "revsearch milvus (Lite, FLAT)",
+        "rs_milvus",
+        {"backend": "revsearch", "index_kind": "milvus", "uri": "{tmp}/rs_milvus.db"},
+    ),
     ("revsearch kmeans (IVF)", "rs_kmeans", {"backend": "revsearch", "index_kind": "kmeans"}),
     ("fob sklearn (cosine)", "fob_sklearn", {"backend": "sklearn"}),
     ("fob milvus (Lite, its default HNSW)", "fob_milvus", {"backend": "milvus", "uri": "{tmp}/fob_milvus.db"}),
-    ("fob milvus (Lite, FLAT patch)", "fob_milvus_flat",
-     {"backend": FlatMilvusSimilarityConfig, "uri": "{tmp}/fob_milvus_flat.db"}),
+    (
+        "fob milvus (Lite, FLAT patch)",
+        "fob_milvus_flat",
+        {"backend": FlatMilvusSimilarityConfig, "uri": "{tmp}/fob_milvus_flat.db"},
+    ),
 ]
 
 
@@ -106,9 +113,18 @@ def recall(found: list[list[str]], truth: list[list[str]]) -> float:
     return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
 
 
-def measure(dataset, results, key: str, queries: np.ndarray, truth: list[list[str]], budget_s: float,
-            min_queries: int, label: str) -> dict:
+def measure(
+    dataset,
+    results,
+    key: str,
+    queries: np.ndarray,
+    truth: list[list[str]],
+    budget_s: float,
+    min_queries: int,
+    label: str,
+) -> dict:
     """First-query latency, then view and raw latency percentiles and recall@10 of each path."""
+
     def view(q):
         return list(dataset.sort_by_similarity(q, k=K, brain_key=key).values("id"))
 
@@ -124,10 +140,14 @@ def measure(dataset, results, key: str, queries: np.ndarray, truth: list[list[st
     m = min(len(found), len(raw_found))
     if found[:m] != raw_found[:m]:
         print(f"  note: {label}: view and raw ids differ for some queries", flush=True)
-    return {"first q ms": first_ms, "queries": len(view_ms),
-            **dict(zip(("view p50 ms", "view p99 ms"), percentiles(view_ms))),
-            **dict(zip(("raw p50 ms", "raw p99 ms"), percentiles(raw_ms))),
-            "recall@10": recall(found, truth), "raw recall@10": recall(raw_found, truth)}
+    return {
+        "first q ms": first_ms,
+        "queries": len(view_ms),
+        **dict(zip(("view p50 ms", "view p99 ms"), percentiles(view_ms))),
+        **dict(zip(("raw p50 ms", "raw p99 ms"), percentiles(raw_ms))),
+        "recall@10": recall(found, truth),
+        "raw recall@10": recall(raw_found, truth),
+    }
 
 
 def make_dataset(n: int) -> fo.Dataset:
@@ -136,8 +156,9 @@ def make_dataset(n: int) -> fo.Dataset:
     return dataset
 
 
-def bench_size(n: int, dim: int, n_queries: int, budget_s: float, min_queries: int, tmp: str,
-               errors: list[str]) -> list[dict]:
+def bench_size(
+    n: int, dim: int, n_queries: int, budget_s: float, min_queries: int, tmp: str, errors: list[str]
+) -> list[dict]:
     data = synthetic(n, dim)
     queries = synthetic(n_queries, dim, seed=1) * 0.3 + data[:n_queries] * 0.7
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
@@ -156,12 +177,22 @@ def bench_size(n: int, dim: int, n_queries: int, budget_s: float, min_queries: i
 
         truth = [exact(q) for q in queries]
         raw_ms, _ = timed_loop(exact, queries, budget_s, min_queries)
-        view_ms, _ = timed_loop(lambda q: dataset.select(exact(q), ordered=True).values("id"),
-                                queries, budget_s, min_queries)
-        rows.append({"N": n, "backend": "exact numpy (+ select for view)", "build s": 0.0, "first q ms": "",
-                     "queries": len(view_ms), **dict(zip(("view p50 ms", "view p99 ms"), percentiles(view_ms))),
-                     **dict(zip(("raw p50 ms", "raw p99 ms"), percentiles(raw_ms))), "recall@10": 1.0,
-                     "raw recall@10": 1.0})
+        view_ms, _ = timed_loop(
+            lambda q: dataset.select(exact(q), ordered=True).values("id"), queries, budget_s, min_queries
+        )
+        rows.append(
+            {
+                "N": n,
+                "backend": "exact numpy (+ select for view)",
+                "build s": 0.0,
+                "first q ms": "",
+                "queries": len(view_ms),
+                **dict(zip(("view p50 ms", "view p99 ms"), percentiles(view_ms))),
+                **dict(zip(("raw p50 ms", "raw p99 ms"), percentiles(raw_ms))),
+                "recall@10": 1.0,
+                "raw recall@10": 1.0,
+            }
+        )
         print(rows[-1], flush=True)
 
         for label, key, kwargs in BACKENDS:
@@ -221,8 +252,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--queries", type=int, default=30, help="query vectors per size")
-    parser.add_argument("--budget-s", type=float, default=45.0,
-                        help="stop a backend's timing loop after this many seconds ...")
+    parser.add_argument(
+        "--budget-s", type=float, default=45.0, help="stop a backend's timing loop after this many seconds ..."
+    )
     parser.add_argument("--min-queries", type=int, default=10, help="... but time at least this many queries")
     args = parser.parse_args()
 
@@ -236,15 +268,36 @@ def main() -> None:
         finally:
             release_lite_servers()
             shutil.rmtree(tmp, ignore_errors=True)
-    columns = ["N", "backend", "build s", "first q ms", "queries", "view p50 ms", "view p99 ms",
-               "raw p50 ms", "raw p99 ms", "recall@10", "raw recall@10"]
+    columns = [
+        "N",
+        "backend",
+        "build s",
+        "first q ms",
+        "queries",
+        "view p50 ms",
+        "view p99 ms",
+        "raw p50 ms",
+        "raw p99 ms",
+        "recall@10",
+        "raw recall@10",
+    ]
     if any("error" in r for r in rows):
         columns.append("error")
     import pymilvus
-    meta = {"dim": args.dim, "k": K, "queries": args.queries, "budget_s": args.budget_s,
-            "min_queries": args.min_queries, "fiftyone": fo.__version__,
-            "fiftyone_brain": importlib.metadata.version("fiftyone-brain"), "pymilvus": pymilvus.__version__,
-            "cpus": os.cpu_count(), "total_s": total.seconds, "errors": errors}
+
+    meta = {
+        "dim": args.dim,
+        "k": K,
+        "queries": args.queries,
+        "budget_s": args.budget_s,
+        "min_queries": args.min_queries,
+        "fiftyone": fo.__version__,
+        "fiftyone_brain": importlib.metadata.version("fiftyone-brain"),
+        "pymilvus": pymilvus.__version__,
+        "cpus": os.cpu_count(),
+        "total_s": total.seconds,
+        "errors": errors,
+    }
     write_results("brain_backends", rows, markdown_table(rows, columns), meta)
     for e in errors:
         print("ERROR:", e)

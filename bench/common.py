@@ -44,6 +44,7 @@ class Timer:
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A GitHub markdown table of ``rows`` (dicts) with the given column order."""
+
     def fmt(v) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 

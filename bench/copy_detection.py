@@ -29,7 +29,7 @@ def _rotate(im: np.ndarray, deg: float) -> np.ndarray:
 def _crop(im: np.ndarray, keep: float) -> np.ndarray:
     h, w = im.shape[:2]
     dy, dx = int(h * (1 - keep) / 2), int(w * (1 - keep) / 2)
-    return im[dy:h - dy, dx:w - dx]
+    return im[dy : h - dy, dx : w - dx]
 
 
 def _jitter(im: np.ndarray, amount: float) -> np.ndarray:
@@ -47,18 +47,27 @@ def _text(im: np.ndarray, big: bool) -> np.ndarray:
     scale = w / 250 * (2.0 if big else 0.6)
     for i, line in enumerate(["COPYRIGHT", "revsearch", "2026"] if big else ["(c) photo"]):
         y = int(h * (0.35 + 0.25 * i)) if big else int(h * 0.92)
-        cv2.putText(out, line, (int(w * 0.05), y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                    max(1, int(3 * scale)), cv2.LINE_AA)
+        cv2.putText(
+            out,
+            line,
+            (int(w * 0.05), y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            max(1, int(3 * scale)),
+            cv2.LINE_AA,
+        )
     return out
 
 
 def _border(im: np.ndarray, frac: float) -> np.ndarray:
     h, w = im.shape[:2]
     pad = int(max(h, w) * frac)
-    out = cv2.copyMakeBorder(im, pad + (pad if frac > 0.15 else 0), pad, pad, pad, cv2.BORDER_CONSTANT,
-                             value=(235, 235, 235))
+    out = cv2.copyMakeBorder(
+        im, pad + (pad if frac > 0.15 else 0), pad, pad, pad, cv2.BORDER_CONSTANT, value=(235, 235, 235)
+    )
     if frac > 0.15:  # a screenshot-like title bar
-        out[: pad, :] = (60, 60, 60)
+        out[:pad, :] = (60, 60, 60)
     return out
 
 
@@ -67,8 +76,10 @@ def _jpeg(im: np.ndarray, quality: int) -> np.ndarray:
 
 
 TRANSFORMS = {
-    "resize": (lambda im: cv2.resize(im, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
-               lambda im: cv2.resize(im, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)),
+    "resize": (
+        lambda im: cv2.resize(im, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
+        lambda im: cv2.resize(im, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA),
+    ),
     "jpeg": (lambda im: _jpeg(im, 50), lambda im: _jpeg(im, 8)),
     "crop": (lambda im: _crop(im, 0.8), lambda im: _crop(im, 0.5)),
     "rotation": (lambda im: _rotate(im, 5), lambda im: _rotate(im, 30)),
@@ -111,9 +122,13 @@ def main() -> None:
 
     stages = {}
     stages["pixel 32x32"] = (np.concatenate([pixel_features(train), pixel_features(sources)]), pixel_features(q_paths))
-    db = {k: np.concatenate([v, s]) for (k, v), s in
-          zip(cnn_features(train, "mobilenet_v2", "IMAGENET1K_V1").items(),
-              cnn_features(sources, "mobilenet_v2", "IMAGENET1K_V1").values())}
+    db = {
+        k: np.concatenate([v, s])
+        for (k, v), s in zip(
+            cnn_features(train, "mobilenet_v2", "IMAGENET1K_V1").items(),
+            cnn_features(sources, "mobilenet_v2", "IMAGENET1K_V1").values(),
+        )
+    }
     qf = cnn_features(q_paths, "mobilenet_v2", "IMAGENET1K_V1")
     stages["mobilenet_v2 avg"] = (db["avg"], qf["avg"])
     stages["mobilenet_v2 gem"] = (db["gem"], qf["gem"])
@@ -140,8 +155,12 @@ def main() -> None:
         overall[f"{stage} mAP"] = float((1.0 / ranks).mean())
     rows.append(overall)
     columns = ["transform"] + [f"{s} {m}" for s in stages for m in ("R@1", "mAP")]
-    write_results("copy_detection", rows, markdown_table(rows, columns),
-                  {"sources": len(sources), "queries": len(queries), "database": len(train) + len(sources)})
+    write_results(
+        "copy_detection",
+        rows,
+        markdown_table(rows, columns),
+        {"sources": len(sources), "queries": len(queries), "database": len(train) + len(sources)},
+    )
 
 
 if __name__ == "__main__":

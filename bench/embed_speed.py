@@ -65,18 +65,31 @@ def main() -> None:
         large = make_large_jpegs(paths[: args.large], Path(tmp))
         for backbone, weights in BACKBONES:
             for runtime in RUNTIMES:
-                embedder = Embedder(EmbedderConfig(backbone=backbone, weights=weights, batch_size=args.batch_size,
-                                                   runtime=runtime))
+                embedder = Embedder(
+                    EmbedderConfig(backbone=backbone, weights=weights, batch_size=args.batch_size, runtime=runtime)
+                )
                 bare = bare_model_rate(embedder, len(paths))
                 e2e = pipeline_rate(embedder, paths)
                 e2e_large = pipeline_rate(embedder, large)
-                rows.append({"backbone": backbone, "runtime": runtime, "bare model img/s": bare,
-                             "pipeline img/s (Caltech)": e2e, "ratio (Caltech)": e2e / bare,
-                             "pipeline img/s (12 MP)": e2e_large, "ratio (12 MP)": e2e_large / bare})
+                rows.append(
+                    {
+                        "backbone": backbone,
+                        "runtime": runtime,
+                        "bare model img/s": bare,
+                        "pipeline img/s (Caltech)": e2e,
+                        "ratio (Caltech)": e2e / bare,
+                        "pipeline img/s (12 MP)": e2e_large,
+                        "ratio (12 MP)": e2e_large / bare,
+                    }
+                )
                 print(rows[-1], flush=True)
     columns = list(rows[0])
-    meta = {"images": len(paths), "large_images": len(large), "batch_size": args.batch_size,
-            "torch_threads": torch.get_num_threads()}
+    meta = {
+        "images": len(paths),
+        "large_images": len(large),
+        "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+    }
     write_results("embed_speed", rows, markdown_table(rows, columns), meta)
 
 

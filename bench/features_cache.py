@@ -42,7 +42,7 @@ def cnn_features(paths: list[str], backbone: str, weights: str | None) -> dict[s
     """{'avg': (n, d), 'gem': (n, d)} for a backbone."""
     model = BothPoolings(EmbedderConfig(backbone=backbone, weights=weights, batch_size=32))
     both = _cached(f"{backbone}_{weights}", paths, model)
-    return {"avg": both[:, : model.dim], "gem": both[:, model.dim:]}
+    return {"avg": both[:, : model.dim], "gem": both[:, model.dim :]}
 
 
 def pixel_features(paths: list[str], size: int = 32) -> np.ndarray:
@@ -50,7 +50,7 @@ def pixel_features(paths: list[str], size: int = 32) -> np.ndarray:
 
 
 #: Scales cached per image for the multi-scale experiments (sqrt 2 up-scales, the rest as in Radenović et al.).
-CACHED_SCALES = (2 ** 0.5, 1.0, 2 ** -0.5, 0.5)
+CACHED_SCALES = (2**0.5, 1.0, 2**-0.5, 0.5)
 
 
 class PerScale(MultiScaleEmbedder):
@@ -61,8 +61,9 @@ class PerScale(MultiScaleEmbedder):
         return per.transpose(1, 0, 2).reshape(len(batch), -1)
 
 
-def multiscale_features(paths: list[str], backbone: str = "mobilenet_v2",
-                        weights: str | None = "IMAGENET1K_V1") -> dict[float, np.ndarray]:
+def multiscale_features(
+    paths: list[str], backbone: str = "mobilenet_v2", weights: str | None = "IMAGENET1K_V1"
+) -> dict[float, np.ndarray]:
     """{scale: (n, dim) GeM unit vectors} for each of CACHED_SCALES (one cached pass for all)."""
     model = PerScale(EmbedderConfig(backbone=backbone, weights=weights, batch_size=32), scales=CACHED_SCALES)
     flat = _cached(f"ms_{backbone}_{weights}", paths, model)

@@ -21,16 +21,18 @@ from common import Timer, caltech_split, markdown_table, seed_torch_cache, write
 def fiftyone_model():
     import fiftyone.utils.torch as fout
 
-    config = fout.TorchImageModelConfig({
-        "entrypoint_fcn": "torchvision.models.mobilenet_v2",
-        "entrypoint_args": {"weights": "MobileNet_V2_Weights.IMAGENET1K_V1"},
-        "output_processor_cls": "fiftyone.utils.torch.ClassifierOutputProcessor",
-        "classes": [str(i) for i in range(1000)],
-        "image_size": [224, 224],
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
-        "embeddings_layer": "<classifier.1",
-    })
+    config = fout.TorchImageModelConfig(
+        {
+            "entrypoint_fcn": "torchvision.models.mobilenet_v2",
+            "entrypoint_args": {"weights": "MobileNet_V2_Weights.IMAGENET1K_V1"},
+            "output_processor_cls": "fiftyone.utils.torch.ClassifierOutputProcessor",
+            "classes": [str(i) for i in range(1000)],
+            "image_size": [224, 224],
+            "image_mean": [0.485, 0.456, 0.406],
+            "image_std": [0.229, 0.224, 0.225],
+            "embeddings_layer": "<classifier.1",
+        }
+    )
     return fout.TorchImageModel(config)
 
 
@@ -48,8 +50,11 @@ def main() -> None:
     paths = train[:: max(1, len(train) // args.images)][: args.images]
     ours, seconds = {}, {}
     for runtime in RUNTIMES:
-        embedder = Embedder(EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1", pooling="avg",
-                                           batch_size=32, runtime=runtime))
+        embedder = Embedder(
+            EmbedderConfig(
+                backbone="mobilenet_v2", weights="IMAGENET1K_V1", pooling="avg", batch_size=32, runtime=runtime
+            )
+        )
         embedder.embed_paths(paths[:32], progress=False)  # warm-up
         with Timer() as t:
             ours[runtime] = embedder.embed_paths(paths, progress=False).vectors
@@ -66,11 +71,17 @@ def main() -> None:
         dataset.delete()
     theirs = np.asarray(theirs, dtype=np.float32)
     theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
-    rows = [{"images": len(paths), "revsearch runtime": runtime, "revsearch img/s": len(paths) / seconds[runtime],
-             "FiftyOne compute_embeddings img/s": len(paths) / t_fo.seconds,
-             "speed-up": t_fo.seconds / seconds[runtime],
-             "mean cosine(ours, FiftyOne)": float((ours[runtime] * theirs).sum(axis=1).mean())}
-            for runtime in RUNTIMES]
+    rows = [
+        {
+            "images": len(paths),
+            "revsearch runtime": runtime,
+            "revsearch img/s": len(paths) / seconds[runtime],
+            "FiftyOne compute_embeddings img/s": len(paths) / t_fo.seconds,
+            "speed-up": t_fo.seconds / seconds[runtime],
+            "mean cosine(ours, FiftyOne)": float((ours[runtime] * theirs).sum(axis=1).mean()),
+        }
+        for runtime in RUNTIMES
+    ]
     write_results("fiftyone_embed", rows, markdown_table(rows, list(rows[0])), {"batch_size": 32})
 
 

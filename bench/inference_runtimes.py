@@ -37,7 +37,7 @@ class Int8Embedder(Embedder):
 
         fp32: OnnxTrunk = self.trunk
         pre, int8 = fp32.path.with_suffix(".pre.onnx"), fp32.path.with_suffix(".int8.onnx")
-        inputs = [self.network_input(calibration[i:i + 16]) for i in range(0, len(calibration), 16)]
+        inputs = [self.network_input(calibration[i : i + 16]) for i in range(0, len(calibration), 16)]
 
         class Reader(CalibrationDataReader):
             def __init__(self):
@@ -47,8 +47,15 @@ class Int8Embedder(Embedder):
                 return next(self.batches, None)
 
         quant_pre_process(str(fp32.path), str(pre))
-        quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        quantize_static(
+            str(pre),
+            str(int8),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = fp32.session.get_session_options().intra_op_num_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -66,8 +73,9 @@ def bare_rate(embedder: Embedder, batch: np.ndarray) -> float:
     return len(batch) / t.seconds
 
 
-def bench_backbone(backbone: str, weights: str | None, paths: list[str], calib_paths: list[str],
-                   batch_size: int) -> tuple[list[dict], dict[str, Embedder]]:
+def bench_backbone(
+    backbone: str, weights: str | None, paths: list[str], calib_paths: list[str], batch_size: int
+) -> tuple[list[dict], dict[str, Embedder]]:
     config = dict(backbone=backbone, weights=weights, batch_size=batch_size)
     torch_e = Embedder(EmbedderConfig(**config, runtime="torch"))
     ort_e = Embedder(EmbedderConfig(**config, runtime="onnxruntime"))
@@ -87,10 +95,17 @@ def bench_backbone(backbone: str, weights: str | None, paths: list[str], calib_p
             vectors = e.embed_paths(paths, progress=False).vectors
         cosines = np.einsum("ij,ij->i", vectors, reference)
         bare = statistics.median(rates[name])
-        rows.append({"backbone": backbone, "runtime": name, "bare img/s": bare,
-                     "end-to-end img/s": len(paths) / t.seconds,
-                     "x torch (bare)": bare / statistics.median(rates["torch fp32"]),
-                     "cosine to torch (mean)": float(cosines.mean()), "cosine (min)": float(cosines.min())})
+        rows.append(
+            {
+                "backbone": backbone,
+                "runtime": name,
+                "bare img/s": bare,
+                "end-to-end img/s": len(paths) / t.seconds,
+                "x torch (bare)": bare / statistics.median(rates["torch fp32"]),
+                "cosine to torch (mean)": float(cosines.mean()),
+                "cosine (min)": float(cosines.min()),
+            }
+        )
         print(rows[-1], flush=True)
     return rows, embedders
 
@@ -105,9 +120,13 @@ def int8_quality(embedders: dict[str, Embedder]) -> list[dict]:
     ref_q = cnn_features(list(q_paths), "mobilenet_v2", "IMAGENET1K_V1")["gem"]
     int8 = embedders["onnxruntime int8"]
     db, q = int8.embed_paths(list(db_paths)).vectors, int8.embed_paths(list(q_paths)).vectors
-    return [{"backbone": "mobilenet_v2", "runtime": name, "mAP": row["mAP"], "P@10": row["P@10"]}
-            for name, row in (("torch fp32", evaluate("torch", ref_db, ref_q, labels)),
-                              ("onnxruntime int8", evaluate("int8", db, q, labels)))]
+    return [
+        {"backbone": "mobilenet_v2", "runtime": name, "mAP": row["mAP"], "P@10": row["P@10"]}
+        for name, row in (
+            ("torch fp32", evaluate("torch", ref_db, ref_q, labels)),
+            ("onnxruntime int8", evaluate("int8", db, q, labels)),
+        )
+    ]
 
 
 def main() -> None:
@@ -125,8 +144,15 @@ def main() -> None:
         rows += backbone_rows
         if args.quality and backbone == "mobilenet_v2":
             quality = int8_quality(embedders)
-    columns = ["backbone", "runtime", "bare img/s", "x torch (bare)", "end-to-end img/s",
-               "cosine to torch (mean)", "cosine (min)"]
+    columns = [
+        "backbone",
+        "runtime",
+        "bare img/s",
+        "x torch (bare)",
+        "end-to-end img/s",
+        "cosine to torch (mean)",
+        "cosine (min)",
+    ]
     table = markdown_table(rows, columns)
     if quality:
         quality_table = markdown_table(quality, ["runtime", "mAP", "P@10"])

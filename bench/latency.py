@@ -105,8 +105,23 @@ def plugin_load(code_dir: Path) -> dict:
 
 
 def cli_query(code_dir: Path, index_dir: Path, image: str) -> dict:
-    done = run(code_dir, ["/usr/bin/time", "-f", "TIME %e %M", sys.executable, "-m", "revsearch.cli", "query",
-                          image, "--index-dir", str(index_dir), "-k", "10"])
+    done = run(
+        code_dir,
+        [
+            "/usr/bin/time",
+            "-f",
+            "TIME %e %M",
+            sys.executable,
+            "-m",
+            "revsearch.cli",
+            "query",
+            image,
+            "--index-dir",
+            str(index_dir),
+            "-k",
+            "10",
+        ],
+    )
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     wall, rss_kb = re.findall(r"TIME ([\d.]+) (\d+)", done.stderr)[-1]
@@ -121,7 +136,7 @@ def median_of(repeats: int, measure, *args) -> dict:
 
 def caltech_images(n: int) -> list[str]:
     folder = CALTECH / "101_ObjectCategories"
-    return [str(p) for c in ("airplanes", "butterfly") for p in sorted((folder / c).glob("*.jpg"))[:n // 2]]
+    return [str(p) for c in ("airplanes", "butterfly") for p in sorted((folder / c).glob("*.jpg"))[: n // 2]]
 
 
 def build_cli_index(index_dir: Path, n: int, images: list[str]) -> None:
@@ -137,8 +152,9 @@ def build_cli_index(index_dir: Path, n: int, images: list[str]) -> None:
         real = reducer.transform(real)
     fake = synthetic(n - len(images), real.shape[1]) if n > len(images) else np.empty((0, real.shape[1]))
     keys = images + [f"/synthetic/{i}.jpg" for i in range(len(fake))]
-    backend = MilvusIndex(real.shape[1], collection=f"revsearch_bench_{n}", uri=str(index_dir / "revsearch.db"),
-                          overwrite=True)
+    backend = MilvusIndex(
+        real.shape[1], collection=f"revsearch_bench_{n}", uri=str(index_dir / "revsearch.db"), overwrite=True
+    )
     backend.add(keys, np.concatenate([real, fake]).astype(np.float32))
     items = {k: {"path": k, "signature": [1, 1.0]} for k in keys}
     index = SearchIndex(index_dir, extractor, backend, reducer, items, {}, 0, [str(Path(images[0]).parent)])
@@ -156,8 +172,14 @@ def build_brain_dataset(n: int, tmp: Path) -> tuple[str, Path]:
     dataset.add_samples([fo.Sample(filepath=f"/synthetic/{i}.jpg") for i in range(n)], progress=False)
     data = synthetic(n, 128)
     fob.compute_similarity(dataset, embeddings=data, brain_key="ivf", backend="revsearch", index_kind="kmeans")
-    fob.compute_similarity(dataset, embeddings=data, brain_key="lite", backend="revsearch", index_kind="milvus",
-                           uri=str(tmp / f"brain{n}.db"))
+    fob.compute_similarity(
+        dataset,
+        embeddings=data,
+        brain_key="lite",
+        backend="revsearch",
+        index_kind="milvus",
+        uri=str(tmp / f"brain{n}.db"),
+    )
     dataset.load_brain_results("lite")._store.release()  # let the probe processes open the Lite file
     query = tmp / f"query{n}.npy"
     np.save(query, synthetic(1, 128, seed=1)[0] * 0.3 + data[0] * 0.7)
@@ -180,44 +202,87 @@ def main() -> None:
     try:
         for name, code in versions.items():
             imp = median_of(args.repeats, import_time, code)
-            rows.append({"measure": "import revsearch.cli", "code": name, "ms": imp["seconds"] * 1000,
-                         "heavy modules loaded": " ".join(imp["loaded"])})
+            rows.append(
+                {
+                    "measure": "import revsearch.cli",
+                    "code": name,
+                    "ms": imp["seconds"] * 1000,
+                    "heavy modules loaded": " ".join(imp["loaded"]),
+                }
+            )
             plug = median_of(args.repeats, plugin_load, code)
-            rows.append({"measure": "plugin load (register)", "code": name, "ms": plug["seconds"] * 1000,
-                         "heavy modules loaded": " ".join(plug["loaded"])})
+            rows.append(
+                {
+                    "measure": "plugin load (register)",
+                    "code": name,
+                    "ms": plug["seconds"] * 1000,
+                    "heavy modules loaded": " ".join(plug["loaded"]),
+                }
+            )
         images = caltech_images(22)
         for n in args.cli_sizes:
             index_dir = tmp / f"cli{n}"
             build_cli_index(index_dir, n, images)
             for name, code in versions.items():
                 q = median_of(args.repeats, cli_query, code, index_dir, images[0])
-                rows.append({"measure": "revsearch query (cold process)", "N": n, "code": name,
-                             "ms": q["seconds"] * 1000, "rss MB": q["rss_mb"]})
+                rows.append(
+                    {
+                        "measure": "revsearch query (cold process)",
+                        "N": n,
+                        "code": name,
+                        "ms": q["seconds"] * 1000,
+                        "rss MB": q["rss_mb"],
+                    }
+                )
             shutil.rmtree(index_dir)
         for n in args.brain_sizes:
             dataset, query = build_brain_dataset(n, tmp)
             try:
                 for name, code in versions.items():
-                    done = run(code, [sys.executable, "-c", BRAIN_PROBE, dataset, str(query), str(args.idle_s),
-                                      "ivf", "lite"])
+                    done = run(
+                        code, [sys.executable, "-c", BRAIN_PROBE, dataset, str(query), str(args.idle_s), "ivf", "lite"]
+                    )
                     if done.returncode:
                         raise RuntimeError(done.stderr[-2000:])
                     r = last_json(done.stdout)
                     for key, label in (("ivf", "kmeans (IVF)"), ("lite", "milvus (Lite)")):
-                        rows.append({"measure": f"sort_by_similarity, {label}", "N": n, "code": name,
-                                     "first ms": r["first"][key], "next ms": r["next"][key],
-                                     f"after {args.idle_s:g} s idle ms": r["after_idle"][key],
-                                     "after clear_cache ms": r["after_clear_cache"][key], "rss MB": r["rss_mb"]})
+                        rows.append(
+                            {
+                                "measure": f"sort_by_similarity, {label}",
+                                "N": n,
+                                "code": name,
+                                "first ms": r["first"][key],
+                                "next ms": r["next"][key],
+                                f"after {args.idle_s:g} s idle ms": r["after_idle"][key],
+                                "after clear_cache ms": r["after_clear_cache"][key],
+                                "rss MB": r["rss_mb"],
+                            }
+                        )
             finally:
                 import fiftyone as fo
 
                 fo.load_dataset(dataset).delete()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    columns = ["measure", "N", "code", "ms", "first ms", "next ms", f"after {args.idle_s:g} s idle ms",
-               "after clear_cache ms", "rss MB", "heavy modules loaded"]
-    meta = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "idle_s": args.idle_s,
-            "repeats": args.repeats, "baseline": str(args.baseline) if args.baseline else None}
+    columns = [
+        "measure",
+        "N",
+        "code",
+        "ms",
+        "first ms",
+        "next ms",
+        f"after {args.idle_s:g} s idle ms",
+        "after clear_cache ms",
+        "rss MB",
+        "heavy modules loaded",
+    ]
+    meta = {
+        "cpus": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "idle_s": args.idle_s,
+        "repeats": args.repeats,
+        "baseline": str(args.baseline) if args.baseline else None,
+    }
     write_results("latency", rows, markdown_table(rows, columns), meta)
 
 

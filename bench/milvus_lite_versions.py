@@ -14,6 +14,7 @@ Compares milvus-lite releases, each installed in its own virtual environment:
   /tmp/lite3/bin/python bench/milvus_lite_versions.py --index IVF_FLAT --flush
 Prints one JSON line (prefixed "RESULT ") with all measurements; figures in docs/benchmarks.md.
 """
+
 import argparse
 import importlib.metadata as md
 import json
@@ -58,18 +59,30 @@ def main():
     ap.add_argument("--n-batch", type=int, default=100)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--flush", action="store_true", help="client.flush() after inserts")
-    ap.add_argument("--consistency", default=None,
-                    help="consistency_level for create_collection and search (Strong/Bounded/Session/Eventually)")
+    ap.add_argument(
+        "--consistency",
+        default=None,
+        help="consistency_level for create_collection and search (Strong/Bounded/Session/Eventually)",
+    )
     ap.add_argument("--db", default=None, help=".db path (default /tmp/milvusbench/runs/<tag>/bench.db, wiped first)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--mem-limit-gb", type=float, default=10.0,
-                    help="RLIMIT_AS guard: milvus-lite 3.x memtable brute force allocates nq*n*dim*4 bytes")
-    ap.add_argument("--data", default="gaussian", choices=["gaussian", "clustered"],
-                    help="gaussian: i.i.d. N(0,1) (spec; worst case for ANN recall); "
-                         "clustered: 1000 gaussian clusters, queries = perturbed data points")
+    ap.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=10.0,
+        help="RLIMIT_AS guard: milvus-lite 3.x memtable brute force allocates nq*n*dim*4 bytes",
+    )
+    ap.add_argument(
+        "--data",
+        default="gaussian",
+        choices=["gaussian", "clustered"],
+        help="gaussian: i.i.d. N(0,1) (spec; worst case for ANN recall); "
+        "clustered: 1000 gaussian clusters, queries = perturbed data points",
+    )
     args = ap.parse_args()
 
     import resource
+
     lim = int(args.mem_limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     versions = {p: md.version(p) for p in ("pymilvus", "milvus-lite")}
@@ -96,8 +109,15 @@ def main():
         data = centers[rng.integers(0, 1000, args.n)] + 0.3 * rng.standard_normal((args.n, args.dim), dtype=np.float32)
         queries = data[qrng.integers(0, args.n, nq)] + 0.1 * qrng.standard_normal((nq, args.dim), dtype=np.float32)
 
-    res = {"versions": versions, "index": args.index, "data": args.data, "n": args.n, "dim": args.dim,
-           "flush": args.flush, "consistency": args.consistency}
+    res = {
+        "versions": versions,
+        "index": args.index,
+        "data": args.data,
+        "n": args.n,
+        "dim": args.dim,
+        "flush": args.flush,
+        "consistency": args.consistency,
+    }
     t = time.perf_counter()
     client = MilvusClient(uri=db)
     res["connect_s"] = time.perf_counter() - t
@@ -145,8 +165,15 @@ def main():
     skw = {"consistency_level": args.consistency} if args.consistency else {}
 
     def search(qs):
-        return client.search(collection_name=name, data=[q.tolist() for q in qs], limit=args.k,
-                             anns_field="vector", search_params=sp, output_fields=["key"], **skw)
+        return client.search(
+            collection_name=name,
+            data=[q.tolist() for q in qs],
+            limit=args.k,
+            anns_field="vector",
+            search_params=sp,
+            output_fields=["key"],
+            **skw,
+        )
 
     # warm-up query (not counted; may trigger lazy work)
     t = time.perf_counter()
@@ -156,7 +183,7 @@ def main():
     # ---- single queries ----
     lat = []
     found = []
-    for q in queries[:args.n_single]:
+    for q in queries[: args.n_single]:
         t = time.perf_counter()
         r = search([q])
         lat.append(time.perf_counter() - t)
@@ -167,7 +194,7 @@ def main():
     print("PARTIAL " + json.dumps(res), flush=True)
 
     # ---- one batched call ----
-    bq = queries[args.n_single:]
+    bq = queries[args.n_single :]
     t = time.perf_counter()
     try:
         r = search(bq)
@@ -176,15 +203,18 @@ def main():
         res["batch_per_query_ms"] = dt * 1000 / len(bq)
         found += [[h["id"] for h in hits] for hits in r]
         # sanity: output field round-trips
-        res["sample_hit"] = {"id": r[0][0]["id"], "key": r[0][0]["entity"].get("key"),
-                             "distance": float(r[0][0]["distance"])}
+        res["sample_hit"] = {
+            "id": r[0][0]["id"],
+            "key": r[0][0]["entity"].get("key"),
+            "distance": float(r[0][0]["distance"]),
+        }
     except Exception as ex:
         res["batch_error"] = f"{type(ex).__name__}: {str(ex)[:300]} (after {time.perf_counter() - t:.1f}s)"
 
-    truth = exact_topk(data, queries[:len(found)], args.k)
+    truth = exact_topk(data, queries[: len(found)], args.k)
     res["recall_at_10"] = recall_at_k(found, truth, args.k)
     res["recall_n_queries"] = len(found)
-    res["recall_single"] = recall_at_k(found[:args.n_single], truth[:args.n_single], args.k)
+    res["recall_single"] = recall_at_k(found[: args.n_single], truth[: args.n_single], args.k)
 
     t = time.perf_counter()
     client.close()

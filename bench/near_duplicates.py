@@ -116,9 +116,16 @@ def child(dataset_name: str, backend: str) -> dict:
         predicted, truth = set(index.duplicate_ids), {ids[i] for i in copies}
         ds.delete_brain_run(key)
     hits, peak = len(predicted & truth), peak_rss_mb()
-    return {"build s": built - start, "find s": found - built, "total s": found - start,
-            "precision": hits / max(len(predicted), 1), "recall": hits / len(truth),
-            "peak MB": round(peak), "added MB": round(peak - base), "server peak MB": round(server.stop())}
+    return {
+        "build s": built - start,
+        "find s": found - built,
+        "total s": found - start,
+        "precision": hits / max(len(predicted), 1),
+        "recall": hits / len(truth),
+        "peak MB": round(peak),
+        "added MB": round(peak - base),
+        "server peak MB": round(server.stop()),
+    }
 
 
 def child_index_level(n: int, nprobe: int | None = None) -> dict:
@@ -140,9 +147,15 @@ def child_index_level(n: int, nprobe: int | None = None) -> dict:
             dropped.update(int(h.key) for h in hits if int(h.key) > i)
     found = time.perf_counter()
     hits, peak = len(dropped & set(copies.tolist())), peak_rss_mb()
-    return {"build s": built - start, "find s": found - built, "total s": found - start,
-            "precision": hits / max(len(dropped), 1), "recall": hits / len(copies),
-            "peak MB": round(peak), "added MB": round(peak - base)}
+    return {
+        "build s": built - start,
+        "find s": found - built,
+        "total s": found - start,
+        "precision": hits / max(len(dropped), 1),
+        "recall": hits / len(copies),
+        "peak MB": round(peak),
+        "added MB": round(peak - base),
+    }
 
 
 def run_child(name: str, backend: str, timeout_s: float, nprobe: int = 0) -> dict:
@@ -169,8 +182,21 @@ def expected_seconds(measured: list[tuple[int, float]], n: int) -> float:
 
 def write_doc(rows: list[dict], command: str, name: str = "near_duplicates") -> None:
     """Table and ratios into docs/benchmarks.md (between markers), raw rows into bench/results."""
-    columns = ["N", "backend", "build s", "find s", "total s", "precision", "recall", "peak MB", "added MB",
-               "server peak MB", "sklearn/this time", "sklearn/this added MB", "note"]
+    columns = [
+        "N",
+        "backend",
+        "build s",
+        "find s",
+        "total s",
+        "precision",
+        "recall",
+        "peak MB",
+        "added MB",
+        "server peak MB",
+        "sklearn/this time",
+        "sklearn/this added MB",
+        "note",
+    ]
     for row in rows:
         ref = next((r for r in rows if r["N"] == row["N"] and r["backend"] == "sklearn" and "total s" in r), None)
         if ref and "total s" in row and row["backend"] != "sklearn":
@@ -192,11 +218,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="per (backend, size) run")
-    parser.add_argument("--index-level", action="store_true",
-                        help="only the K-means IVF index, without FiftyOne (table 2 of docs/benchmarks.md)")
+    parser.add_argument(
+        "--index-level",
+        action="store_true",
+        help="only the K-means IVF index, without FiftyOne (table 2 of docs/benchmarks.md)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "BACKEND"), help=argparse.SUPPRESS)
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[0, 8],
-                        help="with --index-level: lists scanned per vector (0 = exact, bisector-bounded)")
+    parser.add_argument(
+        "--nprobe",
+        type=int,
+        nargs="+",
+        default=[0, 8],
+        help="with --index-level: lists scanned per vector (0 = exact, bisector-bounded)",
+    )
     parser.add_argument("--child-index", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -220,8 +254,11 @@ def main() -> None:
                         measured[nprobe].append((n, row["total s"]))
                 rows.append(row)
                 print(row, flush=True)
-        write_doc(rows, "cd bench && ../.venv/bin/python near_duplicates.py " + " ".join(sys.argv[1:]),
-                  "near_duplicates_index")
+        write_doc(
+            rows,
+            "cd bench && ../.venv/bin/python near_duplicates.py " + " ".join(sys.argv[1:]),
+            "near_duplicates_index",
+        )
         return
     import fiftyone as fo
 

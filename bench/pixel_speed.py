@@ -20,6 +20,7 @@ from revsearch.images import load_image
 
 def naive_query(query: str, paths: list[str], size: int, k: int) -> list[tuple[str, int]]:
     """The reference article's loop: for each query, read and resize every database file."""
+
     def thumb(p: str) -> np.ndarray:
         return cv2.resize(load_image(p, min_side=size), (size, size), interpolation=cv2.INTER_AREA).astype(np.int64)
 
@@ -47,9 +48,15 @@ def main() -> None:
     with Timer() as naive:
         slow = [naive_query(q, paths, args.size, args.k) for q in queries]
     identical = all([(h.key, int(h.distance)) for h in f] == s for f, s in zip(fast, slow))
-    row = {"database": len(paths), "thumbnail": f"{args.size}x{args.size}", "index build s": build.seconds,
-           "naive s/query": naive.seconds / len(queries), "vectorised ms/query": 1000 * ours.seconds / len(queries),
-           "speed-up": naive.seconds / ours.seconds, "identical top-k": identical}
+    row = {
+        "database": len(paths),
+        "thumbnail": f"{args.size}x{args.size}",
+        "index build s": build.seconds,
+        "naive s/query": naive.seconds / len(queries),
+        "vectorised ms/query": 1000 * ours.seconds / len(queries),
+        "speed-up": naive.seconds / ours.seconds,
+        "identical top-k": identical,
+    }
     write_results("pixel_speed", [row], markdown_table([row], list(row)), {"queries": len(queries), "k": args.k})
     if not identical:
         raise SystemExit("top-k lists differ between the naive loop and the index")

@@ -20,8 +20,12 @@ from common import RESULTS, ROOT  # noqa: E402
 
 IMG = ROOT / "docs" / "img"
 #: Stages shown in the quality plot: (label, row name in retrieval_quality.json).
-STAGES = [("pixel 32x32\n(baseline)", "pixel 32x32"), ("CNN avg", "mobilenet_v2 avg"),
-          ("CNN GeM", "mobilenet_v2 gem"), ("GeM + PCA-128", "mobilenet_v2 gem + PCA-128")]
+STAGES = [
+    ("pixel 32x32\n(baseline)", "pixel 32x32"),
+    ("CNN avg", "mobilenet_v2 avg"),
+    ("CNN GeM", "mobilenet_v2 gem"),
+    ("GeM + PCA-128", "mobilenet_v2 gem + PCA-128"),
+]
 
 
 def _rows(name: str) -> list[dict]:
@@ -66,8 +70,12 @@ def latency_plot() -> None:
     rows = _rows("vector_search")
     sizes = sorted({r["N"] for r in rows})
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for label, prefix in [("exact (numpy)", "exact numpy"), ("K-means IVF (default nprobe)", "kmeans IVF"),
-                          ("Milvus Lite FLAT", "Milvus Lite FLAT"), ("Milvus Lite IVF_FLAT", "Milvus Lite IVF_FLAT")]:
+    for label, prefix in [
+        ("exact (numpy)", "exact numpy"),
+        ("K-means IVF (default nprobe)", "kmeans IVF"),
+        ("Milvus Lite FLAT", "Milvus Lite FLAT"),
+        ("Milvus Lite IVF_FLAT", "Milvus Lite IVF_FLAT"),
+    ]:
         points = [(n, row["p50 ms"]) for n in sizes if (row := _default_row(rows, n, prefix)) and row.get("p50 ms")]
         if points:
             ax.plot(*zip(*points), marker="o", label=label)

@@ -32,9 +32,14 @@ from revsearch.query_expansion import expand, expanded_search
 from revsearch.retrieval_options import COPY_PIXEL_WEIGHT, COPY_REF_RANK
 
 ALPHA = 3.0  # Radenović et al. 2018, for both alpha-QE and alpha-DBA
-SCALE_SETS = {"1": (1.0,), "1, 1/√2, 1/2": (1.0, 2 ** -0.5, 0.5), "√2": (2 ** 0.5,),
-              "√2, 1, 1/√2": (2 ** 0.5, 1.0, 2 ** -0.5), "√2, 1": (2 ** 0.5, 1.0),
-              "√2, 1, 1/√2, 1/2": CACHED_SCALES}
+SCALE_SETS = {
+    "1": (1.0,),
+    "1, 1/√2, 1/2": (1.0, 2**-0.5, 0.5),
+    "√2": (2**0.5,),
+    "√2, 1, 1/√2": (2**0.5, 1.0, 2**-0.5),
+    "√2, 1": (2**0.5, 1.0),
+    "√2, 1, 1/√2, 1/2": CACHED_SCALES,
+}
 NS = (1, 2, 3, 5, 10)
 GRID = (1, 2, 3, 5)
 
@@ -100,19 +105,29 @@ def class_rows(args) -> tuple[list[dict], dict]:
     for n in NS:
         run("1", 0, n)
     # the scale set with the best half-A mAP, then the (DBA n, alpha-QE n) grid on it and on scale 1
-    best_scales = max((r for r in rows if r["DBA n"] == 0 and r["αQE n"] == 0 and r["PCA"] == 128),
-                      key=lambda r: r["mAP A"])["scales"]
+    best_scales = max(
+        (r for r in rows if r["DBA n"] == 0 and r["αQE n"] == 0 and r["PCA"] == 128), key=lambda r: r["mAP A"]
+    )["scales"]
     for scales in dict.fromkeys(["1", best_scales]):
         for n in GRID:
             for m in GRID:
                 run(scales, n, m)
     # the default: single scale (multi-scale costs 3x the embedding time for every image indexed or
     # queried), and n <= 3 for both: with 3 relevant images per query larger n lose (sparse rows)
-    chosen = max((r for r in rows if r["scales"] == "1" and r["PCA"] == 128 and 0 < r["DBA n"] <= 3
-                  and 0 < r["αQE n"] <= 3), key=lambda r: r["mAP A"])
-    meta = {"database": len(db_paths), "queries": len(q_paths), "queries half A": int(in_a.sum()),
-            "queries half B": int((~in_a).sum()), "classes half A": sorted(half_a), "alpha": ALPHA,
-            "baseline": base, "chosen on half A": chosen}
+    chosen = max(
+        (r for r in rows if r["scales"] == "1" and r["PCA"] == 128 and 0 < r["DBA n"] <= 3 and 0 < r["αQE n"] <= 3),
+        key=lambda r: r["mAP A"],
+    )
+    meta = {
+        "database": len(db_paths),
+        "queries": len(q_paths),
+        "queries half A": int(in_a.sum()),
+        "queries half B": int((~in_a).sum()),
+        "classes half A": sorted(half_a),
+        "alpha": ALPHA,
+        "baseline": base,
+        "chosen on half A": chosen,
+    }
     return rows, meta
 
 
@@ -137,13 +152,36 @@ def sparse_rows(args) -> list[dict]:
         if len(db) >= 1000:
             reducer = PCAReducer.fit(db, 128)
             db, q = reducer.transform(db), reducer.transform(q)
-        for dba_n, qe_n in [(0, 0), (1, 0), (2, 0), (3, 0), (5, 0), (10, 0), (0, 1), (0, 2), (0, 3), (0, 5), (0, 10),
-                            (1, 1), (1, 2), (2, 2), (3, 3), (5, 5), (10, 10)]:
+        for dba_n, qe_n in [
+            (0, 0),
+            (1, 0),
+            (2, 0),
+            (3, 0),
+            (5, 0),
+            (10, 0),
+            (0, 1),
+            (0, 2),
+            (0, 3),
+            (0, 5),
+            (0, 10),
+            (1, 1),
+            (1, 2),
+            (2, 2),
+            (3, 3),
+            (5, 5),
+            (10, 10),
+        ]:
             dbv = dba(db, dba_n)
             order = rankings(dbv, qe(dbv, q, qe_n))
             mean_ap, p10 = ranking_metrics(order, labels, q_labels, n_rel)
-            row = {"database images per class": m, "database": len(db), "DBA n": dba_n, "αQE n": qe_n,
-                   "mAP": mean_ap, "P@10": p10}
+            row = {
+                "database images per class": m,
+                "database": len(db),
+                "DBA n": dba_n,
+                "αQE n": qe_n,
+                "mAP": mean_ap,
+                "P@10": p10,
+            }
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -178,14 +216,16 @@ def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict
     q_paths = [q[0] for q in queries]
     source_row = np.array([len(train) + q[3] for q in queries])
     half_a = np.array([q[3] % 2 == 0 for q in queries])
-    db_ms = {s: np.concatenate([a, b]) for (s, a), b in
-             zip(multiscale_features(train).items(), multiscale_features(sources).values())}
+    db_ms = {
+        s: np.concatenate([a, b])
+        for (s, a), b in zip(multiscale_features(train).items(), multiscale_features(sources).values())
+    }
     q_ms = multiscale_features(q_paths)
     pix = {}
     for size in (16, 32):
         pdb = np.concatenate([pixel_features(train, size), pixel_features(sources, size)]).astype(np.float32)
         pq = pixel_features(q_paths, size).astype(np.float32)
-        pix[size] = _top((pq ** 2).sum(1)[:, None] - 2 * pq @ pdb.T + (pdb ** 2).sum(1)[None, :], args.top)
+        pix[size] = _top((pq**2).sum(1)[:, None] - 2 * pq @ pdb.T + (pdb**2).sum(1)[None, :], args.top)
 
     def cnn_top(scales: str, dba_n: int, qe_n: int) -> tuple[np.ndarray, np.ndarray]:
         db, q = multiscale(db_ms, SCALE_SETS[scales]), multiscale(q_ms, SCALE_SETS[scales])
@@ -204,11 +244,22 @@ def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict
         if qe_n:
             continue
         for size in (16, 32):
-            for how, param, weight in (("RRF", 1, 1), ("RRF", 10, 1), ("RRF", 60, 1), ("ratio", 5, 1),
-                                       ("ratio", 10, 1), ("ratio", 50, 1), ("ratio", 5, 1.5), ("ratio", 5, 2),
-                                       ("ratio", 5, 3)):
-                name = (f"{label} + pixel {size}, RRF k={param}" if how == "RRF" else
-                        f"{label} + pixel {size}, ratio ref rank={param} pixel weight={weight}")
+            for how, param, weight in (
+                ("RRF", 1, 1),
+                ("RRF", 10, 1),
+                ("RRF", 60, 1),
+                ("ratio", 5, 1),
+                ("ratio", 10, 1),
+                ("ratio", 50, 1),
+                ("ratio", 5, 1.5),
+                ("ratio", 5, 2),
+                ("ratio", 5, 3),
+            ):
+                name = (
+                    f"{label} + pixel {size}, RRF k={param}"
+                    if how == "RRF"
+                    else f"{label} + pixel {size}, ratio ref rank={param} pixel weight={weight}"
+                )
                 stages[name] = rank_of_source(_fuse(cnn, pix[size], how, param, args.top, weight))
     rows = []
     for name in TRANSFORMS:
@@ -227,8 +278,13 @@ def copy_rows(args, options: list[tuple[str, str, int, int]]) -> tuple[list[dict
                 out[f"{strength} mAP {part}"] = float((1 / ranks[s]).mean())
         summary.append(out)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}, flush=True)
-    meta = {"sources": len(sources), "queries": len(queries), "database": len(train) + len(sources),
-            "fusion top-K per ranking": args.top, "summary": summary}
+    meta = {
+        "sources": len(sources),
+        "queries": len(queries),
+        "database": len(train) + len(sources),
+        "fusion top-K per ranking": args.top,
+        "summary": summary,
+    }
     return rows, meta
 
 
@@ -256,16 +312,24 @@ def latency_rows(args) -> list[dict]:
 
     fns = {"search k=10 (today's default)": lambda q: index.search(q, 10)}
     for n in (1, 2, 3, 5, 10):
-        fns[f"αQE n={n}: search k={n}, expand, search k=10"] = (
-            lambda q, n=n: expanded_search(index.search, fetch, q, 10, n, ALPHA))
+        fns[f"αQE n={n}: search k={n}, expand, search k=10"] = lambda q, n=n: expanded_search(
+            index.search, fetch, q, 10, n, ALPHA
+        )
     rows = [{"operation": name, "ms": ms} for name, ms in interleaved(fns).items()]
     pixels = rng.integers(0, 256, (args.n, 3 * 16 * 16)).astype(np.float32)
     pix_index = ExactIndex(pixels.shape[1], np.float32)
     pix_index.add(keys, pixels)
     pixel_queries = iter(pixels[rng.choice(args.n, len(queries))])
-    rows += [{"operation": name, "ms": ms} for name, ms in interleaved({
-        "pixel 16x16 search k=100 (copy mode's second ranking)":
-            lambda q: pix_index.search(next(pixel_queries)[None], 100)}).items()]
+    rows += [
+        {"operation": name, "ms": ms}
+        for name, ms in interleaved(
+            {
+                "pixel 16x16 search k=100 (copy mode's second ranking)": lambda q: pix_index.search(
+                    next(pixel_queries)[None], 100
+                )
+            }
+        ).items()
+    ]
     for n in args.dba_ns:
         graph = DBAGraph(n, ALPHA, 128)
         with Timer() as t:
@@ -274,19 +338,27 @@ def latency_rows(args) -> list[dict]:
         rows.append({"operation": f"DBA n={n}: build over {args.n:,} vectors (once)", "ms": 1000 * t.seconds})
         with Timer() as t:
             changed = graph.update([f"new{i}" for i in range(100)], queries[:100])
-        rows.append({"operation": f"DBA n={n}: add 100 vectors ({len(changed)} augmented vectors rewritten)",
-                     "ms": 1000 * t.seconds})
+        rows.append(
+            {
+                "operation": f"DBA n={n}: add 100 vectors ({len(changed)} augmented vectors rewritten)",
+                "ms": 1000 * t.seconds,
+            }
+        )
         with Timer() as t:
             changed = graph.update([], np.empty((0, 128), np.float32), keys[:100])
-        rows.append({"operation": f"DBA n={n}: remove 100 vectors ({len(changed)} rewritten)",
-                     "ms": 1000 * t.seconds})
+        rows.append({"operation": f"DBA n={n}: remove 100 vectors ({len(changed)} rewritten)", "ms": 1000 * t.seconds})
     images = [load_image(p, min_side=320) for p, _ in caltech_split("test")[: args.embed_images]]
     for label in ("1", "1, 1/√2, 1/2", "√2, 1, 1/√2"):
-        embedder = MultiScaleEmbedder(EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1"),
-                                      scales=SCALE_SETS[label])
+        embedder = MultiScaleEmbedder(
+            EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1"), scales=SCALE_SETS[label]
+        )
         embedder.embed_images(images[:2])  # warm-up
-        rows.append({"operation": f"embed one query image, scales {label} (MobileNetV2, ONNX Runtime)",
-                     "ms": per_query_images(embedder, images)})
+        rows.append(
+            {
+                "operation": f"embed one query image, scales {label} (MobileNetV2, ONNX Runtime)",
+                "ms": per_query_images(embedder, images),
+            }
+        )
     for row in rows:
         print(row, flush=True)
     return rows
@@ -303,8 +375,10 @@ def per_query_images(embedder, images) -> float:
 
 def write_summary() -> None:
     """retrieval_options.json: the defaults and the goal figures, read from the parts' results."""
-    part = {name: json.loads((RESULTS / f"retrieval_options_{name}.json").read_text())
-            for name in ("class", "copy_summary", "latency")}
+    part = {
+        name: json.loads((RESULTS / f"retrieval_options_{name}.json").read_text())
+        for name in ("class", "copy_summary", "latency")
+    }
     chosen = part["class"]["meta"]["chosen on half A"]
     copy = {r["stage"]: r for r in part["copy_summary"]["rows"]}
     latency = {r["operation"]: r["ms"] for r in part["latency"]["rows"]}
@@ -313,12 +387,21 @@ def write_summary() -> None:
     expanded = latency[f"αQE n={chosen['αQE n']}: search k={chosen['αQE n']}, expand, search k=10"]
     embed = latency["embed one query image, scales 1 (MobileNetV2, ONNX Runtime)"]
     summary = {
-        "defaults": {"scales": chosen["scales"], "dba_n": chosen["DBA n"], "qe_n": chosen["αQE n"], "alpha": ALPHA,
-                     "copy mode": copy_default},
+        "defaults": {
+            "scales": chosen["scales"],
+            "dba_n": chosen["DBA n"],
+            "qe_n": chosen["αQE n"],
+            "alpha": ALPHA,
+            "copy mode": copy_default,
+        },
         "class mAP": {"today": part["class"]["meta"]["baseline"], "default": chosen},
         "copy R@1": {"today (CNN)": copy["CNN scales 1"], "copy mode default": copy[copy_default]},
-        "latency ms": {"search": search, "search with αQE": expanded, "ratio": expanded / search,
-                       "end to end ratio (with the query's embedding)": (embed + expanded) / (embed + search)},
+        "latency ms": {
+            "search": search,
+            "search with αQE": expanded,
+            "ratio": expanded / search,
+            "end to end ratio (with the query's embedding)": (embed + expanded) / (embed + search),
+        },
     }
     (RESULTS / "retrieval_options.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary["latency ms"]))
@@ -344,22 +427,33 @@ def main() -> None:
         write_results("retrieval_options_class", rows, markdown_table(rows, cols), meta)
     if "sparse" in args.parts:
         rows = sparse_rows(args)
-        write_results("retrieval_options_sparse", rows, markdown_table(rows, list(rows[0])),
-                      {"note": "test queries of all classes; database: first m train images per class + distractors"})
+        write_results(
+            "retrieval_options_sparse",
+            rows,
+            markdown_table(rows, list(rows[0])),
+            {"note": "test queries of all classes; database: first m train images per class + distractors"},
+        )
     if "copy" in args.parts:
         chosen = json.loads((RESULTS / "retrieval_options_class.json").read_text())["meta"]["chosen on half A"]
         dba_n, qe_n = chosen["DBA n"], chosen["αQE n"]
-        options = [("scales 1", "1", 0, 0), (f"scales 1 + DBA {dba_n}", "1", dba_n, 0),
-                   ("scales √2, 1", "√2, 1", 0, 0),
-                   (f"similar mode: scales 1 + DBA {dba_n} + αQE {qe_n}", "1", dba_n, qe_n)]
+        options = [
+            ("scales 1", "1", 0, 0),
+            (f"scales 1 + DBA {dba_n}", "1", dba_n, 0),
+            ("scales √2, 1", "√2, 1", 0, 0),
+            (f"similar mode: scales 1 + DBA {dba_n} + αQE {qe_n}", "1", dba_n, qe_n),
+        ]
         rows, meta = copy_rows(args, options)
         write_results("retrieval_options_copy", rows, markdown_table(rows, list(rows[0])), meta)
         cols = ["stage"] + [f"{s} {m} {p}" for p in ("A", "B", "all") for s in ("mild", "strong") for m in ("R@1",)]
         write_results("retrieval_options_copy_summary", meta["summary"], markdown_table(meta["summary"], cols), {})
     if "latency" in args.parts:
         rows = latency_rows(args)
-        write_results("retrieval_options_latency", rows, markdown_table(rows, ["operation", "ms"]),
-                      {"vectors": args.n, "dim": 128, "queries": args.queries, "statistic": "median per query"})
+        write_results(
+            "retrieval_options_latency",
+            rows,
+            markdown_table(rows, ["operation", "ms"]),
+            {"vectors": args.n, "dim": 128, "queries": args.queries, "statistic": "median per query"},
+        )
     write_summary()
 
 

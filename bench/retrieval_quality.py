@@ -23,8 +23,9 @@ from revsearch.hits import squared_l2
 TOP = 100
 
 
-def ranking_metrics(rankings: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray,
-                    n_relevant: np.ndarray) -> tuple[float, float]:
+def ranking_metrics(
+    rankings: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray, n_relevant: np.ndarray
+) -> tuple[float, float]:
     """mAP (AP normalised by all relevant items in the database) and precision@10."""
     rel = db_labels[rankings] == q_labels[:, None]
     hits = np.cumsum(rel, axis=1)
@@ -64,8 +65,14 @@ def evaluate_index(name: str, search, n_queries: int, labels: tuple, exact_top10
     padded_labels = np.append(db_labels, "__none__")  # row -1 (not returned) is never relevant
     m100, p10 = ranking_metrics(rankings, padded_labels, q_labels, n_rel)
     recall = np.mean([len(set(r[:10]) & set(e)) / 10 for r, e in zip(rankings, exact_top10)])
-    row = {"stage": name, "mAP": "", "P@10": p10, "mAP@100": m100, "recall@10 vs exact": float(recall),
-           "note": f"{note}; {1000 * t.seconds / n_queries:.2f} ms/query (batched)"}
+    row = {
+        "stage": name,
+        "mAP": "",
+        "P@10": p10,
+        "mAP@100": m100,
+        "recall@10 vs exact": float(recall),
+        "note": f"{note}; {1000 * t.seconds / n_queries:.2f} ms/query (batched)",
+    }
     print(row, flush=True)
     return row
 
@@ -118,20 +125,41 @@ def main() -> None:
         ivf.add(keys, dbv)
         for nprobe in (1, 2, 4, 8, 16, 64):
             _, scanned = ivf.search_with_stats(qv[:200], TOP, nprobe)
-            rows.append(evaluate_index(f"gem + PCA-128, K-means IVF nprobe={nprobe}/64",
-                                       lambda: hits_to_rankings(ivf.search(qv, TOP, nprobe=nprobe), key_to_row),  # noqa: B023 (called now)
-                                       len(qv), labels, exact_top10, f"scans {100 * scanned:.0f}% of vectors"))
+            rows.append(
+                evaluate_index(
+                    f"gem + PCA-128, K-means IVF nprobe={nprobe}/64",
+                    lambda: hits_to_rankings(ivf.search(qv, TOP, nprobe=nprobe), key_to_row),  # noqa: B023 (called now)
+                    len(qv),
+                    labels,
+                    exact_top10,
+                    f"scans {100 * scanned:.0f}% of vectors",
+                )
+            )
         exact = ExactIndex(dbv.shape[1])
         exact.add(keys, dbv)
-        rows.append(evaluate_index("gem + PCA-128, exact (numpy)",
-                                   lambda: hits_to_rankings(exact.search(qv, TOP), key_to_row),  # noqa: B023 (called now)
-                                   len(qv), labels, exact_top10, "reference for the index rows"))
+        rows.append(
+            evaluate_index(
+                "gem + PCA-128, exact (numpy)",
+                lambda: hits_to_rankings(exact.search(qv, TOP), key_to_row),  # noqa: B023 (called now)
+                len(qv),
+                labels,
+                exact_top10,
+                "reference for the index rows",
+            )
+        )
         with tempfile.TemporaryDirectory() as tmp:
             milvus = MilvusIndex(dbv.shape[1], "quality", uri=f"{tmp}/q.db")
             milvus.add(keys, dbv)
-            rows.append(evaluate_index("gem + PCA-128, Milvus Lite FLAT",
-                                       lambda: hits_to_rankings(milvus.search(qv, TOP), key_to_row),  # noqa: B023 (called now)
-                                       len(qv), labels, exact_top10, "milvus-lite 2.5.1"))
+            rows.append(
+                evaluate_index(
+                    "gem + PCA-128, Milvus Lite FLAT",
+                    lambda: hits_to_rankings(milvus.search(qv, TOP), key_to_row),  # noqa: B023 (called now)
+                    len(qv),
+                    labels,
+                    exact_top10,
+                    "milvus-lite 2.5.1",
+                )
+            )
             milvus.close()
     meta = {"database": len(db_paths), "queries": len(q_paths)}
     columns = ["stage", "dim", "mAP", "P@10", "mAP@100", "recall@10 vs exact", "note"]

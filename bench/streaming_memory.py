@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS  # noqa: E402
 from revsearch import MilvusIndex  # noqa: E402
 
-MB = 2 ** 20
+MB = 2**20
 
 
 def make_batch(seed: int, b: int, size: int, dim: int) -> tuple[list[str], np.ndarray]:
@@ -56,8 +56,9 @@ def rss_mb(processes: list[psutil.Process]) -> float:
 def run(n: int, dim: int, batch: int, uri: str, seed: int) -> dict:
     index = MilvusIndex(dim, collection="streaming_bench", uri=uri, overwrite=True)
     me, server = psutil.Process(), milvus_children()
-    samples = [{"batch": 0, "vectors": 0, "seconds": 0.0, "client_rss_mb": rss_mb([me]),
-                "server_rss_mb": rss_mb(server)}]
+    samples = [
+        {"batch": 0, "vectors": 0, "seconds": 0.0, "client_rss_mb": rss_mb([me]), "server_rss_mb": rss_mb(server)}
+    ]
     n_batches = -(-n // batch)
     start = time.perf_counter()
     with tqdm(total=n_batches * batch, unit="vec", unit_scale=True, desc="indexing") as bar:
@@ -65,29 +66,52 @@ def run(n: int, dim: int, batch: int, uri: str, seed: int) -> dict:
             keys, vectors = make_batch(seed, b, batch, dim)
             index.add(keys, vectors)
             bar.update(len(keys))
-            samples.append({"batch": b + 1, "vectors": (b + 1) * batch, "seconds": time.perf_counter() - start,
-                            "client_rss_mb": rss_mb([me]), "server_rss_mb": rss_mb(server)})
-            bar.set_postfix(client_mb=f"{samples[-1]['client_rss_mb']:.0f}",
-                            server_mb=f"{samples[-1]['server_rss_mb']:.0f}")
+            samples.append(
+                {
+                    "batch": b + 1,
+                    "vectors": (b + 1) * batch,
+                    "seconds": time.perf_counter() - start,
+                    "client_rss_mb": rss_mb([me]),
+                    "server_rss_mb": rss_mb(server),
+                }
+            )
+            bar.set_postfix(
+                client_mb=f"{samples[-1]['client_rss_mb']:.0f}", server_mb=f"{samples[-1]['server_rss_mb']:.0f}"
+            )
     total = samples[-1]["vectors"]
     assert len(index) == total, f"collection holds {len(index)} vectors, {total} were inserted"
     probe_keys, probe = make_batch(seed, n_batches // 2, batch, dim)
     hits = index.search(probe[:20], 1)
     top1 = float(np.mean([h[0].key == k for h, k in zip(hits, probe_keys[:20])]))
     index.close()
-    return {"n": total, "dim": dim, "batch": batch, "uri": uri, "index_type": index.index_type,
-            "seconds": samples[-1]["seconds"], "vectors_per_s": total / samples[-1]["seconds"],
-            "all_vectors_mb": total * dim * 4 / MB, "self_match_top1": top1, "samples": samples,
-            "summary": summarize(samples)}
+    return {
+        "n": total,
+        "dim": dim,
+        "batch": batch,
+        "uri": uri,
+        "index_type": index.index_type,
+        "seconds": samples[-1]["seconds"],
+        "vectors_per_s": total / samples[-1]["seconds"],
+        "all_vectors_mb": total * dim * 4 / MB,
+        "self_match_top1": top1,
+        "samples": samples,
+        "summary": summarize(samples),
+    }
 
 
 def summarize(samples: list[dict]) -> dict:
     """Peak RSS over the first and the last quarter of the batches: flat memory means equal peaks."""
     quarter = max(1, (len(samples) - 1) // 4)
-    first, last = samples[1:1 + quarter], samples[-quarter:]
-    return {key: {"start": samples[0][key], "peak_first_quarter": max(s[key] for s in first),
-                  "peak_last_quarter": max(s[key] for s in last), "peak": max(s[key] for s in samples)}
-            for key in ("client_rss_mb", "server_rss_mb")}
+    first, last = samples[1 : 1 + quarter], samples[-quarter:]
+    return {
+        key: {
+            "start": samples[0][key],
+            "peak_first_quarter": max(s[key] for s in first),
+            "peak_last_quarter": max(s[key] for s in last),
+            "peak": max(s[key] for s in samples),
+        }
+        for key in ("client_rss_mb", "server_rss_mb")
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -102,8 +126,13 @@ def plot(result: dict, path: Path) -> None:
     ax.plot(x, [s["client_rss_mb"] for s in samples], label="revsearch process RSS")
     if any(s["server_rss_mb"] for s in samples):
         ax.plot(x, [s["server_rss_mb"] for s in samples], label="milvus-lite server RSS")
-    ax.plot(x, [s["vectors"] * result["dim"] * 4 / MB for s in samples], "--", color="grey",
-            label="all vectors so far, if held in RAM")
+    ax.plot(
+        x,
+        [s["vectors"] * result["dim"] * 4 / MB for s in samples],
+        "--",
+        color="grey",
+        label="all vectors so far, if held in RAM",
+    )
     ax.set_xlabel("vectors indexed (thousands)")
     ax.set_ylabel("MiB")
     ax.set_title(f"Streaming {result['n']:,} x {result['dim']} into Milvus, {result['batch']:,} per batch")

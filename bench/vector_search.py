@@ -32,7 +32,7 @@ def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
     out = np.empty((n, dim), np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
-        out[start:start + m] = centres[rng.integers(0, len(centres), m)] + rng.normal(size=(m, dim))
+        out[start : start + m] = centres[rng.integers(0, len(centres), m)] + rng.normal(size=(m, dim))
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
 
@@ -46,8 +46,11 @@ def latencies(search, queries: np.ndarray) -> dict:
         single.append(1000 * t.seconds)
     with Timer() as t:
         search(queries)
-    return {"p50 ms": float(np.percentile(single, 50)), "p99 ms": float(np.percentile(single, 99)),
-            "batch q/s": len(queries) / t.seconds}
+    return {
+        "p50 ms": float(np.percentile(single, 50)),
+        "p99 ms": float(np.percentile(single, 99)),
+        "batch q/s": len(queries) / t.seconds,
+    }
 
 
 def traced_build(build):
@@ -84,8 +87,17 @@ def bench_size(n: int, dim: int, n_queries: int, milvus: bool) -> tuple[list[dic
 
     exact, secs, peak = traced_build(build_exact)
     truth = [{h.key for h in r} for r in exact.search(queries, K)]
-    rows.append({"N": n, "backend": "exact numpy", "build s": secs, "peak MB": peak, "recall@10": 1.0,
-                 "scanned": 1.0, **latencies(lambda q: exact.search(q, K), queries)})
+    rows.append(
+        {
+            "N": n,
+            "backend": "exact numpy",
+            "build s": secs,
+            "peak MB": peak,
+            "recall@10": 1.0,
+            "scanned": 1.0,
+            **latencies(lambda q: exact.search(q, K), queries),
+        }
+    )
 
     n_clusters = default_n_clusters(n)
 
@@ -95,31 +107,66 @@ def bench_size(n: int, dim: int, n_queries: int, milvus: bool) -> tuple[list[dic
         return index
 
     ivf, secs, peak = traced_build(build_ivf)
-    for nprobe in sorted({1, 2, 4, 8, max(1, n_clusters // 64), max(1, n_clusters // 32), default_nprobe(n_clusters),
-                          max(1, n_clusters // 16), max(1, n_clusters // 8), max(1, n_clusters // 4)}):
+    for nprobe in sorted(
+        {
+            1,
+            2,
+            4,
+            8,
+            max(1, n_clusters // 64),
+            max(1, n_clusters // 32),
+            default_nprobe(n_clusters),
+            max(1, n_clusters // 16),
+            max(1, n_clusters // 8),
+            max(1, n_clusters // 4),
+        }
+    ):
         results, scanned = ivf.search_with_stats(queries, K, nprobe)
         r = recall(results, truth)
         curve.append({"N": n, "nprobe": nprobe, "scanned": scanned, "recall@10": r})
         default = " (default)" if nprobe == default_nprobe(n_clusters) else ""
-        rows.append({"N": n, "backend": f"kmeans IVF {n_clusters} lists, nprobe={nprobe}{default}", "build s": secs,
-                     "peak MB": peak, "recall@10": r, "scanned": scanned,
-                     **latencies(lambda q, p=nprobe: ivf.search(q, K, nprobe=p), queries)})
+        rows.append(
+            {
+                "N": n,
+                "backend": f"kmeans IVF {n_clusters} lists, nprobe={nprobe}{default}",
+                "build s": secs,
+                "peak MB": peak,
+                "recall@10": r,
+                "scanned": scanned,
+                **latencies(lambda q, p=nprobe: ivf.search(q, K, nprobe=p), queries),
+            }
+        )
 
     if milvus:
         for index_type, params in (("FLAT", None), ("IVF_FLAT", {"nlist": n_clusters})):
             with tempfile.TemporaryDirectory() as tmp:
+
                 def build_milvus(index_type=index_type, params=params):
-                    index = MilvusIndex(dim, "bench", uri=f"{tmp}/b.db", index_type=index_type, index_params=params,
-                                        search_params={"nprobe": max(1, n_clusters // 8)} if params else None)
+                    index = MilvusIndex(
+                        dim,
+                        "bench",
+                        uri=f"{tmp}/b.db",
+                        index_type=index_type,
+                        index_params=params,
+                        search_params={"nprobe": max(1, n_clusters // 8)} if params else None,
+                    )
                     index.add(keys, data)
                     index.search(queries[:1], K)  # first search waits for the index to be ready
                     return index
 
                 index, secs, _ = traced_build(build_milvus)
                 results = index.search(queries, K)
-                rows.append({"N": n, "backend": f"Milvus Lite {index_type}", "build s": secs,
-                             "peak MB": milvus_server_rss_mb(), "recall@10": recall(results, truth),
-                             "scanned": "", **latencies(lambda q, index=index: index.search(q, K), queries)})
+                rows.append(
+                    {
+                        "N": n,
+                        "backend": f"Milvus Lite {index_type}",
+                        "build s": secs,
+                        "peak MB": milvus_server_rss_mb(),
+                        "recall@10": recall(results, truth),
+                        "scanned": "",
+                        **latencies(lambda q, index=index: index.search(q, K), queries),
+                    }
+                )
                 index.drop()
                 index.close()
     for row in rows:

@@ -33,8 +33,7 @@ def main() -> None:
     if fo.dataset_exists(name):
         dataset = fo.load_dataset(name)
     else:
-        dataset = fo.Dataset.from_dir(args.folder, dataset_type=fo.types.ImageDirectory, name=name,
-                                      recursive=True)
+        dataset = fo.Dataset.from_dir(args.folder, dataset_type=fo.types.ImageDirectory, name=name, recursive=True)
         dataset.persistent = True
     print(f"dataset {name!r}: {len(dataset)} samples; open http://localhost:{args.port}")
     # wait=-1: serve until Ctrl-C; the default (3 s) would exit as soon as a tab is reloaded or closed

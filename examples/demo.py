@@ -16,10 +16,30 @@ import skimage.data
 from revsearch import Embedder, EmbedderConfig, SearchIndex
 from revsearch.mosaic import make_mosaic, save_mosaic
 
-PHOTOS = ["astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
-          "color.png", "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg", "ihc.png",
-          "logo.png", "microaneurysms.png", "moon.png", "motorcycle_left.png", "page.png", "phantom.png",
-          "retina.jpg", "rocket.jpg", "text.png"]
+PHOTOS = [
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "color.png",
+    "grass.png",
+    "gravel.png",
+    "horse.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "logo.png",
+    "microaneurysms.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "phantom.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+]
 
 
 def edited_copy(image: np.ndarray, seed: int) -> np.ndarray:
@@ -27,7 +47,7 @@ def edited_copy(image: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     h, w = image.shape[:2]
     y, x = int(h * rng.uniform(0.03, 0.1)), int(w * rng.uniform(0.03, 0.1))
-    crop = image[y:h - y, x:w - x]
+    crop = image[y : h - y, x : w - x]
     rot = cv2.getRotationMatrix2D((crop.shape[1] / 2, crop.shape[0] / 2), rng.uniform(-8, 8), 1.0)
     crop = cv2.warpAffine(crop, rot, (crop.shape[1], crop.shape[0]), borderMode=cv2.BORDER_REFLECT)
     crop = np.clip(crop.astype(np.float32) * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
@@ -54,8 +74,7 @@ def main() -> None:
         cv2.imwrite(str(queries / f"edited_{Path(name).stem}.jpg"), edited_copy(image, seed))
 
     embedder = Embedder(EmbedderConfig(backbone=args.backbone, weights=args.weights))
-    index, report = SearchIndex.build(sorted(library.iterdir()), out / "index", backend="milvus",
-                                      extractor=embedder)
+    index, report = SearchIndex.build(sorted(library.iterdir()), out / "index", backend="milvus", extractor=embedder)
     print(f"indexed {len(index)} photos in Milvus Lite ({report.summary()})")
     for query in sorted(queries.iterdir()):
         hits = index.query(query, k=5)

@@ -5,5 +5,15 @@ from .embeddings import ComputeEmbeddings, FitKMeans, FitPCA
 from .indexes import BuildIndex, DeleteIndex, InspectIndex, ListIndexes, UpdateIndex
 from .search import SearchByImage
 
-OPERATORS = [ComputeEmbeddings, FitPCA, FitKMeans, BuildIndex, SearchByImage, FindNearDuplicates,
-             ListIndexes, InspectIndex, UpdateIndex, DeleteIndex]
+OPERATORS = [
+    ComputeEmbeddings,
+    FitPCA,
+    FitKMeans,
+    BuildIndex,
+    SearchByImage,
+    FindNearDuplicates,
+    ListIndexes,
+    InspectIndex,
+    UpdateIndex,
+    DeleteIndex,
+]

@@ -14,8 +14,9 @@ DEFAULT_EMBEDDINGS_FIELD = "revsearch_embedding"
 TARGETS = {"dataset": "Whole dataset", "view": "Current view only"}
 #: File-name endings the upload box accepts. FiftyOne's FileView keeps a file only when its *name ends
 #: with* one of these (it does not understand MIME patterns such as ``image/*``), case-sensitively.
-IMAGE_SUFFIXES = [s for ext in ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp")
-                  for s in (f".{ext}", f".{ext.upper()}")]
+IMAGE_SUFFIXES = [
+    s for ext in ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp") for s in (f".{ext}", f".{ext.upper()}")
+]
 
 
 def progress_callback(ctx):
@@ -35,8 +36,15 @@ def vector_fields(ctx) -> list[str]:
     return sorted(ctx.dataset.get_field_schema(ftype=fo.VectorField).keys())
 
 
-def choose(inputs: types.Object, name: str, choices: list[str], label: str, description: str = "",
-           required: bool = True, default: str | None = None) -> None:
+def choose(
+    inputs: types.Object,
+    name: str,
+    choices: list[str],
+    label: str,
+    description: str = "",
+    required: bool = True,
+    default: str | None = None,
+) -> None:
     """A dropdown over ``choices`` (free text allowed when there are none yet)."""
     if not choices:
         inputs.str(name, label=label, description=description, required=required, default=default)
@@ -44,16 +52,28 @@ def choose(inputs: types.Object, name: str, choices: list[str], label: str, desc
     dropdown = types.DropdownView()
     for choice in choices:
         dropdown.add_choice(choice, label=choice)
-    inputs.enum(name, dropdown.values(), label=label, description=description, required=required,
-                default=default if default in choices else choices[0] if required else None, view=dropdown)
+    inputs.enum(
+        name,
+        dropdown.values(),
+        label=label,
+        description=description,
+        required=required,
+        default=default if default in choices else choices[0] if required else None,
+        view=dropdown,
+    )
 
 
 def new_brain_key_input(ctx, inputs: types.Object, default: str = "revsearch") -> None:
     """A brain key for a new index, flagged in the form when invalid or already used."""
     existing = set(ctx.dataset.list_brain_runs()) if ctx.dataset is not None else set()
     free = next(k for k in [default] + [f"{default}_{i}" for i in range(2, 1000)] if k not in existing)
-    prop = inputs.str("brain_key", default=free, required=True, label="Brain key",
-                      description="a name for the index (letters, digits and underscores)")
+    prop = inputs.str(
+        "brain_key",
+        default=free,
+        required=True,
+        label="Brain key",
+        description="a name for the index (letters, digits and underscores)",
+    )
     key = ctx.params.get("brain_key", free) or ""
     if key in existing:
         prop.invalid = True
@@ -68,9 +88,14 @@ def target_input(inputs: types.Object) -> None:
     radio = types.RadioGroup()
     for value, label in TARGETS.items():
         radio.add_choice(value, label=label)
-    inputs.enum("target", radio.values(), default="dataset", label="Search in", view=radio,
-                description="the whole dataset, or only the samples in the view shown now "
-                            "(e.g. the previous result)")
+    inputs.enum(
+        "target",
+        radio.values(),
+        default="dataset",
+        label="Search in",
+        view=radio,
+        description="the whole dataset, or only the samples in the view shown now (e.g. the previous result)",
+    )
 
 
 def target_samples(ctx):
@@ -82,10 +107,14 @@ def embeddings_field_input(ctx, inputs: types.Object, name: str = "embeddings_fi
     """An existing embeddings field; False (with a notice) when the dataset has none yet."""
     fields = vector_fields(ctx)
     if not fields:
-        inputs.view("no_embeddings", types.Warning(
-            label="No embeddings field yet",
-            description="Run 'revsearch: compute embeddings' first (or build an index with "
-                        "'Keep embeddings in field' filled in)."))
+        inputs.view(
+            "no_embeddings",
+            types.Warning(
+                label="No embeddings field yet",
+                description="Run 'revsearch: compute embeddings' first (or build an index with "
+                "'Keep embeddings in field' filled in).",
+            ),
+        )
         return False
     choose(inputs, name, fields, "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
     return True
@@ -95,8 +124,10 @@ def brain_key_input(ctx, inputs: types.Object) -> bool:
     """The index (brain key) selector; False (with a notice) when the dataset has no index."""
     keys = revsearch_keys(ctx)
     if not keys:
-        inputs.view("none", types.Warning(label="No revsearch index yet",
-                                          description="Build one first with 'revsearch: build index'."))
+        inputs.view(
+            "none",
+            types.Warning(label="No revsearch index yet", description="Build one first with 'revsearch: build index'."),
+        )
         return False
     choose(inputs, "brain_key", keys, "Index (brain key)")
     return True
@@ -104,17 +135,32 @@ def brain_key_input(ctx, inputs: types.Object) -> bool:
 
 def extractor_inputs(ctx, inputs: types.Object) -> None:
     """Form fields describing the feature extractor (the CNN's settings only when features is cnn)."""
-    inputs.enum("features", list(FEATURES), default="cnn", label="Features", view=types.RadioGroup(),
-                description="cnn: a torchvision CNN trunk; pixel: 32x32 thumbnails (the baseline)")
+    inputs.enum(
+        "features",
+        list(FEATURES),
+        default="cnn",
+        label="Features",
+        view=types.RadioGroup(),
+        description="cnn: a torchvision CNN trunk; pixel: 32x32 thumbnails (the baseline)",
+    )
     if ctx.params.get("features", "cnn") != "cnn":
         return
     inputs.enum("backbone", sorted(FEATURE_DIMS), default=DEFAULT_BACKBONE, label="Backbone")
-    inputs.str("weights", default="DEFAULT", label="Weights",
-               description="DEFAULT (also when empty): the backbone's ImageNet weights; a torchvision "
-                           "weights name (e.g. IMAGENET1K_V1), a local .pth file, or 'random' "
-                           "(untrained, for tests only)")
-    inputs.enum("pooling", ["gem", "avg"], default="gem", label="Pooling",
-                description="GeM (generalised mean, p=3) or average pooling of the last feature map")
+    inputs.str(
+        "weights",
+        default="DEFAULT",
+        label="Weights",
+        description="DEFAULT (also when empty): the backbone's ImageNet weights; a torchvision "
+        "weights name (e.g. IMAGENET1K_V1), a local .pth file, or 'random' "
+        "(untrained, for tests only)",
+    )
+    inputs.enum(
+        "pooling",
+        ["gem", "avg"],
+        default="gem",
+        label="Pooling",
+        description="GeM (generalised mean, p=3) or average pooling of the last feature map",
+    )
     inputs.int("batch_size", default=32, min=1, label="Batch size")
 
 
@@ -128,7 +174,12 @@ def extractor_from_params(params: dict) -> FeatureExtractor:
     """The extractor described by :func:`extractor_inputs` values."""
     if params.get("features", "cnn") == "pixel":
         return make_extractor("pixel")
-    return make_extractor({"type": "cnn", "backbone": params.get("backbone", DEFAULT_BACKBONE),
-                           "weights": weights_from_form(params.get("weights")),
-                           "pooling": params.get("pooling", "gem"), "batch_size": int(params.get("batch_size", 32))})
-
+    return make_extractor(
+        {
+            "type": "cnn",
+            "backbone": params.get("backbone", DEFAULT_BACKBONE),
+            "weights": weights_from_form(params.get("weights")),
+            "pooling": params.get("pooling", "gem"),
+            "batch_size": int(params.get("batch_size", 32)),
+        }
+    )

@@ -19,13 +19,25 @@ def _histogram_plot(counts: list[int], edges: list[float], threshold: float) -> 
     """A Plotly bar chart of the distance histogram with the threshold drawn as a red line."""
     centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
     return {
-        "data": [{"type": "bar", "x": centers, "y": counts, "name": "samples",
-                  "marker": {"color": "#ff6d04"}}],
-        "layout": {"height": 260, "margin": {"l": 50, "r": 10, "t": 10, "b": 40}, "bargap": 0.05,
-                   "xaxis": {"title": {"text": "squared L2 distance to the nearest other sample"}},
-                   "yaxis": {"title": {"text": "samples"}, "type": "log"},
-                   "shapes": [{"type": "line", "x0": threshold, "x1": threshold, "y0": 0, "y1": 1,
-                               "yref": "paper", "line": {"color": "red", "width": 2}}]},
+        "data": [{"type": "bar", "x": centers, "y": counts, "name": "samples", "marker": {"color": "#ff6d04"}}],
+        "layout": {
+            "height": 260,
+            "margin": {"l": 50, "r": 10, "t": 10, "b": 40},
+            "bargap": 0.05,
+            "xaxis": {"title": {"text": "squared L2 distance to the nearest other sample"}},
+            "yaxis": {"title": {"text": "samples"}, "type": "log"},
+            "shapes": [
+                {
+                    "type": "line",
+                    "x0": threshold,
+                    "x1": threshold,
+                    "y0": 0,
+                    "y1": 1,
+                    "yref": "paper",
+                    "line": {"color": "red", "width": 2},
+                }
+            ],
+        },
     }
 
 
@@ -34,8 +46,13 @@ class FindNearDuplicates(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(name="find_near_duplicates", label="revsearch: find near-duplicates",
-                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True)
+        return foo.OperatorConfig(
+            name="find_near_duplicates",
+            label="revsearch: find near-duplicates",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -47,27 +64,41 @@ class FindNearDuplicates(foo.Operator):
             if not brain_key_input(ctx, inputs):
                 return types.Property(inputs)
             self._threshold_inputs(ctx, inputs)
-        inputs.str("drop_tag", default="duplicate", label="Tag all but one per group with",
-                   description="keep one sample per group: the others get this tag (filter them out "
-                               "with the sidebar's tags)")
+        inputs.str(
+            "drop_tag",
+            default="duplicate",
+            label="Tag all but one per group with",
+            description="keep one sample per group: the others get this tag (filter them out with the sidebar's tags)",
+        )
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
     @staticmethod
     def _threshold_inputs(ctx, inputs: types.Object) -> None:
-        inputs.float("threshold", default=0.05, min=0.0, label="Threshold (squared L2)",
-                     description="CNN vectors are unit length: 0 = identical, 2 = unrelated; "
-                                 "about 0.05 catches re-encodes and resizes. Pixel vectors use 0-255 "
-                                 "values over 3072 dimensions, so use e.g. 3072 * 10^2 there.")
+        inputs.float(
+            "threshold",
+            default=0.05,
+            min=0.0,
+            label="Threshold (squared L2)",
+            description="CNN vectors are unit length: 0 = identical, 2 = unrelated; "
+            "about 0.05 catches re-encodes and resizes. Pixel vectors use 0-255 "
+            "values over 3072 dimensions, so use e.g. 3072 * 10^2 there.",
+        )
         key, threshold = ctx.params.get("brain_key"), float(ctx.params.get("threshold") or 0.05)
         if key and duplicates.distances_from(ctx.dataset, DIST_FIELD, key):
             counts, edges = duplicates.distance_histogram(ctx.dataset.exists(DIST_FIELD), DIST_FIELD)
-            inputs.view("histogram_note", types.Notice(
-                label="Distances to the nearest other sample (last run); the red line is the threshold"))
+            inputs.view(
+                "histogram_note",
+                types.Notice(label="Distances to the nearest other sample (last run); the red line is the threshold"),
+            )
             inputs.plot("histogram", **_histogram_plot(counts, edges, threshold))
         else:
-            inputs.view("histogram_note", types.Notice(
-                label="Each run stores every sample's distance to its nearest other sample "
-                      f"('{DIST_FIELD}'); reopen this form to see their histogram and pick a threshold"))
+            inputs.view(
+                "histogram_note",
+                types.Notice(
+                    label="Each run stores every sample's distance to its nearest other sample "
+                    f"('{DIST_FIELD}'); reopen this form to see their histogram and pick a threshold"
+                ),
+            )
 
     def execute(self, ctx):
         p = ctx.params
@@ -77,12 +108,18 @@ class FindNearDuplicates(foo.Operator):
         else:
             results = ctx.dataset.load_brain_results(p["brain_key"])
             duplicates.nearest_neighbor_distances(results, ctx.view, DIST_FIELD, ID_FIELD)
-            groups = duplicates.near_duplicate_groups(results, ctx.view, float(p.get("threshold", 0.05)),
-                                                      GROUP_FIELDS["near"], drop_tag)
+            groups = duplicates.near_duplicate_groups(
+                results, ctx.view, float(p.get("threshold", 0.05)), GROUP_FIELDS["near"], drop_tag
+            )
         view = duplicates.grouped_view(ctx.view, GROUP_FIELDS[mode])
         ctx.ops.set_view(view)
-        return {"duplicates": len(view), "groups": groups, "tagged": len(view) - groups,
-                "ids": view.values("id"), "group_field": GROUP_FIELDS[mode]}
+        return {
+            "duplicates": len(view),
+            "groups": groups,
+            "tagged": len(view) - groups,
+            "ids": view.values("id"),
+            "group_field": GROUP_FIELDS[mode],
+        }
 
     def resolve_output(self, ctx):
         outputs = types.Object()

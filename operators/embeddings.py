@@ -17,8 +17,14 @@ from .common import (
 
 
 def _long_running(name: str, label: str, description: str) -> foo.OperatorConfig:
-    return foo.OperatorConfig(name=name, label=f"revsearch: {label}", description=description, dynamic=True,
-                              allow_immediate_execution=True, allow_delegated_execution=True)
+    return foo.OperatorConfig(
+        name=name,
+        label=f"revsearch: {label}",
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
 
 
 def _embeddings_field(ctx) -> str:
@@ -40,8 +46,11 @@ class ComputeEmbeddings(foo.Operator):
 
     @property
     def config(self):
-        return _long_running("compute_embeddings", "compute embeddings",
-                             "Embed the current view's images with a CNN (or pixel thumbnails)")
+        return _long_running(
+            "compute_embeddings",
+            "compute embeddings",
+            "Embed the current view's images with a CNN (or pixel thumbnails)",
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -51,8 +60,7 @@ class ComputeEmbeddings(foo.Operator):
 
     def execute(self, ctx):
         field = ctx.params.get("embeddings_field", DEFAULT_EMBEDDINGS_FIELD)
-        failures = tools.compute_embeddings(ctx.view, field, extractor_from_params(ctx.params),
-                                            progress_callback(ctx))
+        failures = tools.compute_embeddings(ctx.view, field, extractor_from_params(ctx.params), progress_callback(ctx))
         ctx.ops.reload_dataset()
         return {"embeddings_field": field, "embedded": len(ctx.view) - len(failures), "failures": failures}
 
@@ -81,11 +89,15 @@ class FitPCA(foo.Operator):
 
     def execute(self, ctx):
         p = ctx.params
-        ratios = tools.fit_pca(ctx.view, _embeddings_field(ctx), p["out_field"], int(p["n_components"]),
-                               bool(p.get("whiten", False)))
+        ratios = tools.fit_pca(
+            ctx.view, _embeddings_field(ctx), p["out_field"], int(p["n_components"]), bool(p.get("whiten", False))
+        )
         ctx.ops.reload_dataset()
-        return {"out_field": p["out_field"], "explained_variance": round(sum(ratios), 4),
-                "explained_variance_ratios": ratios}
+        return {
+            "out_field": p["out_field"],
+            "explained_variance": round(sum(ratios), 4),
+            "explained_variance_ratios": ratios,
+        }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -98,8 +110,9 @@ class FitKMeans(foo.Operator):
 
     @property
     def config(self):
-        return _long_running("fit_kmeans", "fit K-means",
-                             "Cluster an embeddings field; filter and group by cluster in the App")
+        return _long_running(
+            "fit_kmeans", "fit K-means", "Cluster an embeddings field; filter and group by cluster in the App"
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -107,14 +120,20 @@ class FitKMeans(foo.Operator):
             return types.Property(inputs)
         inputs.int("n_clusters", default=16, min=1, required=True, label="Clusters")
         inputs.str("cluster_field", default="revsearch_cluster", required=True, label="Cluster id field")
-        inputs.str("distance_field", default="revsearch_cluster_dist", required=True,
-                   label="Distance-to-centre field", description="L2 distance of each sample to its centre")
+        inputs.str(
+            "distance_field",
+            default="revsearch_cluster_dist",
+            required=True,
+            label="Distance-to-centre field",
+            description="L2 distance of each sample to its centre",
+        )
         return types.Property(inputs, view=types.View(label="Fit K-means", description=_on_view(ctx)))
 
     def execute(self, ctx):
         p = ctx.params
-        sizes = tools.fit_kmeans(ctx.view, _embeddings_field(ctx), int(p["n_clusters"]), p["cluster_field"],
-                                 p["distance_field"])
+        sizes = tools.fit_kmeans(
+            ctx.view, _embeddings_field(ctx), int(p["n_clusters"]), p["cluster_field"], p["distance_field"]
+        )
         ctx.ops.reload_dataset()
         return {"cluster_sizes": {str(i): n for i, n in enumerate(sizes)}, "n_clusters": len(sizes)}
 

@@ -43,30 +43,51 @@ class BuildIndex(foo.Operator):
 
     @property
     def config(self):
-        return _long_running("build_index", "build index",
-                             "Index the current view for search by image and the App's sort by similarity")
+        return _long_running(
+            "build_index", "build index", "Index the current view for search by image and the App's sort by similarity"
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         new_brain_key_input(ctx, inputs)
-        inputs.enum("index_kind", list(INDEX_KINDS), default="milvus", label="Index", view=types.RadioGroup(),
-                    description="exact: every vector compared (numpy); kmeans: K-means IVF; "
-                                "milvus: Milvus Lite file or server")
+        inputs.enum(
+            "index_kind",
+            list(INDEX_KINDS),
+            default="milvus",
+            label="Index",
+            view=types.RadioGroup(),
+            description="exact: every vector compared (numpy); kmeans: K-means IVF; milvus: Milvus Lite file or server",
+        )
         kind = ctx.params.get("index_kind", "milvus")
         if kind == "milvus":
-            inputs.str("uri", label="Milvus URI", description="empty: Milvus Lite file "
-                       "~/.fiftyone/revsearch/milvus.db; or a .db path, or http://host:19530")
+            inputs.str(
+                "uri",
+                label="Milvus URI",
+                description="empty: Milvus Lite file "
+                "~/.fiftyone/revsearch/milvus.db; or a .db path, or http://host:19530",
+            )
             inputs.enum("index_type", ["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], default="FLAT", label="Index type")
         elif kind == "kmeans":
             inputs.int("n_clusters", label="Clusters", description="empty: about 4 x sqrt(N)")
             inputs.int("nprobe", label="Clusters probed per query", description="empty: 1/20 of the clusters")
-        choose(inputs, "embeddings_field", [_NO_FIELD] + vector_fields(ctx), "Embeddings", required=False,
-               description="an existing embeddings field, or compute embeddings now", default=_NO_FIELD)
+        choose(
+            inputs,
+            "embeddings_field",
+            [_NO_FIELD] + vector_fields(ctx),
+            "Embeddings",
+            required=False,
+            description="an existing embeddings field, or compute embeddings now",
+            default=_NO_FIELD,
+        )
         if ctx.params.get("embeddings_field", _NO_FIELD) == _NO_FIELD:
             extractor_inputs(ctx, inputs)
-            inputs.str("keep_field", default=DEFAULT_EMBEDDINGS_FIELD, label="Keep embeddings in field",
-                       description="the computed vectors are also stored in this sample field (for "
-                                   "'fit PCA' and 'fit K-means'); empty: do not keep them")
+            inputs.str(
+                "keep_field",
+                default=DEFAULT_EMBEDDINGS_FIELD,
+                label="Keep embeddings in field",
+                description="the computed vectors are also stored in this sample field (for "
+                "'fit PCA' and 'fit K-means'); empty: do not keep them",
+            )
         if ctx.params.get("features", "cnn") != "pixel":
             inputs.int("pca_components", label="PCA components", description="empty: no PCA")
         return types.Property(inputs, view=types.View(label="Build a revsearch index"))
@@ -78,9 +99,16 @@ class BuildIndex(foo.Operator):
         field = None if field in (None, "", _NO_FIELD) else field
         extractor = None if field else extractor_from_params(p)
         keep_field = (p.get("keep_field") or None) if extractor is not None else None
-        results, failures = tools.build_index(ctx.view, p["brain_key"], kind, extractor=extractor,
-                                              embeddings_field=field, keep_field=keep_field,
-                                              progress=progress_callback(ctx), **_index_options(p))
+        results, failures = tools.build_index(
+            ctx.view,
+            p["brain_key"],
+            kind,
+            extractor=extractor,
+            embeddings_field=field,
+            keep_field=keep_field,
+            progress=progress_callback(ctx),
+            **_index_options(p),
+        )
         ctx.ops.reload_dataset()
         return {"brain_key": p["brain_key"], "indexed": results.total_index_size, "failures": failures}
 
@@ -96,14 +124,19 @@ def _describe(ctx, key: str) -> dict:
     results = ctx.dataset.load_brain_results(key)
     config = results.config
     status = tools.index_status(results)
-    return {"brain_key": key, "index_kind": config.index_kind, "extractor": config.extractor,
-            "indexed": status["indexed"], "stale": status["stale"],
-            "not_indexed": len(status["not_indexed"]), "deleted": len(status["deleted"]),
-            "changed": len(status["changed"]),
-            "pca_components": results.pca.output_dim if results.pca else None,
-            "milvus": {"uri": config.uri, "collection": config.collection_name}
-            if config.index_kind == "milvus" else None,
-            "created": str(info.timestamp)}
+    return {
+        "brain_key": key,
+        "index_kind": config.index_kind,
+        "extractor": config.extractor,
+        "indexed": status["indexed"],
+        "stale": status["stale"],
+        "not_indexed": len(status["not_indexed"]),
+        "deleted": len(status["deleted"]),
+        "changed": len(status["changed"]),
+        "pca_components": results.pca.output_dim if results.pca else None,
+        "milvus": {"uri": config.uri, "collection": config.collection_name} if config.index_kind == "milvus" else None,
+        "created": str(info.timestamp),
+    }
 
 
 class ListIndexes(foo.Operator):
@@ -152,8 +185,9 @@ class UpdateIndex(foo.Operator):
 
     @property
     def config(self):
-        return _long_running("update_index", "update index",
-                             "Add new samples, re-embed changed files, remove deleted samples")
+        return _long_running(
+            "update_index", "update index", "Add new samples, re-embed changed files, remove deleted samples"
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()

@@ -12,8 +12,12 @@ from revsearch.errors import ImageLoadError, PrivateURLError
 
 from .common import IMAGE_SUFFIXES, brain_key_input, target_input, target_samples
 
-SOURCES = {"selected": "Selected sample(s)", "upload": "Upload an image", "path": "Local file path",
-           "url": "http(s) URL"}
+SOURCES = {
+    "selected": "Selected sample(s)",
+    "upload": "Upload an image",
+    "path": "Local file path",
+    "url": "http(s) URL",
+}
 
 
 def _uploaded_bytes(upload: dict) -> bytes:
@@ -42,8 +46,9 @@ def _query(ctx):
 def _in_form_terms(exc: ImageLoadError) -> ValueError:
     """A query image error, reworded for the App's form (no Python argument names)."""
     if isinstance(exc, PrivateURLError):
-        return ValueError(f"{exc.source}: points at a private-network address; tick "
-                          "'Allow private-network URLs' to search with it")
+        return ValueError(
+            f"{exc.source}: points at a private-network address; tick 'Allow private-network URLs' to search with it"
+        )
     return ValueError(str(exc))
 
 
@@ -65,8 +70,12 @@ class SearchByImage(foo.Operator):
         inputs.enum("source", radio.values(), default=default, label="Query", view=radio)
         source = ctx.params.get("source", default)
         if source == "upload":
-            inputs.uploaded_file("upload", required=True, label="Image",
-                                 view=types.FileView(label="Image", types=",".join(IMAGE_SUFFIXES)))
+            inputs.uploaded_file(
+                "upload",
+                required=True,
+                label="Image",
+                view=types.FileView(label="Image", types=",".join(IMAGE_SUFFIXES)),
+            )
         elif source == "path":
             inputs.str("path", required=True, label="Image path on the server")
         elif source == "url":
@@ -74,16 +83,26 @@ class SearchByImage(foo.Operator):
             inputs.bool("allow_private_urls", default=False, label="Allow private-network URLs")
         inputs.int("k", default=25, min=1, label="Number of results")
         target_input(inputs)
-        inputs.str("dist_field", default="revsearch_dist", label="Distance field",
-                   description="each result's squared L2 distance to the query is stored here")
+        inputs.str(
+            "dist_field",
+            default="revsearch_dist",
+            label="Distance field",
+            description="each result's squared L2 distance to the query is stored here",
+        )
         return types.Property(inputs, view=types.View(label="Search by image"))
 
     def execute(self, ctx):
         p = ctx.params
         results = ctx.dataset.load_brain_results(p["brain_key"])
         try:
-            view = tools.query_view(results, target_samples(ctx), _query(ctx), int(p.get("k", 25)),
-                                    p.get("dist_field", "revsearch_dist"), bool(p.get("allow_private_urls", False)))
+            view = tools.query_view(
+                results,
+                target_samples(ctx),
+                _query(ctx),
+                int(p.get("k", 25)),
+                p.get("dist_field", "revsearch_dist"),
+                bool(p.get("allow_private_urls", False)),
+            )
         except ImageLoadError as exc:
             raise _in_form_terms(exc) from None
         ctx.ops.set_view(view)

@@ -12,15 +12,35 @@ from .hits import Hit
 
 #: Public name -> the module that defines it (imported by ``__getattr__`` on first use).
 _LAZY = {
-    "Embedder": "embedder", "EmbedderConfig": "embedder", "ExactIndex": "exact_index", "IVFIndex": "ivf_index",
-    "IndexReport": "search_index", "MilvusIndex": "milvus_index", "PCAReducer": "pca", "PixelFeatures": "pixel",
-    "SearchIndex": "search_index", "load_image": "images",
+    "Embedder": "embedder",
+    "EmbedderConfig": "embedder",
+    "ExactIndex": "exact_index",
+    "IVFIndex": "ivf_index",
+    "IndexReport": "search_index",
+    "MilvusIndex": "milvus_index",
+    "PCAReducer": "pca",
+    "PixelFeatures": "pixel",
+    "SearchIndex": "search_index",
+    "load_image": "images",
 }
 
 __all__ = [
-    "Embedder", "EmbedderConfig", "ExactIndex", "Hit", "IVFIndex", "ImageLoadError", "IndexMismatchError",
-    "IndexNotFoundError", "IndexReport", "MilvusIndex", "PCAReducer", "PixelFeatures", "RevsearchError",
-    "SearchIndex", "WeightsUnavailableError", "load_image",
+    "Embedder",
+    "EmbedderConfig",
+    "ExactIndex",
+    "Hit",
+    "IVFIndex",
+    "ImageLoadError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexReport",
+    "MilvusIndex",
+    "PCAReducer",
+    "PixelFeatures",
+    "RevsearchError",
+    "SearchIndex",
+    "WeightsUnavailableError",
+    "load_image",
 ]
 __version__ = "0.1.0"
 

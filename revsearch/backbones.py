@@ -62,8 +62,10 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = "DEFAULT")
         try:
             member = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
         except KeyError:
-            raise ValueError(f"{name} has no weights {weights!r}; choose from {[m.name for m in enum]}, "
-                             "'DEFAULT', a file path or None") from None
+            raise ValueError(
+                f"{name} has no weights {weights!r}; choose from {[m.name for m in enum]}, "
+                "'DEFAULT', a file path or None"
+            ) from None
         try:
             model = torchvision.models.get_model(name, weights=member)
         except Exception as exc:

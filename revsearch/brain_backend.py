@@ -64,11 +64,23 @@ class RevsearchSimilarityConfig(SimilarityConfig):
             as FiftyOne's other backends give them; 3 is the library's measured default)
     """
 
-    def __init__(self, index_kind: str = "milvus", extractor: dict | None = None,
-                 collection_name: str | None = None, uri: str | None = None, token: str | None = None,
-                 db_name: str | None = None, index_type: str = "FLAT", n_clusters: int | None = None,
-                 nprobe: int | None = None, pca_components: int | None = None, whiten: bool = False,
-                 qe_n: int = 0, qe_alpha: float = RetrievalOptions().qe_alpha, **kwargs):
+    def __init__(
+        self,
+        index_kind: str = "milvus",
+        extractor: dict | None = None,
+        collection_name: str | None = None,
+        uri: str | None = None,
+        token: str | None = None,
+        db_name: str | None = None,
+        index_type: str = "FLAT",
+        n_clusters: int | None = None,
+        nprobe: int | None = None,
+        pca_components: int | None = None,
+        whiten: bool = False,
+        qe_n: int = 0,
+        qe_alpha: float = RetrievalOptions().qe_alpha,
+        **kwargs,
+    ):
         index_kind = check_kind(index_kind)
         super().__init__(**kwargs)
         self.index_kind, self.extractor = index_kind, extractor
@@ -134,21 +146,37 @@ def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, 
 def _make_handle(config: RevsearchSimilarityConfig, state: dict) -> IndexHandle:
     """The run's index: its stored ``state``, made (when first added to) with the config's options."""
     if config.index_kind != "milvus":
-        return IndexHandle({**state, "kind": config.index_kind},
-                           {"n_clusters": config.n_clusters, "nprobe": config.nprobe})
+        return IndexHandle(
+            {**state, "kind": config.index_kind}, {"n_clusters": config.n_clusters, "nprobe": config.nprobe}
+        )
     uri = os.path.expanduser(config.uri)
     if uri.endswith(".db"):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    return IndexHandle({**state, "kind": "milvus"},
-                       {"collection": config.collection_name, "uri": uri, "token": config.token or "",
-                        "db_name": config.db_name or "", "index_type": config.index_type})
+    return IndexHandle(
+        {**state, "kind": "milvus"},
+        {
+            "collection": config.collection_name,
+            "uri": uri,
+            "token": config.token or "",
+            "db_name": config.db_name or "",
+            "index_type": config.index_type,
+        },
+    )
 
 
 class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     """A revsearch index over a dataset's samples, keyed by sample id."""
 
-    def __init__(self, samples, config, brain_key, state: dict | None = None,
-                 pca: PCAReducer | None = None, backend=None, signatures: dict | None = None):
+    def __init__(
+        self,
+        samples,
+        config,
+        brain_key,
+        state: dict | None = None,
+        pca: PCAReducer | None = None,
+        backend=None,
+        signatures: dict | None = None,
+    ):
         self._pca = pca
         self._ids: np.ndarray | None = None
         self._signatures: dict[str, list[float]] = dict(signatures or {})
@@ -193,8 +221,16 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             return self._pca.transform(vectors.reshape(-1, self._pca.input_dim))
         return vectors
 
-    def add_to_index(self, embeddings, sample_ids, label_ids=None, overwrite=True, allow_existing=True,
-                     warn_existing=False, reload=True):
+    def add_to_index(
+        self,
+        embeddings,
+        sample_ids,
+        label_ids=None,
+        overwrite=True,
+        allow_existing=True,
+        warn_existing=False,
+        reload=True,
+    ):
         if label_ids is not None:
             raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
         ids = [str(i) for i in sample_ids]
@@ -203,8 +239,9 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if existing and not allow_existing and not overwrite:
             raise ValueError(f"{len(existing)} IDs (eg {next(iter(existing))}) already exist in the index")
         if existing and warn_existing:
-            logger.warning("%s %d IDs that already exist in the index",
-                           "Overwriting" if overwrite else "Skipping", len(existing))
+            logger.warning(
+                "%s %d IDs that already exist in the index", "Overwriting" if overwrite else "Skipping", len(existing)
+            )
         if existing and not overwrite:
             keep = [i for i, _id in enumerate(ids) if _id not in existing]
             ids, vectors = [ids[i] for i in keep], vectors[keep]
@@ -241,8 +278,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def file_signatures(self) -> dict[str, list[float]]:
         return self._signatures
 
-    def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False,
-                          reload=True):
+    def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False, reload=True):
         if label_ids is not None:
             raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
         ids = [str(i) for i in ([sample_ids] if isinstance(sample_ids, str) else sample_ids or [])]
@@ -350,8 +386,9 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             if reverse or not self.config.qe_n or self.config.index_kind == "pixel":
                 hits = self.search(vectors, k, reverse=reverse)
             else:  # issue 13 hook: alpha-QE with the view's own vectors
-                hits = expanded_search(self.search, self._store.vectors, vectors, k, self.config.qe_n,
-                                       self.config.qe_alpha)
+                hits = expanded_search(
+                    self.search, self._store.vectors, vectors, k, self.config.qe_n, self.config.qe_alpha
+                )
         ids = [[h.key for h in row] for row in hits]
         dists = [[h.distance for h in row] for row in hits]
         if single:
@@ -412,14 +449,14 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):
         pca = PCAReducer.from_state(d["pca_state"]) if d.get("pca_state") else None
-        return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca,
-                   signatures=d.get("file_signatures"))
+        return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca, signatures=d.get("file_signatures"))
 
 
 def register(name: str = BACKEND_NAME) -> None:
     """Make ``backend=name`` available to ``fob.compute_similarity`` in this process."""
     fb.brain_config.similarity_backends.setdefault(name, {})["config_cls"] = etau.get_class_name(
-        RevsearchSimilarityConfig)
+        RevsearchSimilarityConfig
+    )
 
 
 register()

@@ -53,8 +53,9 @@ class EmbeddingCheckpoint:
             stale += int((~mask).sum())
             self._valid[file] = mask
         if stale:
-            self.notes.append(f"{stale} checkpointed embeddings were of files changed or gone since; "
-                              "those files are embedded again")
+            self.notes.append(
+                f"{stale} checkpointed embeddings were of files changed or gone since; those files are embedded again"
+            )
         self._next = int(self._chunk_files()[-1].stem.split("_")[1]) + 1 if self._chunk_files() else 0
 
     def _chunk_files(self) -> list[Path]:

@@ -50,18 +50,45 @@ def cmd_index(args: argparse.Namespace) -> int:
         report = index.sync(paths, progress=not args.quiet, scope=scope, roots=new_roots)
     else:
         features = "pixel" if args.backend == LEGACY_PIXEL else args.features
-        extractor = make_extractor({"type": features, "size": args.pixel_size, "backbone": args.backbone,
-                                    "weights": None if args.weights == "none" else args.weights,
-                                    "pooling": args.pooling, "image_size": args.image_size,
-                                    "batch_size": args.batch_size, "runtime": args.runtime,
-                                    "scales": parse_scales(args.scales)})
-        options = {k: v for k, v in {"n_clusters": args.n_clusters, "nprobe": args.nprobe, "uri": args.uri,
-                                     "index_type": args.index_type, "token": args.token,
-                                     "db_name": args.db_name}.items() if v is not None}
+        extractor = make_extractor(
+            {
+                "type": features,
+                "size": args.pixel_size,
+                "backbone": args.backbone,
+                "weights": None if args.weights == "none" else args.weights,
+                "pooling": args.pooling,
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "runtime": args.runtime,
+                "scales": parse_scales(args.scales),
+            }
+        )
+        options = {
+            k: v
+            for k, v in {
+                "n_clusters": args.n_clusters,
+                "nprobe": args.nprobe,
+                "uri": args.uri,
+                "index_type": args.index_type,
+                "token": args.token,
+                "db_name": args.db_name,
+            }.items()
+            if v is not None
+        }
         pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
-        index, report = SearchIndex.build(paths, index_dir, args.backend, extractor, pca_dim, args.whiten,
-                                          progress=not args.quiet, chunk_size=args.chunk_size, roots=roots,
-                                          options=_retrieval_options(args), **options)
+        index, report = SearchIndex.build(
+            paths,
+            index_dir,
+            args.backend,
+            extractor,
+            pca_dim,
+            args.whiten,
+            progress=not args.quiet,
+            chunk_size=args.chunk_size,
+            roots=roots,
+            options=_retrieval_options(args),
+            **options,
+        )
     report.failures.update(unreadable)
     _print_report(report, len(paths))
     print(f"index: {printable(str(index_dir))} ({len(index)} vectors, backend {index.backend.kind})")
@@ -76,16 +103,17 @@ def _retrieval_options(args: argparse.Namespace) -> RetrievalOptions | None:
     return RetrievalOptions.from_dict({**RetrievalOptions().to_dict(), **given})
 
 
-def _update_scope(index: SearchIndex, roots: list[str], args: argparse.Namespace
-                  ) -> tuple[list[str] | None, list[str]]:
+def _update_scope(index: SearchIndex, roots: list[str], args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
     """What an update may remove (None: anything not found) and the folders the index covers after it."""
     if args.add:
         return roots, sorted(set(index.roots or []) | set(roots))
     if args.replace or index.roots is None or index.roots == roots:
         return None, roots
     built = ", ".join(printable(r) for r in index.roots)
-    raise RevsearchError(f"the index in {printable(str(index.directory))} covers {built}, not the folders given: "
-                         "add --add to index them as well, or --replace to make the index cover only them")
+    raise RevsearchError(
+        f"the index in {printable(str(index.directory))} covers {built}, not the folders given: "
+        "add --add to index them as well, or --replace to make the index cover only them"
+    )
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -110,8 +138,9 @@ def _check_writable(out: str) -> None:
     if Path(out).suffix.lower() not in (".jpg", ".jpeg", ".png"):
         raise RevsearchError(f"--out {printable(out)}: give a .jpg or .png file name")
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK) or Path(out).is_dir():
-        raise RevsearchError(f"--out {printable(out)}: cannot write there (missing or read-only folder); "
-                             "choose another path")
+        raise RevsearchError(
+            f"--out {printable(out)}: cannot write there (missing or read-only folder); choose another path"
+        )
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -120,16 +149,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     stale = index.stale()
     check = index.check()
     consistent = check["manifest_items"] == check["store_vectors"] and not (
-        check["only_in_store"] or check["only_in_manifest"])
-    print(json.dumps({"vectors": len(index), "extractor": manifest["extractor"], "pca": manifest["pca"],
-                      "retrieval": manifest["retrieval"],
-                      "backend": manifest["backend"], "roots": manifest["roots"], "failures": len(index.failures),
-                      "missing_files": len(stale["missing"]), "changed_files": len(stale["changed"]),
-                      **check, "consistent": consistent}, indent=1))
+        check["only_in_store"] or check["only_in_manifest"]
+    )
+    print(
+        json.dumps(
+            {
+                "vectors": len(index),
+                "extractor": manifest["extractor"],
+                "pca": manifest["pca"],
+                "retrieval": manifest["retrieval"],
+                "backend": manifest["backend"],
+                "roots": manifest["roots"],
+                "failures": len(index.failures),
+                "missing_files": len(stale["missing"]),
+                "changed_files": len(stale["changed"]),
+                **check,
+                "consistent": consistent,
+            },
+            indent=1,
+        )
+    )
     if not consistent:
-        print(f"revsearch: the manifest lists {check['manifest_items']} files but the vector store holds "
-              f"{check['store_vectors']} vectors ({check['only_in_store']} not in the manifest, "
-              f"{check['only_in_manifest']} missing): rebuild with revsearch index FOLDER --rebuild", file=sys.stderr)
+        print(
+            f"revsearch: the manifest lists {check['manifest_items']} files but the vector store holds "
+            f"{check['store_vectors']} vectors ({check['only_in_store']} not in the manifest, "
+            f"{check['only_in_manifest']} missing): rebuild with revsearch index FOLDER --rebuild",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -138,10 +184,18 @@ def cmd_move(args: argparse.Namespace) -> int:
     index = SearchIndex.load(_index_dir(args), token=args.source_token or "")
     before = index.backend.config().get("uri")
     storage = LocalBulkStorage(args.bulk_dir) if args.bulk_dir else None
-    index.move_to(args.uri, token=args.token or "", db_name=args.db_name or "", index_type=args.index_type,
-                  bulk_storage=storage, progress=not args.quiet)
-    print(f"moved {len(index)} vectors from {before} to {args.uri}; {args.index_dir} now uses it "
-          "(the source collection is left as it was)")
+    index.move_to(
+        args.uri,
+        token=args.token or "",
+        db_name=args.db_name or "",
+        index_type=args.index_type,
+        bulk_storage=storage,
+        progress=not args.quiet,
+    )
+    print(
+        f"moved {len(index)} vectors from {before} to {args.uri}; {args.index_dir} now uses it "
+        "(the source collection is left as it was)"
+    )
     return 0
 
 
@@ -159,14 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index (or update the index of) image folders")
     p.add_argument("folders", nargs="+", help="folders (searched recursively) or image files")
     p.add_argument("--index-dir", default=DEFAULT_INDEX_DIR, help="where the index is saved (default %(default)s)")
-    p.add_argument("--backend", choices=BACKENDS, default="milvus",
-                   help="index kind: exact, kmeans or milvus (default %(default)s: Milvus Lite); pixel = "
-                        "--features pixel --backend exact")
-    p.add_argument("--features", choices=FEATURES, default="cnn",
-                   help="cnn: a CNN descriptor (default); pixel: thumbnails (the baseline), any backend")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="milvus",
+        help="index kind: exact, kmeans or milvus (default %(default)s: Milvus Lite); pixel = "
+        "--features pixel --backend exact",
+    )
+    p.add_argument(
+        "--features",
+        choices=FEATURES,
+        default="cnn",
+        help="cnn: a CNN descriptor (default); pixel: thumbnails (the baseline), any backend",
+    )
     p.add_argument("--uri", help="Milvus URI: a Lite file (default <index-dir>/revsearch.db) or http://host:19530")
-    p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
-                   help="Milvus server token (user:password or API key; default $MILVUS_TOKEN; never saved)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("MILVUS_TOKEN"),
+        help="Milvus server token (user:password or API key; default $MILVUS_TOKEN; never saved)",
+    )
     p.add_argument("--db-name", help="Milvus database name on a server")
     p.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="Milvus index type")
     p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "mobilenet_v2"])
@@ -174,30 +239,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="gem", choices=["gem", "avg"])
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--runtime", choices=list(RUNTIMES), default=EmbedderConfig().runtime,
-                   help="run the CNN with torch or ONNX Runtime (same vectors; default $REVSEARCH_RUNTIME or "
-                        "%(default)s)")
-    p.add_argument("--pca-dim", default="auto",
-                   help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up")
+    p.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        default=EmbedderConfig().runtime,
+        help="run the CNN with torch or ONNX Runtime (same vectors; default $REVSEARCH_RUNTIME or %(default)s)",
+    )
+    p.add_argument(
+        "--pca-dim", default="auto", help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up"
+    )
     p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
-    p.add_argument("--scales", default="1", help="input scales pooled and averaged (multi-scale GeM), e.g. "
-                                                 "1,0.707,0.5; default %(default)s")
+    p.add_argument(
+        "--scales",
+        default="1",
+        help="input scales pooled and averaged (multi-scale GeM), e.g. 1,0.707,0.5; default %(default)s",
+    )
     p.add_argument("--qe-n", type=int, help=f"alpha-QE neighbours, 0 = off (default {RetrievalOptions().qe_n})")
     p.add_argument("--dba-n", type=int, help=f"alpha-DBA neighbours, 0 = off (default {RetrievalOptions().dba_n})")
-    p.add_argument("--copy-pixels", type=int,
-                   help="thumbnail side kept for `query --mode copy`, 0 = none "
-                        f"(default {RetrievalOptions().copy_pixels})")
+    p.add_argument(
+        "--copy-pixels",
+        type=int,
+        help=f"thumbnail side kept for `query --mode copy`, 0 = none (default {RetrievalOptions().copy_pixels})",
+    )
     p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
     p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
     p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --features pixel")
-    p.add_argument("--chunk-size", type=int, default=1024,
-                   help="checkpoint embeddings every N images, so an interrupted run resumes (default %(default)s)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1024,
+        help="checkpoint embeddings every N images, so an interrupted run resumes (default %(default)s)",
+    )
     p.add_argument("--rebuild", action="store_true", help="discard an existing index and build anew")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("--add", action="store_true",
-                       help="add these folders to an index built from other folders (keep what it holds)")
-    scope.add_argument("--replace", action="store_true",
-                       help="make an index built from other folders cover only these (remove the rest)")
+    scope.add_argument(
+        "--add", action="store_true", help="add these folders to an index built from other folders (keep what it holds)"
+    )
+    scope.add_argument(
+        "--replace",
+        action="store_true",
+        help="make an index built from other folders cover only these (remove the rest)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
@@ -207,9 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
     q.add_argument("--out", help="write a mosaic of the query and its hits to this .jpg/.png")
     q.add_argument("--json", action="store_true", help="print results as JSON")
-    q.add_argument("--mode", choices=MODES, default="similar",
-                   help="similar: look-alikes (the index's options apply); copy: edited copies of the image "
-                        "(CNN and thumbnail rankings fused)")
+    q.add_argument(
+        "--mode",
+        choices=MODES,
+        default="similar",
+        help="similar: look-alikes (the index's options apply); copy: edited copies of the image "
+        "(CNN and thumbnail rankings fused)",
+    )
     q.add_argument("--allow-private-urls", action="store_true", help="allow URLs on private/loopback hosts")
     q.set_defaults(func=cmd_query)
 
@@ -224,8 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--source-token", help="token of the current Milvus, if it is a server with auth")
     m.add_argument("--db-name", help="target database name")
     m.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="default: keep the current")
-    m.add_argument("--bulk-dir", help="a directory the target server can read: copy by server-side bulk import "
-                                      "(where the server has it; upserts otherwise)")
+    m.add_argument(
+        "--bulk-dir",
+        help="a directory the target server can read: copy by server-side bulk import "
+        "(where the server has it; upserts otherwise)",
+    )
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_move)
     return parser
@@ -238,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("revsearch: interrupted; work done so far is kept (an index build resumes from its checkpoint "
-              "when run again)", file=sys.stderr)
+        print(
+            "revsearch: interrupted; work done so far is kept (an index build resumes from its checkpoint "
+            "when run again)",
+            file=sys.stderr,
+        )
         return 130
     except (RevsearchError, ValueError) as exc:
         print(f"revsearch: error: {printable(str(exc))}", file=sys.stderr)

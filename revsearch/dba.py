@@ -21,8 +21,9 @@ from .query_expansion import similarity_weights
 _CHUNK_CELLS = 16_000_000
 
 
-def nearest_others(queries: np.ndarray, database: np.ndarray, n: int, self_rows: np.ndarray | None = None
-                   ) -> np.ndarray:
+def nearest_others(
+    queries: np.ndarray, database: np.ndarray, n: int, self_rows: np.ndarray | None = None
+) -> np.ndarray:
     """Row numbers (nq, min(n, N - 1)) of each query's ``n`` most similar database rows, most similar
     first; ``self_rows[i]`` (the query's own row, or -1) is never returned for query ``i``."""
     n = min(n, len(database) - (1 if self_rows is not None else 0))
@@ -31,14 +32,14 @@ def nearest_others(queries: np.ndarray, database: np.ndarray, n: int, self_rows:
         return out
     step = max(1, _CHUNK_CELLS // max(len(database), 1))
     for start in range(0, len(queries), step):
-        sims = queries[start:start + step] @ database.T
+        sims = queries[start : start + step] @ database.T
         if self_rows is not None:
-            rows = self_rows[start:start + step]
+            rows = self_rows[start : start + step]
             own = rows >= 0
             sims[np.flatnonzero(own), rows[own]] = -np.inf
         part = np.argpartition(-sims, n - 1, axis=1)[:, :n]
         order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-        out[start:start + step] = np.take_along_axis(part, order, axis=1)
+        out[start : start + step] = np.take_along_axis(part, order, axis=1)
     return out
 
 
@@ -75,8 +76,7 @@ class DBAGraph:
         where = {k: i for i, k in enumerate(self.keys)}
         return [where[k] for k in keys]
 
-    def update(self, add_keys: Sequence[str], add_vectors: np.ndarray, remove_keys: Sequence[str] = ()
-               ) -> list[str]:
+    def update(self, add_keys: Sequence[str], add_vectors: np.ndarray, remove_keys: Sequence[str] = ()) -> list[str]:
         """Remove then add (re-adding a key replaces its vector); returns the keys whose augmented
         vector changed (new ones included), for the caller to rewrite in its store."""
         old_keys = list(self.keys)
@@ -90,14 +90,15 @@ class DBAGraph:
         rows = np.arange(len(self.keys))
         n = min(self.n, max(len(self.keys) - 1, 0))
         # a kept vector needs new neighbours if one of its own went, or a new vector beats its n-th
-        stale = np.array([len(old_nb_keys[k]) != n or any(key in replaced for key in old_nb_keys[k])
-                          for k in keep], dtype=bool)
+        stale = np.array(
+            [len(old_nb_keys[k]) != n or any(key in replaced for key in old_nb_keys[k]) for k in keep], dtype=bool
+        )
         if len(add_keys) and len(keep) and n:
-            kept, added = self.vectors[: len(keep)], self.vectors[len(keep):]
+            kept, added = self.vectors[: len(keep)], self.vectors[len(keep) :]
             last = np.array([position[old_nb_keys[k][-1]] if not stale[i] else 0 for i, k in enumerate(keep)])
             kth = np.where(stale, np.inf, np.einsum("ij,ij->i", kept, self.vectors[last]))
             step = max(1, _CHUNK_CELLS // len(kept))
-            best = np.max([(kept @ added[i:i + step].T).max(axis=1) for i in range(0, len(added), step)], axis=0)
+            best = np.max([(kept @ added[i : i + step].T).max(axis=1) for i in range(0, len(added), step)], axis=0)
             stale |= best >= kth
         recompute = np.concatenate([np.flatnonzero(stale), np.arange(len(keep), len(self.keys))]).astype(np.int64)
         neighbours = np.empty((len(self.keys), n), dtype=np.int64)
@@ -110,8 +111,11 @@ class DBAGraph:
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays to save (keys go alongside as JSON)."""
-        return {"vectors": self.vectors, "neighbours": self.neighbours,
-                "params": np.array([self.n, self.alpha], dtype=np.float64)}
+        return {
+            "vectors": self.vectors,
+            "neighbours": self.neighbours,
+            "params": np.array([self.n, self.alpha], dtype=np.float64),
+        }
 
     @classmethod
     def from_state(cls, keys: list[str], state: dict[str, np.ndarray]) -> DBAGraph:

@@ -15,8 +15,9 @@ import numpy as np
 from .brain_backend import RevsearchSimilarityIndex
 
 
-def nearest_neighbor_distances(results: RevsearchSimilarityIndex, samples, dist_field: str = "nn_dist",
-                               id_field: str = "nn_id") -> np.ndarray:
+def nearest_neighbor_distances(
+    results: RevsearchSimilarityIndex, samples, dist_field: str = "nn_dist", id_field: str = "nn_id"
+) -> np.ndarray:
     """Store each sample's nearest other sample (id, squared L2 distance) of ``samples``; returns the
     distances, whose distribution is what a near-duplicate threshold is chosen from."""
     with results.use_view(samples):
@@ -84,8 +85,13 @@ def _label_groups(samples, members: dict[str, list[str]], group_field: str, drop
     return len(groups)
 
 
-def near_duplicate_groups(results: RevsearchSimilarityIndex, samples, threshold: float,
-                          group_field: str = "dup_group", drop_tag: str = "duplicate") -> int:
+def near_duplicate_groups(
+    results: RevsearchSimilarityIndex,
+    samples,
+    threshold: float,
+    group_field: str = "dup_group",
+    drop_tag: str = "duplicate",
+) -> int:
     """Group the samples lying within squared distance ``threshold`` of one another (transitively);
     tag all but one sample of each group with ``drop_tag``. Returns the number of groups."""
     with results.use_view(samples):

@@ -57,8 +57,14 @@ def l2_rows(vectors: np.ndarray) -> np.ndarray:
 class Embedder(FeatureExtractor):
     """Turns images into L2-normalised descriptors with a torchvision CNN trunk."""
 
-    def __init__(self, config: EmbedderConfig | None = None, *, digest: str | None = None,
-                 model_id: str | None = None, **overrides):
+    def __init__(
+        self,
+        config: EmbedderConfig | None = None,
+        *,
+        digest: str | None = None,
+        model_id: str | None = None,
+        **overrides,
+    ):
         """``digest`` / ``model_id``: the weights hash and id an index recorded; with them, a cached
         ONNX export is opened without building the torch model."""
         self.config = config or EmbedderConfig(**overrides)

@@ -47,10 +47,11 @@ class ExactIndex(InMemoryIndex):
         rows, vectors, norms = self._candidates(allowed)
         step = max(1, _CHUNK_CELLS // max(len(vectors), 1))
         for start in range(0, q.shape[0], step):
-            yield rows, squared_l2(q[start:start + step], vectors, norms)
+            yield rows, squared_l2(q[start : start + step], vectors, norms)
 
-    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
-               reverse: bool = False) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None, reverse: bool = False
+    ) -> list[list[Hit]]:
         """The ``k`` nearest (``reverse``: farthest) stored vectors among the ``allowed`` keys (None: all)."""
         keys = self.store.keys
         results: list[list[Hit]] = []
@@ -60,8 +61,9 @@ class ExactIndex(InMemoryIndex):
                 results.append([Hit(keys[i if rows is None else rows[i]], float(row[i])) for i in idx])
         return results
 
-    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
-                     ) -> list[list[Hit]]:
+    def range_search(
+        self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+    ) -> list[list[Hit]]:
         """Every stored vector (among ``allowed``) within squared distance ``radius``, nearest first."""
         keys = self.store.keys
         results: list[list[Hit]] = []

@@ -50,18 +50,21 @@ class FeatureExtractor:
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Vectors for in-memory images (grayscale / RGB / RGBA arrays)."""
         prepared = [self.prepare(as_rgb_array(im)) for im in images]
-        out = [self.forward(np.stack(prepared[i:i + self.batch_size]))
-               for i in range(0, len(prepared), self.batch_size)]
+        out = [
+            self.forward(np.stack(prepared[i : i + self.batch_size])) for i in range(0, len(prepared), self.batch_size)
+        ]
         return np.concatenate(out) if out else np.empty((0, self.dim), self.dtype)
 
-    def iter_batches(self, paths: Sequence[str | os.PathLike], progress: bool = True,
-                     workers: int = 2) -> Iterator[EmbedBatch]:
+    def iter_batches(
+        self, paths: Sequence[str | os.PathLike], progress: bool = True, workers: int = 2
+    ) -> Iterator[EmbedBatch]:
         """Embed files batch by batch; the next batch decodes in threads while this one runs."""
         bs = self.batch_size
         bar = tqdm(total=len(paths), desc=self.label, unit="img", disable=not progress)
         with ThreadPoolExecutor(max_workers=workers) as pool:
+
             def submit(start: int) -> list[Future]:
-                return [pool.submit(self._load_prepared, p) for p in paths[start:start + bs]]
+                return [pool.submit(self._load_prepared, p) for p in paths[start : start + bs]]
 
             pending = submit(0) if len(paths) else []
             for start in range(0, len(paths), bs):

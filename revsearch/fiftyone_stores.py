@@ -50,8 +50,9 @@ class IndexHandle:
 
     def _create(self, sample: np.ndarray) -> VectorIndex:
         if self.kind != "milvus":
-            return create_index(self.kind, sample, n_clusters=self.options.get("n_clusters"),
-                                nprobe=self.options.get("nprobe"))
+            return create_index(
+                self.kind, sample, n_clusters=self.options.get("n_clusters"), nprobe=self.options.get("nprobe")
+            )
         milvus = {k: v for k, v in self.options.items() if k in MILVUS_OPTIONS}
         return self._retry_lite(lambda: create_index("milvus", sample, **milvus))
 
@@ -121,15 +122,17 @@ class IndexHandle:
             if index is not None:
                 index.remove(keys)
 
-    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
-               reverse: bool = False) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None, reverse: bool = False
+    ) -> list[list[Hit]]:
         with self.session() as index:
             if index is None:
                 return [[] for _ in range(len(queries))]
             return index.search(queries, k, allowed=allowed, reverse=reverse)
 
-    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
-                     ) -> list[list[Hit]]:
+    def range_search(
+        self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+    ) -> list[list[Hit]]:
         with self.session() as index:
             if index is None:
                 return [[] for _ in range(len(queries))]

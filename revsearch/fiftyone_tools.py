@@ -64,8 +64,9 @@ class ExtractorModel(fom.Model, fom.EmbeddingsMixin):
         return self.embed_all(args)
 
 
-def embed_samples(samples, extractor: FeatureExtractor, progress: Progress = None
-                  ) -> tuple[list[str], np.ndarray, dict[str, str]]:
+def embed_samples(
+    samples, extractor: FeatureExtractor, progress: Progress = None
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """Embed the samples' image files: ids and vectors of those decoded, a reason per failure.
 
     Failed samples are marked in the dataset (see :func:`mark_failures`) so they can be found in the App.
@@ -109,8 +110,7 @@ def _set_field_info(samples, field: str, info: dict) -> None:
     f.save()
 
 
-def compute_embeddings(samples, field: str, extractor: FeatureExtractor, progress: Progress = None
-                       ) -> dict[str, str]:
+def compute_embeddings(samples, field: str, extractor: FeatureExtractor, progress: Progress = None) -> dict[str, str]:
     """Store each sample's vector in ``field`` (extractor recorded in the field's info); failures."""
     ids, vectors, failures = embed_samples(samples, extractor, progress)
     _store_vectors(samples, field, ids, vectors, extractor.describe())
@@ -139,14 +139,14 @@ def fit_pca(samples, field: str, out_field: str, n_components: int, whiten: bool
     ids, vectors = field_vectors(samples, field)
     pca = PCAReducer.fit(vectors, n_components, whiten)
     samples.set_values(out_field, dict(zip(ids, pca.transform(vectors))), key_field="id")
-    _set_field_info(samples, out_field, {EXTRACTOR_INFO: _field_info(samples, field).get(EXTRACTOR_INFO),
-                                         PCA_INFO: pca.state()})
+    _set_field_info(
+        samples, out_field, {EXTRACTOR_INFO: _field_info(samples, field).get(EXTRACTOR_INFO), PCA_INFO: pca.state()}
+    )
     total_var = float(np.var(vectors, axis=0).sum() * len(vectors) / max(len(vectors) - 1, 1))
     return (pca.explained_variance / total_var).tolist()
 
 
-def fit_kmeans(samples, field: str, n_clusters: int, cluster_field: str, distance_field: str
-               ) -> list[int]:
+def fit_kmeans(samples, field: str, n_clusters: int, cluster_field: str, distance_field: str) -> list[int]:
     """K-means on ``field``; each sample's cluster id and distance to its centre go in sample fields.
 
     Returns the cluster sizes (index = cluster id).
@@ -160,9 +160,16 @@ def fit_kmeans(samples, field: str, n_clusters: int, cluster_field: str, distanc
     return ivf.cluster_sizes().tolist()
 
 
-def build_index(samples, brain_key: str, index_kind: str = "milvus", extractor: FeatureExtractor | None = None,
-                embeddings_field: str | None = None, progress: Progress = None, keep_field: str | None = None,
-                **options) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
+def build_index(
+    samples,
+    brain_key: str,
+    index_kind: str = "milvus",
+    extractor: FeatureExtractor | None = None,
+    embeddings_field: str | None = None,
+    progress: Progress = None,
+    keep_field: str | None = None,
+    **options,
+) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
     """Index the samples under ``brain_key``; returns the index and failures by sample id.
 
     ``index_kind``: ``exact``, ``kmeans`` or ``milvus`` (``pixel``: the older name of pixel features
@@ -172,8 +179,9 @@ def build_index(samples, brain_key: str, index_kind: str = "milvus", extractor: 
     ``options`` go to :class:`~revsearch.brain_backend.RevsearchSimilarityConfig`.
     """
     if brain_key in samples._root_dataset.list_brain_runs():
-        raise ValueError(f"brain key {brain_key!r} is already used on this dataset: choose another name, "
-                         "or delete that run first")
+        raise ValueError(
+            f"brain key {brain_key!r} is already used on this dataset: choose another name, or delete that run first"
+        )
     if index_kind == LEGACY_PIXEL:
         extractor = extractor or make_extractor("pixel")
     index_kind = check_kind(index_kind)
@@ -190,8 +198,15 @@ def build_index(samples, brain_key: str, index_kind: str = "milvus", extractor: 
         description = extractor.describe()
         if keep_field:
             _store_vectors(samples, keep_field, ids, vectors, description)
-    results = fob.compute_similarity(samples, embeddings=False, backend=BACKEND_NAME, brain_key=brain_key,
-                                     index_kind=index_kind, extractor=description, **options)
+    results = fob.compute_similarity(
+        samples,
+        embeddings=False,
+        backend=BACKEND_NAME,
+        brain_key=brain_key,
+        index_kind=index_kind,
+        extractor=description,
+        **options,
+    )
     results.set_pca(pca)
     if ids:
         results.add_to_index(vectors, ids)
@@ -205,9 +220,13 @@ def index_status(results: RevsearchSimilarityIndex) -> dict:
     indexed = set(results.sample_ids.tolist())
     current = set(results.samples._root_dataset.values("id"))
     changed = sorted(set(results.changed_sample_ids()) & current)
-    return {"indexed": len(indexed), "not_indexed": sorted(current - indexed),
-            "deleted": sorted(indexed - current), "changed": changed,
-            "stale": indexed != current or bool(changed)}
+    return {
+        "indexed": len(indexed),
+        "not_indexed": sorted(current - indexed),
+        "deleted": sorted(indexed - current),
+        "changed": changed,
+        "stale": indexed != current or bool(changed),
+    }
 
 
 def sync_index(results: RevsearchSimilarityIndex, progress: Progress = None) -> dict:
@@ -228,12 +247,22 @@ def sync_index(results: RevsearchSimilarityIndex, progress: Progress = None) -> 
         if ids:
             results.add_to_index(vectors, ids)
     results.save()
-    return {"added": len(status["not_indexed"]) - len(set(failures) - set(status["changed"])),
-            "updated": len(status["changed"]), "removed": len(status["deleted"]), "failures": failures}
+    return {
+        "added": len(status["not_indexed"]) - len(set(failures) - set(status["changed"])),
+        "updated": len(status["changed"]),
+        "removed": len(status["deleted"]),
+        "failures": failures,
+    }
 
 
-def query_view(results: RevsearchSimilarityIndex, samples, query: str | list[str] | ImageQuery, k: int,
-               dist_field: str | None = None, allow_private_urls: bool = False):
+def query_view(
+    results: RevsearchSimilarityIndex,
+    samples,
+    query: str | list[str] | ImageQuery,
+    k: int,
+    dist_field: str | None = None,
+    allow_private_urls: bool = False,
+):
     """``samples`` sorted by similarity to sample id(s) or an image (path, URL, bytes, array)."""
     if isinstance(query, list) or (isinstance(query, str) and query in set(results.sample_ids.tolist())):
         vector = query

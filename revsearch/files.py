@@ -6,8 +6,24 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                              ".heic", ".heif", ".avif", ".jfif", ".pgm", ".ppm"})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".jfif",
+        ".pgm",
+        ".ppm",
+    }
+)
 
 
 def list_images(roots: Iterable[str | os.PathLike]) -> list[str]:
@@ -34,8 +50,7 @@ def scan_images(roots: Iterable[str | os.PathLike]) -> tuple[list[str], dict[str
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such folder or file")
         for folder, dirs, names in os.walk(root, onerror=note, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                             or Path(d).suffix.lower() in IMAGE_EXTENSIONS)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") or Path(d).suffix.lower() in IMAGE_EXTENSIONS)
             entries = names + [d for d in dirs if Path(d).suffix.lower() in IMAGE_EXTENSIONS]
             for name in entries:
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS:

@@ -14,8 +14,9 @@ from .hits import Hit
 RRF_K = 60
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = RRF_K,
-                           weights: Sequence[float] | None = None) -> list[tuple[str, float]]:
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[str]], k: int = RRF_K, weights: Sequence[float] | None = None
+) -> list[tuple[str, float]]:
     """Items of the union of ``rankings`` (each best first) by descending ``sum w / (k + rank)``
     (rank from 1; an item missing from a ranking gets nothing from it). Ties keep first-seen order."""
     weights = [1.0] * len(rankings) if weights is None else list(weights)
@@ -38,8 +39,9 @@ def fuse_hits(hit_lists: Sequence[list[Hit]], top: int, k: int = RRF_K) -> list[
     return [Hit(key, 1.0 - score / best) for key, score in fused]
 
 
-def ratio_fusion(hit_lists: Sequence[list[Hit]], top: int, ref_rank: int = 5,
-                 weights: Sequence[float] | None = None) -> list[Hit]:
+def ratio_fusion(
+    hit_lists: Sequence[list[Hit]], top: int, ref_rank: int = 5, weights: Sequence[float] | None = None
+) -> list[Hit]:
     """Fuse per-feature hit lists (each nearest first) by each item's smallest *relative* distance:
     its distance in a list divided by that list's ``ref_rank``-th distance (times the list's weight:
     above 1 a list must be more sure to win). An item a list does not hold gets that list's last

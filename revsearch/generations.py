@@ -53,12 +53,14 @@ def read_manifest(directory: Path) -> dict:
     try:
         manifest = json.loads(text)
     except ValueError as exc:
-        raise IndexCorruptError(f"{path} is damaged (not valid JSON: {exc}); rebuild the index with "
-                                "revsearch index FOLDER --rebuild") from None
+        raise IndexCorruptError(
+            f"{path} is damaged (not valid JSON: {exc}); rebuild the index with revsearch index FOLDER --rebuild"
+        ) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(manifest, dict) or k not in manifest]
     if missing:
-        raise IndexCorruptError(f"{path} is damaged (no {', '.join(missing)}); rebuild the index with "
-                                "revsearch index FOLDER --rebuild")
+        raise IndexCorruptError(
+            f"{path} is damaged (no {', '.join(missing)}); rebuild the index with revsearch index FOLDER --rebuild"
+        )
     return manifest
 
 
@@ -72,8 +74,12 @@ def resolve_lite_uri(directory: Path, config: dict) -> dict:
 
 def needs_recovery(directory: Path) -> bool:
     """True if a crashed run left something behind: a journal, a pending build, an old generation."""
-    return ((directory / JOURNAL).exists() or (directory / PENDING).exists()
-            or (directory / (MANIFEST + ".tmp")).exists() or len(list(directory.glob("gen-*"))) > 1)
+    return (
+        (directory / JOURNAL).exists()
+        or (directory / PENDING).exists()
+        or (directory / (MANIFEST + ".tmp")).exists()
+        or len(list(directory.glob("gen-*"))) > 1
+    )
 
 
 def write_pending(directory: Path, generation: int, new: dict, old: dict | None) -> None:

@@ -168,14 +168,14 @@ def _flatten_alpha_cv(image: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(_to_uint8(image), cv2.COLOR_BGR2RGB)
     out = np.empty((image.shape[0], image.shape[1], 3), np.uint8)
     for top in range(0, image.shape[0], _FLATTEN_ROWS):
-        band = _to_uint8(image[top:top + _FLATTEN_ROWS])
+        band = _to_uint8(image[top : top + _FLATTEN_ROWS])
         if band.shape[2] == 2:  # gray + alpha
             bgr, alpha = cv2.cvtColor(band[:, :, 0], cv2.COLOR_GRAY2BGR), band[:, :, 1]
         else:
             bgr, alpha = band[:, :, :3], band[:, :, 3]
         a = alpha.astype(np.float32)[:, :, None] / 255.0
         mixed = bgr.astype(np.float32) * a + 255.0 * (1.0 - a)
-        out[top:top + _FLATTEN_ROWS] = cv2.cvtColor(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
+        out[top : top + _FLATTEN_ROWS] = cv2.cvtColor(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
     return out
 
 
@@ -218,8 +218,11 @@ def decode_image(
         )
     needed = decoded_size(header, min_side)
     if needed > max_decoded_bytes:
-        raise ImageLoadError(source, f"decoded size {header.width}x{header.height} ({needed / 2**20:.0f} MiB) exceeds "
-                                     f"the {max_decoded_bytes / 2**20:.0f} MiB memory budget (shrink the image first)")
+        raise ImageLoadError(
+            source,
+            f"decoded size {header.width}x{header.height} ({needed / 2**20:.0f} MiB) exceeds "
+            f"the {max_decoded_bytes / 2**20:.0f} MiB memory budget (shrink the image first)",
+        )
     if header.format == "JPEG" and _jpeg_is_truncated(data):
         raise ImageLoadError(source, "truncated JPEG (no end-of-image marker)")
     with _BUDGET.reserve(needed):

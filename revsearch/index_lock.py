@@ -25,6 +25,7 @@ def process_lock(path: Path, holder: Callable[[], str] = lambda: f"process {os.g
     the first. The kernel drops the lock when the process dies (even by SIGKILL), and the file is
     never deleted, so a process that fails to get it cannot remove the holder's lock.
     """
+
     def write_holder(fd: int) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder().encode(), 0)
@@ -33,8 +34,9 @@ def process_lock(path: Path, holder: Callable[[], str] = lambda: f"process {os.g
         key = os.path.abspath(path)
         if key not in _locks:
             Path(key).parent.mkdir(parents=True, exist_ok=True)
-            _locks[key] = FileLock(key, timeout=0, thread_local=False, preserve_lock_file=True,
-                                   on_acquired=write_holder)
+            _locks[key] = FileLock(
+                key, timeout=0, thread_local=False, preserve_lock_file=True, on_acquired=write_holder
+            )
         return _locks[key]
 
 
@@ -61,11 +63,14 @@ class IndexLock:
             self._lock = process_lock(self.path)
             self._lock.acquire()
         except Timeout:
-            raise IndexBusyError(f"the index in {self.path.parent} is being updated by {read_holder(self.path)}; "
-                                 "wait for it to finish, or use another --index-dir") from None
+            raise IndexBusyError(
+                f"the index in {self.path.parent} is being updated by {read_holder(self.path)}; "
+                "wait for it to finish, or use another --index-dir"
+            ) from None
         except OSError as exc:
-            raise RevsearchError(f"cannot update the index in {self.path.parent}: {exc.strerror or exc} "
-                                 "(choose a writable --index-dir)") from None
+            raise RevsearchError(
+                f"cannot update the index in {self.path.parent}: {exc.strerror or exc} (choose a writable --index-dir)"
+            ) from None
         return self
 
     def __exit__(self, *exc) -> None:

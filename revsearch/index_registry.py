@@ -21,8 +21,18 @@ INDEX_KINDS = ("exact", "kmeans", "milvus")
 #: The older index kind that meant pixel features in an exact index.
 LEGACY_PIXEL = "pixel"
 #: Options a Milvus index takes (everything else belongs to other kinds).
-MILVUS_OPTIONS = ("collection", "uri", "token", "db_name", "metric", "index_type", "index_params",
-                  "search_params", "consistency_level", "bulk_storage")
+MILVUS_OPTIONS = (
+    "collection",
+    "uri",
+    "token",
+    "db_name",
+    "metric",
+    "index_type",
+    "index_params",
+    "search_params",
+    "consistency_level",
+    "bulk_storage",
+)
 
 
 def check_kind(kind: str, accept_legacy: bool = True) -> str:
@@ -34,9 +44,16 @@ def check_kind(kind: str, accept_legacy: bool = True) -> str:
     return kind
 
 
-def create_index(kind: str, sample: np.ndarray, dtype: np.dtype | type | None = None, *,
-                 n_clusters: int | None = None, nprobe: int | None = None, overwrite: bool = False,
-                 **milvus_options) -> VectorIndex:
+def create_index(
+    kind: str,
+    sample: np.ndarray,
+    dtype: np.dtype | type | None = None,
+    *,
+    n_clusters: int | None = None,
+    nprobe: int | None = None,
+    overwrite: bool = False,
+    **milvus_options,
+) -> VectorIndex:
     """A new, empty index of ``kind`` for vectors like ``sample`` (K-means is fitted on it).
 
     ``dtype``: an exact index's storage type (default: the sample's; float64 keeps pixel distances

@@ -61,8 +61,9 @@ class IVFIndex(InMemoryIndex):
         self._lists_stale = False
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, n_clusters: int | None = None, nprobe: int | None = None,
-            seed: int = 0) -> IVFIndex:
+    def fit(
+        cls, vectors: np.ndarray, n_clusters: int | None = None, nprobe: int | None = None, seed: int = 0
+    ) -> IVFIndex:
         """Fit K-means centres on (a sample of) ``vectors``. Vectors are not added: call add()."""
         data = np.asarray(vectors, dtype=np.float32)
         n_clusters = n_clusters or default_n_clusters(len(data))
@@ -92,10 +93,10 @@ class IVFIndex(InMemoryIndex):
         dists = np.empty(len(q), np.float32)
         step = max(1, _CHUNK_CELLS // self.n_clusters)
         for start in range(0, len(q), step):
-            dist = squared_l2(q[start:start + step], self.centroids, self._centroid_norms)
+            dist = squared_l2(q[start : start + step], self.centroids, self._centroid_norms)
             chunk_ids = dist.argmin(axis=1)
-            ids[start:start + step] = chunk_ids
-            dists[start:start + step] = np.sqrt(dist[np.arange(len(chunk_ids)), chunk_ids])
+            ids[start : start + step] = chunk_ids
+            dists[start : start + step] = np.sqrt(dist[np.arange(len(chunk_ids)), chunk_ids])
         return ids, dists
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
@@ -136,8 +137,14 @@ class IVFIndex(InMemoryIndex):
         rows = self.store.rows_of(keys)
         return self.assignments[rows], self.center_distances[rows]
 
-    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
-               reverse: bool = False, nprobe: int | None = None) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: Collection[str] | None = None,
+        reverse: bool = False,
+        nprobe: int | None = None,
+    ) -> list[list[Hit]]:
         """The ``k`` nearest stored vectors: approximate (``nprobe`` lists) over the whole index, exact
         among the ``allowed`` keys when given; ``reverse`` (farthest first) scans every vector."""
         if allowed is None and not reverse:
@@ -149,8 +156,9 @@ class IVFIndex(InMemoryIndex):
             return [self._hits(*self._exhaustive(query, rows, k, reverse)) for query in q]
         return [self._hits(*found) for found in self._bounded_search(q, rows, k, nprobe)]
 
-    def search_with_stats(self, queries: np.ndarray, k: int, nprobe: int | None = None
-                          ) -> tuple[list[list[Hit]], float]:
+    def search_with_stats(
+        self, queries: np.ndarray, k: int, nprobe: int | None = None
+    ) -> tuple[list[list[Hit]], float]:
         """Results and the mean fraction of indexed vectors scanned per query."""
         q = self.store.check_dim(queries)
         self._sort_lists()
@@ -164,8 +172,9 @@ class IVFIndex(InMemoryIndex):
             results.append([Hit(self.store.keys[r], float(dist[i])) for i, r in self._nearest(rows, dist, k)])
         return results, scanned / max(1, len(q) * len(self.store))
 
-    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None,
-                     nprobe: int | None = None) -> list[list[Hit]]:
+    def range_search(
+        self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None, nprobe: int | None = None
+    ) -> list[list[Hit]]:
         """Every stored vector (among ``allowed``) within squared distance ``radius``, nearest first.
 
         Exact by default: a list is scanned only if the query's distance to the list's Voronoi cell
@@ -183,12 +192,13 @@ class IVFIndex(InMemoryIndex):
         order = np.argsort(self.assign(q)[0], kind="stable")  # queries of one list together
         step = max(1, _BOUND_CELLS // self.n_clusters)
         for start in range(0, len(q), step):
-            chunk = order[start:start + step]
+            chunk = order[start : start + step]
             found.extend(self._range_chunk(q[chunk], chunk, radius, keep, nprobe))
         return self._group_hits(len(q), found)
 
-    def _range_chunk(self, q: np.ndarray, query_ids: np.ndarray, radius: float, keep: np.ndarray | None,
-                     nprobe: int | None = None):
+    def _range_chunk(
+        self, q: np.ndarray, query_ids: np.ndarray, radius: float, keep: np.ndarray | None, nprobe: int | None = None
+    ):
         """(query ids, rows, distances) of the pairs within ``radius`` for one chunk of queries."""
         d2 = squared_l2(q, self.centroids, self._centroid_norms).astype(np.float64)
         reach = self._cell_gaps(q, d2) <= radius
@@ -239,14 +249,15 @@ class IVFIndex(InMemoryIndex):
         slack = _BOUND_SLACK * (np.einsum("ij,ij->i", q, q)[:, None] + self._centroid_norms[None, :])
         gap = np.maximum(d2 - own_d2 - slack, 0.0) / np.maximum(2.0 * between, np.finfo(np.float64).tiny)
         gap[between == 0.0] = 0.0
-        return gap ** 2
+        return gap**2
 
     def _probe_budget(self, nprobe: int | None) -> int:
         """How many vectors a search of ``nprobe`` lists scans on average."""
         return int(len(self.store) * min(nprobe or self.nprobe, self.n_clusters) / self.n_clusters)
 
-    def _exhaustive(self, query: np.ndarray, rows: np.ndarray, k: int, reverse: bool
-                    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    def _exhaustive(
+        self, query: np.ndarray, rows: np.ndarray, k: int, reverse: bool
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Compare the query with every one of ``rows``."""
         vectors, norms = self.store.vectors[rows], self.store.sq_norms[rows]
         dist = np.maximum(query @ query - 2.0 * (vectors @ query) + norms, 0.0)
@@ -264,24 +275,25 @@ class IVFIndex(InMemoryIndex):
             keep[rows] = True
         step = max(1, _BOUND_CELLS // self.n_clusters)
         for start in range(0, len(q), step):
-            gaps = self._cell_gaps(q[start:start + step])[:, lists]
-            for query, gap in zip(q[start:start + step], gaps):
+            gaps = self._cell_gaps(q[start : start + step])[:, lists]
+            for query, gap in zip(q[start : start + step], gaps):
                 order = np.argsort(gap, kind="stable")
-                yield self._scan_until_exact(query, k, lists[order], gap[order], rows, starts, keep,
-                                             min(nprobe or self.nprobe, self.n_clusters))
+                yield self._scan_until_exact(
+                    query, k, lists[order], gap[order], rows, starts, keep, min(nprobe or self.nprobe, self.n_clusters)
+                )
 
     def _scan_until_exact(self, query, k, lists, gaps, rows, starts, keep, first):
         best_rows, best_dist = np.empty(0, np.int64), np.empty(0, np.float32)
         pos, batch = 0, first
         while pos < len(lists):
-            chosen = np.sort(lists[pos:pos + batch])
+            chosen = np.sort(lists[pos : pos + batch])
             pos, batch = pos + batch, 2 * batch
             if keep is not None:
                 got_rows, got_dist = self._scan(query, chosen)
                 mask = keep[got_rows]
                 got_rows, got_dist = got_rows[mask], got_dist[mask]
             else:
-                got_rows = np.concatenate([rows[starts[c]:starts[c + 1]] for c in chosen])
+                got_rows = np.concatenate([rows[starts[c] : starts[c + 1]] for c in chosen])
                 vectors = self.store.vectors[got_rows]
                 got_dist = np.maximum(query @ query - 2.0 * (vectors @ query) + self.store.sq_norms[got_rows], 0.0)
             best_rows = np.concatenate([best_rows, got_rows])
@@ -302,7 +314,7 @@ class IVFIndex(InMemoryIndex):
         dots = np.empty(int(sizes.sum()), dtype=np.float32)
         vectors, pos = self.store.vectors, 0
         for lo, hi in zip(starts.tolist(), ends.tolist()):
-            np.matmul(vectors[lo:hi], query, out=dots[pos:pos + hi - lo])
+            np.matmul(vectors[lo:hi], query, out=dots[pos : pos + hi - lo])
             pos += hi - lo
         rows = np.arange(len(dots)) + np.repeat(starts - (np.cumsum(sizes) - sizes), sizes)
         dist = np.maximum(query @ query - 2.0 * dots + self.store.sq_norms[rows], 0.0)
@@ -324,12 +336,17 @@ class IVFIndex(InMemoryIndex):
         """The inverted lists, for :meth:`from_lists`: rows are sorted by cluster first, so the
         store's keys and vectors (read after this) are contiguous per list."""
         self._sort_lists()
-        return {"assignments": self.assignments, "center_distances": self.center_distances,
-                "sequence": self._sequence}
+        return {"assignments": self.assignments, "center_distances": self.center_distances, "sequence": self._sequence}
 
     @classmethod
-    def from_lists(cls, centroids: np.ndarray, nprobe: int | None, keys: list[str], vectors: np.ndarray,
-                   lists: dict[str, np.ndarray]) -> IVFIndex:
+    def from_lists(
+        cls,
+        centroids: np.ndarray,
+        nprobe: int | None,
+        keys: list[str],
+        vectors: np.ndarray,
+        lists: dict[str, np.ndarray],
+    ) -> IVFIndex:
         """Rebuild from :meth:`lists_state` and the rows it ordered, without assigning any vector."""
         index = cls(centroids, nprobe)
         if keys:
@@ -357,9 +374,13 @@ class IVFIndex(InMemoryIndex):
         """``config()``, the centres, and the rows in list order with each row's cluster (keys and
         vectors in row order), so that :meth:`from_state` assigns nothing."""
         lists = self.lists_state()  # first: it orders the rows by cluster
-        return {**self.config(), "centroids": encode_array(self.centroids), "keys": list(self.store.keys),
-                "vectors": encode_array(self.store.vectors),
-                "lists": {name: encode_array(array) for name, array in lists.items()}}
+        return {
+            **self.config(),
+            "centroids": encode_array(self.centroids),
+            "keys": list(self.store.keys),
+            "vectors": encode_array(self.store.vectors),
+            "lists": {name: encode_array(array) for name, array in lists.items()},
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> IVFIndex:
@@ -367,8 +388,7 @@ class IVFIndex(InMemoryIndex):
         centroids = decode_array(state["centroids"])
         if state.get("lists") and state.get("keys"):
             lists = {name: decode_array(array) for name, array in state["lists"].items()}
-            return cls.from_lists(centroids, state.get("nprobe"), state["keys"], decode_array(state["vectors"]),
-                                  lists)
+            return cls.from_lists(centroids, state.get("nprobe"), state["keys"], decode_array(state["vectors"]), lists)
         index = cls(centroids, state.get("nprobe"))
         index._add_state(state)
         return index

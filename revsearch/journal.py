@@ -37,16 +37,26 @@ class Update:
 
     def is_empty(self, failures: dict[str, str]) -> bool:
         """True if applying it would change nothing (given the index's current ``failures``)."""
-        return (not self.remove and not self.keys and self.roots is None
-                and not any(k in failures for k in self.forget_failures)
-                and all(failures.get(k) == r for k, r in self.failures.items()))
+        return (
+            not self.remove
+            and not self.keys
+            and self.roots is None
+            and not any(k in failures for k in self.forget_failures)
+            and all(failures.get(k) == r for k, r in self.failures.items())
+        )
 
 
 def write_journal(directory: Path, update: Update) -> None:
     """Durably record ``update`` before any of it is applied."""
-    meta = {"base_generation": update.base_generation, "remove": update.remove, "keys": update.keys,
-            "items": update.items, "failures": update.failures, "forget_failures": update.forget_failures,
-            "roots": update.roots}
+    meta = {
+        "base_generation": update.base_generation,
+        "remove": update.remove,
+        "keys": update.keys,
+        "items": update.items,
+        "failures": update.failures,
+        "forget_failures": update.forget_failures,
+        "roots": update.roots,
+    }
     buffer = io.BytesIO()
     np.savez(buffer, vectors=update.vectors, meta=np.array(json.dumps(meta)))
     write_atomic(directory / JOURNAL, buffer.getvalue())
@@ -60,8 +70,16 @@ def read_journal(directory: Path) -> Update | None:
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
         vectors = data["vectors"]
-    return Update(meta["base_generation"], meta["remove"], meta["keys"], vectors, meta["items"],
-                  meta["failures"], meta["forget_failures"], meta["roots"])
+    return Update(
+        meta["base_generation"],
+        meta["remove"],
+        meta["keys"],
+        vectors,
+        meta["items"],
+        meta["failures"],
+        meta["forget_failures"],
+        meta["roots"],
+    )
 
 
 def clear_journal(directory: Path) -> None:

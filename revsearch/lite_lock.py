@@ -118,7 +118,8 @@ class LiteFileLock:
                     waited = f" (asked it to release the file; no answer in {HANDOVER_WAIT_S:g} s)" if deadline else ""
                     raise LiteFileBusyError(
                         f"Milvus Lite file {self.db_path} is open in {holder}{waited}; a Lite file serves one "
-                        "process at a time (close it there, or use a Milvus server for shared access)") from None
+                        "process at a time (close it there, or use a Milvus server for shared access)"
+                    ) from None
                 deadline = deadline or time.monotonic() + HANDOVER_WAIT_S
                 request_path(self.db_path).write_text(f"process {os.getpid()}")
                 time.sleep(POLL_S)

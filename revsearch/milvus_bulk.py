@@ -89,8 +89,15 @@ class S3BulkStorage(BulkStorage):
     ``a-bucket`` in Milvus's docker-compose); files are uploaded under ``prefix`` and deleted after
     the import. Needs boto3. The keys are never stored in the index manifest."""
 
-    def __init__(self, bucket: str, endpoint_url: str, access_key: str, secret_key: str,
-                 prefix: str = "revsearch-bulk", region: str = "us-east-1"):
+    def __init__(
+        self,
+        bucket: str,
+        endpoint_url: str,
+        access_key: str,
+        secret_key: str,
+        prefix: str = "revsearch-bulk",
+        region: str = "us-east-1",
+    ):
         self.bucket, self.endpoint_url, self.prefix, self.region = bucket, endpoint_url, prefix.strip("/"), region
         self._access_key, self._secret_key = access_key, secret_key
 
@@ -100,8 +107,13 @@ class S3BulkStorage(BulkStorage):
             import boto3
         except ImportError as exc:
             raise BulkImportError("S3BulkStorage needs boto3: pip install boto3") from exc
-        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self._access_key,
-                            aws_secret_access_key=self._secret_key, region_name=self.region)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self._access_key,
+            aws_secret_access_key=self._secret_key,
+            region_name=self.region,
+        )
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[tuple[Path, Publish]]:
@@ -173,8 +185,9 @@ def supports_bulk_import(using: str, collection: str) -> bool:
     return True
 
 
-def write_columns(directory: Path, key_field: str, vector_field: str, keys: Sequence[str],
-                  vectors: np.ndarray) -> list[str]:
+def write_columns(
+    directory: Path, key_field: str, vector_field: str, keys: Sequence[str], vectors: np.ndarray
+) -> list[str]:
     """Write Milvus numpy column files ``<key_field>.npy`` (unicode strings) and ``<vector_field>.npy``
     (float32, n x dim) into ``directory``; returns their file names."""
     np.save(directory / f"{key_field}.npy", np.asarray(list(keys), dtype=str))
@@ -182,8 +195,14 @@ def write_columns(directory: Path, key_field: str, vector_field: str, keys: Sequ
     return [f"{key_field}.npy", f"{vector_field}.npy"]
 
 
-def run_import(using: str, collection: str, files: list[str], expected_rows: int,
-               timeout: float = IMPORT_TIMEOUT, poll: float = 0.5) -> int:
+def run_import(
+    using: str,
+    collection: str,
+    files: list[str],
+    expected_rows: int,
+    timeout: float = IMPORT_TIMEOUT,
+    poll: float = 0.5,
+) -> int:
     """Start one import task of ``files`` (server paths) on connection ``using`` and wait for it;
     returns the task id.
 
@@ -200,24 +219,37 @@ def run_import(using: str, collection: str, files: list[str], expected_rows: int
     while True:
         state = utility.get_bulk_insert_state(task, using=using)
         if state.state in _FAILED_STATES:
-            raise BulkImportError(f"Milvus import task {task} of {files} failed: "
-                                  f"{state.infos.get('failed_reason') or state.state_name}")
+            raise BulkImportError(
+                f"Milvus import task {task} of {files} failed: {state.infos.get('failed_reason') or state.state_name}"
+            )
         if state.state == BulkInsertState.ImportCompleted:
             if state.row_count != expected_rows:
-                raise BulkImportError(f"Milvus import task {task} imported {state.row_count} rows, "
-                                      f"{expected_rows} were written")
+                raise BulkImportError(
+                    f"Milvus import task {task} imported {state.row_count} rows, {expected_rows} were written"
+                )
             return task
         if time.monotonic() > deadline:
-            raise BulkImportError(f"Milvus import task {task} not done after {timeout:.0f} s (state "
-                                  f"{state.state_name}, {state.infos.get('progress_percent', '?')}%); "
-                                  "it may still finish: check it with pymilvus utility.get_bulk_insert_state")
+            raise BulkImportError(
+                f"Milvus import task {task} not done after {timeout:.0f} s (state "
+                f"{state.state_name}, {state.infos.get('progress_percent', '?')}%); "
+                "it may still finish: check it with pymilvus utility.get_bulk_insert_state"
+            )
         time.sleep(poll)
 
 
-def bulk_import(client: MilvusClient, using: str, collection: str, storage: BulkStorage, key_field: str,
-                vector_field: str, keys: Sequence[str], vectors: np.ndarray,
-                before_import: Callable[[Sequence[str]], None] | None = None,
-                rows_per_file: int = ROWS_PER_FILE, timeout: float = IMPORT_TIMEOUT) -> list[int]:
+def bulk_import(
+    client: MilvusClient,
+    using: str,
+    collection: str,
+    storage: BulkStorage,
+    key_field: str,
+    vector_field: str,
+    keys: Sequence[str],
+    vectors: np.ndarray,
+    before_import: Callable[[Sequence[str]], None] | None = None,
+    rows_per_file: int = ROWS_PER_FILE,
+    timeout: float = IMPORT_TIMEOUT,
+) -> list[int]:
     """Import ``keys`` / ``vectors`` (keys already in their stored form, each once) in tasks of
     ``rows_per_file`` rows on connection ``using``, then reload the collection through ``client`` so
     searches see them; returns the task ids.
@@ -227,11 +259,11 @@ def bulk_import(client: MilvusClient, using: str, collection: str, storage: Bulk
     """
     tasks: list[int] = []
     for start in range(0, len(keys), rows_per_file):
-        chunk_keys = keys[start:start + rows_per_file]
+        chunk_keys = keys[start : start + rows_per_file]
         if before_import is not None:
             before_import(chunk_keys)
         with storage.batch() as (local, publish):
-            names = write_columns(local, key_field, vector_field, chunk_keys, vectors[start:start + rows_per_file])
+            names = write_columns(local, key_field, vector_field, chunk_keys, vectors[start : start + rows_per_file])
             tasks.append(run_import(using, collection, publish(names), len(chunk_keys), timeout))
     if tasks:
         client.refresh_load(collection)  # load the imported segments: searchable when this returns

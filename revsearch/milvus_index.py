@@ -101,7 +101,7 @@ def to_milvus_key(key: str) -> str:
 def from_milvus_key(stored: str) -> str:
     """Inverse of :func:`to_milvus_key`."""
     if stored.startswith(_ESCAPED_KEY):
-        return base64.urlsafe_b64decode(stored[len(_ESCAPED_KEY):]).decode("utf-8", "surrogateescape")
+        return base64.urlsafe_b64decode(stored[len(_ESCAPED_KEY) :]).decode("utf-8", "surrogateescape")
     return stored
 
 
@@ -113,8 +113,10 @@ def is_lite_uri(uri: str) -> bool:
 def check_lite_file_name(name: str) -> None:
     """milvus-lite 2.5 accepts file names of at most 36 characters from [A-Za-z0-9._-]."""
     if len(name) > 36 or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise RevsearchError(f"Milvus Lite file name {name!r} is not accepted by milvus-lite: use at most 36 "
-                             "characters from letters, digits, '.', '_' and '-' (the folder may be anything)")
+        raise RevsearchError(
+            f"Milvus Lite file name {name!r} is not accepted by milvus-lite: use at most 36 "
+            "characters from letters, digits, '.', '_' and '-' (the folder may be anything)"
+        )
 
 
 def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: bool = False) -> MilvusClient:
@@ -158,11 +160,23 @@ class MilvusIndex:
     #: Milvus searches return nearest neighbours only.
     supports_least_similarity = False
 
-    def __init__(self, dim: int, collection: str = "revsearch", uri: str = DEFAULT_URI, token: str = "",
-                 db_name: str = "", metric: str = "L2", index_type: str = "FLAT",
-                 index_params: dict | None = None, search_params: dict | None = None, create: bool = True,
-                 overwrite: bool = False, consistency_level: str = "Strong",
-                 bulk_storage: BulkStorage | None = None, bulk_min_rows: int = BULK_MIN_ROWS):
+    def __init__(
+        self,
+        dim: int,
+        collection: str = "revsearch",
+        uri: str = DEFAULT_URI,
+        token: str = "",
+        db_name: str = "",
+        metric: str = "L2",
+        index_type: str = "FLAT",
+        index_params: dict | None = None,
+        search_params: dict | None = None,
+        create: bool = True,
+        overwrite: bool = False,
+        consistency_level: str = "Strong",
+        bulk_storage: BulkStorage | None = None,
+        bulk_min_rows: int = BULK_MIN_ROWS,
+    ):
         """``bulk_storage``: where bulk-import files go (see :mod:`revsearch.milvus_bulk`); with it,
         ``add`` of at least ``bulk_min_rows`` rows imports them server-side where the server offers
         bulk import, and upserts where it does not (Milvus Lite). Runtime only: not in ``config()``."""
@@ -207,30 +221,35 @@ class MilvusIndex:
         schema.add_field(KEY_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_KEY_LENGTH)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
-        index.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric,
-                        params=self.index_params)
+        index.add_index(
+            field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric, params=self.index_params
+        )
         try:
-            self.client.create_collection(self.collection, schema=schema, index_params=index,
-                                          consistency_level=self.consistency_level)
+            self.client.create_collection(
+                self.collection, schema=schema, index_params=index, consistency_level=self.consistency_level
+            )
             write_point("collection created")
         except MilvusException as exc:
             if self.client.has_collection(self.collection):
                 self.client.drop_collection(self.collection)
             if "index type" in str(exc).lower():  # feature detection: the server says what it supports
-                raise UnsupportedIndexError(f"this Milvus ({self.uri}) does not support index type "
-                                            f"{self.index_type}: {exc.message}") from exc
+                raise UnsupportedIndexError(
+                    f"this Milvus ({self.uri}) does not support index type {self.index_type}: {exc.message}"
+                ) from exc
             raise
 
     def _check_existing(self) -> None:
         fields = self.client.describe_collection(self.collection)["fields"]
         vector = next((f for f in fields if f["name"] == VECTOR_FIELD), None)
         if vector is None:
-            raise IndexMismatchError(f"collection {self.collection!r} has no {VECTOR_FIELD!r} field: "
-                                     "not a revsearch collection")
+            raise IndexMismatchError(
+                f"collection {self.collection!r} has no {VECTOR_FIELD!r} field: not a revsearch collection"
+            )
         existing = int(vector["params"]["dim"])
         if existing != self.dim:
-            raise IndexMismatchError(f"collection {self.collection!r} holds {existing}-d vectors, "
-                                     f"this index produces {self.dim}-d vectors")
+            raise IndexMismatchError(
+                f"collection {self.collection!r} holds {existing}-d vectors, this index produces {self.dim}-d vectors"
+            )
         self.client.load_collection(self.collection)
 
     def _rpc(self, method: str, *args, **kwargs):
@@ -240,8 +259,9 @@ class MilvusIndex:
         except MilvusException as exc:
             if not is_dropped_channel(exc):
                 raise
-            logger.warning("Milvus channel to %s dropped (%s); retrying once on a new connection",
-                           self.uri, exc.message)
+            logger.warning(
+                "Milvus channel to %s dropped (%s); retrying once on a new connection", self.uri, exc.message
+            )
             self.client.close()
             self.client = connect(self.uri, self.token, self.db_name, fresh=True)
             return getattr(self.client, method)(*args, **kwargs)
@@ -253,8 +273,7 @@ class MilvusIndex:
 
     def keys(self) -> list[str]:
         """Every key in the collection (paged, so it works on large collections)."""
-        iterator = self.client.query_iterator(self.collection, batch_size=8192, filter="",
-                                              output_fields=[KEY_FIELD])
+        iterator = self.client.query_iterator(self.collection, batch_size=8192, filter="", output_fields=[KEY_FIELD])
         keys: list[str] = []
         while page := iterator.next():
             keys.extend(from_milvus_key(row[KEY_FIELD]) for row in page)
@@ -295,16 +314,28 @@ class MilvusIndex:
                 return
             if not self._bulk_fallback_logged:
                 self._bulk_fallback_logged = True
-                logger.warning("Milvus at %s has no bulk import (it answered UNIMPLEMENTED): adding by "
-                               "upsert in batches of %d instead", self.uri, INSERT_BATCH)
+                logger.warning(
+                    "Milvus at %s has no bulk import (it answered UNIMPLEMENTED): adding by "
+                    "upsert in batches of %d instead",
+                    self.uri,
+                    INSERT_BATCH,
+                )
         for start in range(0, len(keys), INSERT_BATCH):
-            rows = [{KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
-                    for k, v in zip(keys[start:start + INSERT_BATCH], arr[start:start + INSERT_BATCH])]
+            rows = [
+                {KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
+                for k, v in zip(keys[start : start + INSERT_BATCH], arr[start : start + INSERT_BATCH])
+            ]
             self._rpc("upsert", self.collection, rows)
             write_point("vectors upserted")
 
-    def bulk_add(self, keys: list[str], vectors: np.ndarray, storage: BulkStorage | None = None,
-                 rows_per_file: int = ROWS_PER_FILE, timeout: float = IMPORT_TIMEOUT) -> None:
+    def bulk_add(
+        self,
+        keys: list[str],
+        vectors: np.ndarray,
+        storage: BulkStorage | None = None,
+        rows_per_file: int = ROWS_PER_FILE,
+        timeout: float = IMPORT_TIMEOUT,
+    ) -> None:
         """Add by server-side bulk import through ``storage`` (default: ``bulk_storage``), keeping
         upsert semantics: existing rows with these keys are deleted first, and a key given several
         times keeps its last vector. Raises :class:`BulkImportUnsupportedError` where the server has
@@ -317,23 +348,35 @@ class MilvusIndex:
             raise ValueError("bulk_add needs a BulkStorage: pass storage= or set bulk_storage")
         arr = self._check_vectors(keys, vectors)
         if not self.supports_bulk_import:
-            raise BulkImportUnsupportedError(f"Milvus at {self.uri} does not offer bulk import "
-                                             "(it answered UNIMPLEMENTED); use add()")
+            raise BulkImportUnsupportedError(
+                f"Milvus at {self.uri} does not offer bulk import (it answered UNIMPLEMENTED); use add()"
+            )
         last = {to_milvus_key(k): i for i, k in enumerate(keys)}  # a repeated key: its last vector wins
         stored, rows = list(last), np.fromiter(last.values(), dtype=np.int64, count=len(last))
 
         def delete_existing(chunk: list[str]) -> None:  # import inserts: never leave a second row per key
             for start in range(0, len(chunk), INSERT_BATCH):
-                self.client.delete(self.collection, ids=chunk[start:start + INSERT_BATCH])
+                self.client.delete(self.collection, ids=chunk[start : start + INSERT_BATCH])
 
         with self._import_connection() as using:
-            bulk_import(self.client, using, self.collection, storage, KEY_FIELD, VECTOR_FIELD, stored, arr[rows],
-                        before_import=delete_existing, rows_per_file=rows_per_file, timeout=timeout)
+            bulk_import(
+                self.client,
+                using,
+                self.collection,
+                storage,
+                KEY_FIELD,
+                VECTOR_FIELD,
+                stored,
+                arr[rows],
+                before_import=delete_existing,
+                rows_per_file=rows_per_file,
+                timeout=timeout,
+            )
 
     def remove(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for start in range(0, len(keys), INSERT_BATCH):
-            self._rpc("delete", self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]])
+            self._rpc("delete", self.collection, ids=[to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]])
             write_point("vectors deleted")
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
@@ -348,18 +391,28 @@ class MilvusIndex:
         """One Milvus search per ``QUERY_BATCH`` queries."""
         results: list[list[Hit]] = []
         for start in range(0, len(q), QUERY_BATCH):
-            res = self._rpc("search", self.collection, data=q[start:start + QUERY_BATCH].tolist(), limit=limit,
-                            filter=expr, anns_field=VECTOR_FIELD, consistency_level=self.consistency_level,
-                            search_params={"metric_type": self.metric, "params": params or self.search_params})
+            res = self._rpc(
+                "search",
+                self.collection,
+                data=q[start : start + QUERY_BATCH].tolist(),
+                limit=limit,
+                filter=expr,
+                anns_field=VECTOR_FIELD,
+                consistency_level=self.consistency_level,
+                search_params={"metric_type": self.metric, "params": params or self.search_params},
+            )
             results.extend([Hit(from_milvus_key(str(h["id"])), float(h["distance"])) for h in hits] for hits in res)
         return results
 
-    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
-               reverse: bool = False) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None, reverse: bool = False
+    ) -> list[list[Hit]]:
         """The ``k`` nearest vectors, among the ``allowed`` keys when given (exact on a FLAT index)."""
         if reverse:
-            raise ValueError("Milvus searches for nearest neighbours only (no farthest-first search): "
-                             "use a kmeans or pixel index for least-similar queries")
+            raise ValueError(
+                "Milvus searches for nearest neighbours only (no farthest-first search): "
+                "use a kmeans or pixel index for least-similar queries"
+            )
         q = self._check_queries(queries)
         if allowed is None:
             return self._search(q, k)
@@ -383,15 +436,16 @@ class MilvusIndex:
         if not len(q):
             return merged
         for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
-            expr = key_filter(allowed[start:start + FILTER_CHUNK_KEYS])
+            expr = key_filter(allowed[start : start + FILTER_CHUNK_KEYS])
             for row, hits in zip(merged, self._search(q, limit, expr, params)):
                 row.extend(hits)
         for row in merged:
             row.sort(key=lambda h: h.distance)
         return merged
 
-    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
-                     ) -> list[list[Hit]]:
+    def range_search(
+        self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+    ) -> list[list[Hit]]:
         """Every vector (among ``allowed``) within squared L2 distance ``radius``, nearest first.
 
         Milvus range search: ``range_filter <= distance < radius`` for L2, so the radius passed is
@@ -400,14 +454,17 @@ class MilvusIndex:
         if self.metric != "L2":
             raise ValueError(f"range_search needs metric L2; this collection uses {self.metric}")
         q = self._check_queries(queries)
-        params = {**self.search_params, "radius": float(np.nextafter(np.float32(radius), np.float32(np.inf))),
-                  "range_filter": 0.0}
+        params = {
+            **self.search_params,
+            "radius": float(np.nextafter(np.float32(radius), np.float32(np.inf))),
+            "range_filter": 0.0,
+        }
         if allowed is None:
             return self._range(q, radius, params, "")
         allowed = list(allowed)
         merged: list[list[Hit]] = [[] for _ in range(len(q))]
         for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
-            expr = key_filter(allowed[start:start + FILTER_CHUNK_KEYS])
+            expr = key_filter(allowed[start : start + FILTER_CHUNK_KEYS])
             for row, hits in zip(merged, self._range(q, radius, params, expr)):
                 row.extend(hits)
         for row in merged:
@@ -421,8 +478,10 @@ class MilvusIndex:
         results = self._search(q, limit, expr, params)
         while full := [i for i, hits in enumerate(results) if len(hits) >= limit]:
             if limit >= MAX_LIMIT:
-                raise ValueError(f"more than {MAX_LIMIT} vectors lie within distance {radius} of a query, the "
-                                 "most Milvus returns: use a smaller threshold, or a kmeans index")
+                raise ValueError(
+                    f"more than {MAX_LIMIT} vectors lie within distance {radius} of a query, the "
+                    "most Milvus returns: use a smaller threshold, or a kmeans index"
+                )
             limit = min(MAX_LIMIT, limit * 16)
             for i, hits in zip(full, self._search(q[full], limit, expr, params)):
                 results[i] = hits
@@ -432,8 +491,12 @@ class MilvusIndex:
         """Those of ``keys`` that are stored (without reading the other keys)."""
         present: set[str] = set()
         for start in range(0, len(keys), INSERT_BATCH):
-            rows = self._rpc("query", self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]],
-                             output_fields=[KEY_FIELD])
+            rows = self._rpc(
+                "query",
+                self.collection,
+                ids=[to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]],
+                output_fields=[KEY_FIELD],
+            )
             present.update(from_milvus_key(row[KEY_FIELD]) for row in rows)
         return present
 
@@ -441,8 +504,12 @@ class MilvusIndex:
         """Stored vectors for ``keys``, in that order; raises KeyError naming a missing key."""
         by_key: dict[str, list[float]] = {}
         for start in range(0, len(keys), INSERT_BATCH):
-            rows = self._rpc("query", self.collection, ids=[to_milvus_key(k) for k in keys[start:start + INSERT_BATCH]],
-                             output_fields=[KEY_FIELD, VECTOR_FIELD])
+            rows = self._rpc(
+                "query",
+                self.collection,
+                ids=[to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]],
+                output_fields=[KEY_FIELD, VECTOR_FIELD],
+            )
             by_key.update((from_milvus_key(row[KEY_FIELD]), row[VECTOR_FIELD]) for row in rows)
         missing = [k for k in keys if k not in by_key]
         if missing:
@@ -464,10 +531,18 @@ class MilvusIndex:
             self._lock = None
 
     def config(self) -> dict:
-        return {"kind": self.kind, "dim": self.dim, "collection": self.collection, "uri": self.uri,
-                "db_name": self.db_name, "metric": self.metric, "index_type": self.index_type,
-                "index_params": self.index_params, "search_params": self.search_params,
-                "consistency_level": self.consistency_level}
+        return {
+            "kind": self.kind,
+            "dim": self.dim,
+            "collection": self.collection,
+            "uri": self.uri,
+            "db_name": self.db_name,
+            "metric": self.metric,
+            "index_type": self.index_type,
+            "index_params": self.index_params,
+            "search_params": self.search_params,
+            "consistency_level": self.consistency_level,
+        }
 
     def save(self, directory: Path) -> None:
         """Nothing to write: the vectors live in Milvus (the config goes in the manifest)."""
@@ -478,15 +553,26 @@ class MilvusIndex:
         created empty); settings it lacks take their defaults."""
         where = f"the index in {directory}" if directory else f"collection {config['collection']!r}"
         if is_lite_uri(config["uri"]) and not Path(config["uri"]).expanduser().exists():
-            raise IndexNotFoundError(f"Milvus Lite file {config['uri']!r} does not exist: {where} "
-                                     "lost its vectors; rebuild it with revsearch index FOLDER --rebuild")
+            raise IndexNotFoundError(
+                f"Milvus Lite file {config['uri']!r} does not exist: {where} "
+                "lost its vectors; rebuild it with revsearch index FOLDER --rebuild"
+            )
         uri = config["uri"]
         if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
             uri = _read_only_copy(uri)
-        return cls(config["dim"], config["collection"], uri, token, config.get("db_name") or "",
-                   config.get("metric", "L2"), config.get("index_type", "FLAT"), config.get("index_params"),
-                   config.get("search_params"), create=False,
-                   consistency_level=config.get("consistency_level", "Strong"))
+        return cls(
+            config["dim"],
+            config["collection"],
+            uri,
+            token,
+            config.get("db_name") or "",
+            config.get("metric", "L2"),
+            config.get("index_type", "FLAT"),
+            config.get("index_params"),
+            config.get("search_params"),
+            create=False,
+            consistency_level=config.get("consistency_level", "Strong"),
+        )
 
 
 def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "") -> None:

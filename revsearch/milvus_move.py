@@ -25,8 +25,9 @@ def same_collection_place(uri_a: str, db_a: str, uri_b: str, db_b: str) -> bool:
 
 def iter_rows(source: MilvusIndex, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """(keys, vectors) pages of the whole collection, ``batch_size`` rows at a time."""
-    iterator = source.client.query_iterator(source.collection, batch_size=min(batch_size, 16_384), filter="",
-                                            output_fields=[KEY_FIELD, VECTOR_FIELD])
+    iterator = source.client.query_iterator(
+        source.collection, batch_size=min(batch_size, 16_384), filter="", output_fields=[KEY_FIELD, VECTOR_FIELD]
+    )
     keys: list[str] = []
     vectors: list[list[float]] = []
     try:
@@ -51,13 +52,16 @@ def copy_collection(source: MilvusIndex, target: MilvusIndex, progress: bool = T
     total = len(source)
     bulk = target.bulk_storage is not None and target.supports_bulk_import
     add = target.bulk_add if bulk else target.add
-    with tqdm(total=total, desc="copy vectors" + (" (bulk import)" if bulk else ""), unit="vec",
-              disable=not progress) as bar:
+    with tqdm(
+        total=total, desc="copy vectors" + (" (bulk import)" if bulk else ""), unit="vec", disable=not progress
+    ) as bar:
         for keys, vectors in iter_rows(source, ROWS_PER_FILE if bulk else COPY_BATCH):
             add(keys, vectors)
             bar.update(len(keys))
     copied = len(target)
     if copied != total:
-        raise RevsearchError(f"copied collection holds {copied} rows, the source {total}: the source index is "
-                             "unchanged; run the move again")
+        raise RevsearchError(
+            f"copied collection holds {copied} rows, the source {total}: the source index is "
+            "unchanged; run the move again"
+        )
     return copied

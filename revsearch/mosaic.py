@@ -21,7 +21,7 @@ def _tile(image: np.ndarray, size: int, label: str, colour: tuple[int, int, int]
     resized = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     tile = np.full((size + 22, size, 3), 255, np.uint8)
     y, x = (size - resized.shape[0]) // 2, (size - resized.shape[1]) // 2
-    tile[y:y + resized.shape[0], x:x + resized.shape[1]] = resized
+    tile[y : y + resized.shape[0], x : x + resized.shape[1]] = resized
     tile[size:] = colour
     cv2.putText(tile, label[:28], (4, size + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return tile
@@ -40,7 +40,7 @@ def make_mosaic(query: np.ndarray, hits: Sequence[Hit], tile: int = 192, columns
     rows = math.ceil(len(tiles) / columns)
     blank = np.full_like(tiles[0], 255)
     tiles += [blank] * (rows * columns - len(tiles))
-    return np.vstack([np.hstack(tiles[r * columns:(r + 1) * columns]) for r in range(rows)])
+    return np.vstack([np.hstack(tiles[r * columns : (r + 1) * columns]) for r in range(rows)])
 
 
 def save_mosaic(path: str | os.PathLike, mosaic: np.ndarray) -> None:

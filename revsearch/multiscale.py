@@ -30,8 +30,7 @@ class MultiScaleEmbedder(Embedder):
     embedder does), so the scale-1 descriptor equals :class:`Embedder`'s.
     """
 
-    def __init__(self, config: EmbedderConfig | None = None, scales: tuple[float, ...] = DEFAULT_SCALES,
-                 **overrides):
+    def __init__(self, config: EmbedderConfig | None = None, scales: tuple[float, ...] = DEFAULT_SCALES, **overrides):
         super().__init__(config, **overrides)
         scales = tuple(float(s) for s in scales)
         if not scales or any(not (0 < s <= 4) for s in scales) or len(set(scales)) != len(scales):
@@ -60,7 +59,7 @@ class MultiScaleEmbedder(Embedder):
         """(B, sum of s*s*3) uint8 rows from :meth:`prepare` -> one (B, s, s, 3) array per scale."""
         out, start = [], 0
         for s in self.sizes:
-            out.append(batch[:, start:start + s * s * 3].reshape(len(batch), s, s, 3))
+            out.append(batch[:, start : start + s * s * 3].reshape(len(batch), s, s, 3))
             start += s * s * 3
         return out
 

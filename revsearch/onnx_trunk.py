@@ -42,8 +42,15 @@ def export_trunk(model, image_size: int, path: Path) -> None:
     example = torch.zeros(2, 3, image_size, image_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            dynamo=False,
+        )
     os.replace(tmp, path)
 
 
@@ -54,8 +61,10 @@ def export_cached(model, image_size: int, name: str, digest: str) -> Path:
         try:
             export_trunk(model, image_size, path)
         except Exception as exc:
-            raise RuntimeError(f"could not export {name} to ONNX at {path} ({exc}); set REVSEARCH_CACHE "
-                               "to a writable folder, or use runtime='torch'") from exc
+            raise RuntimeError(
+                f"could not export {name} to ONNX at {path} ({exc}); set REVSEARCH_CACHE "
+                "to a writable folder, or use runtime='torch'"
+            ) from exc
     return path
 
 

@@ -21,8 +21,7 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 class PCAReducer:
     """Centre, project to ``n_components`` (optionally whiten), then L2-normalise."""
 
-    def __init__(self, mean: np.ndarray, components: np.ndarray, explained_variance: np.ndarray,
-                 whiten: bool):
+    def __init__(self, mean: np.ndarray, components: np.ndarray, explained_variance: np.ndarray, whiten: bool):
         self.mean = mean.astype(np.float32)
         self.components = components.astype(np.float32)
         self.explained_variance = explained_variance.astype(np.float32)
@@ -33,8 +32,10 @@ class PCAReducer:
         data = np.asarray(vectors, dtype=np.float32)
         limit = min(data.shape)
         if not 1 <= n_components <= limit:
-            raise ValueError(f"PCA n_components must be in [1, {limit}] for {data.shape[0]} vectors "
-                             f"of dimension {data.shape[1]}, got {n_components}")
+            raise ValueError(
+                f"PCA n_components must be in [1, {limit}] for {data.shape[0]} vectors "
+                f"of dimension {data.shape[1]}, got {n_components}"
+            )
         from sklearn.decomposition import PCA  # only fitting needs scikit-learn; transform is a matmul
 
         pca = PCA(n_components=n_components, whiten=whiten, random_state=seed).fit(data)

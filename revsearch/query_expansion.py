@@ -30,9 +30,14 @@ def expand(queries: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndar
     return l2_normalize(q + np.einsum("qn,qnd->qd", w, x))
 
 
-def expanded_search(search: Callable[[np.ndarray, int], list[list[Hit]]],
-                    fetch: Callable[[list[str]], np.ndarray], queries: np.ndarray, k: int, n: int,
-                    alpha: float) -> list[list[Hit]]:
+def expanded_search(
+    search: Callable[[np.ndarray, int], list[list[Hit]]],
+    fetch: Callable[[list[str]], np.ndarray],
+    queries: np.ndarray,
+    k: int,
+    n: int,
+    alpha: float,
+) -> list[list[Hit]]:
     """Search, expand each query with its top-``n`` hits (``fetch``: stored vectors by key), search again.
 
     ``search(queries, k)`` is an index's search; ``n <= 0`` is a plain search.

@@ -57,8 +57,9 @@ def _check_host(url: str, allow_private: bool) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not _is_public(address):
-            raise PrivateURLError(url, f"host resolves to non-public address {address} "
-                                       "(pass allow_private_urls=True to allow)")
+            raise PrivateURLError(
+                url, f"host resolves to non-public address {address} (pass allow_private_urls=True to allow)"
+            )
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
@@ -96,6 +97,7 @@ class _Deadline:
 
     def connection(self, cls: type[http.client.HTTPConnection]):
         """A factory of ``cls`` connections whose sockets this deadline can shut."""
+
         def make(host, timeout=None, **kwargs):
             conn = cls(host, timeout=self.remaining(), **kwargs)
             create = conn._create_connection
@@ -110,6 +112,7 @@ class _Deadline:
 
             conn._create_connection = create_tracked
             return conn
+
         return make
 
     def expire(self) -> None:
@@ -140,8 +143,9 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(self.deadline.connection(http.client.HTTPSConnection), req, context=self._context)
 
 
-def fetch_url(url: str, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TIMEOUT_S,
-              allow_private: bool = False) -> bytes:
+def fetch_url(
+    url: str, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TIMEOUT_S, allow_private: bool = False
+) -> bytes:
     """Download an image over http(s) with size and time limits; redirects are checked too.
 
     ``timeout`` is one wall-clock deadline for the whole fetch: name resolution, connecting, the
@@ -170,13 +174,13 @@ def fetch_url(url: str, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TIM
 
 def _download(url: str, max_bytes: int, timeout: float, allow_private: bool, deadline: _Deadline) -> bytes:
     _check_host(url, allow_private)
-    opener = urllib.request.build_opener(_SafeRedirects(allow_private), _HTTPHandler(deadline),
-                                         _HTTPSHandler(deadline))
+    opener = urllib.request.build_opener(_SafeRedirects(allow_private), _HTTPHandler(deadline), _HTTPSHandler(deadline))
     chunks: list[bytes] = []
     size = 0
     try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "revsearch"}),
-                         timeout=deadline.remaining()) as resp:
+        with opener.open(
+            urllib.request.Request(url, headers={"User-Agent": "revsearch"}), timeout=deadline.remaining()
+        ) as resp:
             declared = resp.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise ImageLoadError(url, f"download larger than {max_bytes} bytes (Content-Length {declared})")
@@ -190,8 +194,9 @@ def _download(url: str, max_bytes: int, timeout: float, allow_private: bool, dea
         raise
     except Exception as exc:
         if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
-            raise ImageLoadError(url, f"download timed out (no complete response within {timeout:g} s in all)") \
-                from None
+            raise ImageLoadError(
+                url, f"download timed out (no complete response within {timeout:g} s in all)"
+            ) from None
         raise ImageLoadError(url, f"download failed: {exc}") from None
     if size > max_bytes:
         raise ImageLoadError(url, f"download larger than {max_bytes} bytes")

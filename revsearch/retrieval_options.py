@@ -69,17 +69,19 @@ class RetrievalOptions:
 class IndexExtras:
     """The DBA graph (original vectors and neighbour lists) and the copy mode's thumbnails."""
 
-    def __init__(self, options: RetrievalOptions, dim: int, dba: DBAGraph | None = None,
-                 pixels: ExactIndex | None = None):
+    def __init__(
+        self, options: RetrievalOptions, dim: int, dba: DBAGraph | None = None, pixels: ExactIndex | None = None
+    ):
         self.options = options
         self.dba = dba if dba is not None or not options.dba_n else DBAGraph(options.dba_n, options.dba_alpha, dim)
         self.pixels = pixels
         if pixels is None and options.copy_pixels:
-            self.pixels = ExactIndex(3 * options.copy_pixels ** 2, np.float32)
+            self.pixels = ExactIndex(3 * options.copy_pixels**2, np.float32)
 
     # ---- updates --------------------------------------------------------------------------
-    def store_vectors(self, remove: Sequence[str], keys: Sequence[str], vectors: np.ndarray
-                      ) -> tuple[list[str], np.ndarray]:
+    def store_vectors(
+        self, remove: Sequence[str], keys: Sequence[str], vectors: np.ndarray
+    ) -> tuple[list[str], np.ndarray]:
         """Take an update's (original) vectors; returns the keys and vectors the vector store must
         upsert: the same without DBA, with DBA every augmented vector that changed."""
         if self.dba is None:
@@ -94,7 +96,7 @@ class IndexExtras:
         keys = [k for chunk_keys, _ in held for k in chunk_keys]
         self.dba.update(keys, np.concatenate([v for _, v in held]))
         for start in range(0, len(keys), chunk_size):
-            store.add(keys[start:start + chunk_size], self.dba.augmented(keys[start:start + chunk_size]))
+            store.add(keys[start : start + chunk_size], self.dba.augmented(keys[start : start + chunk_size]))
 
     def update_pixels(self, remove: Sequence[str], paths: dict[str, str]) -> None:
         """Drop ``remove`` and (re)compute the thumbnails of ``paths`` ({key: file}); a file that does
@@ -115,18 +117,27 @@ class IndexExtras:
     # ---- queries --------------------------------------------------------------------------
     def search(self, backend, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """The backend's search with alpha-QE when on (expanded with the stored, augmented vectors)."""
-        return expanded_search(backend.search, lambda keys: backend.vectors(list(keys)), queries, k,
-                               self.options.qe_n, self.options.qe_alpha)
+        return expanded_search(
+            backend.search,
+            lambda keys: backend.vectors(list(keys)),
+            queries,
+            k,
+            self.options.qe_n,
+            self.options.qe_alpha,
+        )
 
-    def copy_search(self, cnn_search: Callable[[int], list[Hit]], vector: np.ndarray, image: np.ndarray,
-                    k: int) -> list[Hit]:
+    def copy_search(
+        self, cnn_search: Callable[[int], list[Hit]], vector: np.ndarray, image: np.ndarray, k: int
+    ) -> list[Hit]:
         """Fusion (:func:`~revsearch.fusion.ratio_fusion`) of the CNN ranking of ``vector`` without
         alpha-QE and DBA (DBA blurs an image with its look-alikes: measured, it loses copies) and the
         ranking by the thumbnail of ``image`` (RGB array), top COPY_TOP of each. ``cnn_search(top)``
         is the backend's search, used when the index has no DBA."""
         if self.pixels is None:
-            raise ValueError("this index keeps no thumbnails for the copy mode: rebuild it with copy_pixels > 0 "
-                             "(revsearch index --rebuild --copy-pixels 16)")
+            raise ValueError(
+                "this index keeps no thumbnails for the copy mode: rebuild it with copy_pixels > 0 "
+                "(revsearch index --rebuild --copy-pixels 16)"
+            )
         from .pixel import PixelFeatures
 
         thumbnail = PixelFeatures(self.options.copy_pixels).embed_images([image])
@@ -138,8 +149,9 @@ class IndexExtras:
     def _original_search(self, vector: np.ndarray, k: int) -> list[Hit]:
         """Exact search over the DBA graph's original (not augmented) vectors."""
         originals = self.dba.vectors
-        dist = squared_l2(np.asarray(vector, np.float32).reshape(1, -1), originals,
-                          np.einsum("ij,ij->i", originals, originals))[0]
+        dist = squared_l2(
+            np.asarray(vector, np.float32).reshape(1, -1), originals, np.einsum("ij,ij->i", originals, originals)
+        )[0]
         return [Hit(self.dba.keys[i], float(dist[i])) for i in top_k(dist, k)]
 
     # ---- persistence ----------------------------------------------------------------------
@@ -157,5 +169,5 @@ class IndexExtras:
             with np.load(folder / "dba.npz") as state:
                 dba = DBAGraph.from_state(json.loads((folder / "dba.keys.json").read_text()), dict(state))
         if options.copy_pixels:
-            pixels = ExactIndex.load(folder / "thumbnails", {"dim": 3 * options.copy_pixels ** 2, "dtype": "float32"})
+            pixels = ExactIndex.load(folder / "thumbnails", {"dim": 3 * options.copy_pixels**2, "dtype": "float32"})
         return cls(options, dim, dba, pixels)

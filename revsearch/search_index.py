@@ -69,13 +69,16 @@ class IndexReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        text = (f"{len(self.added)} indexed, {self.unchanged} unchanged, {len(self.removed)} removed, "
-                f"{len(self.failures)} skipped")
+        text = (
+            f"{len(self.added)} indexed, {self.unchanged} unchanged, {len(self.removed)} removed, "
+            f"{len(self.failures)} skipped"
+        )
         return text + (f" ({self.resumed} resumed from an interrupted run)" if self.resumed else "")
 
 
-def _embed_to_checkpoint(extractor: FeatureExtractor, paths: list[str], checkpoint: EmbeddingCheckpoint,
-                         chunk_size: int, progress: bool) -> dict[str, str]:
+def _embed_to_checkpoint(
+    extractor: FeatureExtractor, paths: list[str], checkpoint: EmbeddingCheckpoint, chunk_size: int, progress: bool
+) -> dict[str, str]:
     """Embed ``paths``, writing a checkpoint chunk every ``chunk_size`` images; returns the failures."""
     keys: list[str] = []
     vectors: list[np.ndarray] = []
@@ -117,10 +120,18 @@ class SearchIndex:
     interrupted change before anything else, so the manifest and the store always agree.
     """
 
-    def __init__(self, directory: str | os.PathLike, extractor: FeatureExtractor, backend,
-                 reducer: PCAReducer | None = None, items: dict[str, dict] | None = None,
-                 failures: dict[str, str] | None = None, generation: int = 0, roots: list[str] | None = None,
-                 extras: IndexExtras | None = None):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        extractor: FeatureExtractor,
+        backend,
+        reducer: PCAReducer | None = None,
+        items: dict[str, dict] | None = None,
+        failures: dict[str, str] | None = None,
+        generation: int = 0,
+        roots: list[str] | None = None,
+        extras: IndexExtras | None = None,
+    ):
         self.directory = Path(os.path.abspath(directory))
         self.extras = extras or IndexExtras(RetrievalOptions.off(), backend.dim)  # issue 13 hook
         self.extractor, self.backend, self.reducer = extractor, backend, reducer
@@ -131,11 +142,21 @@ class SearchIndex:
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
-    def build(cls, paths: Sequence[str | os.PathLike], directory: str | os.PathLike, backend: str = "milvus",
-              extractor: FeatureExtractor | None = None, pca_dim: int | str | None = "auto",
-              whiten: bool = False, progress: bool = True, chunk_size: int = 1024, fit_sample: int = 100_000,
-              roots: Sequence[str | os.PathLike] | None = None, options: RetrievalOptions | None = None,
-              **backend_options) -> tuple[SearchIndex, IndexReport]:
+    def build(
+        cls,
+        paths: Sequence[str | os.PathLike],
+        directory: str | os.PathLike,
+        backend: str = "milvus",
+        extractor: FeatureExtractor | None = None,
+        pca_dim: int | str | None = "auto",
+        whiten: bool = False,
+        progress: bool = True,
+        chunk_size: int = 1024,
+        fit_sample: int = 100_000,
+        roots: Sequence[str | os.PathLike] | None = None,
+        options: RetrievalOptions | None = None,
+        **backend_options,
+    ) -> tuple[SearchIndex, IndexReport]:
         """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
 
         ``backend``: the index kind, ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``) or
@@ -171,8 +192,9 @@ class SearchIndex:
             checkpoint = EmbeddingCheckpoint(directory / CHECKPOINT, extractor.describe(), current)
             done = checkpoint.done()
             report = IndexReport(resumed=len(done), notes=list(checkpoint.notes))
-            report.failures = _embed_to_checkpoint(extractor, [p for p in paths if p not in done], checkpoint,
-                                                   chunk_size, progress)
+            report.failures = _embed_to_checkpoint(
+                extractor, [p for p in paths if p not in done], checkpoint, chunk_size, progress
+            )
             sample = checkpoint.sample(fit_sample)
             if not len(sample):
                 checkpoint.clear()
@@ -187,8 +209,9 @@ class SearchIndex:
             if options is None:  # issue 13 hook
                 options = RetrievalOptions.off() if isinstance(extractor, PixelFeatures) else RetrievalOptions()
             extras, held = IndexExtras(options, sample.shape[1]), []
-            bar = tqdm(total=len(paths) - len(report.failures), desc=f"insert into {backend}", unit="vec",
-                       disable=not progress)
+            bar = tqdm(
+                total=len(paths) - len(report.failures), desc=f"insert into {backend}", unit="vec", disable=not progress
+            )
             items: dict[str, dict] = {}
             try:
                 for keys, vectors, signatures in checkpoint.chunks():
@@ -203,8 +226,9 @@ class SearchIndex:
                 extras.finish_build(store, held, chunk_size)  # issue 13 hook: DBA, thumbnails
                 extras.update_pixels([], {k: k for k in items})
                 root_list = sorted({os.path.abspath(r) for r in roots}) if roots is not None else None
-                index = cls(directory, extractor, store, reducer, items, report.failures, generation - 1, root_list,
-                            extras)
+                index = cls(
+                    directory, extractor, store, reducer, items, report.failures, generation - 1, root_list, extras
+                )
                 index._commit()
                 settle_pending(directory, index.generation, backend_options.get("token", ""))  # clears partial/
             except BaseException:
@@ -214,9 +238,13 @@ class SearchIndex:
         return index, report
 
     # ---- updating ---------------------------------------------------------------------------
-    def sync(self, paths: Sequence[str | os.PathLike], progress: bool = True,
-             scope: Sequence[str | os.PathLike] | None = None,
-             roots: Sequence[str | os.PathLike] | None = None) -> IndexReport:
+    def sync(
+        self,
+        paths: Sequence[str | os.PathLike],
+        progress: bool = True,
+        scope: Sequence[str | os.PathLike] | None = None,
+        roots: Sequence[str | os.PathLike] | None = None,
+    ) -> IndexReport:
         """Make the index match ``paths``: add new / changed files, remove the ones gone or now unreadable.
 
         ``scope``: only indexed files below these folders may be removed as gone (None: all of them),
@@ -243,9 +271,16 @@ class SearchIndex:
         vectors = self.transform(batch.vectors) if keys else np.empty((0, self.backend.dim), np.float32)
         forget = [k for k in self.failures if (in_scope(k) and k not in wanted) or k in keys]
         new_roots = None if roots is None else sorted({os.path.abspath(r) for r in roots})
-        update = Update(self.generation, report.removed, keys, vectors,
-                        {k: {"path": k, "signature": current[k]} for k in keys}, report.failures, forget,
-                        new_roots if new_roots != self.roots else None)
+        update = Update(
+            self.generation,
+            report.removed,
+            keys,
+            vectors,
+            {k: {"path": k, "signature": current[k]} for k in keys},
+            report.failures,
+            forget,
+            new_roots if new_roots != self.roots else None,
+        )
         if not update.is_empty(self.failures):
             self._transact(update)
         report.added = keys
@@ -259,8 +294,9 @@ class SearchIndex:
         """Delete keys from the index; returns those that were present."""
         present = [k for k in keys if k in self.items]
         if present:
-            self._transact(Update(self.generation, present, [], np.empty((0, self.backend.dim), np.float32),
-                                  {}, {}, []))
+            self._transact(
+                Update(self.generation, present, [], np.empty((0, self.backend.dim), np.float32), {}, {}, [])
+            )
         return present
 
     def _transact(self, update: Update) -> None:
@@ -268,8 +304,9 @@ class SearchIndex:
         with IndexLock(self.directory):
             on_disk = read_manifest(self.directory).get("generation", 0)
             if on_disk != self.generation:
-                raise IndexBusyError(f"the index in {self.directory} was changed by another run since it was "
-                                     "opened; open it again")
+                raise IndexBusyError(
+                    f"the index in {self.directory} was changed by another run since it was opened; open it again"
+                )
             write_journal(self.directory, update)
             self.apply(update)
             clear_journal(self.directory)
@@ -300,8 +337,12 @@ class SearchIndex:
         """Compare the manifest with the vector store: counts, and keys only on one side."""
         stored = set(self.backend.keys())
         listed = set(self.items)
-        return {"manifest_items": len(listed), "store_vectors": len(self.backend),
-                "only_in_store": len(stored - listed), "only_in_manifest": len(listed - stored)}
+        return {
+            "manifest_items": len(listed),
+            "store_vectors": len(self.backend),
+            "only_in_store": len(stored - listed),
+            "only_in_manifest": len(listed - stored),
+        }
 
     # ---- querying ---------------------------------------------------------------------------
     def transform(self, features: np.ndarray) -> np.ndarray:
@@ -317,8 +358,9 @@ class SearchIndex:
     def options(self) -> RetrievalOptions:
         return self.extras.options
 
-    def query(self, query: ImageQuery, k: int = 10, allow_private_urls: bool = False,
-              mode: str = "similar") -> list[Hit]:
+    def query(
+        self, query: ImageQuery, k: int = 10, allow_private_urls: bool = False, mode: str = "similar"
+    ) -> list[Hit]:
         """The ``k`` indexed images nearest to the query image, nearest first (all of them if fewer).
 
         ``mode="similar"`` applies the index's stored options (alpha-QE); ``mode="copy"`` looks for
@@ -332,8 +374,9 @@ class SearchIndex:
         image = load_query_image(query, self.extractor.min_side, allow_private_urls)
         vector = self.transform(self.extractor.embed_images([image]))
         if mode == "copy":  # issue 13 hook
-            return self.extras.copy_search(lambda top: self.backend.search(vector, min(top, len(self)))[0],
-                                           vector, image, k)
+            return self.extras.copy_search(
+                lambda top: self.backend.search(vector, min(top, len(self)))[0], vector, image, k
+            )
         return self.extras.search(self.backend, vector, k)[0]
 
     def query_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
@@ -343,25 +386,44 @@ class SearchIndex:
     def __len__(self) -> int:
         return len(self.backend)
 
-    def move_to(self, uri: str, token: str = "", db_name: str = "", index_type: str | None = None,
-                bulk_storage: BulkStorage | None = None, progress: bool = True) -> None:
+    def move_to(
+        self,
+        uri: str,
+        token: str = "",
+        db_name: str = "",
+        index_type: str | None = None,
+        bulk_storage: BulkStorage | None = None,
+        progress: bool = True,
+    ) -> None:
         """Move a Milvus-backed index to another Milvus (e.g. its Lite file to ``http://host:19530``)
         without re-embedding: vectors are copied (bulk import where ``bulk_storage`` is given and the
         server has it), counts checked, then the manifest points at the new URI. The source collection
         is left as it was; a failed copy leaves the index on the source."""
         source = self.backend
         if not isinstance(source, MilvusIndex):
-            raise ValueError(f"move_to needs a milvus backend, this index is {source.kind!r}: rebuild it with "
-                             "backend='milvus' and uri=...")
+            raise ValueError(
+                f"move_to needs a milvus backend, this index is {source.kind!r}: rebuild it with "
+                "backend='milvus' and uri=..."
+            )
         config = source.config()
         uri = os.path.abspath(uri) if is_lite_uri(uri) else uri
         if same_collection_place(source.uri, source.db_name, uri, db_name):
             raise ValueError(f"the index is already at {uri!r}: moving it there would replace its own collection")
         with IndexLock(self.directory):
-            target = MilvusIndex(source.dim, source.collection, uri, token, db_name, config["metric"],
-                                 index_type or config["index_type"], None if index_type else config["index_params"],
-                                 None if index_type else config["search_params"], overwrite=True,
-                                 consistency_level=config["consistency_level"], bulk_storage=bulk_storage)
+            target = MilvusIndex(
+                source.dim,
+                source.collection,
+                uri,
+                token,
+                db_name,
+                config["metric"],
+                index_type or config["index_type"],
+                None if index_type else config["index_params"],
+                None if index_type else config["search_params"],
+                overwrite=True,
+                consistency_level=config["consistency_level"],
+                bulk_storage=bulk_storage,
+            )
             try:
                 copy_collection(source, target, progress)
                 self.backend = target
@@ -438,15 +500,27 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     reducer = None
     if manifest["pca"]:
         pca_file = folder / PCA_FILE
-        reducer = (PCAReducer.from_state(json.loads(pca_file.read_text())) if pca_file.exists()
-                   else PCAReducer.load_npz(folder / "pca.npz"))  # format 2
+        reducer = (
+            PCAReducer.from_state(json.loads(pca_file.read_text()))
+            if pca_file.exists()
+            else PCAReducer.load_npz(folder / "pca.npz")
+        )  # format 2
     config = manifest["backend"]
     if config["kind"] == "milvus":
         config = resolve_lite_uri(directory, config)
     backend = load_index(config, folder if config["kind"] != "milvus" else directory, token)
     extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
-    return cls(directory, extractor, backend, reducer, manifest["items"], manifest["failures"],
-               manifest.get("generation", 0), manifest.get("roots"), extras)
+    return cls(
+        directory,
+        extractor,
+        backend,
+        reducer,
+        manifest["items"],
+        manifest["failures"],
+        manifest.get("generation", 0),
+        manifest.get("roots"),
+        extras,
+    )
 
 
 def recover(directory: Path, token: str = "") -> None:
@@ -479,14 +553,18 @@ def _record_pending(directory: Path, generation: int, previous: dict | None, bac
         new = {"collection": options["collection"], "uri": options["uri"], "db_name": options.get("db_name", "")}
     old = previous["backend"] if previous and previous["backend"]["kind"] == "milvus" else None
     if old is not None:
-        old = {"collection": old["collection"], "uri": resolve_lite_uri(directory, old)["uri"],
-               "db_name": old.get("db_name", "")}
+        old = {
+            "collection": old["collection"],
+            "uri": resolve_lite_uri(directory, old)["uri"],
+            "db_name": old.get("db_name", ""),
+        }
     write_pending(directory, generation, new, old)
 
 
 def _create_backend(kind: str, sample: np.ndarray, dtype: np.dtype, options: dict):
     """A new, empty vector index of ``kind`` for a build (a Milvus collection of that name is replaced)."""
     if kind == "milvus":
-        return create_index(kind, sample, overwrite=True,
-                            **{k: v for k, v in options.items() if k not in ("n_clusters", "nprobe")})
+        return create_index(
+            kind, sample, overwrite=True, **{k: v for k, v in options.items() if k not in ("n_clusters", "nprobe")}
+        )
     return create_index(kind, sample, dtype, n_clusters=options.get("n_clusters"), nprobe=options.get("nprobe"))

@@ -43,12 +43,14 @@ class VectorIndex(Protocol):
     def remove(self, keys: list[str]) -> None:
         """Delete keys (unknown ones are ignored)."""
 
-    def search(self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None,
-               reverse: bool = False) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None, reverse: bool = False
+    ) -> list[list[Hit]]:
         """The ``k`` nearest (``reverse``: farthest) vectors among ``allowed`` keys (None: all)."""
 
-    def range_search(self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
-                     ) -> list[list[Hit]]:
+    def range_search(
+        self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
+    ) -> list[list[Hit]]:
         """Every vector (among ``allowed``) within squared distance ``radius``, nearest first."""
 
     def config(self) -> dict:

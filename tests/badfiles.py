@@ -65,8 +65,9 @@ def gradient(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w]
     rng = np.random.default_rng(seed)
     a, b, c = rng.integers(1, 5, 3)
-    return np.stack([(x * a * 255 // max(w - 1, 1)) % 256, (y * b * 255 // max(h - 1, 1)) % 256,
-                     ((x + y) * c * 7) % 256], axis=2).astype(np.uint8)
+    return np.stack(
+        [(x * a * 255 // max(w - 1, 1)) % 256, (y * b * 255 // max(h - 1, 1)) % 256, ((x + y) * c * 7) % 256], axis=2
+    ).astype(np.uint8)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -87,8 +88,10 @@ def png_with_declared_size(width: int, height: int) -> bytes:
 
 def png_with_corrupt_pixels() -> bytes:
     """Valid signature, IHDR and CRCs, but the IDAT stream is garbage (not zlib)."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     ihdr = struct.pack(">IIBBBBB", 64, 48, 8, 2, 0, 0, 0)
     garbage = bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", garbage) + chunk(b"IEND", b"")
@@ -122,8 +125,12 @@ def make_corpus(folder: str | os.PathLike) -> Corpus:
         corpus.cases.append(Case(kind, str(root / name), False, reason, listed))
 
     # ---- bad files: each must be skipped with a reason -----------------------------------
-    bad("corrupt_bytes", "corrupt.jpg", bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),
-        "not a recognised image format")
+    bad(
+        "corrupt_bytes",
+        "corrupt.jpg",
+        bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),
+        "not a recognised image format",
+    )
     bad("corrupt_png_data", "corrupt_pixels.png", png_with_corrupt_pixels(), "corrupt or truncated PNG")
     bad("truncated_jpeg", "truncated.jpg", jpeg[: len(jpeg) // 2], "truncated")
     bad("truncated_png", "truncated.png", png[: len(png) // 2], "truncated")
@@ -133,8 +140,12 @@ def make_corpus(folder: str | os.PathLike) -> Corpus:
     bad("text_file", "readme.txt", b"just text\n", "not a recognised image format", listed=False)
     (root / "folder.jpg").mkdir()
     bad("directory_named_like_image", "folder.jpg", None, "is a directory")
-    good("image_inside_image_named_directory", "folder.jpg/inside.png",
-         encode(Image.fromarray(gradient(seed=3)), "PNG"), (48, 64))
+    good(
+        "image_inside_image_named_directory",
+        "folder.jpg/inside.png",
+        encode(Image.fromarray(gradient(seed=3)), "PNG"),
+        (48, 64),
+    )
     os.symlink(root / "deleted-long-ago.jpg", root / "missing.jpg")
     bad("missing_file_dangling_symlink", "missing.jpg", None, "file not found")
     unreadable = root / "unreadable.jpg"
@@ -148,8 +159,10 @@ def make_corpus(folder: str | os.PathLike) -> Corpus:
     if readable:  # root (or CAP_DAC_OVERRIDE) reads it anyway: the case cannot be produced here
         os.chmod(unreadable, 0o644)
         unreadable.unlink()
-        corpus.skipped["unreadable_permissions"] = ("running with privileges that ignore file permissions "
-                                                    f"(uid {os.getuid()}): a chmod 000 file is still readable")
+        corpus.skipped["unreadable_permissions"] = (
+            "running with privileges that ignore file permissions "
+            f"(uid {os.getuid()}): a chmod 000 file is still readable"
+        )
     else:
         corpus.cases.append(Case("unreadable_permissions", str(unreadable), False, "permission denied"))
     bad("decompression_bomb", "bomb.png", png_with_declared_size(100_000, 100_000), "decompression bomb")
@@ -171,17 +184,28 @@ def make_corpus(folder: str | os.PathLike) -> Corpus:
     ok, png16 = cv2.imencode(".png", gradient(seed=7).astype(np.uint16) * 257)
     assert ok
     good("png_16bit", "deep16.png", png16.tobytes(), (48, 64))
-    good("palette_gif", "palette.gif",
-         encode(Image.fromarray(gradient(seed=8)).convert("P", palette=Image.ADAPTIVE), "GIF"), (48, 64))
+    good(
+        "palette_gif",
+        "palette.gif",
+        encode(Image.fromarray(gradient(seed=8)).convert("P", palette=Image.ADAPTIVE), "GIF"),
+        (48, 64),
+    )
     frames = [Image.fromarray(gradient(seed=s)) for s in (9, 10, 11)]
-    good("animated_gif", "animated.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
-                                                 duration=100, loop=0), (48, 64))
-    good("animated_webp", "animated.webp", encode(frames[0], "WEBP", save_all=True, append_images=frames[1:],
-                                                   duration=100, loop=0, lossless=True), (48, 64))
+    good(
+        "animated_gif",
+        "animated.gif",
+        encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        (48, 64),
+    )
+    good(
+        "animated_webp",
+        "animated.webp",
+        encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, loop=0, lossless=True),
+        (48, 64),
+    )
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: 64x48 stored -> 48 wide, 64 tall
-    good("exif_rotated_jpeg", "rotated.jpg", encode(Image.fromarray(gradient(seed=12)), "JPEG", exif=exif),
-         (64, 48))
+    good("exif_rotated_jpeg", "rotated.jpg", encode(Image.fromarray(gradient(seed=12)), "JPEG", exif=exif), (64, 48))
     good("one_pixel", "one_pixel.png", encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"), (1, 1))
     good("very_wide", "wide_20000x10.png", encode(Image.fromarray(gradient(10, 20000, seed=13)), "PNG"), (10, 20000))
     good("png_content_jpg_extension", "really_a_png.jpg", encode(Image.fromarray(gradient(seed=14)), "PNG"), (48, 64))
@@ -212,14 +236,45 @@ def make_corpus(folder: str | os.PathLike) -> Corpus:
 
 #: Every kind make_corpus can produce (tests parametrize over these; absent ones are skipped).
 KINDS = (
-    "corrupt_bytes", "corrupt_png_data", "truncated_jpeg", "truncated_png", "zero_bytes", "non_image_with_image_ext",
-    "text_with_image_ext", "text_file", "directory_named_like_image", "missing_file_dangling_symlink",
-    "unreadable_permissions", "decompression_bomb", "heic", "symlink_loop_file", "non_utf8_name_bad_file",
-    "fifo_named_like_image", "symlink_loop_dir",
-    "image_inside_image_named_directory", "grayscale", "grayscale_jpeg", "rgba_transparency", "cmyk_jpeg",
-    "png_16bit", "palette_gif", "animated_gif", "animated_webp", "exif_rotated_jpeg", "one_pixel", "very_wide",
-    "png_content_jpg_extension", "uppercase_extension", "bmp", "tiff", "spaces_in_name", "unicode_name",
-    "non_utf8_name", "real_photo_0", "real_photo_1", "real_photo_2",
+    "corrupt_bytes",
+    "corrupt_png_data",
+    "truncated_jpeg",
+    "truncated_png",
+    "zero_bytes",
+    "non_image_with_image_ext",
+    "text_with_image_ext",
+    "text_file",
+    "directory_named_like_image",
+    "missing_file_dangling_symlink",
+    "unreadable_permissions",
+    "decompression_bomb",
+    "heic",
+    "symlink_loop_file",
+    "non_utf8_name_bad_file",
+    "fifo_named_like_image",
+    "symlink_loop_dir",
+    "image_inside_image_named_directory",
+    "grayscale",
+    "grayscale_jpeg",
+    "rgba_transparency",
+    "cmyk_jpeg",
+    "png_16bit",
+    "palette_gif",
+    "animated_gif",
+    "animated_webp",
+    "exif_rotated_jpeg",
+    "one_pixel",
+    "very_wide",
+    "png_content_jpg_extension",
+    "uppercase_extension",
+    "bmp",
+    "tiff",
+    "spaces_in_name",
+    "unicode_name",
+    "non_utf8_name",
+    "real_photo_0",
+    "real_photo_1",
+    "real_photo_2",
 )
 BAD_KINDS = KINDS[:17]
 GOOD_KINDS = KINDS[17:]

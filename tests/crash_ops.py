@@ -40,8 +40,16 @@ def write_image(path: Path, seed: int) -> None:
 
 
 def build(folder: str, index_dir: str, backend: str) -> None:
-    index, _ = SearchIndex.build(list_images([folder]), index_dir, backend, extractor(), pca_dim=None,
-                                 progress=False, chunk_size=2, roots=[folder])
+    index, _ = SearchIndex.build(
+        list_images([folder]),
+        index_dir,
+        backend,
+        extractor(),
+        pca_dim=None,
+        progress=False,
+        chunk_size=2,
+        roots=[folder],
+    )
     close(index)
 
 
@@ -133,9 +141,11 @@ def same_state(state: dict[str, np.ndarray] | None, expected: dict[str, np.ndarr
 def counts(state: dict[str, np.ndarray] | None, expected: dict[str, np.ndarray]) -> dict[str, int]:
     """Lost (good files missing), stale (old vectors) and orphaned (keys of no good file) entries."""
     state = state or {}
-    return {"lost": len(expected.keys() - state.keys()),
-            "stale": sum(not np.allclose(state[k], expected[k], atol=1e-3) for k in state.keys() & expected.keys()),
-            "orphaned": len(state.keys() - expected.keys())}
+    return {
+        "lost": len(expected.keys() - state.keys()),
+        "stale": sum(not np.allclose(state[k], expected[k], atol=1e-3) for k in state.keys() & expected.keys()),
+        "orphaned": len(state.keys() - expected.keys()),
+    }
 
 
 def leftovers(index_dir: Path) -> list[str]:
@@ -154,11 +164,11 @@ def leftovers(index_dir: Path) -> list[str]:
 
 def run_op(op: str, folder: Path, index_dir: Path, backend: str, **env) -> subprocess.CompletedProcess:
     """Run an operation in a subprocess (``env`` adds REVSEARCH_CRASH_* variables)."""
-    command = [sys.executable, __file__, "build" if op == "rebuild" else op,
-               str(folder), str(index_dir), backend]
+    command = [sys.executable, __file__, "build" if op == "rebuild" else op, str(folder), str(index_dir), backend]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(command, env={**os.environ, "PYTHONPATH": path, **env}, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        command, env={**os.environ, "PYTHONPATH": path, **env}, capture_output=True, text=True, timeout=300
+    )
 
 
 if __name__ == "__main__":

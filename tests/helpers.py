@@ -32,7 +32,7 @@ def write_edited_copy(src: Path, dst: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     image = cv2.imread(str(src), cv2.IMREAD_COLOR)
     h, w = image.shape[:2]
-    crop = image[h // 20: h - h // 20, w // 20: w - w // 20]
+    crop = image[h // 20 : h - h // 20, w // 20 : w - w // 20]
     rot = cv2.getRotationMatrix2D((crop.shape[1] / 2, crop.shape[0] / 2), float(rng.uniform(-5, 5)), 1.0)
     crop = cv2.warpAffine(crop, rot, (crop.shape[1], crop.shape[0]), borderMode=cv2.BORDER_REFLECT)
     crop = np.clip(crop.astype(np.float32) * float(rng.uniform(0.85, 1.15)), 0, 255).astype(np.uint8)

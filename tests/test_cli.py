@@ -15,8 +15,9 @@ from helpers import MOBILENET_FILE, TORCH_CACHE, write_edited_copy
 
 def _run(*args, cwd):
     env = {**os.environ, "TORCH_HOME": str(TORCH_CACHE)}
-    return subprocess.run([sys.executable, "-m", "revsearch", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "revsearch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_index_query_and_mosaic(subset_paths, tmp_path):
@@ -25,8 +26,11 @@ def test_index_query_and_mosaic(subset_paths, tmp_path):
     for p in subset_paths[:12]:
         shutil.copy(p, images / f"{p.parent.name}_{p.name}")
     (images / "notes.jpg").write_text("not an image")
-    backbone = ["--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1"] if MOBILENET_FILE.exists() \
+    backbone = (
+        ["--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1"]
+        if MOBILENET_FILE.exists()
         else ["--backbone", "resnet18", "--weights", "none"]
+    )
     done = _run("index", str(images), "--quiet", *backbone, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "12 indexed" in done.stdout and "1 skipped" in done.stdout and "notes.jpg" in done.stdout
@@ -52,8 +56,20 @@ def test_features_and_backend_are_chosen_independently(subset_paths, tmp_path):
     images.mkdir()
     for p in subset_paths[:6]:
         shutil.copy(p, images / f"{p.parent.name}_{p.name}")
-    done = _run("index", str(images), "--quiet", "--features", "pixel", "--pixel-size", "8", "--backend", "kmeans",
-                "--n-clusters", "2", cwd=tmp_path)
+    done = _run(
+        "index",
+        str(images),
+        "--quiet",
+        "--features",
+        "pixel",
+        "--pixel-size",
+        "8",
+        "--backend",
+        "kmeans",
+        "--n-clusters",
+        "2",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     info = json.loads(_run("info", cwd=tmp_path).stdout)
     assert (info["extractor"]["type"], info["backend"]["kind"], info["vectors"]) == ("pixel", "kmeans", 6)

@@ -20,9 +20,18 @@ import pytest
 import crash_ops
 from crash_ops import OPERATIONS, counts, fresh, index_state, leftovers, run_op, same_state, write_image
 
-SCENARIOS = [("pixel", "build"), ("pixel", "rebuild"), ("pixel", "sync"), ("pixel", "remove"),
-             ("kmeans", "sync"),
-             ("milvus", "build"), ("milvus", "rebuild"), ("milvus", "sync"), ("milvus", "remove"), ("milvus", "move")]
+SCENARIOS = [
+    ("pixel", "build"),
+    ("pixel", "rebuild"),
+    ("pixel", "sync"),
+    ("pixel", "remove"),
+    ("kmeans", "sync"),
+    ("milvus", "build"),
+    ("milvus", "rebuild"),
+    ("milvus", "sync"),
+    ("milvus", "remove"),
+    ("milvus", "move"),
+]
 
 
 def make_folder(folder: Path) -> None:
@@ -81,8 +90,9 @@ def test_kill_at_every_write_point(backend, op, tmp_path):
         killed = run_op(op, folder, index_dir, backend, REVSEARCH_CRASH_AT=str(n))
         assert killed.returncode == -signal.SIGKILL, f"not killed at point {point!r}: {killed.stderr}"
         after_crash = index_state(index_dir)  # opening it recovers: the old index or the new one, whole
-        assert same_state(after_crash, before) or same_state(after_crash, expected), \
+        assert same_state(after_crash, before) or same_state(after_crash, expected), (
             f"killed at {point!r}: {counts(after_crash, expected)}"
+        )
         OPERATIONS["build" if op == "rebuild" else op](str(folder), str(index_dir), backend)
         final = index_state(index_dir)
         assert counts(final, expected) == {"lost": 0, "stale": 0, "orphaned": 0}, f"killed at {point!r}"

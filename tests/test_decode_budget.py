@@ -54,8 +54,13 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 def test_peak_memory_of_a_large_transparent_png_stays_near_its_decoded_size(tmp_path):
     side = 5000
     (tmp_path / "big.png").write_bytes(_rgba_png(side))
-    done = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path / "big.png")], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(tmp_path / "big.png")],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     decoded = side * side * 4
     # the BGRA decode plus the RGB result (1.75x); compositing the whole image in float32 took 9x

@@ -40,8 +40,9 @@ class _Handler(BaseHTTPRequestHandler):
                 left = int(self.path.rsplit("/", 1)[1])
                 time.sleep(REDIRECT_PAUSE_S)
                 self.send_response(302 if left else 200)
-                self.send_header("Location", f"/hop/{left - 1}") if left else self.send_header("Content-Length",
-                                                                                               str(len(PNG)))
+                self.send_header("Location", f"/hop/{left - 1}") if left else self.send_header(
+                    "Content-Length", str(len(PNG))
+                )
                 self.end_headers()
                 if not left:
                     self.wfile.write(PNG)

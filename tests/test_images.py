@@ -118,13 +118,16 @@ def _png_with_declared_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("name, content, reason", [
-    ("empty.jpg", b"", "empty file"),
-    ("text.jpg", b"hello, I am not an image\n" * 10, "not a recognised image format"),
-    ("random.png", bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a recognised"),
-    ("heic.heic", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 100, "HEIC"),
-    ("bomb.png", None, "decompression bomb"),
-])
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.jpg", b"", "empty file"),
+        ("text.jpg", b"hello, I am not an image\n" * 10, "not a recognised image format"),
+        ("random.png", bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a recognised"),
+        ("heic.heic", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 100, "HEIC"),
+        ("bomb.png", None, "decompression bomb"),
+    ],
+)
 def test_bad_files_raise_with_reason(tmp_path, name, content, reason):
     path = tmp_path / name
     path.write_bytes(_png_with_declared_size(100_000, 100_000) if content is None else content)

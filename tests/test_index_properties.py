@@ -95,11 +95,18 @@ class IndexMachine(RuleBasedStateMachine):
 @pytest.mark.parametrize("backend, examples", [("pixel", 25), ("milvus", 25)])
 def test_random_changes_and_kills_keep_the_invariant(backend, examples):
     machine = type(f"IndexMachine_{backend}", (IndexMachine,), {"backend": backend})
-    machine.TestCase.settings = settings(max_examples=examples, stateful_step_count=8, deadline=None,
-                                         derandomize=True, database=None,
-                                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    machine.TestCase.settings = settings(
+        max_examples=examples,
+        stateful_step_count=8,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     before = dict(TALLY)
     machine.TestCase().runTest()
     done = {k: TALLY[k] - before[k] for k in TALLY}
-    print(f"\n{backend}: {done['sequences']} sequences, {done['steps']} steps, {done['kills']} kills, "
-          f"{done['index_runs']} index runs: 0 lost, 0 stale, 0 orphaned")
+    print(
+        f"\n{backend}: {done['sequences']} sequences, {done['steps']} steps, {done['kills']} kills, "
+        f"{done['index_runs']} index runs: 0 lost, 0 stale, 0 orphaned"
+    )

@@ -26,15 +26,21 @@ pytestmark = pytest.mark.install
 
 def _registry_reachable() -> str | None:
     """None if pip can reach its package index, else pip's answer."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "pip"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "pip"], capture_output=True, text=True, timeout=120
+    )
     return None if proc.returncode == 0 else (proc.stderr or proc.stdout)[-500:]
 
 
 def _constraints(path: Path) -> Path:
     """This environment's versions of every installed distribution (except revsearch itself)."""
-    pins = sorted({f"{d.metadata['Name']}=={d.version}" for d in md.distributions()
-                   if d.metadata["Name"] and d.metadata["Name"].lower() != "revsearch"})
+    pins = sorted(
+        {
+            f"{d.metadata['Name']}=={d.version}"
+            for d in md.distributions()
+            if d.metadata["Name"] and d.metadata["Name"].lower() != "revsearch"
+        }
+    )
     path.write_text("\n".join(pins) + "\n")
     return path
 
@@ -49,29 +55,42 @@ def test_pip_install_into_a_fresh_venv_embeds_an_image(tmp_path):
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
     python = env_dir / "bin" / "python"
     source = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info next to the sources
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info",
-                                                                "__pycache__", "bench", "tests", "docs"))
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "bench", "tests", "docs"),
+    )
     started = time.monotonic()
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(source), "-c",
-                              str(_constraints(tmp_path / "constraints.txt"))],
-                             capture_output=True, text=True, timeout=1800)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(source), "-c", str(_constraints(tmp_path / "constraints.txt"))],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     installed_s = time.monotonic() - started
     image = sorted((CALTECH / "airplanes").glob("image_*.jpg"))[0]
-    code = ("import revsearch, numpy as np\n"
-            "from revsearch import Embedder\n"
-            "assert 'site-packages' in revsearch.__file__, revsearch.__file__\n"
-            "e = Embedder(backbone='mobilenet_v2', weights='IMAGENET1K_V1')\n"
-            f"v = e.embed_paths([{str(image)!r}], progress=False).vectors\n"
-            "print(e.config.runtime, v.shape, round(float(np.linalg.norm(v[0])), 4))\n")
+    code = (
+        "import revsearch, numpy as np\n"
+        "from revsearch import Embedder\n"
+        "assert 'site-packages' in revsearch.__file__, revsearch.__file__\n"
+        "e = Embedder(backbone='mobilenet_v2', weights='IMAGENET1K_V1')\n"
+        f"v = e.embed_paths([{str(image)!r}], progress=False).vectors\n"
+        "print(e.config.runtime, v.shape, round(float(np.linalg.norm(v[0])), 4))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["TORCH_HOME"] = str(TORCH_CACHE)
     env.pop("REVSEARCH_RUNTIME", None)
-    run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                         env=env)
+    run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "onnxruntime (1, 1280) 1.0"
-    cli = subprocess.run([str(env_dir / "bin" / "revsearch"), "--help"], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=300)
+    cli = subprocess.run(
+        [str(env_dir / "bin" / "revsearch"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert cli.returncode == 0 and "index" in cli.stdout
     print(f"pip install . took {installed_s:.0f} s")

@@ -112,12 +112,14 @@ def test_range_search_with_nprobe_scans_only_the_nearest_lists():
     ivf = IVFIndex.fit(vectors, 50)
     ivf.add(keys, vectors)
     radius = float(np.quantile(((vectors[:200, None] - vectors[None, :200]) ** 2).sum(-1), 0.02))
-    exact = {(q, h.key): h.distance for q, row in enumerate(ivf.range_search(vectors[:300], radius))
-             for h in row}
+    exact = {(q, h.key): h.distance for q, row in enumerate(ivf.range_search(vectors[:300], radius)) for h in row}
     found = []
     for nprobe in (1, 3, 50):
-        pairs = {(q, h.key): h.distance for q, row in enumerate(ivf.range_search(vectors[:300], radius, nprobe=nprobe))
-                 for h in row}
+        pairs = {
+            (q, h.key): h.distance
+            for q, row in enumerate(ivf.range_search(vectors[:300], radius, nprobe=nprobe))
+            for h in row
+        }
         assert pairs.keys() <= exact.keys() and all(np.isclose(d, exact[p], atol=1e-3) for p, d in pairs.items())
         assert all((q, keys[q]) in pairs for q in range(300))  # each vector's own list is always probed
         found.append(len(pairs))

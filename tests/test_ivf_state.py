@@ -29,8 +29,9 @@ def test_reloaded_index_answers_exactly_as_the_saved_one_without_assigning(store
     monkeypatch.setattr(IVFIndex, "assign", lambda *a: pytest.fail("vectors were re-assigned"))
     again = IndexHandle(state, OPTIONS)
     after = again.search(queries, 10)
-    assert [[(h.key, h.distance) for h in row] for row in after] == [[(h.key, h.distance) for h in row]
-                                                                       for row in before]
+    assert [[(h.key, h.distance) for h in row] for row in after] == [
+        [(h.key, h.distance) for h in row] for row in before
+    ]
     assert sorted(again.keys()) == sorted(store.keys())
 
 

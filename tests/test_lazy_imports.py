@@ -24,23 +24,27 @@ print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modu
 
 def _query_in_fresh_process(image: Path, index_dir: Path, cache: Path) -> dict:
     env = {**os.environ, "REVSEARCH_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).parents[1])}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(image), str(index_dir)], env=env, capture_output=True,
-                         text=True, check=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(image), str(index_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def test_query_from_cached_export_needs_no_torch_or_sklearn(subset_paths, tmp_path, monkeypatch):
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path / "cache"))
     embedder = Embedder(EmbedderConfig(backbone="resnet18", weights=None, batch_size=8, runtime="onnxruntime"))
-    index, _ = SearchIndex.build(subset_paths[:8], tmp_path / "idx", "exact", embedder, pca_dim=4,
-                                 progress=False)
+    index, _ = SearchIndex.build(subset_paths[:8], tmp_path / "idx", "exact", embedder, pca_dim=4, progress=False)
     assert index.manifest()["extractor"]["weights_digest"] == embedder.digest
     probe = _query_in_fresh_process(subset_paths[0], tmp_path / "idx", tmp_path / "cache")
     assert probe == {"code": 0, "heavy": []}
 
 
-def test_without_the_cached_export_the_model_is_rebuilt_and_gives_the_same_vectors(subset_paths, tmp_path,
-                                                                                   monkeypatch):
+def test_without_the_cached_export_the_model_is_rebuilt_and_gives_the_same_vectors(subset_paths, tmp_path, monkeypatch):
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path / "cache"))
     built = Embedder(backbone="resnet18", weights=None, runtime="onnxruntime")
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path / "empty"))  # another machine: nothing cached
@@ -52,7 +56,9 @@ def test_without_the_cached_export_the_model_is_rebuilt_and_gives_the_same_vecto
 
 def test_old_descriptions_without_a_weights_hash_still_load(tmp_path, monkeypatch):
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path))
-    description = json.loads('{"type": "cnn", "backbone": "resnet18", "weights": null, "pooling": "gem", '
-                             '"gem_p": 3.0, "image_size": 224, "model_id": "resnet18/random", "dim": 512}')
+    description = json.loads(
+        '{"type": "cnn", "backbone": "resnet18", "weights": null, "pooling": "gem", '
+        '"gem_p": 3.0, "image_size": 224, "model_id": "resnet18/random", "dim": 512}'
+    )
     embedder = make_extractor(description)
     assert embedder.digest and embedder.model_id == "resnet18/random"

@@ -30,8 +30,13 @@ else:
 
 
 def _child(uri: str, **env: str) -> str:
-    done = subprocess.run([sys.executable, "-c", _CHILD, uri], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env})
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, uri],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 

@@ -69,8 +69,9 @@ def test_errors_name_the_cause(milvus, tmp_path):
 
 def test_ivf_flat_finds_true_neighbours(tmp_path, data):
     keys, vectors, _ = data
-    index = MilvusIndex(48, collection="x", uri=str(tmp_path / "ivf.db"), index_type="IVF_FLAT",
-                        index_params={"nlist": 16})
+    index = MilvusIndex(
+        48, collection="x", uri=str(tmp_path / "ivf.db"), index_type="IVF_FLAT", index_params={"nlist": 16}
+    )
     index.add(keys, vectors)
     assert [h[0].key for h in index.search(vectors[:20], 1)] == keys[:20]
     index.close()

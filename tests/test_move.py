@@ -14,8 +14,14 @@ from revsearch.milvus_move import copy_collection, iter_rows
 
 @pytest.fixture()
 def lite_index(subset_paths, tmp_path):
-    index, report = SearchIndex.build([str(p) for p in subset_paths], tmp_path / "idx", backend="milvus",
-                                      extractor=PixelFeatures(8), pca_dim=None, progress=False)
+    index, report = SearchIndex.build(
+        [str(p) for p in subset_paths],
+        tmp_path / "idx",
+        backend="milvus",
+        extractor=PixelFeatures(8),
+        pca_dim=None,
+        progress=False,
+    )
     assert not report.failures
     yield index
     index.backend.close()
@@ -78,8 +84,14 @@ def test_move_to_where_it_already_is_is_refused_and_loses_nothing(lite_index, su
 
 
 def test_move_needs_a_milvus_backend(subset_paths, tmp_path):
-    index, _ = SearchIndex.build([str(p) for p in subset_paths[:5]], tmp_path / "x", backend="exact",
-                                 extractor=PixelFeatures(8), pca_dim=None, progress=False)
+    index, _ = SearchIndex.build(
+        [str(p) for p in subset_paths[:5]],
+        tmp_path / "x",
+        backend="exact",
+        extractor=PixelFeatures(8),
+        pca_dim=None,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="needs a milvus backend"):
         index.move_to(str(tmp_path / "t.db"))
 

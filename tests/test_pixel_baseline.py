@@ -39,8 +39,7 @@ def test_recompressed_copy_is_top_hit(subset_paths, tmp_path):
     for i, src in enumerate(subset_paths[::3]):
         image = cv2.imread(str(src))
         copy = tmp_path / f"copy{i}.jpg"
-        cv2.imwrite(str(copy), np.clip(image.astype(int) + 12, 0, 255).astype(np.uint8),
-                    [cv2.IMWRITE_JPEG_QUALITY, 40])
+        cv2.imwrite(str(copy), np.clip(image.astype(int) + 12, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 40])
         hits = index.search(features.embed_paths([copy], progress=False).vectors, k=3)[0]
         assert hits[0].key == str(src)
         assert hits[0].distance < hits[1].distance

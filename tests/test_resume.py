@@ -14,10 +14,28 @@ from revsearch import SearchIndex
 
 
 def _index_cmd(images, index_dir):
-    backbone = ["--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1"] if MOBILENET_FILE.exists() \
+    backbone = (
+        ["--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1"]
+        if MOBILENET_FILE.exists()
         else ["--backbone", "resnet18", "--weights", "none"]
-    return [sys.executable, "-m", "revsearch", "index", str(images), "--index-dir", str(index_dir), "--quiet",
-            "--chunk-size", "4", "--batch-size", "2", "--backend", "milvus", *backbone]
+    )
+    return [
+        sys.executable,
+        "-m",
+        "revsearch",
+        "index",
+        str(images),
+        "--index-dir",
+        str(index_dir),
+        "--quiet",
+        "--chunk-size",
+        "4",
+        "--batch-size",
+        "2",
+        "--backend",
+        "milvus",
+        *backbone,
+    ]
 
 
 def test_kill_during_indexing_then_resume(subset_paths, tmp_path):
@@ -70,8 +88,12 @@ def test_crash_while_inserting_into_milvus_then_rerun(subset_paths, tmp_path):
     for p in subset_paths:
         shutil.copy(p, images / f"{p.parent.name}_{p.name}")
     index_dir = tmp_path / "idx"
-    crashed = subprocess.run([sys.executable, "-c", _CRASH_DURING_INSERT, str(images), str(index_dir)],
-                             capture_output=True, text=True, timeout=300)
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASH_DURING_INSERT, str(images), str(index_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert crashed.returncode == 9, crashed.stderr
     assert not (index_dir / "manifest.json").exists()
     assert len(list((index_dir / "partial").glob("chunk_*.npz"))) == 5  # 24 files in chunks of 5
@@ -79,8 +101,15 @@ def test_crash_while_inserting_into_milvus_then_rerun(subset_paths, tmp_path):
     from revsearch import PixelFeatures
     from revsearch.files import list_images
 
-    index, report = SearchIndex.build(list_images([images]), index_dir, "milvus", PixelFeatures(16, batch_size=5),
-                                      pca_dim=None, progress=False, chunk_size=5)
+    index, report = SearchIndex.build(
+        list_images([images]),
+        index_dir,
+        "milvus",
+        PixelFeatures(16, batch_size=5),
+        pca_dim=None,
+        progress=False,
+        chunk_size=5,
+    )
     assert report.resumed == len(subset_paths)  # nothing re-embedded
     keys = index.backend.keys()
     assert sorted(keys) == sorted(str(p) for p in images.iterdir()) and len(keys) == len(set(keys)) == len(index)

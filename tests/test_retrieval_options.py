@@ -29,7 +29,7 @@ def test_expand_is_the_weighted_mean_of_query_and_neighbours():
     q = np.array([[1.0, 0.0]], np.float32)
     x = l2_normalize(np.array([[1.0, 1.0], [-1.0, 0.2]], np.float32))[None]
     sim = float(x[0, 0] @ q[0])
-    want = q[0] + sim ** 3 * x[0, 0]  # the second neighbour has negative similarity: no weight
+    want = q[0] + sim**3 * x[0, 0]  # the second neighbour has negative similarity: no weight
     np.testing.assert_allclose(expand(q, x, 3.0)[0], want / np.linalg.norm(want), rtol=1e-6)
     np.testing.assert_allclose(expand(q, x[:, :0], 3.0), q)
 
@@ -156,8 +156,11 @@ def test_multiscale_single_scale_equals_the_embedder(pretrained_mobilenet, subse
     from revsearch.multiscale import MultiScaleEmbedder
 
     one = MultiScaleEmbedder(pretrained_mobilenet.config, scales=(1.0,))
-    np.testing.assert_allclose(one.embed_paths(subset_paths[:4], progress=False).vectors,
-                               pretrained_mobilenet.embed_paths(subset_paths[:4], progress=False).vectors, atol=1e-5)
+    np.testing.assert_allclose(
+        one.embed_paths(subset_paths[:4], progress=False).vectors,
+        pretrained_mobilenet.embed_paths(subset_paths[:4], progress=False).vectors,
+        atol=1e-5,
+    )
 
 
 def test_multiscale_is_the_normalised_mean_of_scales(pretrained_mobilenet, subset_paths):

@@ -36,16 +36,23 @@ def _augmented_by_key(index: SearchIndex) -> dict[str, np.ndarray]:
 def test_dba_stays_equal_to_a_rebuild_through_updates(pretrained_mobilenet, folder, tmp_path, backend):
     options = RetrievalOptions(qe_n=2, dba_n=2, copy_pixels=8)
     extra = {"n_clusters": 3} if backend == "kmeans" else {}
-    index, _ = SearchIndex.build(folder[:16], tmp_path / "idx", backend, pretrained_mobilenet, progress=False,
-                                 options=options, **extra)
+    index, _ = SearchIndex.build(
+        folder[:16], tmp_path / "idx", backend, pretrained_mobilenet, progress=False, options=options, **extra
+    )
     folder[0].unlink()
     shutil.copy(folder[20], folder[2])  # changed content
     index.sync(folder[1:20], progress=False)
     index.remove([str(folder[5])])
     again = SearchIndex.load(tmp_path / "idx")
     assert again.options == options and len(again.extras.pixels) == len(again) == 18
-    rebuilt, _ = SearchIndex.build([p for p in folder[1:20] if p != folder[5]], tmp_path / "fresh", "exact",
-                                   pretrained_mobilenet, progress=False, options=options)
+    rebuilt, _ = SearchIndex.build(
+        [p for p in folder[1:20] if p != folder[5]],
+        tmp_path / "fresh",
+        "exact",
+        pretrained_mobilenet,
+        progress=False,
+        options=options,
+    )
     got, want = _augmented_by_key(again), _augmented_by_key(rebuilt)
     assert set(got) == set(want)
     for key in want:
@@ -56,10 +63,17 @@ def test_dba_stays_equal_to_a_rebuild_through_updates(pretrained_mobilenet, fold
 
 
 def test_query_expansion_is_applied_after_reload(pretrained_mobilenet, folder, tmp_path):
-    plain, _ = SearchIndex.build(folder, tmp_path / "plain", "exact", pretrained_mobilenet, progress=False,
-                                 options=RetrievalOptions.off())
-    qe, _ = SearchIndex.build(folder, tmp_path / "qe", "exact", pretrained_mobilenet, progress=False,
-                              options=RetrievalOptions(qe_n=3, dba_n=0, copy_pixels=0))
+    plain, _ = SearchIndex.build(
+        folder, tmp_path / "plain", "exact", pretrained_mobilenet, progress=False, options=RetrievalOptions.off()
+    )
+    qe, _ = SearchIndex.build(
+        folder,
+        tmp_path / "qe",
+        "exact",
+        pretrained_mobilenet,
+        progress=False,
+        options=RetrievalOptions(qe_n=3, dba_n=0, copy_pixels=0),
+    )
     reloaded = SearchIndex.load(tmp_path / "qe")
     a, b = plain.query(folder[3], k=5), reloaded.query(folder[3], k=5)
     assert b == qe.query(folder[3], k=5) and a != b  # expansion changed the distances
@@ -69,8 +83,14 @@ def test_query_expansion_is_applied_after_reload(pretrained_mobilenet, folder, t
 
 
 def test_copy_mode_finds_strongly_edited_copies(pretrained_mobilenet, folder, tmp_path):
-    index, _ = SearchIndex.build(folder, tmp_path / "idx", "exact", pretrained_mobilenet, progress=False,
-                                 options=RetrievalOptions(copy_pixels=16))  # DBA on: copies use the originals
+    index, _ = SearchIndex.build(
+        folder,
+        tmp_path / "idx",
+        "exact",
+        pretrained_mobilenet,
+        progress=False,
+        options=RetrievalOptions(copy_pixels=16),
+    )  # DBA on: copies use the originals
     for i, src in enumerate(folder[::5]):
         image = cv2.imread(str(src))
         small = cv2.resize(image, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)
@@ -84,8 +104,9 @@ def test_copy_mode_finds_strongly_edited_copies(pretrained_mobilenet, folder, tm
 
 
 def test_old_manifest_means_options_off_and_copy_mode_explains(pretrained_mobilenet, folder, tmp_path):
-    SearchIndex.build(folder[:8], tmp_path / "idx", "exact", pretrained_mobilenet, progress=False,
-                      options=RetrievalOptions.off())
+    SearchIndex.build(
+        folder[:8], tmp_path / "idx", "exact", pretrained_mobilenet, progress=False, options=RetrievalOptions.off()
+    )
     manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
     manifest.pop("retrieval")
     (tmp_path / "idx" / MANIFEST).write_text(json.dumps(manifest))
@@ -116,11 +137,34 @@ def test_cli_stores_the_options_and_queries_in_copy_mode(subset_paths, tmp_path)
     env = {**os.environ, "TORCH_HOME": str(TORCH_CACHE)}
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "revsearch", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "revsearch", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
-    done = run("index", str(images), "--quiet", "--backend", "exact", "--backbone", "mobilenet_v2", "--weights",
-               "IMAGENET1K_V1", "--scales", "1,0.707", "--qe-n", "1", "--dba-n", "0", "--copy-pixels", "16")
+    done = run(
+        "index",
+        str(images),
+        "--quiet",
+        "--backend",
+        "exact",
+        "--backbone",
+        "mobilenet_v2",
+        "--weights",
+        "IMAGENET1K_V1",
+        "--scales",
+        "1,0.707",
+        "--qe-n",
+        "1",
+        "--dba-n",
+        "0",
+        "--copy-pixels",
+        "16",
+    )
     assert done.returncode == 0, done.stderr
     info = json.loads(run("info").stdout)
     assert info["retrieval"] == {**RetrievalOptions().to_dict(), "qe_n": 1, "dba_n": 0, "copy_pixels": 16}

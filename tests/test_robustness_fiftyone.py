@@ -62,8 +62,7 @@ def _expected(dataset, corpus):
     """(good sample ids, {bad sample id: reason substring})."""
     by_kind = dict(zip(dataset.values("kind"), dataset.values("id")))
     cases = [c for c in corpus.listed if c.kind not in NON_UTF8]
-    return ({by_kind[c.kind] for c in cases if c.good},
-            {by_kind[c.kind]: c.reason for c in cases if not c.good})
+    return ({by_kind[c.kind] for c in cases if c.good}, {by_kind[c.kind]: c.reason for c in cases if not c.good})
 
 
 def _run(dataset, name, **params):

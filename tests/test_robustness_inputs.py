@@ -105,8 +105,9 @@ def test_cnn_milvus_index_keeps_every_good_file_and_reports_every_bad_one(corpus
     good, bad = _expected(corpus, exclude=NON_UTF8)
     paths = [c.path for c in corpus.listed if c.kind not in NON_UTF8]
     extractor = Embedder(backbone="mobilenet_v2", weights="IMAGENET1K_V1", batch_size=8)
-    index, report = SearchIndex.build(paths, tmp_path / "cnn", backend="milvus", extractor=extractor,
-                                      progress=False, chunk_size=7)
+    index, report = SearchIndex.build(
+        paths, tmp_path / "cnn", backend="milvus", extractor=extractor, progress=False, chunk_size=7
+    )
     try:
         assert index.reducer is None  # few images: no PCA
         _check_no_loss(index, good)
@@ -123,8 +124,9 @@ def test_cnn_milvus_index_keeps_every_good_file_and_reports_every_bad_one(corpus
 
 def test_milvus_index_with_a_non_utf8_file_name(corpus, tmp_path):
     good = [corpus.by_kind("non_utf8_name").path, corpus.by_kind("unicode_name").path]
-    index, report = SearchIndex.build(good, tmp_path / "mil", backend="milvus", extractor=PixelFeatures(8),
-                                      progress=False)
+    index, report = SearchIndex.build(
+        good, tmp_path / "mil", backend="milvus", extractor=PixelFeatures(8), progress=False
+    )
     try:
         assert len(index) == 2 and not report.failures  # escaped key: indexed, found, reported by its real name
         assert sorted(index.backend.keys()) == sorted(map(os.path.abspath, good))
@@ -134,27 +136,37 @@ def test_milvus_index_with_a_non_utf8_file_name(corpus, tmp_path):
 
 
 def _cli(*args, cwd, **env):
-    done = subprocess.run([sys.executable, "-m", "revsearch", *args], cwd=cwd, capture_output=True, timeout=300,
-                          env={**os.environ, "TORCH_HOME": str(TORCH_CACHE), **env})
+    done = subprocess.run(
+        [sys.executable, "-m", "revsearch", *args],
+        cwd=cwd,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "TORCH_HOME": str(TORCH_CACHE), **env},
+    )
     # file names are printed as the OS gave them (surrogate escapes become the original bytes)
     return done.returncode, done.stdout.decode("utf-8", "surrogateescape"), done.stderr.decode("utf-8", "replace")
 
 
 def test_cli_lists_each_bad_file_with_its_reason_and_indexes_the_rest(corpus, tmp_path):
     good, bad = _expected(corpus)
-    rc, out, err = _cli("index", str(corpus.root), "--backend", "pixel", "--quiet", "--index-dir", "idx",
-                        cwd=tmp_path)
+    rc, out, err = _cli("index", str(corpus.root), "--backend", "pixel", "--quiet", "--index-dir", "idx", cwd=tmp_path)
     assert rc == 0, err
-    assert f"{len(corpus.listed)} image files found: {len(good)} indexed, 0 unchanged, 0 removed, " \
-           f"{len(bad)} skipped" in out
-    skipped = {line.split(": ", 1)[0].removeprefix("  skipped "): line.split(": ", 1)[1]
-               for line in out.splitlines() if line.startswith("  skipped ")}
+    assert (
+        f"{len(corpus.listed)} image files found: {len(good)} indexed, 0 unchanged, 0 removed, "
+        f"{len(bad)} skipped" in out
+    )
+    skipped = {
+        line.split(": ", 1)[0].removeprefix("  skipped "): line.split(": ", 1)[1]
+        for line in out.splitlines()
+        if line.startswith("  skipped ")
+    }
     _check_failures(skipped, {printable(p): r for p, r in bad.items()})  # names are printed escaped
     assert f"({len(good)} vectors, backend exact)" in out
     _check_no_loss(SearchIndex.load(tmp_path / "idx"), good)
 
-    rc, out, err = _cli("index", str(corpus.root), "--backend", "pixel", "--quiet", "--index-dir", "idx",
-                        cwd=tmp_path)  # re-run: idempotent
+    rc, out, err = _cli(
+        "index", str(corpus.root), "--backend", "pixel", "--quiet", "--index-dir", "idx", cwd=tmp_path
+    )  # re-run: idempotent
     assert rc == 0, err
     assert f"0 indexed, {len(good)} unchanged, 0 removed, {len(bad)} skipped" in out
     _check_no_loss(SearchIndex.load(tmp_path / "idx"), good)
@@ -166,8 +178,18 @@ def test_cli_lists_each_bad_file_with_its_reason_and_indexes_the_rest(corpus, tm
 
 def test_cli_prints_a_non_utf8_file_name_on_a_strict_utf8_terminal(corpus, tmp_path):
     bad = corpus.by_kind("non_utf8_name_bad_file").path
-    rc, out, err = _cli("index", bad, corpus.by_kind("grayscale").path, "--backend", "pixel", "--quiet",
-                        "--index-dir", "idx", cwd=tmp_path, PYTHONIOENCODING="utf-8")
+    rc, out, err = _cli(
+        "index",
+        bad,
+        corpus.by_kind("grayscale").path,
+        "--backend",
+        "pixel",
+        "--quiet",
+        "--index-dir",
+        "idx",
+        cwd=tmp_path,
+        PYTHONIOENCODING="utf-8",
+    )
     assert rc == 0, err
     assert "1 indexed" in out and "broken-" in out
 

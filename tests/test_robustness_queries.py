@@ -76,16 +76,19 @@ def test_odd_but_valid_query_file_finds_itself(corpus, index, kind):
     assert hits[0].distance == 0 and path in {h.key for h in hits if h.distance == 0}
 
 
-@pytest.mark.parametrize("query, reason", [
-    (b"", "not a recognised image format"),
-    (b"GIF89a" + b"\x00" * 3, "not a recognised image format"),
-    (b"import os\nprint('a python file')\n" * 20, "not a recognised image format"),
-    (np.zeros((0, 0), np.uint8), "unsupported array shape"),
-    (np.zeros((8, 8, 2), np.uint8), "unsupported array shape"),
-    (np.zeros((2, 2, 2, 3), np.uint8), "unsupported array shape"),
-    ("", "is a directory"),
-    ("data:image/png;base64,AAAA", "file not found"),  # not a URL scheme revsearch fetches: a path
-])
+@pytest.mark.parametrize(
+    "query, reason",
+    [
+        (b"", "not a recognised image format"),
+        (b"GIF89a" + b"\x00" * 3, "not a recognised image format"),
+        (b"import os\nprint('a python file')\n" * 20, "not a recognised image format"),
+        (np.zeros((0, 0), np.uint8), "unsupported array shape"),
+        (np.zeros((8, 8, 2), np.uint8), "unsupported array shape"),
+        (np.zeros((2, 2, 2, 3), np.uint8), "unsupported array shape"),
+        ("", "is a directory"),
+        ("data:image/png;base64,AAAA", "file not found"),  # not a URL scheme revsearch fetches: a path
+    ],
+)
 def test_bad_in_memory_queries(corpus, index, reference, query, reason):
     with pytest.raises(ImageLoadError) as info:
         index.query(query)
@@ -95,9 +98,13 @@ def test_bad_in_memory_queries(corpus, index, reference, query, reason):
 
 def test_cli_query_with_a_bad_file_exits_2_with_the_reason(corpus, index):
     case = corpus.by_kind("truncated_jpeg")
-    done = subprocess.run([sys.executable, "-m", "revsearch", "query", case.path, "--index-dir", str(index.directory)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TORCH_HOME": str(TORCH_CACHE)})
+    done = subprocess.run(
+        [sys.executable, "-m", "revsearch", "query", case.path, "--index-dir", str(index.directory)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TORCH_HOME": str(TORCH_CACHE)},
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"revsearch: error: {case.path}: {case.reason}" in done.stderr
 
@@ -177,8 +184,21 @@ def server(corpus):
     httpd.server_close()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]", "[::127.0.0.1]",
-                                  "0.0.0.0", "10.1.2.3", "169.254.169.254", "[fe80::1]", "192.168.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::127.0.0.1]",
+        "0.0.0.0",
+        "10.1.2.3",
+        "169.254.169.254",
+        "[fe80::1]",
+        "192.168.0.1",
+    ],
+)
 def test_private_and_loopback_urls_are_refused_by_default(corpus, index, reference, server, host):
     port = server.rsplit(":", 1)[1]
     url = f"http://{host}:{port}/image.png"
@@ -197,14 +217,17 @@ def test_local_url_is_allowed_when_asked(corpus, index, server):
     assert via_redirect == hits
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("file:///etc/passwd", "URL scheme 'file' not allowed"),
-    ("ftp://127.0.0.1/image.png", "URL scheme 'ftp' not allowed"),
-    ("gopher://127.0.0.1/", "URL scheme 'gopher' not allowed"),
-    ("http://:80/x.png", "URL has no host"),
-    ("http://127.0.0.1:99999/x.png", "invalid URL"),
-    ("http://no-such-host.invalid/x.png", "cannot resolve host"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("file:///etc/passwd", "URL scheme 'file' not allowed"),
+        ("ftp://127.0.0.1/image.png", "URL scheme 'ftp' not allowed"),
+        ("gopher://127.0.0.1/", "URL scheme 'gopher' not allowed"),
+        ("http://:80/x.png", "URL has no host"),
+        ("http://127.0.0.1:99999/x.png", "invalid URL"),
+        ("http://no-such-host.invalid/x.png", "cannot resolve host"),
+    ],
+)
 def test_non_http_and_malformed_urls_are_refused(url, reason):
     for allow in (False, True):
         if reason == "cannot resolve host" and allow:
@@ -214,8 +237,9 @@ def test_non_http_and_malformed_urls_are_refused(url, reason):
         assert reason in info.value.reason
 
 
-@pytest.mark.parametrize("target, scheme", [("file:///etc/passwd", "file"), ("ftp://127.0.0.1/x", "ftp"),
-                                            ("data:text/plain,hello", "data")])
+@pytest.mark.parametrize(
+    "target, scheme", [("file:///etc/passwd", "file"), ("ftp://127.0.0.1/x", "ftp"), ("data:text/plain,hello", "data")]
+)
 def test_redirect_to_a_non_http_scheme_is_refused(server, target, scheme):
     url = f"{server}/redirect?{target}"
     with pytest.raises(ImageLoadError) as info:
@@ -238,8 +262,9 @@ def test_redirect_from_a_public_url_to_an_internal_address_is_refused():
     request = urllib.request.Request("http://93.184.215.14/image.jpg")
     with pytest.raises(ImageLoadError) as info:
         _SafeRedirects(allow_private=False).http_error_302(request, io.BytesIO(), 302, "Found", headers)
-    assert info.value.reason.startswith("redirected to http://127.0.0.1:8080/admin, refused: host resolves "
-                                        "to non-public address 127.0.0.1")
+    assert info.value.reason.startswith(
+        "redirected to http://127.0.0.1:8080/admin, refused: host resolves to non-public address 127.0.0.1"
+    )
 
 
 def test_size_limit(server):
@@ -298,8 +323,10 @@ def test_milvus_mismatches_and_a_deleted_collection(corpus, tmp_path):
             built.query_vectors(np.zeros((1, 1280), np.float32))
         with pytest.raises(IndexMismatchError, match="vectors have dimension 1280, the index expects 192"):
             built.backend.add(["x"], np.zeros((1, 1280)))
-        with pytest.raises(IndexMismatchError, match=f"collection '{collection}' holds 192-d vectors, "
-                                                     "this index produces 1280-d vectors"):
+        with pytest.raises(
+            IndexMismatchError,
+            match=f"collection '{collection}' holds 192-d vectors, this index produces 1280-d vectors",
+        ):
             MilvusIndex(1280, collection, uri, create=False)
         assert len(built) == 5 and built.query(paths[1], k=1)[0].key == paths[1]
         built.backend.drop()  # someone deletes the collection
@@ -332,4 +359,3 @@ def test_exact_index_with_its_vector_files_deleted(corpus, tmp_path):
     with pytest.raises((RevsearchError, FileNotFoundError)) as info:
         SearchIndex.load(tmp_path / "ex")
     assert "vectors" in str(info.value)
-

@@ -26,15 +26,25 @@ def folder(tmp_path, subset_paths):
     return out
 
 
-@pytest.mark.parametrize("backend, options", [
-    ("milvus", {}),
-    ("kmeans", {"n_clusters": 4, "nprobe": 2}),
-    ("exact", {"pca_dim": 16}),
-])
+@pytest.mark.parametrize(
+    "backend, options",
+    [
+        ("milvus", {}),
+        ("kmeans", {"n_clusters": 4, "nprobe": 2}),
+        ("exact", {"pca_dim": 16}),
+    ],
+)
 def test_edited_copy_is_top_hit_and_survives_reload(pretrained_mobilenet, folder, tmp_path, backend, options):
     # plain nearest neighbours (DBA / alpha-QE favour look-alikes over copies: tests/test_retrieval_wiring.py)
-    index, report = SearchIndex.build(folder, tmp_path / "idx", backend, pretrained_mobilenet, progress=False,
-                                      options=RetrievalOptions.off(), **options)
+    index, report = SearchIndex.build(
+        folder,
+        tmp_path / "idx",
+        backend,
+        pretrained_mobilenet,
+        progress=False,
+        options=RetrievalOptions.off(),
+        **options,
+    )
     assert len(index) == len(folder) and not report.failures
     queries = [write_edited_copy(p, tmp_path / f"q{i}.jpg", i) for i, p in enumerate(folder[::4])]
     tops = [index.query(q, k=3)[0].key for q in queries]

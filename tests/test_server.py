@@ -82,9 +82,11 @@ def _etcd_config(path: Path) -> Path:
     """An embedded-etcd config on free ports: the wheel's etcd would otherwise take 2380 (a second
     server on the machine, e.g. a parallel CI job, then dies on "bind: address already in use")."""
     peer, client = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
-    path.write_text(f"name: default\nlisten-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
-                    f"initial-cluster: default={peer}\nlisten-client-urls: {client}\n"
-                    f"advertise-client-urls: {client}\n")
+    path.write_text(
+        f"name: default\nlisten-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+        f"initial-cluster: default={peer}\nlisten-client-urls: {client}\n"
+        f"advertise-client-urls: {client}\n"
+    )
     return path
 
 
@@ -93,8 +95,9 @@ def _wait_healthy(server, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.server_proc.poll() is not None:
-            pytest.fail(f"Milvus standalone exited ({server.server_proc.returncode}); "
-                        f"see {server.config.base_data_dir}/logs")
+            pytest.fail(
+                f"Milvus standalone exited ({server.server_proc.returncode}); see {server.config.base_data_dir}/logs"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{server.webservice_port}/healthz", timeout=2) as r:
                 if b"OK" in r.read():
@@ -109,8 +112,10 @@ def _standalone(base: Path, settings: dict[str, str] | None = None) -> Iterator[
     """Milvus 2.3.5 standalone from the ``milvus`` wheel (its binaries unpack into ``base``);
     ``settings``: milvus.yaml keys to override, e.g. ``{"common.storageType": "minio"}``."""
     if importlib.util.find_spec("milvus") is None:
-        pytest.skip("embedded Milvus server not installed: `.venv/bin/pip install milvus==2.3.5`, "
-                    "or run against a server with REVSEARCH_MILVUS_URI=http://localhost:19530")
+        pytest.skip(
+            "embedded Milvus server not installed: `.venv/bin/pip install milvus==2.3.5`, "
+            "or run against a server with REVSEARCH_MILVUS_URI=http://localhost:19530"
+        )
     from milvus import MilvusServer
 
     server = MilvusServer(wait_for_started=False)
@@ -130,8 +135,12 @@ def _standalone(base: Path, settings: dict[str, str] | None = None) -> Iterator[
     try:
         _wait_healthy(server)
         # bulk files inside the server's localStorage.path (the wheel sets it to <base>/data)
-        yield Server(f"http://127.0.0.1:{server.listen_port}", has_hnsw=True, has_bulk_import=True,
-                     bulk_dir=base / "data" / "bulk")
+        yield Server(
+            f"http://127.0.0.1:{server.listen_port}",
+            has_hnsw=True,
+            has_bulk_import=True,
+            bulk_dir=base / "data" / "bulk",
+        )
     finally:
         server.stop()
         server.cleanup()
@@ -156,8 +165,13 @@ def _lite_tcp(base: Path) -> Iterator[Server]:
 def server(request, tmp_path_factory) -> Iterator[Server]:
     if request.param == "external":
         bulk = os.environ.get("REVSEARCH_MILVUS_BULK_DIR")
-        yield Server(EXTERNAL_URI, has_hnsw=True, has_bulk_import=True, bulk_dir=Path(bulk) if bulk else None,
-                     bulk_server_dir=os.environ.get("REVSEARCH_MILVUS_BULK_SERVER_DIR"))
+        yield Server(
+            EXTERNAL_URI,
+            has_hnsw=True,
+            has_bulk_import=True,
+            bulk_dir=Path(bulk) if bulk else None,
+            bulk_server_dir=os.environ.get("REVSEARCH_MILVUS_BULK_SERVER_DIR"),
+        )
         return
     start = _standalone if request.param == "milvus-standalone" else _lite_tcp
     yield from start(tmp_path_factory.mktemp(request.param))
@@ -267,9 +281,14 @@ def bulk_index(server) -> Iterator[MilvusIndex]:
     if server.bulk_dir is None:
         pytest.skip("bulk import against REVSEARCH_MILVUS_URI needs REVSEARCH_MILVUS_BULK_DIR")
     server.bulk_dir.mkdir(parents=True, exist_ok=True)
-    idx = MilvusIndex(DIM, collection=f"b_{uuid.uuid4().hex[:12]}", uri=server.uri, token=TOKEN,
-                      bulk_storage=LocalBulkStorage(server.bulk_dir, server.bulk_server_dir),
-                      bulk_min_rows=BULK_MIN_ROWS)
+    idx = MilvusIndex(
+        DIM,
+        collection=f"b_{uuid.uuid4().hex[:12]}",
+        uri=server.uri,
+        token=TOKEN,
+        bulk_storage=LocalBulkStorage(server.bulk_dir, server.bulk_server_dir),
+        bulk_min_rows=BULK_MIN_ROWS,
+    )
     yield idx
     idx.drop()
     idx.close()
@@ -356,8 +375,9 @@ def test_move_from_a_lite_file_copies_by_bulk_import_where_the_server_has_it(bul
     finally:
         source.close()
     want_idx, _ = exact_top_k(vectors, queries, K)
-    assert [[h.key for h in hits] for hits in bulk_index.search(queries, K)] == \
-        [[keys[i] for i in row] for row in want_idx]
+    assert [[h.key for h in hits] for hits in bulk_index.search(queries, K)] == [
+        [keys[i] for i in row] for row in want_idx
+    ]
     if server.has_bulk_import:
         assert import_tasks(bulk_index) == [("Completed", N)]  # copied by one server-side import
 
@@ -375,9 +395,15 @@ def s3_server(tmp_path_factory) -> Iterator[tuple[Server, S3BulkStorage]]:
     if EXTERNAL_URI:
         if not env("REVSEARCH_MILVUS_S3_ENDPOINT"):
             pytest.skip("S3 bulk import against REVSEARCH_MILVUS_URI needs REVSEARCH_MILVUS_S3_ENDPOINT")
-        yield Server(EXTERNAL_URI, has_hnsw=True, has_bulk_import=True), S3BulkStorage(
-            env("REVSEARCH_MILVUS_S3_BUCKET", "a-bucket"), env("REVSEARCH_MILVUS_S3_ENDPOINT"),
-            env("REVSEARCH_MILVUS_S3_ACCESS_KEY", "minioadmin"), env("REVSEARCH_MILVUS_S3_SECRET_KEY", "minioadmin"))
+        yield (
+            Server(EXTERNAL_URI, has_hnsw=True, has_bulk_import=True),
+            S3BulkStorage(
+                env("REVSEARCH_MILVUS_S3_BUCKET", "a-bucket"),
+                env("REVSEARCH_MILVUS_S3_ENDPOINT"),
+                env("REVSEARCH_MILVUS_S3_ACCESS_KEY", "minioadmin"),
+                env("REVSEARCH_MILVUS_S3_SECRET_KEY", "minioadmin"),
+            ),
+        )
         return
     if importlib.util.find_spec("moto") is None:
         pytest.skip("S3 test server not installed: `.venv/bin/pip install 'moto[server]==5.2.5'`")
@@ -390,8 +416,12 @@ def s3_server(tmp_path_factory) -> Iterator[tuple[Server, S3BulkStorage]]:
     try:
         storage = S3BulkStorage("a-bucket", f"http://127.0.0.1:{port}", "minioadmin", "minioadmin")
         storage.client().create_bucket(Bucket="a-bucket")
-        settings = {"common.storageType": "minio", "minio.address": "127.0.0.1", "minio.port": str(port),
-                    "minio.bucketName": "a-bucket"}
+        settings = {
+            "common.storageType": "minio",
+            "minio.address": "127.0.0.1",
+            "minio.port": str(port),
+            "minio.bucketName": "a-bucket",
+        }
         for server in _standalone(tmp_path_factory.mktemp("milvus-s3"), settings):
             yield server, storage
     finally:
@@ -402,8 +432,14 @@ def s3_server(tmp_path_factory) -> Iterator[tuple[Server, S3BulkStorage]]:
 def test_bulk_import_through_an_s3_bucket(s3_server, data):
     server, storage = s3_server
     keys, vectors, queries = data
-    idx = MilvusIndex(DIM, collection=f"s_{uuid.uuid4().hex[:12]}", uri=server.uri, token=TOKEN,
-                      bulk_storage=storage, bulk_min_rows=BULK_MIN_ROWS)
+    idx = MilvusIndex(
+        DIM,
+        collection=f"s_{uuid.uuid4().hex[:12]}",
+        uri=server.uri,
+        token=TOKEN,
+        bulk_storage=storage,
+        bulk_min_rows=BULK_MIN_ROWS,
+    )
     try:
         idx.add(keys, vectors)
         idx.add(keys[:1500], vectors[:1500] + 100.0)
@@ -420,8 +456,13 @@ def test_bulk_import_through_an_s3_bucket(s3_server, data):
 
 def test_bulk_storage_on_a_lite_file_falls_back_to_upserts(tmp_path, data, caplog):
     keys, vectors, queries = data
-    lite = MilvusIndex(DIM, collection="bulk", uri=str(tmp_path / "lite.db"),
-                       bulk_storage=LocalBulkStorage(tmp_path / "bulk"), bulk_min_rows=BULK_MIN_ROWS)
+    lite = MilvusIndex(
+        DIM,
+        collection="bulk",
+        uri=str(tmp_path / "lite.db"),
+        bulk_storage=LocalBulkStorage(tmp_path / "bulk"),
+        bulk_min_rows=BULK_MIN_ROWS,
+    )
     try:
         with caplog.at_level(logging.WARNING, logger="revsearch.milvus_index"):
             lite.add(keys, vectors)
@@ -434,6 +475,7 @@ def test_bulk_storage_on_a_lite_file_falls_back_to_upserts(tmp_path, data, caplo
 
 
 # ---- docker-compose.yml: structure, always checked (no Docker needed) ----------------------------
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict:

@@ -18,8 +18,16 @@ from pathlib import Path
 from plugin_helpers import REPO, subprocess_env
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = REPO / "test-artifacts"
 PROMPT = '[data-cy="operators-prompt-modal"]'
 TILE, TILE_TAG = '[data-cy="looker"]', '[data-cy="tag-name"]'
@@ -239,7 +247,7 @@ class App:
     def wait_for_labels(self, expected: list[str], timeout_s: float = 60) -> list[str]:
         """Poll until the grid's first tiles are ``expected``; returns what it shows."""
         deadline = time.monotonic() + timeout_s
-        while self.labels()[:len(expected)] != expected and time.monotonic() < deadline:
+        while self.labels()[: len(expected)] != expected and time.monotonic() < deadline:
             self.page.wait_for_timeout(500)
         return self.labels()
 
@@ -262,4 +270,5 @@ class App:
         box = tile.bounding_box()
         self.page.mouse.click(box["x"] + 18, box["y"] + 18)
         self.page.wait_for_function(
-            "() => document.querySelectorAll('input[type=checkbox]:checked').length > 0", timeout=10_000)
+            "() => document.querySelectorAll('input[type=checkbox]:checked').length > 0", timeout=10_000
+        )

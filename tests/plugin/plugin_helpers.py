@@ -29,8 +29,9 @@ def unique_name(prefix: str) -> str:
 def make_dataset(prefix: str, files: list[str]) -> fo.Dataset:
     """A new dataset with one sample per file, labelled with its class folder."""
     dataset = fo.Dataset(unique_name(prefix))
-    dataset.add_samples([fo.Sample(filepath=f, ground_truth=fo.Classification(label=Path(f).parent.name))
-                         for f in files])
+    dataset.add_samples(
+        [fo.Sample(filepath=f, ground_truth=fo.Classification(label=Path(f).parent.name)) for f in files]
+    )
     return dataset
 
 

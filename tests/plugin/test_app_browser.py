@@ -21,14 +21,23 @@ from revsearch import PixelFeatures
 from revsearch import fiftyone_tools as tools
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACT = REPO / "test-artifacts" / "app_sort_by_similarity.png"
 NATIVE_ARTIFACT = REPO / "test-artifacts" / "app_native_button.png"
 SHOWN = 10  # grid tiles compared with the expected order
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip package 'playwright' not installed "
-                                     "(.ci/plugin_setup.sh installs it)")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="pip package 'playwright' not installed (.ci/plugin_setup.sh installs it)"
+)
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} absent (apt-get install chromium)", allow_module_level=True)
 
@@ -43,8 +52,12 @@ def free_port() -> int:
 def dataset(caltech_files, tmp_path):
     """Samples labelled with a unique name (shown on each grid tile), indexed in Milvus Lite."""
     ds = fo.Dataset(unique_name("app"))
-    ds.add_samples([fo.Sample(filepath=f, name=fo.Classification(label=f"{Path(f).parent.name}/{Path(f).stem}"))
-                    for f in caltech_files])
+    ds.add_samples(
+        [
+            fo.Sample(filepath=f, name=fo.Classification(label=f"{Path(f).parent.name}/{Path(f).stem}"))
+            for f in caltech_files
+        ]
+    )
     tools.build_index(ds, "rev", "milvus", extractor=PixelFeatures(16), uri=str(tmp_path / "app.db"))
     yield ds
     ds.delete()
@@ -56,8 +69,12 @@ def app_url(dataset, tmp_path):
     port = free_port()
     env = {**subprocess_env(), "FIFTYONE_DO_NOT_TRACK": "true"}
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-                               "--address", "127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address", "127.0.0.1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -67,7 +84,8 @@ def app_url(dataset, tmp_path):
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"App server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}") from None
+                        f"App server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(1)
         yield f"http://127.0.0.1:{port}/datasets/{dataset.name}"
     finally:
@@ -164,13 +182,17 @@ def test_app_native_sort_button_and_similarity_panel(dataset, app_url):
                 page.keyboard.press("Escape")
             initial = grid_labels(page)
 
-            tile = page.locator('[data-cy="looker"]').filter(
-                has=page.locator('[data-cy="tag-name"]', has_text=query_label)).first
+            tile = (
+                page.locator('[data-cy="looker"]')
+                .filter(has=page.locator('[data-cy="tag-name"]', has_text=query_label))
+                .first
+            )
             tile.hover()
             box = tile.bounding_box()
             page.mouse.click(box["x"] + 18, box["y"] + 18)  # the tile's selection checkbox (top left)
-            page.wait_for_function("() => document.querySelectorAll('input[type=checkbox]:checked').length > 0",
-                                   timeout=10_000)
+            page.wait_for_function(
+                "() => document.querySelectorAll('input[type=checkbox]:checked').length > 0", timeout=10_000
+            )
 
             page.locator('[data-cy="action-sort-by-similarity"]').click()
             page.get_by_text("Show similar samples").click()  # runs the panel's similarity_search operator

@@ -27,8 +27,7 @@ from plugin_helpers import MODEL, REPO, subprocess_env, unique_name
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip package 'playwright' not installed")
 if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} absent: .ci/plugin_setup.sh could not install Debian's chromium",
-                allow_module_level=True)
+    pytest.skip(f"{CHROMIUM} absent: .ci/plugin_setup.sh could not install Debian's chromium", allow_module_level=True)
 
 K = 6  # results asked for in the searches
 
@@ -40,8 +39,9 @@ def dataset(caltech_files, tmp_path_factory):
     shutil.copy(caltech_files[1], copy)
     files = list(caltech_files) + [str(copy)]
     ds = fo.Dataset(unique_name("tour"))
-    ds.add_samples([fo.Sample(filepath=f, name=fo.Classification(label=f"{Path(f).parent.name}/{Path(f).stem}"))
-                    for f in files])
+    ds.add_samples(
+        [fo.Sample(filepath=f, name=fo.Classification(label=f"{Path(f).parent.name}/{Path(f).stem}")) for f in files]
+    )
     yield ds
     ds.delete()
 
@@ -220,8 +220,11 @@ def test_search_by_url_needs_the_private_network_tick(app, dataset, caltech_file
 def test_second_search_covers_the_dataset_unless_told_the_view(app, dataset, caltech_files):
     """Default target: the whole dataset, even while the grid shows an earlier result."""
     shown = []
-    for target, query in (("Whole dataset", caltech_files[0]), ("Whole dataset", caltech_files[18]),
-                          ("Current view only", caltech_files[12])):
+    for target, query in (
+        ("Whole dataset", caltech_files[0]),
+        ("Whole dataset", caltech_files[18]),
+        ("Current view only", caltech_files[12]),
+    ):
         app.open_operator("revsearch: search by image")
         app.choose("Index (brain key)", "cnn")
         app.choose("Query", "Local file path")
@@ -379,8 +382,12 @@ def test_scheduled_build_runs_in_fiftyone_delegated_launch(app, dataset, plugins
 
     env = {**subprocess_env(), "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
     with open(tmp_path / "launch.log", "w") as log:
-        worker = subprocess.Popen([str(Path(sys.executable).with_name("fiftyone")), "delegated", "launch"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).with_name("fiftyone")), "delegated", "launch"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 180
             while "scheduled" not in dataset.list_brain_runs() and time.monotonic() < deadline:
@@ -400,8 +407,17 @@ def test_example_app_survives_a_tab_reload(caltech_files, tmp_path, plugins_dir)
     for f in caltech_files[:6]:
         shutil.copy(f, folder / f"{Path(f).parent.name}_{Path(f).name}")
     name, port = unique_name("example"), free_port()
-    command = [sys.executable, str(REPO / "examples" / "app.py"), str(folder), "--name", name, "--port", str(port),
-               "--address", "127.0.0.1"]
+    command = [
+        sys.executable,
+        str(REPO / "examples" / "app.py"),
+        str(folder),
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--address",
+        "127.0.0.1",
+    ]
     env = {"FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
     with app_server(tmp_path / "example.log", env, command, port) as (base, proc):
         with browser_page(playwright_api) as page:

@@ -104,8 +104,9 @@ def test_reload_in_a_fresh_process(dataset, kind):
         "print(json.dumps({'ids': view.values('id'), 'cls': type(ds.load_brain_results("
         f"{kind!r})).__name__}}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"ids": expected, "cls": "RevsearchSimilarityIndex"}
@@ -114,8 +115,7 @@ def test_reload_in_a_fresh_process(dataset, kind):
 def test_add_remove_and_staleness(caltech_files, tmp_path):
     ds = make_dataset("brain-update", caltech_files[:12])
     try:
-        results, _ = tools.build_index(ds, "idx", "milvus", extractor=PixelFeatures(8),
-                                       uri=str(tmp_path / "u.db"))
+        results, _ = tools.build_index(ds, "idx", "milvus", extractor=PixelFeatures(8), uri=str(tmp_path / "u.db"))
         ids = ds.values("id")
         vectors, got_ids, _ = results.get_embeddings(ids[:3])
         results.remove_from_index(ids[:3])
@@ -172,8 +172,9 @@ def test_compute_similarity_by_backend_name_with_a_model(caltech_files, tmp_path
     ds = make_dataset("brain-fob", caltech_files[:8])
     try:
         model = tools.ExtractorModel(PixelFeatures(8))
-        results = fob.compute_similarity(ds, model=model, backend="revsearch", index_kind="pixel",
-                                         brain_key="px", batch_size=4)
+        results = fob.compute_similarity(
+            ds, model=model, backend="revsearch", index_kind="pixel", brain_key="px", batch_size=4
+        )
         assert isinstance(results.config, RevsearchSimilarityConfig)
         assert results.total_index_size == 8
         first = ds.values("id")[2]
@@ -199,7 +200,10 @@ def test_deleting_the_brain_run_drops_the_milvus_collection(caltech_files, tmp_p
 def test_features_and_index_kind_are_recorded_independently(dataset):
     infos = {k: dataset.load_brain_results(k).config for k in ("exact", "pixel_milvus", "pixel")}
     assert [(c.index_kind, c.extractor["type"]) for c in infos.values()] == [
-        ("exact", "cnn"), ("milvus", "pixel"), ("exact", "pixel")]  # "pixel" is read as pixel features, exact
+        ("exact", "cnn"),
+        ("milvus", "pixel"),
+        ("exact", "pixel"),
+    ]  # "pixel" is read as pixel features, exact
 
 
 def test_kmeans_run_saved_after_a_search_keeps_keys_and_vectors_together(dataset):

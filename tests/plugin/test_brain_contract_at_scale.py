@@ -27,7 +27,7 @@ def clustered_vectors(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(N_CENTRES, DIM))
     x = centres[rng.integers(0, N_CENTRES, n)] + 0.35 * rng.normal(size=(n, DIM))
-    x[n - N_PAIRS:] = x[:N_PAIRS] + COPY_NOISE * rng.normal(size=(N_PAIRS, DIM))
+    x[n - N_PAIRS :] = x[:N_PAIRS] + COPY_NOISE * rng.normal(size=(N_PAIRS, DIM))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -40,8 +40,7 @@ def indexed(tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("milvus") / "scale.db")
     for kind in KINDS:
         options = {"uri": uri} if kind == "milvus" else {}
-        fob.compute_similarity(ds, embeddings=vectors, backend="revsearch", index_kind=kind, brain_key=kind,
-                               **options)
+        fob.compute_similarity(ds, embeddings=vectors, backend="revsearch", index_kind=kind, brain_key=kind, **options)
     yield ds, ds.values("id"), vectors
     ds.delete()
 
@@ -104,8 +103,10 @@ def test_compute_near_duplicates_finds_the_planted_copies(indexed, kind):
     pairs = {original: [copy for copy, _ in copies] for original, copies in index.neighbors_map.items()}
     assert pairs == {ids[i]: [ids[N_SAMPLES - N_PAIRS + i]] for i in range(N_PAIRS)}
     dup_view = index.duplicates_view(type_field="dup_type")
-    assert len(dup_view) == 2 * N_PAIRS and dup_view.count_values("dup_type") == {"nearest": N_PAIRS,
-                                                                                     "duplicate": N_PAIRS}
+    assert len(dup_view) == 2 * N_PAIRS and dup_view.count_values("dup_type") == {
+        "nearest": N_PAIRS,
+        "duplicate": N_PAIRS,
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)

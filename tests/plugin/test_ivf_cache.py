@@ -49,8 +49,9 @@ def test_a_change_saved_by_another_process_invalidates_the_cached_index(dataset)
         "results.remove_from_index(ds.values('id')[:7])\n"
         "results.save()\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     dataset.reload()  # FiftyOne sees another process's run changes after a reload
     fresh = dataset.load_brain_results("km", cache=False)

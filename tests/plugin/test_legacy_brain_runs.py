@@ -19,8 +19,12 @@ def legacy_dataset(tmp_path_factory):
     """The exported dataset (pixel, kmeans and milvus runs) imported afresh, its Lite file copied."""
     root = tmp_path_factory.mktemp("legacy")
     shutil.copytree(LEGACY, root / "legacy")
-    ds = fo.Dataset.from_dir(str(root / "legacy" / "dataset"), dataset_type=fo.types.FiftyOneDataset,
-                             rel_dir=str(root / "legacy" / "images"), name=unique_name("legacy"))
+    ds = fo.Dataset.from_dir(
+        str(root / "legacy" / "dataset"),
+        dataset_type=fo.types.FiftyOneDataset,
+        rel_dir=str(root / "legacy" / "images"),
+        name=unique_name("legacy"),
+    )
     yield ds, root / "legacy"
     ds.delete()
 
@@ -41,7 +45,8 @@ def test_old_pca_field_still_builds_an_index(legacy_dataset):
     from revsearch import fiftyone_tools as tools
 
     ds, _ = legacy_dataset
-    results, _ = tools.build_index(ds, unique_name("k").replace("-", "_"), "kmeans", embeddings_field="emb_pca",
-                                   n_clusters=2)
+    results, _ = tools.build_index(
+        ds, unique_name("k").replace("-", "_"), "kmeans", embeddings_field="emb_pca", n_clusters=2
+    )
     assert results.pca is not None and results.pca.output_dim == 4
     assert results.total_index_size == 8

@@ -37,12 +37,18 @@ def dataset(caltech_files, plugins_dir):
 @pytest.fixture(scope="module")
 def run(dataset):
     """Execute an operator on ``dataset``; returns its result dict (raises on error)."""
+
     def _run(name: str, selected: list[str] | None = None, view=None, **params) -> dict:
-        ctx = {"dataset": dataset, "view": view if view is not None else dataset.view(),
-               "params": params, "selected": selected or []}
+        ctx = {
+            "dataset": dataset,
+            "view": view if view is not None else dataset.view(),
+            "params": params,
+            "selected": selected or [],
+        }
         result = foo.execute_operator(URI + name, ctx=ctx)
         result.raise_exceptions()
         return result.result
+
     return _run
 
 
@@ -57,8 +63,9 @@ def embedded(dataset, run):
 @pytest.fixture(scope="module")
 def milvus_index(dataset, run, embedded, tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("ops-milvus") / "ops.db")
-    out = run("build_index", brain_key="mil", index_kind="milvus", uri=uri, index_type="FLAT",
-              embeddings_field=embedded)
+    out = run(
+        "build_index", brain_key="mil", index_kind="milvus", uri=uri, index_type="FLAT", embeddings_field=embedded
+    )
     assert out["indexed"] == len(dataset)
     return "mil"
 
@@ -89,8 +96,9 @@ def test_fit_pca_writes_reduced_unit_vectors(dataset, run, embedded):
 
 
 def test_fit_kmeans_clusters_follow_the_classes(dataset, run, embedded):
-    out = run("fit_kmeans", embeddings_field=embedded, n_clusters=4, cluster_field="cluster",
-              distance_field="cluster_dist")
+    out = run(
+        "fit_kmeans", embeddings_field=embedded, n_clusters=4, cluster_field="cluster", distance_field="cluster_dist"
+    )
     clusters = dataset.values("cluster")
     sizes = {int(k): v for k, v in out["cluster_sizes"].items()}
     assert sizes == {c: clusters.count(c) for c in range(4)}
@@ -105,8 +113,7 @@ def test_fit_kmeans_clusters_follow_the_classes(dataset, run, embedded):
 
 def test_search_by_selected_sample_sorts_by_distance(dataset, run, milvus_index):
     query = dataset.values("id")[14]
-    out = run("search_by_image", selected=[query], brain_key=milvus_index, source="selected", k=6,
-              dist_field="d_sel")
+    out = run("search_by_image", selected=[query], brain_key=milvus_index, source="selected", k=6, dist_field="d_sel")
     vectors, ids = np.stack(dataset.values("emb")), dataset.values("id")
     dist = ((vectors - vectors[14]) ** 2).sum(axis=1)
     assert out["ids"] == [ids[i] for i in np.argsort(dist)[:6]]
@@ -122,8 +129,11 @@ def test_search_by_uploaded_image(dataset, run, embedded, milvus_index, caltech_
     else:
         key = f"up_{kind}"
         if key not in dataset.list_brain_runs():
-            extra = ({"index_kind": "kmeans", "n_clusters": 4, "nprobe": 4, "embeddings_field": embedded}
-                     if kind == "kmeans" else {"index_kind": "exact", "features": "pixel"})
+            extra = (
+                {"index_kind": "kmeans", "n_clusters": 4, "nprobe": 4, "embeddings_field": embedded}
+                if kind == "kmeans"
+                else {"index_kind": "exact", "features": "pixel"}
+            )
             run("build_index", brain_key=key, **extra)
     content = base64.b64encode(Path(caltech_files[19]).read_bytes()).decode()
     upload = {"name": "q.jpg", "type": "image/jpeg", "size": 1, "content": f"data:image/jpeg;base64,{content}"}
@@ -157,11 +167,12 @@ def test_near_duplicates_finds_the_copied_image(dataset, run, caltech_files, tmp
     ds = make_dataset("ops-dups", caltech_files[:12] + [str(copy)])
     try:
         ctx = {"dataset": ds, "view": ds.view()}
-        foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": "px", "index_kind": "exact",
-                                                               "features": "pixel"}}
-                             ).raise_exceptions()
-        res = foo.execute_operator(URI + "find_near_duplicates",
-                                   ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}})
+        foo.execute_operator(
+            URI + "build_index", ctx={**ctx, "params": {"brain_key": "px", "index_kind": "exact", "features": "pixel"}}
+        ).raise_exceptions()
+        res = foo.execute_operator(
+            URI + "find_near_duplicates", ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}}
+        )
         res.raise_exceptions()
         ids = ds.values("id")
         assert sorted(res.result["ids"]) == sorted([ids[8], ids[12]])
@@ -186,16 +197,18 @@ def test_near_duplicates_form_shows_the_distance_histogram_of_its_index(run, cal
     try:
         ctx = {"dataset": ds, "view": ds.view()}
         for key in ("px", "px2"):
-            foo.execute_operator(URI + "build_index", ctx={**ctx, "params": {"brain_key": key, "index_kind": "exact",
-                                                                              "features": "pixel"}}
-                                 ).raise_exceptions()
+            foo.execute_operator(
+                URI + "build_index",
+                ctx={**ctx, "params": {"brain_key": key, "index_kind": "exact", "features": "pixel"}},
+            ).raise_exceptions()
 
         def form(key: str) -> dict:
             return resolved_form(ds, "find_near_duplicates", mode="near", brain_key=key, threshold=1.0)
 
         assert "histogram" not in form("px")
-        foo.execute_operator(URI + "find_near_duplicates",
-                             ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}}).raise_exceptions()
+        foo.execute_operator(
+            URI + "find_near_duplicates", ctx={**ctx, "params": {"brain_key": "px", "threshold": 1.0}}
+        ).raise_exceptions()
         plot = form("px")["histogram"]["view"]
         counts, edges, _ = ds.histogram_values("revsearch_nn_dist", bins=40)
         assert plot["data"][0]["y"] == list(counts) and sum(plot["data"][0]["y"]) == len(ds)
@@ -211,8 +224,10 @@ def test_exact_copies_by_file_hash_from_the_operator(run, caltech_files, tmp_pat
         shutil.copy(caltech_files[5], copy)
     ds = make_dataset("ops-filedups", caltech_files[:8] + [str(c) for c in copies])
     try:
-        res = foo.execute_operator(URI + "find_near_duplicates", ctx={
-            "dataset": ds, "view": ds.view(), "params": {"mode": "exact", "drop_tag": "copy"}})
+        res = foo.execute_operator(
+            URI + "find_near_duplicates",
+            ctx={"dataset": ds, "view": ds.view(), "params": {"mode": "exact", "drop_tag": "copy"}},
+        )
         res.raise_exceptions()
         ids = ds.values("id")
         assert sorted(res.result["ids"]) == sorted([ids[5], ids[8], ids[9]])
@@ -231,8 +246,7 @@ def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
     try:
         info = run("inspect_index", brain_key=milvus_index)
         assert (info["stale"], info["not_indexed"], info["index_kind"]) == (True, 1, "milvus")
-        assert run("update_index", brain_key=milvus_index) == {"added": 1, "updated": 0, "removed": 0,
-                                                                  "failures": {}}
+        assert run("update_index", brain_key=milvus_index) == {"added": 1, "updated": 0, "removed": 0, "failures": {}}
         assert run("inspect_index", brain_key=milvus_index)["stale"] is False
     finally:
         dataset.delete_samples(extra)
@@ -242,14 +256,19 @@ def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
 
 
 def test_long_operators_can_be_delegated(dataset, plugins_dir):
-    result = foo.execute_operator(URI + "build_index", ctx={
-        "dataset": dataset, "view": dataset.view(), "request_delegation": True,
-        "params": {"brain_key": "delegated_px", "index_kind": "exact", "features": "pixel"}})
+    result = foo.execute_operator(
+        URI + "build_index",
+        ctx={
+            "dataset": dataset,
+            "view": dataset.view(),
+            "request_delegation": True,
+            "params": {"brain_key": "delegated_px", "index_kind": "exact", "features": "pixel"},
+        },
+    )
     result.raise_exceptions()
     assert result.delegated
     service = foo.delegated.DelegatedOperationService()
-    ops = [op for op in service.list_operations(dataset_name=dataset.name)
-           if op.operator == URI + "build_index"]
+    ops = [op for op in service.list_operations(dataset_name=dataset.name) if op.operator == URI + "build_index"]
     assert ops
     for op in ops:
         service.execute_operation(op)
@@ -300,7 +319,8 @@ def test_weights_box_empty_means_default_never_random(plugins_dir):
 def test_a_new_search_clears_distances_left_on_other_samples(dataset, run, milvus_index):
     ids = dataset.values("id")
     run("search_by_image", selected=[ids[0]], brain_key=milvus_index, source="selected", k=12, dist_field="d_clear")
-    out = run("search_by_image", selected=[ids[20]], brain_key=milvus_index, source="selected", k=3,
-              dist_field="d_clear")
+    out = run(
+        "search_by_image", selected=[ids[20]], brain_key=milvus_index, source="selected", k=3, dist_field="d_clear"
+    )
     stored = dict(zip(dataset.values("id"), dataset.values("d_clear")))
     assert {i for i, d in stored.items() if d is not None} == set(out["ids"])
