@@ -115,7 +115,7 @@ def test_compute_embeddings_operator_lists_and_marks_each_failure(dataset, corpu
 
 def test_build_index_operator_indexes_every_good_sample_once(dataset, corpus, plugin):
     good, bad = _expected(dataset, corpus)
-    out = _run(dataset, "build_index", brain_key="robust_pixel", index_kind="pixel")
+    out = _run(dataset, "build_index", brain_key="robust_pixel", index_kind="exact", features="pixel")
     assert out["indexed"] == len(good)
     _check_reported(out, bad)
     _check_marks(dataset, good, bad)
