@@ -16,21 +16,11 @@ from pathlib import Path
 import fiftyone as fo
 import pytest
 
+from app_driver import CHROMIUM, CHROMIUM_ARGS
 from plugin_helpers import REPO, subprocess_env, unique_name
 from revsearch import PixelFeatures
 from revsearch import fiftyone_tools as tools
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACT = REPO / "test-artifacts" / "app_sort_by_similarity.png"
 NATIVE_ARTIFACT = REPO / "test-artifacts" / "app_native_button.png"
 SHOWN = 10  # grid tiles compared with the expected order
