@@ -7,7 +7,6 @@ the registry exactly as tested; the test skips only when the registry cannot be 
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import shutil
 import subprocess
@@ -21,14 +20,7 @@ import pytest
 from helpers import CALTECH, MOBILENET_FILE, TORCH_CACHE
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [
-    pytest.mark.install,
-    pytest.mark.skipif(
-        os.environ.get("REVSEARCH_TEST_INSTALL") != "1",
-        reason="opt-in (REVSEARCH_TEST_INSTALL=1): passes in the development venv, but in a fresh CI clone "
-        "pip answers ResolutionImpossible to the pinned constraints (cause not yet found; open in issue 11)",
-    ),
-]
+pytestmark = pytest.mark.install
 
 
 def _registry_reachable() -> str | None:
@@ -39,17 +31,37 @@ def _registry_reachable() -> str | None:
     return None if proc.returncode == 0 else (proc.stderr or proc.stdout)[-500:]
 
 
+#: Variables that would make the fresh venv's pip or Python see this environment's packages.
+_LEAKY_VARS = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
+
+_LIST_PINS = """
+import importlib.metadata as md
+names = {(d.metadata["Name"], d.version) for d in md.distributions() if d.metadata["Name"]}
+print("\\n".join(sorted(f"{n}=={v}" for n, v in names if n.lower() != "revsearch")))
+"""
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _LEAKY_VARS}
+
+
 def _constraints(path: Path) -> Path:
-    """This environment's versions of every installed distribution (except revsearch itself)."""
-    pins = sorted(
-        {
-            f"{d.metadata['Name']}=={d.version}"
-            for d in md.distributions()
-            if d.metadata["Name"] and d.metadata["Name"].lower() != "revsearch"
-        }
+    """The versions of every distribution installed in this venv (except revsearch itself), read by
+    a plain interpreter of the venv: not this pytest process, whose sys.path tests may have changed."""
+    run = subprocess.run(
+        [sys.executable, "-c", _LIST_PINS], capture_output=True, text=True, cwd=path.parent, env=_clean_env()
     )
-    path.write_text("\n".join(pins) + "\n")
+    assert run.returncode == 0, run.stderr[-2000:]
+    pins = run.stdout
+    path.write_text(pins)
     return path
+
+
+def _pip_failure(stderr: str) -> str:
+    """pip's explanation of a failed install: the resolver's conflict lines first, then the tail."""
+    lines = [line for line in stderr.splitlines() if "is ignored: it is neither" not in line]
+    conflict = [line for line in lines if "conflict" in line.lower() or "requires" in line or "because" in line]
+    return "\n".join(conflict[:40] + ["..."] + lines[-60:])
 
 
 def test_pip_install_into_a_fresh_venv_embeds_an_image(tmp_path):
@@ -69,13 +81,14 @@ def test_pip_install_into_a_fresh_venv_embeds_an_image(tmp_path):
     )
     started = time.monotonic()
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(source), "-c", str(_constraints(tmp_path / "constraints.txt"))],
+        [str(python), "-m", "pip", "install", str(source), "-c", str(_constraints(tmp_path / "constraints.txt"))],
         capture_output=True,
         text=True,
         timeout=1800,
+        cwd=tmp_path,
+        env=_clean_env(),
     )
-    errors = "\n".join(line for line in install.stderr.splitlines() if "is ignored: it is neither" not in line)
-    assert install.returncode == 0, errors[-4000:]
+    assert install.returncode == 0, _pip_failure(install.stdout + install.stderr)
     installed_s = time.monotonic() - started
     image = sorted((CALTECH / "airplanes").glob("image_*.jpg"))[0]
     code = (
@@ -86,7 +99,7 @@ def test_pip_install_into_a_fresh_venv_embeds_an_image(tmp_path):
         f"v = e.embed_paths([{str(image)!r}], progress=False).vectors\n"
         "print(e.config.runtime, v.shape, round(float(np.linalg.norm(v[0])), 4))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = _clean_env()
     env["TORCH_HOME"] = str(TORCH_CACHE)
     env.pop("REVSEARCH_RUNTIME", None)
     run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
