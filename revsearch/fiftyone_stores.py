@@ -21,7 +21,7 @@ from .errors import IndexMismatchError, IndexNotFoundError, RevsearchError
 from .hits import Hit
 from .index_registry import MILVUS_OPTIONS, check_kind, create_index, load_index
 from .lite_lock import hand_over_on_request
-from .milvus_index import is_lite_uri
+from .milvus_uri import is_lite_uri
 from .vector_index import VectorIndex
 
 #: How long an operation waits for a Milvus Lite file held by another process.

@@ -25,7 +25,8 @@ from .atomic import fsync_dir, write_atomic
 from .crashpoints import write_point
 from .errors import IndexCorruptError, IndexNotFoundError, RevsearchError
 from .journal import JOURNAL
-from .milvus_index import drop_collection, is_lite_uri
+from .milvus_index import drop_collection
+from .milvus_uri import is_lite_uri
 
 MANIFEST = "manifest.json"
 PENDING = "pending.json"

@@ -14,7 +14,6 @@ import numpy as np
 
 from .exact_index import ExactIndex
 from .ivf_index import IVFIndex, default_n_clusters
-from .milvus_index import MilvusIndex
 from .vector_index import VectorIndex
 
 INDEX_KINDS = ("exact", "kmeans", "milvus")
@@ -70,6 +69,8 @@ def create_index(
     unknown = set(milvus_options) - set(MILVUS_OPTIONS)
     if unknown:
         raise ValueError(f"unknown Milvus options {sorted(unknown)}; known: {MILVUS_OPTIONS}")
+    from .milvus_index import MilvusIndex  # pymilvus (and pandas, grpc) only when a Milvus index is used
+
     return MilvusIndex(sample.shape[1], overwrite=overwrite, **milvus_options)
 
 
@@ -78,6 +79,8 @@ def load_index(config: dict, folder: Path | None = None, token: str = "") -> Vec
     the files it saved in ``folder``, or (milvus) by reconnecting to its existing collection."""
     kind = check_kind(config["kind"])
     if kind == "milvus":
+        from .milvus_index import MilvusIndex
+
         return MilvusIndex.load(folder, config, token)
     cls = ExactIndex if kind == "exact" else IVFIndex
     if folder is None or "vectors" in config:

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -40,10 +39,10 @@ from .milvus_bulk import (
     import_connection,
     supports_bulk_import,
 )
+from .milvus_uri import DEFAULT_URI, check_lite_file_name, is_lite_uri
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_URI = "revsearch.db"
 KEY_FIELD, VECTOR_FIELD = "key", "vector"
 MAX_KEY_LENGTH = 4096
 INSERT_BATCH = 2000
@@ -103,20 +102,6 @@ def from_milvus_key(stored: str) -> str:
     if stored.startswith(_ESCAPED_KEY):
         return base64.urlsafe_b64decode(stored[len(_ESCAPED_KEY) :]).decode("utf-8", "surrogateescape")
     return stored
-
-
-def is_lite_uri(uri: str) -> bool:
-    """True for a Milvus Lite file path, False for a server URI."""
-    return not uri.startswith(("http://", "https://", "tcp://", "unix:", "grpc://"))
-
-
-def check_lite_file_name(name: str) -> None:
-    """milvus-lite 2.5 accepts file names of at most 36 characters from [A-Za-z0-9._-]."""
-    if len(name) > 36 or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise RevsearchError(
-            f"Milvus Lite file name {name!r} is not accepted by milvus-lite: use at most 36 "
-            "characters from letters, digits, '.', '_' and '-' (the folder may be anything)"
-        )
 
 
 def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: bool = False) -> MilvusClient:

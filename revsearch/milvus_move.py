@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from .errors import RevsearchError
 from .milvus_bulk import ROWS_PER_FILE
-from .milvus_index import KEY_FIELD, VECTOR_FIELD, MilvusIndex, from_milvus_key, is_lite_uri
+from .milvus_index import KEY_FIELD, VECTOR_FIELD, MilvusIndex, from_milvus_key
+from .milvus_uri import is_lite_uri
 
 #: Rows read from the source and handed to the target per call (bulk import: one file's worth).
 COPY_BATCH = 10_000

@@ -40,8 +40,9 @@ from .index_registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_na
 from .ivf_index import default_n_clusters
 from .journal import Update, clear_journal, read_journal, write_journal
 from .milvus_bulk import BulkStorage
-from .milvus_index import DEFAULT_URI, MilvusIndex, is_lite_uri
+from .milvus_index import MilvusIndex
 from .milvus_move import copy_collection, same_collection_place
+from .milvus_uri import DEFAULT_URI, is_lite_uri
 from .pca import PCAReducer
 from .pixel import PixelFeatures
 from .query_source import ImageQuery, load_query_image

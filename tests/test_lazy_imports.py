@@ -62,3 +62,30 @@ def test_old_descriptions_without_a_weights_hash_still_load(tmp_path, monkeypatc
     )
     embedder = make_extractor(description)
     assert embedder.digest and embedder.model_id == "resnet18/random"
+
+
+PLUGIN_PROBE = """
+import json, sys
+import fiftyone.operators, fiftyone.brain  # loaded in the App before any plugin
+import fiftyone.plugins.core as fopc
+from fiftyone.plugins.context import PluginContext
+before = set(sys.modules)
+ctx = PluginContext(fopc.get_plugin(plugin_dir=sys.argv[1]))
+ctx.register_all()
+heavy = ("torch", "torchvision", "sklearn", "pymilvus", "grpc", "pandas", "onnxruntime", "cv2")
+print(json.dumps({"errors": [str(e) for e in ctx.errors], "operators": len(ctx.instances),
+                  "loaded": [m for m in heavy if m in sys.modules and m not in before]}))
+"""
+
+
+def test_plugin_registers_without_heavy_imports(tmp_path):
+    """Loading the plugin in the App imports no model, vector-database or image library."""
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "FIFTYONE_DATABASE_DIR": str(tmp_path / "db")}
+    out = subprocess.run(
+        [sys.executable, "-c", PLUGIN_PROBE, str(root)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [] and result["operators"] >= 10
+    assert result["loaded"] == []
