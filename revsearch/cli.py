@@ -15,7 +15,6 @@ from .extractor import FEATURES, make_extractor, parse_scales
 from .files import scan_images
 from .generations import CHECKPOINT
 from .index_registry import LEGACY_PIXEL
-from .milvus_bulk import LocalBulkStorage
 from .mosaic import make_mosaic, save_mosaic
 from .query_source import load_query_image
 from .retrieval_options import MODES, RetrievalOptions
@@ -183,6 +182,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_move(args: argparse.Namespace) -> int:
     index = SearchIndex.load(_index_dir(args), token=args.source_token or "")
     before = index.backend.config().get("uri")
+    from .milvus_bulk import LocalBulkStorage
+
     storage = LocalBulkStorage(args.bulk_dir) if args.bulk_dir else None
     index.move_to(
         args.uri,

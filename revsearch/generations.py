@@ -25,7 +25,6 @@ from .atomic import fsync_dir, write_atomic
 from .crashpoints import write_point
 from .errors import IndexCorruptError, IndexNotFoundError, RevsearchError
 from .journal import JOURNAL
-from .milvus_index import drop_collection
 from .milvus_uri import is_lite_uri
 
 MANIFEST = "manifest.json"
@@ -104,6 +103,8 @@ def settle_pending(directory: Path, committed_generation: int, token: str = "") 
     else:
         drop = pending["new"]
     if drop is not None:
+        from .milvus_index import drop_collection  # pymilvus only when there is a collection to drop
+
         drop_collection(drop["uri"], drop["collection"], token, drop.get("db_name", ""))
         write_point("collection of another generation dropped")
     path.unlink()

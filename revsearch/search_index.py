@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,14 +40,14 @@ from .index_lock import IndexLock
 from .index_registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
 from .ivf_index import default_n_clusters
 from .journal import Update, clear_journal, read_journal, write_journal
-from .milvus_bulk import BulkStorage
-from .milvus_index import MilvusIndex
-from .milvus_move import copy_collection, same_collection_place
 from .milvus_uri import DEFAULT_URI, is_lite_uri
 from .pca import PCAReducer
 from .pixel import PixelFeatures
 from .query_source import ImageQuery, load_query_image
 from .retrieval_options import MODES, IndexExtras, RetrievalOptions  # issue 13 hook
+
+if TYPE_CHECKING:
+    from .milvus_bulk import BulkStorage
 
 #: Index kinds ``build`` takes: :data:`~revsearch.index_registry.INDEX_KINDS`, and ``pixel`` (the
 #: older name of pixel features in an exact index).
@@ -400,6 +401,9 @@ class SearchIndex:
         without re-embedding: vectors are copied (bulk import where ``bulk_storage`` is given and the
         server has it), counts checked, then the manifest points at the new URI. The source collection
         is left as it was; a failed copy leaves the index on the source."""
+        from .milvus_index import MilvusIndex  # pymilvus: only Milvus-backed indexes need it
+        from .milvus_move import copy_collection, same_collection_place
+
         source = self.backend
         if not isinstance(source, MilvusIndex):
             raise ValueError(

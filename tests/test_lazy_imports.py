@@ -1,4 +1,5 @@
-"""A query from a cached ONNX export imports neither torch, torchvision nor scikit-learn."""
+"""A query from a cached ONNX export imports neither torch, torchvision nor scikit-learn (nor pymilvus
+for an index that is not in Milvus); loading the plugin imports none of the heavy modules."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from revsearch import Embedder, EmbedderConfig, SearchIndex
 from revsearch.extractor import make_extractor
 
-HEAVY = ("torch", "torchvision", "sklearn")
+HEAVY = ("torch", "torchvision", "sklearn", "pymilvus")
 PROBE = f"""
 import json, sys
 from revsearch.cli import main
@@ -35,7 +36,7 @@ def _query_in_fresh_process(image: Path, index_dir: Path, cache: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_query_from_cached_export_needs_no_torch_or_sklearn(subset_paths, tmp_path, monkeypatch):
+def test_query_from_cached_export_needs_no_torch_sklearn_or_pymilvus(subset_paths, tmp_path, monkeypatch):
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path / "cache"))
     embedder = Embedder(EmbedderConfig(backbone="resnet18", weights=None, batch_size=8, runtime="onnxruntime"))
     index, _ = SearchIndex.build(subset_paths[:8], tmp_path / "idx", "exact", embedder, pca_dim=4, progress=False)
