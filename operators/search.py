@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from revsearch import fiftyone_tools as tools
 from revsearch.errors import ImageLoadError, PrivateURLError
 
-from .common import IMAGE_SUFFIXES, brain_key_input, target_input, target_samples
+from .common import IMAGE_SUFFIXES, brain_key_input, copy_mode_error, target_input, target_samples
 
 SOURCES = {
     "selected": "Selected sample(s)",
@@ -66,10 +66,9 @@ def _mode_input(ctx, inputs: types.Object) -> None:
         view=radio,
         description="edited copies: resized, blurred, re-encoded or cropped versions of the query image",
     )
-    key = ctx.params.get("brain_key")
-    if ctx.params.get("mode") == "copy" and key and not ctx.dataset.get_brain_info(key).config.copy_pixels:
-        prop.invalid = True
-        prop.error_message = f"Index '{key}' keeps no thumbnails: rebuild it with 'Copy-mode thumbnails' above 0"
+    error = copy_mode_error(ctx, ctx.params.get("brain_key")) if ctx.params.get("mode") == "copy" else None
+    if error:
+        prop.invalid, prop.error_message = True, error
 
 
 class SearchByImage(foo.Operator):

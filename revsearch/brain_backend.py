@@ -381,14 +381,29 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         with the thumbnail ranking (:meth:`~revsearch.retrieval_options.IndexExtras.copy_search`);
         distances are relative (see :func:`~revsearch.fusion.ratio_fusion`), best first."""
         if not self.has_copy_mode:
-            raise ValueError(
-                f"index {self.key!r} keeps no thumbnails for the copy mode: rebuild it with copy mode on "
-                "('revsearch: build index', Copy-mode thumbnails 16; or build_index(..., copy_pixels=16))"
-            )
+            raise ValueError(self._no_thumbnails())
         image, vector = self._load_and_embed(query, allow_private_urls)
         allowed = self._allowed()
         with self._store.hold():
             return self._extras.copy_search(lambda top: self.search(vector[None], top)[0], vector, image, k, allowed)
+
+    def copy_neighbors(self, k: int) -> list[list[Hit]]:
+        """For every sample of the current view (``current_sample_ids`` order), its ``k`` nearest other
+        samples of the view by the copy mode's fusion (stored thumbnails; relative distances)."""
+        if not self.has_copy_mode:
+            raise ValueError(self._no_thumbnails())
+        ids = self.current_sample_ids.tolist()
+        if not ids:
+            return []
+        with self._store.hold():
+            vectors = self._original_vectors(ids)
+            return self._extras.copy_neighbours(self.search, ids, vectors, k, self._allowed())
+
+    def _no_thumbnails(self) -> str:
+        return (
+            f"index {self.key!r} keeps no thumbnails for the copy mode: rebuild it with copy mode on "
+            "('revsearch: build index', Copy-mode thumbnails 16; or build_index(..., copy_pixels=16))"
+        )
 
     def _query_vectors(self, query) -> tuple[np.ndarray, bool]:
         """Query vectors (in index space) and whether a single query was given."""

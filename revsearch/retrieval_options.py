@@ -67,6 +67,11 @@ class RetrievalOptions:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def _fuse(cnn_hits: list[Hit], pixel_hits: list[Hit], k: int) -> list[Hit]:
+    """The copy mode's ranking: :func:`~revsearch.fusion.ratio_fusion` of the CNN and thumbnail rankings."""
+    return ratio_fusion([cnn_hits, pixel_hits], k, COPY_REF_RANK, [1.0, COPY_PIXEL_WEIGHT])
+
+
 class IndexExtras:
     """The DBA graph (original vectors and neighbour lists) and the copy mode's thumbnails."""
 
@@ -139,18 +144,47 @@ class IndexExtras:
         alpha-QE and DBA (DBA blurs an image with its look-alikes: measured, it loses copies) and the
         ranking by the thumbnail of ``image`` (RGB array), top COPY_TOP of each, among the ``allowed``
         keys (None: all). ``cnn_search(top)`` is the backend's search, used when the index has no DBA."""
-        if self.pixels is None:
-            raise ValueError(
-                "this index keeps no thumbnails for the copy mode: rebuild it with copy_pixels > 0 "
-                "(revsearch index --rebuild --copy-pixels 16)"
-            )
+        self._require_pixels()
         from .pixel import PixelFeatures
 
         thumbnail = PixelFeatures(self.options.copy_pixels).embed_images([image])
         top = max(k, COPY_TOP)
         pixel_hits = self.pixels.search(thumbnail, top, allowed=allowed)[0] if len(self.pixels) else []
         cnn_hits = cnn_search(top) if self.dba is None else self._original_search(vector, top, allowed)
-        return ratio_fusion([cnn_hits, pixel_hits], k, COPY_REF_RANK, [1.0, COPY_PIXEL_WEIGHT])
+        return _fuse(cnn_hits, pixel_hits, k)
+
+    def copy_neighbours(
+        self,
+        cnn_search: Callable[[np.ndarray, int], list[list[Hit]]],
+        keys: Sequence[str],
+        vectors: np.ndarray,
+        k: int,
+        allowed: Collection[str] | None = None,
+    ) -> list[list[Hit]]:
+        """For each of the stored ``keys`` (original ``vectors``), its ``k`` nearest *other* keys among
+        ``allowed`` by the copy mode's fusion, from the stored thumbnails (no image is decoded).
+        ``cnn_search(vectors, top)`` is the backend's batch search, used when the index has no DBA."""
+        self._require_pixels()
+        top = max(k, COPY_TOP) + 1  # each key finds itself first
+        if self.dba is None:
+            cnn = cnn_search(vectors, top)
+        else:
+            cnn = [self._original_search(v, top, allowed) for v in vectors]
+        has = self.pixels.contains(keys)
+        with_thumbnail = [key for key in keys if key in has]
+        found = self.pixels.search(self.pixels.vectors(with_thumbnail), top, allowed) if with_thumbnail else []
+        pixel = dict(zip(with_thumbnail, found))
+        return [
+            _fuse([h for h in cnn_hits if h.key != key], [h for h in pixel.get(key, []) if h.key != key], k)
+            for key, cnn_hits in zip(keys, cnn)
+        ]
+
+    def _require_pixels(self) -> None:
+        if self.pixels is None:
+            raise ValueError(
+                "this index keeps no thumbnails for the copy mode: rebuild it with copy_pixels > 0 "
+                "(revsearch index --rebuild --copy-pixels 16)"
+            )
 
     def _original_search(self, vector: np.ndarray, k: int, allowed: Collection[str] | None = None) -> list[Hit]:
         """Exact search over the DBA graph's original (not augmented) vectors (among ``allowed``)."""
