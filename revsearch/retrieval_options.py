@@ -214,22 +214,26 @@ class IndexExtras:
         return cls(options, dim, dba, pixels)
 
     def state(self) -> dict:
-        """The same state as a JSON-able dict, for storage inline (a brain run)."""
+        """The same state as a JSON-able dict, for storage inline (a brain run); thumbnails are stored
+        as bytes (their values are whole numbers 0-255), a quarter of their float size."""
         state: dict = {}
         if self.dba is not None:
             state["dba"] = {"keys": self.dba.keys, **{k: encode_array(v) for k, v in self.dba.state().items()}}
         if self.pixels is not None:
-            state["pixels"] = self.pixels.state()
+            keys = self.pixels.keys()
+            thumbnails = np.rint(self.pixels.vectors(keys)).astype(np.uint8)
+            state["pixels"] = {"keys": keys, "thumbnails": encode_array(thumbnails)}
         return state
 
     @classmethod
     def from_state(cls, state: dict | None, options: RetrievalOptions, dim: int) -> IndexExtras:
         """Inverse of :meth:`state`; the parts ``state`` lacks (None: an older run) start empty."""
         state = state or {}
-        dba = pixels = None
+        dba = None
         if options.dba_n and state.get("dba"):
             arrays = {k: decode_array(v) for k, v in state["dba"].items() if k != "keys"}
             dba = DBAGraph.from_state(state["dba"]["keys"], arrays)
-        if options.copy_pixels and state.get("pixels"):
-            pixels = ExactIndex.from_state(state["pixels"])
-        return cls(options, dim, dba, pixels)
+        extras = cls(options, dim, dba)
+        if extras.pixels is not None and state.get("pixels", {}).get("keys"):
+            extras.pixels.add(state["pixels"]["keys"], decode_array(state["pixels"]["thumbnails"]).astype(np.float32))
+        return extras
