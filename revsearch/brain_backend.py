@@ -16,6 +16,11 @@ so their results equal an exact search of the view. Least-similar queries (``rev
 exact and kmeans indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
 similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique`` and
 ``duplicates_view`` run range searches in the index.
+
+The retrieval options of :mod:`revsearch.retrieval_options` are config options, off by default:
+alpha-QE (``qe_n``), alpha-DBA (``dba_n``: the store holds augmented vectors, the run keeps the DBA
+graph) and the copy mode (``copy_pixels``: the run keeps each sample's thumbnail, for
+:meth:`RevsearchSimilarityIndex.copy_search` and :meth:`RevsearchSimilarityIndex.copy_neighbors`).
 """
 
 from __future__ import annotations
