@@ -133,6 +133,17 @@ def brain_key_input(ctx, inputs: types.Object) -> bool:
     return True
 
 
+def copy_mode_error(ctx, brain_key: str | None) -> str | None:
+    """Why index ``brain_key`` cannot search edited copies (it keeps no thumbnails), or None."""
+    if (
+        not brain_key
+        or brain_key not in revsearch_keys(ctx)
+        or ctx.dataset.get_brain_info(brain_key).config.copy_pixels
+    ):
+        return None
+    return f"Index '{brain_key}' keeps no thumbnails: rebuild it with 'Copy-mode thumbnails' above 0"
+
+
 def extractor_inputs(ctx, inputs: types.Object) -> None:
     """Form fields describing the feature extractor (the CNN's settings only when features is cnn)."""
     inputs.enum(

@@ -3,19 +3,61 @@ choose a threshold), one group id per duplicate group, and a tag on all but one 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from revsearch import duplicates
 
-from .common import brain_key_input
+from .common import brain_key_input, copy_mode_error
 
-MODES = {"near": "Near-duplicates (distance in the index)", "exact": "Exact copies (same file bytes)"}
+MODES = {
+    "near": "Near-duplicates (distance in the index)",
+    "copy": "Edited copies (CNN + pixel fusion)",
+    "exact": "Exact copies (same file bytes)",
+}
 DIST_FIELD, ID_FIELD = "revsearch_nn_dist", "revsearch_nn_id"
-GROUP_FIELDS = {"near": "revsearch_dup_group", "exact": "revsearch_file_dup_group"}
+#: Nearest other sample by the copy mode's fused (relative) distance.
+COPY_DIST_FIELD, COPY_ID_FIELD = "revsearch_copy_dist", "revsearch_copy_id"
+GROUP_FIELDS = {"near": "revsearch_dup_group", "copy": "revsearch_copy_group", "exact": "revsearch_file_dup_group"}
 
 
-def _histogram_plot(counts: list[int], edges: list[float], threshold: float) -> dict:
+@dataclass(frozen=True)
+class ThresholdForm:
+    """The threshold box of an index-based mode, and where its nearest-neighbour distances go."""
+
+    name: str
+    default: float
+    label: str
+    description: str
+    dist_field: str
+    axis: str
+
+
+THRESHOLDS = {
+    "near": ThresholdForm(
+        "threshold",
+        0.05,
+        "Threshold (squared L2)",
+        "CNN vectors are unit length: 0 = identical, 2 = unrelated; about 0.05 catches re-encodes and resizes. "
+        "Pixel vectors use 0-255 values over 3072 dimensions, so use e.g. 3072 * 10^2 there.",
+        DIST_FIELD,
+        "squared L2 distance to the nearest other sample",
+    ),
+    "copy": ThresholdForm(
+        "copy_threshold",
+        duplicates.COPY_THRESHOLD,
+        "Threshold (relative distance)",
+        "distance to the nearest other sample relative to the 5th nearest, CNN and thumbnails fused: 0 = identical, "
+        "resized / blurred / cropped copies score below about 0.1, different photos above 0.2",
+        COPY_DIST_FIELD,
+        "relative distance to the nearest other sample (CNN + pixel fusion)",
+    ),
+}
+
+
+def _histogram_plot(counts: list[int], edges: list[float], threshold: float, axis: str) -> dict:
     """A Plotly bar chart of the distance histogram with the threshold drawn as a red line."""
     centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
     return {
@@ -24,7 +66,7 @@ def _histogram_plot(counts: list[int], edges: list[float], threshold: float) -> 
             "height": 260,
             "margin": {"l": 50, "r": 10, "t": 10, "b": 40},
             "bargap": 0.05,
-            "xaxis": {"title": {"text": "squared L2 distance to the nearest other sample"}},
+            "xaxis": {"title": {"text": axis}},
             "yaxis": {"title": {"text": "samples"}, "type": "log"},
             "shapes": [
                 {
@@ -60,10 +102,11 @@ class FindNearDuplicates(foo.Operator):
         for value, label in MODES.items():
             radio.add_choice(value, label=label)
         inputs.enum("mode", radio.values(), default="near", label="Find", view=radio)
-        if ctx.params.get("mode", "near") == "near":
+        mode = ctx.params.get("mode", "near")
+        if mode in THRESHOLDS:
             if not brain_key_input(ctx, inputs):
                 return types.Property(inputs)
-            self._threshold_inputs(ctx, inputs)
+            self._threshold_inputs(ctx, inputs, mode)
         inputs.str(
             "drop_tag",
             default="duplicate",
@@ -73,30 +116,27 @@ class FindNearDuplicates(foo.Operator):
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
     @staticmethod
-    def _threshold_inputs(ctx, inputs: types.Object) -> None:
-        inputs.float(
-            "threshold",
-            default=0.05,
-            min=0.0,
-            label="Threshold (squared L2)",
-            description="CNN vectors are unit length: 0 = identical, 2 = unrelated; "
-            "about 0.05 catches re-encodes and resizes. Pixel vectors use 0-255 "
-            "values over 3072 dimensions, so use e.g. 3072 * 10^2 there.",
-        )
-        key, threshold = ctx.params.get("brain_key"), float(ctx.params.get("threshold") or 0.05)
-        if key and duplicates.distances_from(ctx.dataset, DIST_FIELD, key):
-            counts, edges = duplicates.distance_histogram(ctx.dataset.exists(DIST_FIELD), DIST_FIELD)
+    def _threshold_inputs(ctx, inputs: types.Object, mode: str) -> None:
+        form = THRESHOLDS[mode]
+        prop = inputs.float(form.name, default=form.default, min=0.0, label=form.label, description=form.description)
+        key, field = ctx.params.get("brain_key"), form.dist_field
+        threshold = float(ctx.params.get(form.name) or form.default)
+        error = copy_mode_error(ctx, key) if mode == "copy" else None
+        if error:
+            prop.invalid, prop.error_message = True, error
+        elif key and duplicates.distances_from(ctx.dataset, field, key):
+            counts, edges = duplicates.distance_histogram(ctx.dataset.exists(field), field)
             inputs.view(
                 "histogram_note",
                 types.Notice(label="Distances to the nearest other sample (last run); the red line is the threshold"),
             )
-            inputs.plot("histogram", **_histogram_plot(counts, edges, threshold))
+            inputs.plot("histogram", **_histogram_plot(counts, edges, threshold, form.axis))
         else:
             inputs.view(
                 "histogram_note",
                 types.Notice(
                     label="Each run stores every sample's distance to its nearest other sample "
-                    f"('{DIST_FIELD}'); reopen this form to see their histogram and pick a threshold"
+                    f"('{field}'); reopen this form to see their histogram and pick a threshold"
                 ),
             )
 
@@ -105,6 +145,12 @@ class FindNearDuplicates(foo.Operator):
         mode, drop_tag = p.get("mode", "near"), p.get("drop_tag") or "duplicate"
         if mode == "exact":
             groups = duplicates.exact_duplicate_groups(ctx.view, GROUP_FIELDS["exact"], drop_tag)
+        elif mode == "copy":
+            results = ctx.dataset.load_brain_results(p["brain_key"])
+            threshold = float(p.get("copy_threshold", duplicates.COPY_THRESHOLD))
+            groups = duplicates.copy_duplicate_groups(
+                results, ctx.view, threshold, GROUP_FIELDS["copy"], drop_tag, COPY_DIST_FIELD, COPY_ID_FIELD
+            )
         else:
             results = ctx.dataset.load_brain_results(p["brain_key"])
             duplicates.nearest_neighbor_distances(results, ctx.view, DIST_FIELD, ID_FIELD)

@@ -7,6 +7,7 @@ import fiftyone.operators.types as types
 
 from revsearch import fiftyone_tools as tools
 from revsearch.index_registry import INDEX_KINDS
+from revsearch.retrieval_options import RetrievalOptions
 
 from .common import (
     DEFAULT_EMBEDDINGS_FIELD,
@@ -22,6 +23,8 @@ from .common import (
 from .embeddings import _long_running
 
 _NO_FIELD = "(compute now)"
+#: Thumbnail side kept for the search's "edited copies" mode (the library's brain backend defaults to none).
+DEFAULT_COPY_PIXELS = RetrievalOptions().copy_pixels
 
 
 def _index_options(params: dict) -> dict:
@@ -33,8 +36,10 @@ def _index_options(params: dict) -> dict:
         opts = {"n_clusters": params.get("n_clusters") or None, "nprobe": params.get("nprobe") or None}
     else:
         opts = {}
-    if params.get("features", "cnn") != "pixel" and params.get("pca_components"):
-        opts["pca_components"] = int(params["pca_components"])
+    if params.get("features", "cnn") != "pixel":
+        if params.get("pca_components"):
+            opts["pca_components"] = int(params["pca_components"])
+        opts["copy_pixels"] = int(params.get("copy_pixels", DEFAULT_COPY_PIXELS) or 0)
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -90,6 +95,13 @@ class BuildIndex(foo.Operator):
             )
         if ctx.params.get("features", "cnn") != "pixel":
             inputs.int("pca_components", label="PCA components", description="empty: no PCA")
+            inputs.int(
+                "copy_pixels",
+                default=DEFAULT_COPY_PIXELS,
+                min=0,
+                label="Copy-mode thumbnails",
+                description="side (pixels) of the thumbnails kept for searching edited copies; 0: no copy mode",
+            )
         return types.Property(inputs, view=types.View(label="Build a revsearch index"))
 
     def execute(self, ctx):
@@ -134,6 +146,7 @@ def _describe(ctx, key: str) -> dict:
         "deleted": len(status["deleted"]),
         "changed": len(status["changed"]),
         "pca_components": results.pca.output_dim if results.pca else None,
+        "retrieval": config.options.to_dict(),
         "milvus": {"uri": config.uri, "collection": config.collection_name} if config.index_kind == "milvus" else None,
         "created": str(info.timestamp),
     }

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from revsearch import fiftyone_tools as tools
 from revsearch.errors import ImageLoadError, PrivateURLError
 
-from .common import IMAGE_SUFFIXES, brain_key_input, target_input, target_samples
+from .common import IMAGE_SUFFIXES, brain_key_input, copy_mode_error, target_input, target_samples
 
 SOURCES = {
     "selected": "Selected sample(s)",
@@ -18,6 +18,7 @@ SOURCES = {
     "path": "Local file path",
     "url": "http(s) URL",
 }
+MODES = {"similar": "Similar images", "copy": "Edited copies (CNN + pixel fusion)"}
 
 
 def _uploaded_bytes(upload: dict) -> bytes:
@@ -52,6 +53,24 @@ def _in_form_terms(exc: ImageLoadError) -> ValueError:
     return ValueError(str(exc))
 
 
+def _mode_input(ctx, inputs: types.Object) -> None:
+    """Similar images or edited copies; flagged when the chosen index keeps no thumbnails for copies."""
+    radio = types.RadioGroup()
+    for value, label in MODES.items():
+        radio.add_choice(value, label=label)
+    prop = inputs.enum(
+        "mode",
+        radio.values(),
+        default="similar",
+        label="Mode",
+        view=radio,
+        description="edited copies: resized, blurred, re-encoded or cropped versions of the query image",
+    )
+    error = copy_mode_error(ctx, ctx.params.get("brain_key")) if ctx.params.get("mode") == "copy" else None
+    if error:
+        prop.invalid, prop.error_message = True, error
+
+
 class SearchByImage(foo.Operator):
     """Sort the view by similarity to an image; the distance is stored in a field."""
 
@@ -81,13 +100,15 @@ class SearchByImage(foo.Operator):
         elif source == "url":
             inputs.str("url", required=True, label="Image URL (http or https)")
             inputs.bool("allow_private_urls", default=False, label="Allow private-network URLs")
+        _mode_input(ctx, inputs)
         inputs.int("k", default=25, min=1, label="Number of results")
         target_input(inputs)
         inputs.str(
             "dist_field",
             default="revsearch_dist",
             label="Distance field",
-            description="each result's squared L2 distance to the query is stored here",
+            description="each result's squared L2 distance to the query is stored here (edited copies: "
+            "its relative distance, 0 = identical, below 1 = nearer than the 5th hit)",
         )
         return types.Property(inputs, view=types.View(label="Search by image"))
 
@@ -102,6 +123,7 @@ class SearchByImage(foo.Operator):
                 int(p.get("k", 25)),
                 p.get("dist_field", "revsearch_dist"),
                 bool(p.get("allow_private_urls", False)),
+                p.get("mode", "similar"),
             )
         except ImageLoadError as exc:
             raise _in_form_terms(exc) from None

@@ -16,6 +16,11 @@ so their results equal an exact search of the view. Least-similar queries (``rev
 exact and kmeans indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
 similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique`` and
 ``duplicates_view`` run range searches in the index.
+
+The retrieval options of :mod:`revsearch.retrieval_options` are config options, off by default:
+alpha-QE (``qe_n``), alpha-DBA (``dba_n``: the store holds augmented vectors, the run keeps the DBA
+graph) and the copy mode (``copy_pixels``: the run keeps each sample's thumbnail, for
+:meth:`RevsearchSimilarityIndex.copy_search` and :meth:`RevsearchSimilarityIndex.copy_neighbors`).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from .index_registry import check_kind, collection_name
 from .pca import PCAReducer
 from .query_expansion import expanded_search
 from .query_source import ImageQuery, load_query_image
-from .retrieval_options import RetrievalOptions
+from .retrieval_options import IndexExtras, RetrievalOptions
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,10 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         qe_n, qe_alpha: alpha-weighted query expansion of similarity queries (``qe_n`` neighbours;
             default 0 = off, so that ``sort_by_similarity`` distances stay distances to the query
             as FiftyOne's other backends give them; 3 is the library's measured default)
+        dba_n, dba_alpha: alpha-DBA: indexed vectors replaced by augmented ones (``dba_n`` neighbours;
+            default 0 = off, for the same reason; ``get_embeddings`` still returns the originals)
+        copy_pixels: side of the pixel thumbnails kept for the copy mode (:meth:`RevsearchSimilarityIndex.copy_search`);
+            default 0 = no copy mode (the plugin's build operator turns it on)
     """
 
     def __init__(
@@ -79,6 +88,9 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         whiten: bool = False,
         qe_n: int = 0,
         qe_alpha: float = RetrievalOptions().qe_alpha,
+        dba_n: int = 0,
+        dba_alpha: float = RetrievalOptions().dba_alpha,
+        copy_pixels: int = 0,
         **kwargs,
     ):
         index_kind = check_kind(index_kind)
@@ -87,13 +99,19 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
         self.index_type, self.n_clusters, self.nprobe = index_type, n_clusters, nprobe
         self.pca_components, self.whiten = pca_components, whiten
-        RetrievalOptions(qe_n=qe_n, qe_alpha=qe_alpha)  # validates
-        self.qe_n, self.qe_alpha = qe_n, qe_alpha  # issue 13 hook
+        RetrievalOptions(qe_n, qe_alpha, dba_n, dba_alpha, copy_pixels)  # validates
+        self.qe_n, self.qe_alpha = qe_n, qe_alpha
+        self.dba_n, self.dba_alpha, self.copy_pixels = dba_n, dba_alpha, copy_pixels
         self._token = token
 
     @property
     def method(self) -> str:
         return BACKEND_NAME
+
+    @property
+    def options(self) -> RetrievalOptions:
+        """The retrieval options of the run (those of runs made before them: all off)."""
+        return RetrievalOptions(self.qe_n, self.qe_alpha, self.dba_n, self.dba_alpha, self.copy_pixels)
 
     @property
     def token(self) -> str | None:
@@ -176,6 +194,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         pca: PCAReducer | None = None,
         backend=None,
         signatures: dict | None = None,
+        retrieval_state: dict | None = None,
     ):
         self._pca = pca
         self._ids: np.ndarray | None = None
@@ -185,6 +204,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             self._store = ivf_cache.load(samples, brain_key, lambda: _make_handle(config, state))
         else:
             self._store = _make_handle(config, state or {})
+        self._extras = IndexExtras.from_state(retrieval_state, config.options, self._store.dim or 0)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None:
@@ -247,8 +267,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             ids, vectors = [ids[i] for i in keep], vectors[keep]
         if ids:
             self._forget_cached()
-            self._store.add(ids, vectors)
-            self._record_signatures(ids)
+            paths = self._filepaths(ids)
+            self._store.add(*self._extras.store_vectors([], ids, vectors))
+            self._extras.update_pixels([], paths)
+            self._record_signatures(paths)
         self._ids = None
         if reload:
             self.reload()
@@ -260,9 +282,9 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         wanted = set(ids)
         return {i: p for i, p in zip(*source.values(["id", "filepath"])) if i in wanted}
 
-    def _record_signatures(self, ids: list[str]) -> None:
-        """Remember (size, mtime) of each sample's file, to detect files changed after indexing."""
-        for sample_id, path in self._filepaths(ids).items():
+    def _record_signatures(self, paths: dict[str, str]) -> None:
+        """Remember (size, mtime) of each sample's file ({id: path}), to detect files changed after indexing."""
+        for sample_id, path in paths.items():
             signature = file_signature(path)
             if signature is not None:
                 self._signatures[sample_id] = signature
@@ -291,6 +313,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if present:
             self._forget_cached()
             self._store.remove(present)
+            keys, vectors = self._extras.store_vectors(present, [], np.empty((0, self._store.dim or 0), np.float32))
+            if keys:  # DBA: the augmented vectors that had a removed neighbour
+                self._store.add(keys, vectors)
+            self._extras.update_pixels(present, {})
             for sample_id in present:
                 self._signatures.pop(sample_id, None)
         self._ids = None
@@ -310,8 +336,12 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 raise ValueError(f"{len(wanted) - len(ids)} IDs are not in the index")
             if len(ids) < len(wanted) and warn_missing:
                 logger.warning("Skipping %d IDs that are not in the index", len(wanted) - len(ids))
-        vectors = self._store.vectors(ids) if ids else np.empty((0, 0), np.float32)
+        vectors = self._original_vectors(ids) if ids else np.empty((0, 0), np.float32)
         return vectors, np.array(ids, dtype=str), None
+
+    def _original_vectors(self, keys: list[str]) -> np.ndarray:
+        """The vectors added for ``keys`` (not the DBA-augmented ones the store holds); KeyError if one is missing."""
+        return self._store.vectors(keys) if self._extras.dba is None else self._extras.dba.originals(keys)
 
     def reload(self):
         self._ids = None
@@ -330,16 +360,55 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def cleanup(self):
         self._forget_cached()
         self._store.drop()
+        self._extras = IndexExtras(self.config.options, 0)
         self._ids = None
 
     # ---- queries -------------------------------------------------------------------------
     def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
         """The vector of a query image (path, URL, bytes, array) with the index's extractor + PCA."""
+        return self._load_and_embed(query, allow_private_urls)[1]
+
+    def _load_and_embed(self, query: ImageQuery, allow_private_urls: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded query image and its vector (index space)."""
         if not self.config.extractor:
             raise ValueError("this index does not record its feature extractor; query by vector or sample")
         extractor = make_extractor(self.config.extractor)
         image = load_query_image(query, extractor.min_side, allow_private_urls)
-        return self._reduce(extractor.embed_images([image]))[0]
+        return image, self._reduce(extractor.embed_images([image]))[0]
+
+    @property
+    def has_copy_mode(self) -> bool:
+        """Whether the index keeps the thumbnails the copy mode needs."""
+        return self._extras.pixels is not None
+
+    def copy_search(self, query: ImageQuery, k: int, allow_private_urls: bool = False) -> list[Hit]:
+        """Edited copies of a query image among the current view's samples: the CNN ranking fused
+        with the thumbnail ranking (:meth:`~revsearch.retrieval_options.IndexExtras.copy_search`);
+        distances are relative (see :func:`~revsearch.fusion.ratio_fusion`), best first."""
+        if not self.has_copy_mode:
+            raise ValueError(self._no_thumbnails())
+        image, vector = self._load_and_embed(query, allow_private_urls)
+        allowed = self._allowed()
+        with self._store.hold():
+            return self._extras.copy_search(lambda top: self.search(vector[None], top)[0], vector, image, k, allowed)
+
+    def copy_neighbors(self, k: int) -> list[list[Hit]]:
+        """For every sample of the current view (``current_sample_ids`` order), its ``k`` nearest other
+        samples of the view by the copy mode's fusion (stored thumbnails; relative distances)."""
+        if not self.has_copy_mode:
+            raise ValueError(self._no_thumbnails())
+        ids = self.current_sample_ids.tolist()
+        if not ids:
+            return []
+        with self._store.hold():
+            vectors = self._original_vectors(ids)
+            return self._extras.copy_neighbours(self.search, ids, vectors, k, self._allowed())
+
+    def _no_thumbnails(self) -> str:
+        return (
+            f"index {self.key!r} keeps no thumbnails for the copy mode: rebuild it with copy mode on "
+            "('revsearch: build index', Copy-mode thumbnails 16; or build_index(..., copy_pixels=16))"
+        )
 
     def _query_vectors(self, query) -> tuple[np.ndarray, bool]:
         """Query vectors (in index space) and whether a single query was given."""
@@ -353,7 +422,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 return self._reduce(query.reshape(-1, query.shape[-1])), single
             query, single = [str(q) for q in query], False
         try:
-            return self._store.vectors(query), single
+            return self._original_vectors(query), single
         except KeyError:
             missing = sorted(set(query) - self._store.contains(query))
             raise ValueError(f"Query IDs {missing} are not in the index") from None
@@ -444,12 +513,25 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return self._pca.state() if self._pca is not None else None
 
     def attributes(self) -> list[str]:
-        return super().attributes() + ["index_state", "pca_state", "file_signatures"]
+        return super().attributes() + ["index_state", "pca_state", "file_signatures", "retrieval_state"]
+
+    @property
+    def retrieval_state(self) -> dict:
+        """The DBA graph and copy-mode thumbnails (empty when the options are off)."""
+        return self._extras.state()
 
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):
         pca = PCAReducer.from_state(d["pca_state"]) if d.get("pca_state") else None
-        return cls(samples, config, brain_key, state=d.get("index_state"), pca=pca, signatures=d.get("file_signatures"))
+        return cls(
+            samples,
+            config,
+            brain_key,
+            state=d.get("index_state"),
+            pca=pca,
+            signatures=d.get("file_signatures"),
+            retrieval_state=d.get("retrieval_state"),
+        )
 
 
 def register(name: str = BACKEND_NAME) -> None:

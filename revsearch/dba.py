@@ -72,6 +72,10 @@ class DBAGraph:
         rows = np.arange(len(self.keys)) if keys is None else np.array(self._rows(keys), dtype=np.int64)
         return augment(self.vectors, self.neighbours[rows], rows, self.alpha)
 
+    def originals(self, keys: Sequence[str]) -> np.ndarray:
+        """Original (not augmented) vectors of ``keys``."""
+        return self.vectors[np.array(self._rows(keys), dtype=np.int64)]
+
     def _rows(self, keys: Sequence[str]) -> list[int]:
         where = {k: i for i, k in enumerate(self.keys)}
         return [where[k] for k in keys]
@@ -83,9 +87,10 @@ class DBAGraph:
         old_nb_keys = [[old_keys[j] for j in row] for row in self.neighbours]
         replaced = set(remove_keys) | set(add_keys)
         keep = [i for i, k in enumerate(old_keys) if k not in replaced]
-        new = np.asarray(add_vectors, dtype=np.float32).reshape(len(add_keys), self.vectors.shape[1])
+        dim = self.vectors.shape[1] if len(self.keys) else np.shape(add_vectors)[-1]  # an empty graph takes any
+        new = np.asarray(add_vectors, dtype=np.float32).reshape(len(add_keys), dim)
         self.keys = [old_keys[i] for i in keep] + list(add_keys)
-        self.vectors = np.concatenate([self.vectors[keep], new])
+        self.vectors = np.concatenate([self.vectors[keep].reshape(len(keep), dim), new])
         position = {k: i for i, k in enumerate(self.keys)}
         rows = np.arange(len(self.keys))
         n = min(self.n, max(len(self.keys) - 1, 0))

@@ -17,6 +17,7 @@ from .index_registry import LEGACY_PIXEL, check_kind
 from .ivf_index import IVFIndex
 from .pca import PCAReducer
 from .query_source import ImageQuery
+from .retrieval_options import MODES
 
 #: Field ``info`` keys recording how an embeddings field was made.
 EXTRACTOR_INFO, PCA_INFO = "revsearch_extractor", "revsearch_pca"
@@ -262,8 +263,17 @@ def query_view(
     k: int,
     dist_field: str | None = None,
     allow_private_urls: bool = False,
+    mode: str = "similar",
 ):
-    """``samples`` sorted by similarity to sample id(s) or an image (path, URL, bytes, array)."""
+    """``samples`` sorted by similarity to sample id(s) or an image (path, URL, bytes, array).
+
+    ``mode="copy"`` looks for edited copies of one query image (a sample's image, by id): CNN + pixel
+    fusion (:meth:`~revsearch.brain_backend.RevsearchSimilarityIndex.copy_search`); ``dist_field`` then
+    holds relative distances (0 = identical, below 1 = nearer than the 5th hit)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "copy":
+        return _copy_view(results, samples, query, k, dist_field, allow_private_urls)
     if isinstance(query, list) or (isinstance(query, str) and query in set(results.sample_ids.tolist())):
         vector = query
     else:
@@ -273,6 +283,24 @@ def query_view(
     if dist_field:
         _clear_outside(samples._root_dataset, dist_field, view.values("id"))
     return view
+
+
+def _copy_view(results: RevsearchSimilarityIndex, samples, query, k: int, dist_field: str | None, allow_private: bool):
+    """The copy mode of :func:`query_view`: the hits, best first, as a view of ``samples``."""
+    if isinstance(query, list):
+        if len(query) != 1:
+            raise ValueError(f"the copy mode takes one query image, got {len(query)}: select a single sample")
+        query = query[0]
+    dataset = samples._root_dataset
+    if isinstance(query, str) and query in set(results.sample_ids.tolist()):
+        query = dataset[query].filepath
+    results.use_view(samples)
+    hits = results.copy_search(query, k, allow_private)
+    ids = [h.key for h in hits]
+    if dist_field:
+        dataset.set_values(dist_field, {h.key: h.distance for h in hits}, key_field="id")
+        _clear_outside(dataset, dist_field, ids)
+    return samples.select(ids, ordered=True)
 
 
 def _clear_outside(dataset, field: str, ids: list[str]) -> None:

@@ -9,7 +9,7 @@ Multi-scale descriptors are a property of the extractor (:mod:`revsearch.multisc
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from .exact_index import ExactIndex
 from .fusion import ratio_fusion
 from .hits import Hit, squared_l2, top_k
 from .query_expansion import expanded_search
+from .serial import decode_array, encode_array
 
 #: Query modes: ``similar`` (class-level: the stored options apply) and ``copy`` (CNN + pixel fusion).
 MODES = ("similar", "copy")
@@ -64,6 +65,11 @@ class RetrievalOptions:
             return cls.off()
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _fuse(cnn_hits: list[Hit], pixel_hits: list[Hit], k: int) -> list[Hit]:
+    """The copy mode's ranking: :func:`~revsearch.fusion.ratio_fusion` of the CNN and thumbnail rankings."""
+    return ratio_fusion([cnn_hits, pixel_hits], k, COPY_REF_RANK, [1.0, COPY_PIXEL_WEIGHT])
 
 
 class IndexExtras:
@@ -127,32 +133,67 @@ class IndexExtras:
         )
 
     def copy_search(
-        self, cnn_search: Callable[[int], list[Hit]], vector: np.ndarray, image: np.ndarray, k: int
+        self,
+        cnn_search: Callable[[int], list[Hit]],
+        vector: np.ndarray,
+        image: np.ndarray,
+        k: int,
+        allowed: Collection[str] | None = None,
     ) -> list[Hit]:
         """Fusion (:func:`~revsearch.fusion.ratio_fusion`) of the CNN ranking of ``vector`` without
         alpha-QE and DBA (DBA blurs an image with its look-alikes: measured, it loses copies) and the
-        ranking by the thumbnail of ``image`` (RGB array), top COPY_TOP of each. ``cnn_search(top)``
-        is the backend's search, used when the index has no DBA."""
+        ranking by the thumbnail of ``image`` (RGB array), top COPY_TOP of each, among the ``allowed``
+        keys (None: all). ``cnn_search(top)`` is the backend's search, used when the index has no DBA."""
+        self._require_pixels()
+        from .pixel import PixelFeatures
+
+        thumbnail = PixelFeatures(self.options.copy_pixels).embed_images([image])
+        top = max(k, COPY_TOP)
+        pixel_hits = self.pixels.search(thumbnail, top, allowed=allowed)[0] if len(self.pixels) else []
+        cnn_hits = cnn_search(top) if self.dba is None else self._original_search(vector, top, allowed)
+        return _fuse(cnn_hits, pixel_hits, k)
+
+    def copy_neighbours(
+        self,
+        cnn_search: Callable[[np.ndarray, int], list[list[Hit]]],
+        keys: Sequence[str],
+        vectors: np.ndarray,
+        k: int,
+        allowed: Collection[str] | None = None,
+    ) -> list[list[Hit]]:
+        """For each of the stored ``keys`` (original ``vectors``), its ``k`` nearest *other* keys among
+        ``allowed`` by the copy mode's fusion, from the stored thumbnails (no image is decoded).
+        ``cnn_search(vectors, top)`` is the backend's batch search, used when the index has no DBA."""
+        self._require_pixels()
+        top = max(k, COPY_TOP) + 1  # each key finds itself first
+        if self.dba is None:
+            cnn = cnn_search(vectors, top)
+        else:
+            cnn = [self._original_search(v, top, allowed) for v in vectors]
+        has = self.pixels.contains(keys)
+        with_thumbnail = [key for key in keys if key in has]
+        found = self.pixels.search(self.pixels.vectors(with_thumbnail), top, allowed) if with_thumbnail else []
+        pixel = dict(zip(with_thumbnail, found))
+        return [
+            _fuse([h for h in cnn_hits if h.key != key], [h for h in pixel.get(key, []) if h.key != key], k)
+            for key, cnn_hits in zip(keys, cnn)
+        ]
+
+    def _require_pixels(self) -> None:
         if self.pixels is None:
             raise ValueError(
                 "this index keeps no thumbnails for the copy mode: rebuild it with copy_pixels > 0 "
                 "(revsearch index --rebuild --copy-pixels 16)"
             )
-        from .pixel import PixelFeatures
 
-        thumbnail = PixelFeatures(self.options.copy_pixels).embed_images([image])
-        top = max(k, COPY_TOP)
-        pixel_hits = self.pixels.search(thumbnail, min(top, len(self.pixels)))[0] if len(self.pixels) else []
-        cnn_hits = cnn_search(top) if self.dba is None else self._original_search(vector, top)
-        return ratio_fusion([cnn_hits, pixel_hits], k, COPY_REF_RANK, [1.0, COPY_PIXEL_WEIGHT])
-
-    def _original_search(self, vector: np.ndarray, k: int) -> list[Hit]:
-        """Exact search over the DBA graph's original (not augmented) vectors."""
-        originals = self.dba.vectors
+    def _original_search(self, vector: np.ndarray, k: int, allowed: Collection[str] | None = None) -> list[Hit]:
+        """Exact search over the DBA graph's original (not augmented) vectors (among ``allowed``)."""
+        rows = np.arange(len(self.dba)) if allowed is None else np.flatnonzero(np.isin(self.dba.keys, list(allowed)))
+        originals = self.dba.vectors[rows]
         dist = squared_l2(
             np.asarray(vector, np.float32).reshape(1, -1), originals, np.einsum("ij,ij->i", originals, originals)
         )[0]
-        return [Hit(self.dba.keys[i], float(dist[i])) for i in top_k(dist, k)]
+        return [Hit(self.dba.keys[rows[i]], float(dist[i])) for i in top_k(dist, k)]
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -171,3 +212,28 @@ class IndexExtras:
         if options.copy_pixels:
             pixels = ExactIndex.load(folder / "thumbnails", {"dim": 3 * options.copy_pixels**2, "dtype": "float32"})
         return cls(options, dim, dba, pixels)
+
+    def state(self) -> dict:
+        """The same state as a JSON-able dict, for storage inline (a brain run); thumbnails are stored
+        as bytes (their values are whole numbers 0-255), a quarter of their float size."""
+        state: dict = {}
+        if self.dba is not None:
+            state["dba"] = {"keys": self.dba.keys, **{k: encode_array(v) for k, v in self.dba.state().items()}}
+        if self.pixels is not None:
+            keys = self.pixels.keys()
+            thumbnails = np.rint(self.pixels.vectors(keys)).astype(np.uint8)
+            state["pixels"] = {"keys": keys, "thumbnails": encode_array(thumbnails)}
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict | None, options: RetrievalOptions, dim: int) -> IndexExtras:
+        """Inverse of :meth:`state`; the parts ``state`` lacks (None: an older run) start empty."""
+        state = state or {}
+        dba = None
+        if options.dba_n and state.get("dba"):
+            arrays = {k: decode_array(v) for k, v in state["dba"].items() if k != "keys"}
+            dba = DBAGraph.from_state(state["dba"]["keys"], arrays)
+        extras = cls(options, dim, dba)
+        if extras.pixels is not None and state.get("pixels", {}).get("keys"):
+            extras.pixels.add(state["pixels"]["keys"], decode_array(state["pixels"]["thumbnails"]).astype(np.float32))
+        return extras

@@ -3,6 +3,8 @@ of Caltech-101 images (MobileNetV2, real weights) where the result depends on re
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from revsearch.fusion import fuse_hits, ratio_fusion, reciprocal_rank_fusion
 from revsearch.hits import Hit
 from revsearch.pca import l2_normalize
 from revsearch.query_expansion import expand, expanded_search
+from revsearch.retrieval_options import IndexExtras, RetrievalOptions
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +123,23 @@ def test_dba_state_round_trips(subset_vectors):
     assert (again.n, again.alpha) == (2, 3.0)
     with pytest.raises(ValueError, match="n >= 1"):
         DBAGraph(0, 3.0, 4)
+
+
+def test_inline_state_round_trips_and_an_empty_graph_takes_the_first_dimension(subset_vectors, subset_paths):
+    """The JSON state a brain run stores (DBA graph, thumbnails as bytes) gives back the same extras."""
+    options = RetrievalOptions(dba_n=2, copy_pixels=8)
+    extras = IndexExtras(options, 0)  # dimension not known yet
+    keys = [str(p) for p in subset_paths]
+    changed, _ = extras.store_vectors([], keys, subset_vectors)
+    assert changed == keys and extras.dba.vectors.shape == subset_vectors.shape
+    extras.update_pixels([], {k: k for k in keys[:10]})
+    again = IndexExtras.from_state(json.loads(json.dumps(extras.state())), options, subset_vectors.shape[1])
+    np.testing.assert_array_equal(again.dba.augmented(), extras.dba.augmented())
+    np.testing.assert_array_equal(again.dba.originals(keys[3:5]), subset_vectors[3:5])
+    assert again.pixels.keys() == keys[:10]
+    np.testing.assert_array_equal(again.pixels.vectors(keys[:10]), extras.pixels.vectors(keys[:10]))
+    off = IndexExtras.from_state(None, RetrievalOptions.off(), 4)
+    assert off.dba is None and off.pixels is None and off.state() == {}
 
 
 # ---- reciprocal-rank fusion --------------------------------------------------------------------

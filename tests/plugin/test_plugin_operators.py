@@ -11,6 +11,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import cv2
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
@@ -324,3 +325,56 @@ def test_a_new_search_clears_distances_left_on_other_samples(dataset, run, milvu
     )
     stored = dict(zip(dataset.values("id"), dataset.values("d_clear")))
     assert {i for i, d in stored.items() if d is not None} == set(out["ids"])
+
+
+def test_search_in_copy_mode_finds_a_small_copy(dataset, run, milvus_index, caltech_files, tmp_path):
+    """The build operator keeps thumbnails by default; the search's 'Edited copies' mode uses them."""
+    assert dataset.load_brain_results(milvus_index).config.copy_pixels == 16
+    image = cv2.imread(caltech_files[2])
+    cv2.imwrite(str(tmp_path / "small.png"), cv2.resize(image, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA))
+    out = run("search_by_image", brain_key=milvus_index, source="path", path=str(tmp_path / "small.png"), mode="copy")
+    assert out["ids"][0] == dataset.values("id")[2] and out["distances"] == sorted(out["distances"])
+    assert len(out["ids"]) == len(dataset) and out["distances"][0] < 0.2  # k=25 > 24 samples
+    by_sample = run("search_by_image", selected=[out["ids"][3]], brain_key=milvus_index, mode="copy", k=2)
+    assert by_sample["ids"][0] == out["ids"][3]
+
+
+def test_copy_mode_on_an_index_without_thumbnails_says_how_to_rebuild(dataset, run, embedded, caltech_files):
+    if "no_thumbs" not in dataset.list_brain_runs():
+        run("build_index", brain_key="no_thumbs", index_kind="exact", embeddings_field=embedded, copy_pixels=0)
+    form = resolved_form(dataset, "search_by_image", brain_key="no_thumbs", source="path", mode="copy")
+    assert form["mode"]["invalid"] is True and "rebuild it" in form["mode"]["error_message"]
+    assert not resolved_form(dataset, "search_by_image", brain_key="no_thumbs", mode="similar")["mode"]["invalid"]
+    with pytest.raises(Exception, match="keeps no thumbnails.*rebuild it"):
+        run("search_by_image", brain_key="no_thumbs", source="path", path=caltech_files[0], mode="copy")
+
+
+def test_near_duplicates_operator_finds_edited_copies_by_fusion(caltech_files, plugins_dir, tmp_path):
+    image = cv2.imread(caltech_files[4])
+    cv2.imwrite(str(tmp_path / "small.png"), cv2.resize(image, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA))
+    ds = make_dataset("ops-copies", caltech_files[:12] + [str(tmp_path / "small.png")])
+    try:
+        ctx = {"dataset": ds, "view": ds.view()}
+        params = {"brain_key": "cnn", "index_kind": "exact", "features": "cnn", "batch_size": 8, **MODEL}
+        foo.execute_operator(URI + "build_index", ctx={**ctx, "params": params}).raise_exceptions()
+        form = resolved_form(ds, "find_near_duplicates", mode="copy", brain_key="cnn")
+        assert form["copy_threshold"]["default"] == 0.15 and "histogram" not in form
+        res = foo.execute_operator(
+            URI + "find_near_duplicates", ctx={**ctx, "params": {"mode": "copy", "brain_key": "cnn"}}
+        )
+        res.raise_exceptions()
+        ids = ds.values("id")
+        assert sorted(res.result["ids"]) == sorted([ids[4], ids[12]]) and res.result["groups"] == 1
+        assert res.result["group_field"] == "revsearch_copy_group" and ds.match_tags("duplicate").values("id") == [
+            ids[12]
+        ]
+        plot = resolved_form(ds, "find_near_duplicates", mode="copy", brain_key="cnn")["histogram"]["view"]
+        assert sum(plot["data"][0]["y"]) == len(ds) and "relative distance" in plot["layout"]["xaxis"]["title"]["text"]
+
+        foo.execute_operator(
+            URI + "build_index", ctx={**ctx, "params": {**params, "brain_key": "plain", "copy_pixels": 0}}
+        ).raise_exceptions()
+        flagged = resolved_form(ds, "find_near_duplicates", mode="copy", brain_key="plain")["copy_threshold"]
+        assert flagged["invalid"] is True and "rebuild it" in flagged["error_message"]
+    finally:
+        ds.delete()
