@@ -10,9 +10,10 @@ every measurement then runs for it and for this tree, side by side, in fresh pro
 - plugin load: a fresh process that has imported ``fiftyone.operators`` and ``fiftyone.brain`` (as
   the App has) loads the plugin the way FiftyOne does (``PluginContext.register_all``);
 - CLI query: ``revsearch query IMAGE`` in a fresh process (wall time and peak RSS from
-  ``/usr/bin/time``) on a Milvus Lite index of N images: 22 real Caltech images embedded with
-  MobileNetV2, plus N-22 synthetic unit vectors (PCA-128 space, as ``--pca-dim auto`` gives from
-  1,000 images up) with their manifest entries, so loading and searching cost what N files would;
+  ``/usr/bin/time``) on an index of N images (``--cli-kinds``: Milvus Lite, K-means IVF, exact):
+  22 real Caltech images embedded with MobileNetV2, plus N-22 synthetic unit vectors (PCA-128
+  space, as ``--pca-dim auto`` gives from 1,000 images up) with their manifest entries, so loading
+  and searching cost what N files would;
 - App search: a fresh process loads a dataset of N samples whose brain runs were built from
   synthetic vectors (``index_kind="kmeans"`` and ``"milvus"``, Lite file), then times
   ``sort_by_similarity(vector, k=10)``: first, next (median of 5), after ``--idle-s`` seconds idle,
@@ -139,9 +140,11 @@ def caltech_images(n: int) -> list[str]:
     return [str(p) for c in ("airplanes", "butterfly") for p in sorted((folder / c).glob("*.jpg"))[: n // 2]]
 
 
-def build_cli_index(index_dir: Path, n: int, images: list[str]) -> None:
-    """A Milvus Lite index of ``images`` plus ``n - len(images)`` synthetic vectors (PCA-128 space)."""
-    from revsearch import Embedder, EmbedderConfig, MilvusIndex, PCAReducer, SearchIndex
+def build_cli_index(index_dir: Path, n: int, images: list[str], kind: str) -> None:
+    """An index of ``kind`` (Milvus Lite, K-means IVF or exact) of ``images`` plus ``n - len(images)``
+    synthetic vectors (PCA-128 space)."""
+    from revsearch import Embedder, EmbedderConfig, PCAReducer, SearchIndex
+    from revsearch.index_registry import create_index
 
     extractor = Embedder(EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1"))
     real = extractor.embed_paths(images, progress=False).vectors
@@ -152,10 +155,11 @@ def build_cli_index(index_dir: Path, n: int, images: list[str]) -> None:
         real = reducer.transform(real)
     fake = synthetic(n - len(images), real.shape[1]) if n > len(images) else np.empty((0, real.shape[1]))
     keys = images + [f"/synthetic/{i}.jpg" for i in range(len(fake))]
-    backend = MilvusIndex(
-        real.shape[1], collection=f"revsearch_bench_{n}", uri=str(index_dir / "revsearch.db"), overwrite=True
-    )
-    backend.add(keys, np.concatenate([real, fake]).astype(np.float32))
+    vectors = np.concatenate([real, fake]).astype(np.float32)
+    index_dir.mkdir(parents=True)
+    milvus = {"collection": f"revsearch_bench_{n}", "uri": str(index_dir / "revsearch.db"), "overwrite": True}
+    backend = create_index(kind, vectors, **(milvus if kind == "milvus" else {}))
+    backend.add(keys, vectors)
     items = {k: {"path": k, "signature": [1, 1.0]} for k in keys}
     index = SearchIndex(index_dir, extractor, backend, reducer, items, {}, 0, [str(Path(images[0]).parent)])
     index.save()
@@ -190,6 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="checkout of the code before the change")
     parser.add_argument("--cli-sizes", type=int, nargs="+", default=[22, 10_000, 100_000])
+    parser.add_argument("--cli-kinds", nargs="+", default=["milvus", "kmeans", "exact"])
     parser.add_argument("--brain-sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -220,21 +225,22 @@ def main() -> None:
                 }
             )
         images = caltech_images(22)
-        for n in args.cli_sizes:
-            index_dir = tmp / f"cli{n}"
-            build_cli_index(index_dir, n, images)
-            for name, code in versions.items():
-                q = median_of(args.repeats, cli_query, code, index_dir, images[0])
-                rows.append(
-                    {
-                        "measure": "revsearch query (cold process)",
-                        "N": n,
-                        "code": name,
-                        "ms": q["seconds"] * 1000,
-                        "rss MB": q["rss_mb"],
-                    }
-                )
-            shutil.rmtree(index_dir)
+        for kind in args.cli_kinds:
+            for n in args.cli_sizes:
+                index_dir = tmp / f"cli-{kind}-{n}"
+                build_cli_index(index_dir, n, images, kind)
+                for name, code in versions.items():
+                    q = median_of(args.repeats, cli_query, code, index_dir, images[0])
+                    rows.append(
+                        {
+                            "measure": f"revsearch query (cold process), {kind}",
+                            "N": n,
+                            "code": name,
+                            "ms": q["seconds"] * 1000,
+                            "rss MB": q["rss_mb"],
+                        }
+                    )
+                shutil.rmtree(index_dir)
         for n in args.brain_sizes:
             dataset, query = build_brain_dataset(n, tmp)
             try:

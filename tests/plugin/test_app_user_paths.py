@@ -173,6 +173,30 @@ def test_search_by_uploaded_image(app, dataset, caltech_files, tmp_path, suffix)
     app.screenshot(f"app_search_upload{tag}")
 
 
+def test_search_for_edited_copies_of_an_upload(app, dataset, caltech_files, tmp_path):
+    """Mode 'Edited copies' finds the photo a heavily blurred upload was made from, in the order and
+    with the relative distances of the SDK's copy search on the same index."""
+    upload = tmp_path / "blurred.png"
+    cv2.imwrite(str(upload), cv2.GaussianBlur(cv2.imread(caltech_files[14]), (0, 0), 4))
+    app.open_operator("revsearch: search by image")
+    app.choose("Index (brain key)", "cnn")
+    app.choose("Query", "Upload an image")
+    app.upload("Image", upload)
+    app.choose("Mode", "Edited copies (CNN + pixel fusion)")
+    app.fill("Number of results", K)
+    app.screenshot("app_copy_mode_form")
+    app.execute()
+    dataset.reload()
+    results = dataset.load_brain_results("cnn", cache=False)
+    results.use_view(dataset)
+    hits = results.copy_search(str(upload), K)
+    labels = dict(zip(*dataset.values(["id", "name.label"])))
+    expected = [labels[h.key] for h in hits]
+    assert expected[0] == label_of(caltech_files[14])
+    assert_grid_shows(app, dataset, expected, [h.distance for h in hits])
+    app.screenshot("app_copy_mode_result")
+
+
 def test_search_by_local_path(app, dataset, caltech_files):
     app.open_operator("revsearch: search by image")
     app.choose("Index (brain key)", "ivf")
