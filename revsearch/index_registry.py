@@ -14,6 +14,7 @@ import numpy as np
 
 from .exact_index import ExactIndex
 from .ivf_index import IVFIndex, default_n_clusters
+from .lite_lock import LiteServerStart
 from .vector_index import VectorIndex
 
 INDEX_KINDS = ("exact", "kmeans", "milvus")
@@ -79,9 +80,16 @@ def load_index(config: dict, folder: Path | None = None, token: str = "") -> Vec
     the files it saved in ``folder``, or (milvus) by reconnecting to its existing collection."""
     kind = check_kind(config["kind"])
     if kind == "milvus":
-        from .milvus_index import MilvusIndex
+        starting = LiteServerStart.for_uri(config["uri"])
+        from .milvus_index import MilvusIndex  # pymilvus, while a Lite server starts
 
-        return MilvusIndex.load(folder, config, token)
+        if starting is None:
+            return MilvusIndex.load(folder, config, token)
+        try:
+            starting.wait()
+            return MilvusIndex.load(folder, config, token)
+        finally:
+            starting.release()
     cls = ExactIndex if kind == "exact" else IVFIndex
     if folder is None or "vectors" in config:
         return cls.from_state(config)

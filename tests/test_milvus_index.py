@@ -177,3 +177,45 @@ def test_lite_connections_send_no_idle_keepalive_pings(milvus):
     milvus.client._handler._channel.close()
     milvus.search(np.zeros((1, 48), np.float32), 1)
     assert milvus.client._handler._grpc_options == LITE_GRPC_OPTIONS
+
+
+_LOAD_IN_CHILD = """
+import json, sys
+from revsearch.errors import LiteFileBusyError
+from revsearch.index_registry import load_index
+try:
+    index = load_index(json.loads(sys.argv[1]))
+except LiteFileBusyError as exc:
+    print("BUSY", exc)
+else:
+    print("OPEN", len(index))
+    index.close()
+"""
+
+
+def test_load_index_starts_the_lite_server_early_and_keeps_the_one_process_rule(tmp_path, data):
+    """``load_index`` locks a Lite file and starts its server while pymilvus is imported: a file held
+    elsewhere still gives the busy error, and closing the index releases the file."""
+    import json
+    import subprocess
+    import sys
+
+    from revsearch.index_registry import load_index
+
+    index = MilvusIndex(48, collection="early", uri=str(tmp_path / "early.db"))
+    index.add(data[0][:100], data[1][:100])
+    config = index.config()
+
+    def load_in_child() -> str:
+        args = [sys.executable, "-c", _LOAD_IN_CHILD, json.dumps(config)]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert load_in_child().startswith("BUSY")
+    index.close()
+    assert load_in_child() == "OPEN 100"
+    again = load_index(config)  # in this process: the early start's lock reference is dropped again
+    assert len(again) == 100
+    again.close()
+    assert load_in_child() == "OPEN 100"
