@@ -35,7 +35,7 @@ import numpy as np
 from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
 
 from . import ivf_cache
-from .extractor import make_extractor
+from .extractor import FeatureExtractor, make_extractor
 from .fiftyone_stores import IndexHandle
 from .files import file_signature, stale_files
 from .hits import Hit
@@ -43,7 +43,7 @@ from .index_registry import check_kind, collection_name
 from .pca import PCAReducer
 from .query_expansion import expanded_search
 from .query_source import ImageQuery, load_query_image
-from .retrieval_options import IndexExtras, RetrievalOptions
+from .retrieval_options import IndexExtras, RetrievalOptions, copy_query_images
 
 logger = logging.getLogger(__name__)
 
@@ -366,15 +366,15 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     # ---- queries -------------------------------------------------------------------------
     def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
         """The vector of a query image (path, URL, bytes, array) with the index's extractor + PCA."""
-        return self._load_and_embed(query, allow_private_urls)[1]
+        extractor, image = self._load_query(query, allow_private_urls)
+        return self._reduce(extractor.embed_images([image]))[0]
 
-    def _load_and_embed(self, query: ImageQuery, allow_private_urls: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded query image and its vector (index space)."""
+    def _load_query(self, query: ImageQuery, allow_private_urls: bool) -> tuple[FeatureExtractor, np.ndarray]:
+        """The index's feature extractor and the decoded query image."""
         if not self.config.extractor:
             raise ValueError("this index does not record its feature extractor; query by vector or sample")
         extractor = make_extractor(self.config.extractor)
-        image = load_query_image(query, extractor.min_side, allow_private_urls)
-        return image, self._reduce(extractor.embed_images([image]))[0]
+        return extractor, load_query_image(query, extractor.min_side, allow_private_urls)
 
     @property
     def has_copy_mode(self) -> bool:
@@ -387,10 +387,11 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         distances are relative (see :func:`~revsearch.fusion.ratio_fusion`), best first."""
         if not self.has_copy_mode:
             raise ValueError(self._no_thumbnails())
-        image, vector = self._load_and_embed(query, allow_private_urls)
+        extractor, image = self._load_query(query, allow_private_urls)
+        vectors = self._reduce(extractor.embed_images(copy_query_images(image)))
         allowed = self._allowed()
         with self._store.hold():
-            return self._extras.copy_search(lambda top: self.search(vector[None], top)[0], vector, image, k, allowed)
+            return self._extras.copy_search(self.search, vectors, image, k, allowed)
 
     def copy_neighbors(self, k: int) -> list[list[Hit]]:
         """For every sample of the current view (``current_sample_ids`` order), its ``k`` nearest other

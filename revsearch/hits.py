@@ -33,6 +33,15 @@ def top_k(distances: np.ndarray, k: int) -> np.ndarray:
     return candidates[order[:k]]
 
 
+def nearest_of(hit_lists: list[list[Hit]], k: int) -> list[Hit]:
+    """The ``k`` nearest keys over several hit lists of the same items, each at its smallest distance."""
+    best: dict[str, float] = {}
+    for hits in hit_lists:
+        for hit in hits:
+            best[hit.key] = min(hit.distance, best.get(hit.key, hit.distance))
+    return [Hit(key, dist) for key, dist in sorted(best.items(), key=lambda item: item[1])[:k]]
+
+
 def squared_l2(queries: np.ndarray, database: np.ndarray, database_sq_norms: np.ndarray) -> np.ndarray:
     """Squared L2 distances (nq, n) via ||q||^2 - 2 q.x + ||x||^2, in the inputs' dtype."""
     q_norms = np.einsum("ij,ij->i", queries, queries)[:, None]

@@ -44,7 +44,7 @@ from .milvus_uri import DEFAULT_URI, is_lite_uri
 from .pca import PCAReducer
 from .pixel import PixelFeatures
 from .query_source import ImageQuery, load_query_image
-from .retrieval_options import MODES, IndexExtras, RetrievalOptions  # issue 13 hook
+from .retrieval_options import MODES, IndexExtras, RetrievalOptions, copy_query_images  # issue 13 hook
 
 if TYPE_CHECKING:
     from .milvus_bulk import BulkStorage
@@ -374,11 +374,12 @@ class SearchIndex:
         if not k:
             return []
         image = load_query_image(query, self.extractor.min_side, allow_private_urls)
-        vector = self.transform(self.extractor.embed_images([image]))
         if mode == "copy":  # issue 13 hook
+            vectors = self.transform(self.extractor.embed_images(copy_query_images(image)))
             return self.extras.copy_search(
-                lambda top: self.backend.search(vector, min(top, len(self)))[0], vector, image, k
+                lambda v, top: self.backend.search(v, min(top, len(self))), vectors, image, k
             )
+        vector = self.transform(self.extractor.embed_images([image]))
         return self.extras.search(self.backend, vector, k)[0]
 
     def query_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:

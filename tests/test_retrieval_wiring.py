@@ -103,6 +103,23 @@ def test_copy_mode_finds_strongly_edited_copies(pretrained_mobilenet, folder, tm
         index.query(folder[0], mode="nope")
 
 
+def test_copy_mode_finds_upside_down_copies_the_similar_mode_ranks_lower(pretrained_mobilenet, folder, tmp_path):
+    """The copy mode also searches the query turned 180 degrees: an upside-down, slightly cropped copy
+    is found first, each time, while the similar mode (one CNN ranking) misses some."""
+    index, _ = SearchIndex.build(
+        folder, tmp_path / "idx", "exact", pretrained_mobilenet, progress=False, options=RetrievalOptions(dba_n=0)
+    )
+    missed_by_similar = 0
+    for i, src in enumerate(folder):
+        image = cv2.imread(str(src))
+        h, w = image.shape[:2]
+        turned = cv2.rotate(image[h // 10 :, w // 10 :], cv2.ROTATE_180)
+        cv2.imwrite(str(tmp_path / f"turned{i}.png"), turned)
+        assert index.query(tmp_path / f"turned{i}.png", k=3, mode="copy")[0].key == str(src)
+        missed_by_similar += index.query(tmp_path / f"turned{i}.png", k=1)[0].key != str(src)
+    assert missed_by_similar > 0
+
+
 def test_old_manifest_means_options_off_and_copy_mode_explains(pretrained_mobilenet, folder, tmp_path):
     SearchIndex.build(
         folder[:8], tmp_path / "idx", "exact", pretrained_mobilenet, progress=False, options=RetrievalOptions.off()
