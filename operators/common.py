@@ -83,18 +83,25 @@ def new_brain_key_input(ctx, inputs: types.Object, default: str = "revsearch") -
         prop.error_message = "Use letters, digits and underscores only, not starting with a digit"
 
 
+def radio_input(
+    inputs: types.Object, name: str, choices: dict[str, str], default: str, label: str, description: str = ""
+) -> types.Property:
+    """A radio group of ``choices`` ({value: label shown})."""
+    radio = types.RadioGroup()
+    for value, shown in choices.items():
+        radio.add_choice(value, label=shown)
+    return inputs.enum(name, radio.values(), default=default, label=label, view=radio, description=description)
+
+
 def target_input(inputs: types.Object) -> None:
     """Whether to search the whole dataset or only the current view."""
-    radio = types.RadioGroup()
-    for value, label in TARGETS.items():
-        radio.add_choice(value, label=label)
-    inputs.enum(
+    radio_input(
+        inputs,
         "target",
-        radio.values(),
-        default="dataset",
-        label="Search in",
-        view=radio,
-        description="the whole dataset, or only the samples in the view shown now (e.g. the previous result)",
+        TARGETS,
+        "dataset",
+        "Search in",
+        "the whole dataset, or only the samples in the view shown now (e.g. the previous result)",
     )
 
 

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from revsearch import duplicates
 
-from .common import brain_key_input, copy_mode_error
+from .common import brain_key_input, copy_mode_error, radio_input
 
 MODES = {
     "near": "Near-duplicates (distance in the index)",
@@ -98,10 +98,7 @@ class FindNearDuplicates(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        radio = types.RadioGroup()
-        for value, label in MODES.items():
-            radio.add_choice(value, label=label)
-        inputs.enum("mode", radio.values(), default="near", label="Find", view=radio)
+        radio_input(inputs, "mode", MODES, "near", "Find")
         mode = ctx.params.get("mode", "near")
         if mode in THRESHOLDS:
             if not brain_key_input(ctx, inputs):

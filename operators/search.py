@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from revsearch import fiftyone_tools as tools
 from revsearch.errors import ImageLoadError, PrivateURLError
 
-from .common import IMAGE_SUFFIXES, brain_key_input, copy_mode_error, target_input, target_samples
+from .common import IMAGE_SUFFIXES, brain_key_input, copy_mode_error, radio_input, target_input, target_samples
 
 SOURCES = {
     "selected": "Selected sample(s)",
@@ -55,16 +55,13 @@ def _in_form_terms(exc: ImageLoadError) -> ValueError:
 
 def _mode_input(ctx, inputs: types.Object) -> None:
     """Similar images or edited copies; flagged when the chosen index keeps no thumbnails for copies."""
-    radio = types.RadioGroup()
-    for value, label in MODES.items():
-        radio.add_choice(value, label=label)
-    prop = inputs.enum(
+    prop = radio_input(
+        inputs,
         "mode",
-        radio.values(),
-        default="similar",
-        label="Mode",
-        view=radio,
-        description="edited copies: resized, blurred, re-encoded or cropped versions of the query image",
+        MODES,
+        "similar",
+        "Mode",
+        "edited copies: resized, blurred, re-encoded, cropped or upside-down versions of the query image",
     )
     error = copy_mode_error(ctx, ctx.params.get("brain_key")) if ctx.params.get("mode") == "copy" else None
     if error:
@@ -82,11 +79,8 @@ class SearchByImage(foo.Operator):
         inputs = types.Object()
         if not brain_key_input(ctx, inputs):
             return types.Property(inputs)
-        radio = types.RadioGroup()
-        for value, label in SOURCES.items():
-            radio.add_choice(value, label=label)
         default = "selected" if ctx.selected else "upload"
-        inputs.enum("source", radio.values(), default=default, label="Query", view=radio)
+        radio_input(inputs, "source", SOURCES, default, "Query")
         source = ctx.params.get("source", default)
         if source == "upload":
             inputs.uploaded_file(
