@@ -39,6 +39,10 @@ def default_nprobe(n_clusters: int) -> int:
     return max(1, math.ceil(n_clusters / 20))
 
 
+#: The arrays of :meth:`IVFIndex.lists_state`.
+_LIST_ARRAYS = ("assignments", "center_distances", "sequence")
+
+
 class IVFIndex(InMemoryIndex):
     """Vectors grouped by nearest K-means centre; each vector's cluster id and distance are kept.
 
@@ -359,13 +363,22 @@ class IVFIndex(InMemoryIndex):
         return index
 
     def save(self, directory: Path) -> None:
-        self.store.save(directory, "vectors", order=np.argsort(self._sequence, kind="stable"))
-        np.savez(directory / "ivf.npz", centroids=self.centroids)
+        """Centres and inverted lists (``ivf.npz``) and the rows in list order, so that :meth:`load`
+        assigns nothing."""
+        lists = self.lists_state()  # first: it orders the rows by cluster
+        self.store.save(directory, "vectors")
+        np.savez(directory / "ivf.npz", centroids=self.centroids, **lists)
 
     @classmethod
     def load(cls, directory: Path, config: dict) -> IVFIndex:
-        index = cls(np.load(directory / "ivf.npz")["centroids"], config.get("nprobe"))
+        """Inverse of :meth:`save`; folders saved before the lists were stored are re-assigned."""
+        with np.load(directory / "ivf.npz") as saved:
+            centroids = saved["centroids"]
+            lists = {name: saved[name] for name in _LIST_ARRAYS if name in saved}
         store = VectorStore.load(directory, "vectors")
+        if len(lists) == len(_LIST_ARRAYS):
+            return cls.from_lists(centroids, config.get("nprobe"), list(store.keys), store.vectors, lists)
+        index = cls(centroids, config.get("nprobe"))
         if len(store):
             index.add(store.keys, store.vectors)
         return index

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,18 @@ def is_dropped_channel(exc: Exception) -> bool:
 def key_filter(keys: list[str]) -> str:
     """A filter expression matching these keys (as stored: see :func:`to_milvus_key`)."""
     return f"{KEY_FIELD} in {json.dumps([to_milvus_key(k) for k in keys], ensure_ascii=False)}"
+
+
+def _over_key_chunks(n_queries: int, allowed: list[str], run: Callable[[str], list[list[Hit]]]) -> list[list[Hit]]:
+    """``run(filter)`` for each ``key in [...]`` filter of ``FILTER_CHUNK_KEYS`` allowed keys; each
+    query's hits over all chunks, nearest first."""
+    merged: list[list[Hit]] = [[] for _ in range(n_queries)]
+    for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
+        for row, hits in zip(merged, run(key_filter(allowed[start : start + FILTER_CHUNK_KEYS]))):
+            row.extend(hits)
+    for row in merged:
+        row.sort(key=lambda h: h.distance)
+    return merged
 
 
 class MilvusIndex:
@@ -417,16 +429,9 @@ class MilvusIndex:
 
     def _filtered(self, q: np.ndarray, limit: int, allowed: list[str], params: dict) -> list[list[Hit]]:
         """Search with ``key in [...]`` filters of ``FILTER_CHUNK_KEYS`` keys; hits merged, nearest first."""
-        merged: list[list[Hit]] = [[] for _ in range(len(q))]
         if not len(q):
-            return merged
-        for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
-            expr = key_filter(allowed[start : start + FILTER_CHUNK_KEYS])
-            for row, hits in zip(merged, self._search(q, limit, expr, params)):
-                row.extend(hits)
-        for row in merged:
-            row.sort(key=lambda h: h.distance)
-        return merged
+            return []
+        return _over_key_chunks(len(q), allowed, lambda expr: self._search(q, limit, expr, params))
 
     def range_search(
         self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
@@ -446,15 +451,7 @@ class MilvusIndex:
         }
         if allowed is None:
             return self._range(q, radius, params, "")
-        allowed = list(allowed)
-        merged: list[list[Hit]] = [[] for _ in range(len(q))]
-        for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
-            expr = key_filter(allowed[start : start + FILTER_CHUNK_KEYS])
-            for row, hits in zip(merged, self._range(q, radius, params, expr)):
-                row.extend(hits)
-        for row in merged:
-            row.sort(key=lambda h: h.distance)
-        return merged
+        return _over_key_chunks(len(q), list(allowed), lambda expr: self._range(q, radius, params, expr))
 
     def _range(self, q: np.ndarray, radius: float, params: dict, expr: str) -> list[list[Hit]]:
         """Range search with a small limit first; queries that fill it are searched again with a

@@ -103,12 +103,11 @@ class VectorStore:
         row = self._row
         return np.sort(np.fromiter((row[k] for k in keys if k in row), dtype=np.int64))
 
-    def save(self, directory: Path, name: str, order: np.ndarray | None = None) -> None:
-        """Write vectors and keys (in ``order`` of rows if given)."""
+    def save(self, directory: Path, name: str) -> None:
+        """Write vectors and keys, in row order."""
         directory.mkdir(parents=True, exist_ok=True)
-        rows = np.arange(len(self.keys)) if order is None else order
-        np.save(directory / f"{name}.npy", self.vectors[rows])
-        (directory / f"{name}.keys.json").write_text(json.dumps([self.keys[i] for i in rows]))
+        np.save(directory / f"{name}.npy", self.vectors)
+        (directory / f"{name}.keys.json").write_text(json.dumps(list(self.keys)))
 
     @classmethod
     def load(cls, directory: Path, name: str) -> VectorStore:
