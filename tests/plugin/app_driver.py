@@ -230,15 +230,23 @@ class App:
 
     # ---- grid ------------------------------------------------------------------------------
     def grid(self) -> list[dict[str, str]]:
-        """Each tile's drawn tags, field -> text (``name`` is the label), in reading order."""
-        tiles = self.page.locator(TILE)
-        found = []
-        for i in range(tiles.count()):
-            box = tiles.nth(i).bounding_box()
-            tags = tiles.nth(i).locator('[data-cy^="tag-"]')
-            if box and tiles.nth(i).locator(TILE_TAG).count():
-                drawn = {t.get_attribute("data-cy")[4:]: t.inner_text() for t in tags.all()}
-                found.append((round(box["y"]), box["x"], drawn))
+        """Each tile's drawn tags, field -> text (``name`` is the label), in reading order.
+
+        Read in one pass inside the page: the grid may re-render between two Playwright calls (a
+        tile counted a moment ago can be gone, and waiting for it would time out)."""
+        found = self.page.eval_on_selector_all(
+            TILE,
+            """(tiles, tagSelector) => tiles.flatMap((tile) => {
+                const box = tile.getBoundingClientRect();
+                if (!box.width || !box.height || !tile.querySelector(tagSelector)) return [];
+                const drawn = {};
+                for (const tag of tile.querySelectorAll('[data-cy^="tag-"]')) {
+                    drawn[tag.getAttribute("data-cy").slice(4)] = tag.innerText;
+                }
+                return [[Math.round(box.y), box.x, drawn]];
+            })""",
+            TILE_TAG,
+        )
         return [drawn for _, _, drawn in sorted(found, key=lambda f: (f[0], f[1]))]
 
     def labels(self) -> list[str]:
