@@ -15,6 +15,7 @@ from .extractor import FEATURES, make_extractor, parse_scales
 from .files import scan_images
 from .generations import CHECKPOINT
 from .index_registry import LEGACY_PIXEL
+from .lite_server import MODE_ENV as LITE_MODE_ENV
 from .mosaic import make_mosaic, save_mosaic
 from .query_source import load_query_image
 from .retrieval_options import MODES, RetrievalOptions
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # names are escaped by printable(); never fail on output
         stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    # a Lite file stays served between commands (revsearch.lite_server): no server start per query
+    os.environ.setdefault(LITE_MODE_ENV, "shared")
     try:
         return args.func(args)
     except KeyboardInterrupt:

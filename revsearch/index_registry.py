@@ -14,7 +14,8 @@ import numpy as np
 
 from .exact_index import ExactIndex
 from .ivf_index import IVFIndex, default_n_clusters
-from .lite_lock import LiteServerStart
+from .lite_server import LiteServerStart, shared_mode
+from .served_index import ServedIndex
 from .vector_index import VectorIndex
 
 INDEX_KINDS = ("exact", "kmeans", "milvus")
@@ -81,6 +82,8 @@ def load_index(config: dict, folder: Path | None = None, token: str = "") -> Vec
     kind = check_kind(config["kind"])
     if kind == "milvus":
         starting = LiteServerStart.for_uri(config["uri"])
+        if starting is not None and shared_mode():  # calls go to the serving process: no pymilvus here
+            return ServedIndex(config, starting)
         from .milvus_index import MilvusIndex  # pymilvus, while a Lite server starts
 
         if starting is None:

@@ -98,12 +98,15 @@ class LiteFileLock:
     server is stopped when the last of them closes.
     """
 
-    def __init__(self, db_path: Path):
+    def __init__(self, db_path: Path, note: str = ""):
+        """``note``: what the holder does with the file, written into the lock file for others."""
         self.db_path = str(db_path)
         self.path = lock_path(db_path)
+        self.note = note
 
     def _holder(self) -> str:
-        return f"process {os.getpid()}" + (f" ({HANDS_OVER})" if _hands_over(self.db_path) else "")
+        note = self.note or (HANDS_OVER if _hands_over(self.db_path) else "")
+        return f"process {os.getpid()}" + (f" ({note})" if note else "")
 
     def acquire(self) -> None:
         lock = process_lock(self.path, self._holder)
@@ -137,55 +140,3 @@ class LiteFileLock:
             _acquired_ns.pop(self.db_path, None)
             server_manager_instance.release_server(self.db_path)
         lock.release()
-
-
-class LiteServerStart:
-    """A Lite file locked and its server started in a background thread: the server takes ~0.5 s to
-    come up, during which the caller imports pymilvus (~0.4 s). The caller's own :class:`LiteFileLock`
-    and connection then find both ready (same process); :meth:`release` drops this reference."""
-
-    def __init__(self, db_path: Path):
-        self.lock = LiteFileLock(db_path)
-        self._held = False
-        self._busy: LiteFileBusyError | None = None
-        self._thread = threading.Thread(target=self._start, name="revsearch-lite-start", daemon=True)
-        self._thread.start()
-
-    @classmethod
-    def for_uri(cls, uri: str) -> LiteServerStart | None:
-        """A start for a Lite file that exists and is opened in place (not for a server URI, nor a
-        file in a read-only folder, which is opened from a copy)."""
-        from .milvus_uri import is_lite_uri
-
-        if not is_lite_uri(uri):
-            return None
-        path = Path(uri).expanduser().resolve()
-        return cls(path) if path.is_file() and os.access(path.parent, os.W_OK) else None
-
-    def _start(self) -> None:
-        try:
-            self.lock.acquire()
-        except LiteFileBusyError as exc:
-            self._busy = exc
-            return
-        except Exception:  # the caller's own lock reports it
-            return
-        self._held = True
-        from milvus_lite.server_manager import server_manager_instance
-
-        try:
-            server_manager_instance.start_and_get_uri(self.lock.db_path)
-        except Exception:  # the caller's connection starts it again, with retries and a clear error
-            logger.debug("early start of the Lite server for %s failed", self.lock.db_path, exc_info=True)
-
-    def wait(self) -> None:
-        """Wait for the start; a file held by another process raises its busy error here."""
-        self._thread.join()
-        if self._busy is not None:
-            raise self._busy
-
-    def release(self) -> None:
-        self._thread.join()
-        if self._held:
-            self._held = False
-            self.lock.release()

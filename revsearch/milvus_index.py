@@ -30,7 +30,7 @@ from .errors import (
     UnsupportedIndexError,
 )
 from .hits import Hit
-from .lite_lock import LiteFileLock
+from .lite_server import open_lite
 from .milvus_bulk import (
     IMPORT_TIMEOUT,
     ROWS_PER_FILE,
@@ -111,6 +111,7 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: b
         check_lite_file_name(Path(uri).name)
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser().resolve())
+    if is_lite_uri(uri) or uri.startswith("unix:"):  # a Lite server: its own, or a serving process's socket
         options["grpc_options"] = LITE_GRPC_OPTIONS
     for _ in range(LITE_START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
         try:
@@ -192,15 +193,17 @@ class MilvusIndex:
         default_build, default_search = INDEX_TYPES[index_type]
         self.index_params = {**default_build, **(index_params or {})}
         self.search_params = {**default_search, **(search_params or {})}
-        self._lock = LiteFileLock(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
-        if self._lock:
-            self._lock.acquire()
+        self._lite = open_lite(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
         try:
-            self.client = connect(uri, token, db_name)
+            self.client = connect(self._connect_uri(), token, db_name)
             self._open_collection(create, overwrite)
         except BaseException:
             self.close()
             raise
+
+    def _connect_uri(self) -> str:
+        """Where the client connects: the server URI, the Lite file, or the socket of its serving process."""
+        return self._lite.uri if self._lite else self.uri
 
     def _open_collection(self, create: bool, overwrite: bool) -> None:
         collection, uri = self.collection, self.uri
@@ -260,7 +263,10 @@ class MilvusIndex:
                 "Milvus channel to %s dropped (%s); retrying once on a new connection", self.uri, exc.message
             )
             self.client.close()
-            self.client = connect(self.uri, self.token, self.db_name, fresh=True)
+            if self._lite and not self._lite.alive():  # its serving process stopped: open the file again
+                self._lite.release()
+                self._lite = open_lite(Path(self.uri).expanduser().resolve())
+            self.client = connect(self._connect_uri(), self.token, self.db_name, fresh=True)
             return getattr(self.client, method)(*args, **kwargs)
 
     def __len__(self) -> int:
@@ -287,8 +293,7 @@ class MilvusIndex:
 
     def _import_connection(self):
         """A connection alias for pymilvus's bulk-insert calls (a Lite file: the path the client serves)."""
-        uri = str(Path(self.uri).expanduser().resolve()) if is_lite_uri(self.uri) else self.uri
-        return import_connection(uri, self.token, self.db_name)
+        return import_connection(self._connect_uri(), self.token, self.db_name)
 
     def _check_vectors(self, keys: list[str], vectors: np.ndarray) -> np.ndarray:
         arr = np.asarray(vectors, dtype=np.float32)
@@ -502,15 +507,15 @@ class MilvusIndex:
         self.client.drop_collection(self.collection)
 
     def close(self) -> None:
-        """Close the connection; for Milvus Lite also stop this process's server for the file and
-        release the lock, so another process can open it."""
+        """Close the connection; for Milvus Lite also leave its serving process, or stop this
+        process's server for the file and release the lock, so another process can open it."""
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
             self.client = None
-        if self._lock:
-            self._lock.release()
-            self._lock = None
+        if self._lite:
+            self._lite.release()
+            self._lite = None
 
     def config(self) -> dict:
         return {
@@ -561,19 +566,17 @@ def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "
     """Drop ``collection`` at ``uri`` if it exists (a missing Lite file holds nothing to drop)."""
     if is_lite_uri(uri) and not Path(uri).expanduser().exists():
         return
-    lock = LiteFileLock(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
-    if lock:
-        lock.acquire()
+    lite = open_lite(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
     try:
-        client = connect(uri, token, db_name)
+        client = connect(lite.uri if lite else uri, token, db_name)
         try:
             if client.has_collection(collection):
                 client.drop_collection(collection)
         finally:
             client.close()
     finally:
-        if lock:
-            lock.release()
+        if lite:
+            lite.release()
 
 
 def _read_only_copy(uri: str) -> str:

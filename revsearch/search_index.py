@@ -404,7 +404,10 @@ class SearchIndex:
         is left as it was; a failed copy leaves the index on the source."""
         from .milvus_index import MilvusIndex  # pymilvus: only Milvus-backed indexes need it
         from .milvus_move import copy_collection, same_collection_place
+        from .served_index import ServedIndex
 
+        if isinstance(self.backend, ServedIndex):  # copying reads the collection through pymilvus
+            self.backend = self.backend.direct()
         source = self.backend
         if not isinstance(source, MilvusIndex):
             raise ValueError(
@@ -502,20 +505,25 @@ def check_k(k: int, size: int) -> int:
 def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     """The index a (validated) manifest describes."""
     folder = generation_dir(directory, manifest["generation"]) if "generation" in manifest else directory
-    extractor = make_extractor(manifest["extractor"])
-    reducer = None
-    if manifest["pca"]:
-        pca_file = folder / PCA_FILE
-        reducer = (
-            PCAReducer.from_state(json.loads(pca_file.read_text()))
-            if pca_file.exists()
-            else PCAReducer.load_npz(folder / "pca.npz")
-        )  # format 2
     config = manifest["backend"]
     if config["kind"] == "milvus":
         config = resolve_lite_uri(directory, config)
+    # first: a Milvus Lite file starts being served (or its server starts) while the model loads
     backend = load_index(config, folder if config["kind"] != "milvus" else directory, token)
-    extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
+    try:
+        extractor = make_extractor(manifest["extractor"])
+        reducer = None
+        if manifest["pca"]:
+            pca_file = folder / PCA_FILE
+            reducer = (
+                PCAReducer.from_state(json.loads(pca_file.read_text()))
+                if pca_file.exists()
+                else PCAReducer.load_npz(folder / "pca.npz")
+            )  # format 2
+        extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
+    except BaseException:
+        backend.close()
+        raise
     return cls(
         directory,
         extractor,
