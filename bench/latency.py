@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="checkout of the code before the change")
     parser.add_argument("--cli-sizes", type=int, nargs="+", default=[22, 10_000, 100_000])
     parser.add_argument("--cli-kinds", nargs="+", default=["milvus", "kmeans", "exact"])
-    parser.add_argument("--brain-sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--brain-sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

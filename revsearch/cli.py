@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     # a Lite file stays served between commands (revsearch.lite_server): no server start per query
-    os.environ.setdefault(LITE_MODE_ENV, "shared")
+    if not os.environ.get(LITE_MODE_ENV):
+        os.environ[LITE_MODE_ENV] = "shared"
     try:
         return args.func(args)
     except KeyboardInterrupt:

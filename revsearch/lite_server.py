@@ -31,11 +31,13 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from .errors import LiteFileBusyError, RevsearchError
 from .index_lock import read_holder
 from .lite_lock import LiteFileLock
+from .milvus_uri import check_lite_file_name
 
 #: ``shared`` or ``own`` (see the module docstring); the CLI sets ``shared`` unless it is set.
 MODE_ENV = "REVSEARCH_LITE_SERVER"
@@ -113,6 +115,7 @@ class SharedLite:
     def __init__(self, fd: int, served: dict):
         self._fd, self.pid, self.uri = fd, served["pid"], served["uri"]
         self.queries, self.authkey = served["queries"], served["authkey"]
+        self._closer = weakref.finalize(self, os.close, fd)  # an index never closed still leaves
 
     @classmethod
     def attach(cls, db_path: Path) -> SharedLite | None:
@@ -147,14 +150,13 @@ class SharedLite:
         return _alive(self.pid)
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # drops the shared lock
-            self._fd = None
+        self._closer()  # closes the descriptor (once), which drops the shared lock
 
 
 def open_lite(db_path: Path, shared: bool | None = None) -> OwnLite | SharedLite:
     """Access to the Lite file ``db_path``: a slot on its serving process when one runs; otherwise,
     in shared mode, a serving process started for it, or, in own mode, this process's lock."""
+    check_lite_file_name(db_path.name)
     shared = (shared_mode() if shared is None else shared) and os.access(db_path.parent, os.W_OK)
     deadline = time.monotonic() + START_WAIT_S
     while True:

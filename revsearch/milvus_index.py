@@ -174,10 +174,13 @@ class MilvusIndex:
         consistency_level: str = "Strong",
         bulk_storage: BulkStorage | None = None,
         bulk_min_rows: int = BULK_MIN_ROWS,
+        via: str | None = None,
     ):
         """``bulk_storage``: where bulk-import files go (see :mod:`revsearch.milvus_bulk`); with it,
         ``add`` of at least ``bulk_min_rows`` rows imports them server-side where the server offers
-        bulk import, and upserts where it does not (Milvus Lite). Runtime only: not in ``config()``."""
+        bulk import, and upserts where it does not (Milvus Lite). Runtime only: not in ``config()``.
+        ``via``: the socket of the Lite server that serves the Lite file ``uri``, in the process that
+        serves it (:mod:`revsearch.lite_server`)."""
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
         if metric not in ("L2", "COSINE", "IP"):
@@ -193,7 +196,8 @@ class MilvusIndex:
         default_build, default_search = INDEX_TYPES[index_type]
         self.index_params = {**default_build, **(index_params or {})}
         self.search_params = {**default_search, **(search_params or {})}
-        self._lite = open_lite(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
+        self._via = via
+        self._lite = open_lite(Path(uri).expanduser().resolve()) if is_lite_uri(uri) and not via else None
         try:
             self.client = connect(self._connect_uri(), token, db_name)
             self._open_collection(create, overwrite)
@@ -202,8 +206,8 @@ class MilvusIndex:
             raise
 
     def _connect_uri(self) -> str:
-        """Where the client connects: the server URI, the Lite file, or the socket of its serving process."""
-        return self._lite.uri if self._lite else self.uri
+        """Where the client connects: the server URI, the Lite file, or the socket of its server."""
+        return self._via or (self._lite.uri if self._lite else self.uri)
 
     def _open_collection(self, create: bool, overwrite: bool) -> None:
         collection, uri = self.collection, self.uri
@@ -535,9 +539,9 @@ class MilvusIndex:
         """Nothing to write: the vectors live in Milvus (the config goes in the manifest)."""
 
     @classmethod
-    def load(cls, directory: Path | None, config: dict, token: str = "") -> MilvusIndex:
+    def load(cls, directory: Path | None, config: dict, token: str = "", via: str | None = None) -> MilvusIndex:
         """Reconnect to the existing collection ``config`` names (a missing Lite file is an error, not
-        created empty); settings it lacks take their defaults."""
+        created empty); settings it lacks take their defaults. ``via``: see :class:`MilvusIndex`."""
         where = f"the index in {directory}" if directory else f"collection {config['collection']!r}"
         if is_lite_uri(config["uri"]) and not Path(config["uri"]).expanduser().exists():
             raise IndexNotFoundError(
@@ -545,7 +549,7 @@ class MilvusIndex:
                 "lost its vectors; rebuild it with revsearch index FOLDER --rebuild"
             )
         uri = config["uri"]
-        if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
+        if is_lite_uri(uri) and not via and not os.access(Path(uri).expanduser().parent, os.W_OK):
             uri = _read_only_copy(uri)
         return cls(
             config["dim"],
@@ -559,6 +563,7 @@ class MilvusIndex:
             config.get("search_params"),
             create=False,
             consistency_level=config.get("consistency_level", "Strong"),
+            via=via,
         )
 
 

@@ -505,25 +505,20 @@ def check_k(k: int, size: int) -> int:
 def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     """The index a (validated) manifest describes."""
     folder = generation_dir(directory, manifest["generation"]) if "generation" in manifest else directory
+    extractor = make_extractor(manifest["extractor"])
+    reducer = None
+    if manifest["pca"]:
+        pca_file = folder / PCA_FILE
+        reducer = (
+            PCAReducer.from_state(json.loads(pca_file.read_text()))
+            if pca_file.exists()
+            else PCAReducer.load_npz(folder / "pca.npz")
+        )  # format 2
     config = manifest["backend"]
     if config["kind"] == "milvus":
         config = resolve_lite_uri(directory, config)
-    # first: a Milvus Lite file starts being served (or its server starts) while the model loads
     backend = load_index(config, folder if config["kind"] != "milvus" else directory, token)
-    try:
-        extractor = make_extractor(manifest["extractor"])
-        reducer = None
-        if manifest["pca"]:
-            pca_file = folder / PCA_FILE
-            reducer = (
-                PCAReducer.from_state(json.loads(pca_file.read_text()))
-                if pca_file.exists()
-                else PCAReducer.load_npz(folder / "pca.npz")
-            )  # format 2
-        extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
-    except BaseException:
-        backend.close()
-        raise
+    extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
     return cls(
         directory,
         extractor,

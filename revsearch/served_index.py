@@ -22,19 +22,28 @@ from .errors import RevsearchError
 from .hits import Hit
 
 #: The index calls a client may send.
-METHODS = frozenset({"__len__", "keys", "contains", "vectors", "add", "remove", "search", "range_search", "drop"})
+METHODS = frozenset(
+    {"open", "__len__", "keys", "contains", "vectors", "add", "remove", "search", "range_search", "drop"}
+)
 
 
 class ServedIndex:
-    """The Milvus index ``config`` describes, on a Lite file served by another process; connects on
-    first use (``start`` opens the file meanwhile, see :class:`~revsearch.lite_server.LiteServerStart`)."""
+    """The Milvus index ``config`` describes, on a Lite file served by another process (``start``: the
+    :class:`~revsearch.lite_server.LiteServerStart` that opens it). Opening it checks the collection
+    as :meth:`MilvusIndex.load` does, with the same errors."""
 
     kind = "milvus"
     supports_least_similarity = False
 
     def __init__(self, config: dict, start):
         self._config, self._start = dict(config), start
+        self.uri, self.collection, self.db_name = config["uri"], config["collection"], config.get("db_name") or ""
         self._conn: Connection | None = None
+        try:
+            self._call("open")
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def dim(self) -> int:
@@ -161,6 +170,8 @@ class IndexService:
             raise ValueError(f"not an index call: {method!r}")
         key = repr(sorted(config.items()))
         lock, index = self._open(key, config)
+        if method == "open":
+            return None
         with lock:
             try:
                 return getattr(index, method)(*args)
@@ -176,7 +187,7 @@ class IndexService:
 
         with self._mutex:
             if key not in self._indexes:
-                self._indexes[key] = (threading.Lock(), MilvusIndex.load(None, {**config, "uri": self.milvus_uri}))
+                self._indexes[key] = (threading.Lock(), MilvusIndex.load(None, config, via=self.milvus_uri))
             return self._indexes[key]
 
     def _forget(self, key: str) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from revsearch import MilvusIndex
-from revsearch.errors import RevsearchError
+from revsearch.errors import IndexMismatchError, IndexNotFoundError
 from revsearch.fiftyone_stores import IndexHandle
 from revsearch.lite_lock import lock_path
 from revsearch.lite_server import IDLE_ENV, MODE_ENV, SERVES, serve_path
@@ -194,16 +194,58 @@ def test_sigterm_stops_the_serving_process_and_frees_the_file(db):
     index.close()
 
 
-def test_unknown_calls_are_refused_by_the_index_service(db, monkeypatch):
+def test_the_index_service_gives_the_errors_of_a_direct_open_and_refuses_other_calls(db, monkeypatch):
     monkeypatch.setenv(MODE_ENV, "shared")
     from revsearch.index_registry import load_index
 
-    index = load_index({"kind": "milvus", "dim": 8, "collection": "t", "uri": str(db)})
+    config = {"kind": "milvus", "dim": 8, "collection": "t", "uri": str(db)}
+    with pytest.raises(IndexNotFoundError, match=f"Milvus collection 'missing' does not exist at {str(db)!r}"):
+        load_index({**config, "collection": "missing"})
+    with pytest.raises(IndexMismatchError, match="holds 8-d vectors, this index produces 16-d vectors"):
+        load_index({**config, "dim": 16})
+    index = load_index(config)
     try:
         with pytest.raises(ValueError, match="not an index call"):
             index._call("close")
-        with pytest.raises(RevsearchError, match="does not exist"):
-            type(index)({**index.config(), "collection": "missing"}, index._start).keys()
         assert len(index) == 100  # the connection still answers
     finally:
         index.close()
+
+
+_CLI = """
+import json, sys
+from revsearch import cli
+code = cli.main(sys.argv[1:])
+sys.stdout.flush()
+print(json.dumps({"code": code, "pymilvus": "pymilvus" in sys.modules}), file=sys.stderr)
+"""
+
+
+def _cli(*args: str, **env: str) -> dict:
+    """Run the CLI in a fresh process: its exit code and output, and whether it imported pymilvus."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, *args], capture_output=True, text=True, timeout=600, env=_env(**env)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {**json.loads(done.stderr.strip().splitlines()[-1]), "out": done.stdout}
+
+
+def test_cli_query_is_answered_by_the_serving_process_with_the_same_hits(tmp_path, subset_paths):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in subset_paths[:12]:
+        (folder / path.name.replace("image", path.parent.name)).symlink_to(path)
+    env = {MODE_ENV: ""}  # unset: the CLI default (shared)
+    index_dir = str(tmp_path / "idx")
+    assert _cli("index", str(folder), "--index-dir", index_dir, "--features", "pixel", **env)["code"] == 0
+    db = tmp_path / "idx" / "revsearch.db"
+    try:
+        pid = _served(db)["pid"]  # the build left the file served
+        query = str(sorted(folder.iterdir())[3])
+        served = _cli("query", query, "--index-dir", index_dir, "-k", "5", **env)
+        assert served["code"] == 0 and not served["pymilvus"] and _served(db)["pid"] == pid
+        assert served["out"].splitlines()[0].split()[-1] == query  # the image itself first
+        direct = _cli("query", query, "--index-dir", index_dir, "-k", "5", **{MODE_ENV: "own"})
+        assert direct["pymilvus"] and direct["out"] == served["out"]  # own mode: pymilvus to the same server
+    finally:
+        os.kill(_served(db)["pid"], signal.SIGTERM)
