@@ -55,6 +55,8 @@ IDLE_POLL_S = 0.25
 #: Starting the Lite server is retried this often, this many seconds apart: the server of a process
 #: that was just killed may still hold the file (it stops once it sees its parent gone).
 START_ATTEMPTS, RETRY_WAIT_S = 5, 2.0
+#: Fault injection settings (:mod:`revsearch.crashpoints`) are not passed to a serving process.
+CRASH_ENV_PREFIX = "REVSEARCH_CRASH_"
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +221,8 @@ def _start_serving(db_path: Path, errors) -> subprocess.Popen:
     """Start ``python -m revsearch.lite_server db_path`` in its own session (it outlives this process),
     its standard error into the file ``errors``."""
     package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CRASH_ENV_PREFIX)}  # the caller's, not its
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-m", "revsearch.lite_server", str(db_path), "--idle-s", str(idle_seconds())],
         stdin=subprocess.DEVNULL,
@@ -299,7 +302,7 @@ BUSY_EXIT = 3
 
 def serve(db_path: Path, idle_s: float) -> int:
     """Hold ``db_path``, serve it, and stop after ``idle_s`` seconds without a client, on SIGTERM /
-    SIGINT, or when the file is deleted."""
+    SIGINT, or when the file is deleted or replaced (e.g. its folder deleted and made again)."""
     from milvus_lite.server_manager import server_manager_instance
 
     lock = LiteFileLock(db_path, note=SERVES)
@@ -332,7 +335,8 @@ def serve(db_path: Path, idle_s: float) -> int:
         served = {"pid": os.getpid(), "uri": started[0], "queries": service.address, "authkey": service.authkey.hex()}
         _write_atomically(serve_path(db_path), json.dumps(served))
         idle_since = None
-        while not stop.wait(IDLE_POLL_S) and db_path.exists():
+        served_file = _identity(db_path)
+        while not stop.wait(IDLE_POLL_S) and _identity(db_path) == served_file:  # not deleted nor replaced
             try:
                 fcntl.flock(clients, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -343,7 +347,7 @@ def serve(db_path: Path, idle_s: float) -> int:
                 break  # still holding the exclusive lock: no client connects while the server stops
             fcntl.flock(clients, fcntl.LOCK_UN)
     finally:
-        serve_path(db_path).unlink(missing_ok=True)
+        _unlink_own_serve_file(db_path)
         if service is not None:
             service.close()
         server_manager_instance.release_all()
@@ -361,6 +365,23 @@ def _start_server(manager, db_path: Path, started: list[str]) -> None:
             return
         if attempt < START_ATTEMPTS - 1:
             time.sleep(RETRY_WAIT_S)
+
+
+def _unlink_own_serve_file(db_path: Path) -> None:
+    """Remove the serve file if this process wrote it (a replaced file may be served by another)."""
+    try:
+        if json.loads(serve_path(db_path).read_text())["pid"] == os.getpid():
+            serve_path(db_path).unlink()
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _write_atomically(path: Path, text: str) -> None:

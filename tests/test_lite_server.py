@@ -183,6 +183,20 @@ def test_an_app_process_hands_the_file_over_and_then_uses_the_serving_process(db
     store.release()
 
 
+def test_a_replaced_file_is_not_served_from_the_old_one(db):
+    _result(_client(str(db)))
+    pid = _served(db)["pid"]
+    folder = db.parent
+    for path in folder.iterdir():  # the folder deleted and made again, with a new index
+        path.unlink()
+    index = MilvusIndex(8, collection="t", uri=str(db))  # own mode: nothing serves the new file yet
+    index.add(["only"], np.ones((1, 8), np.float32))
+    index.close()
+    _wait_gone(pid, timeout=15)  # the old serving process saw its file replaced
+    out = _result(_client(str(db)))
+    assert out["len"] == 1 and _served(db)["pid"] != pid
+
+
 def test_sigterm_stops_the_serving_process_and_frees_the_file(db):
     _result(_client(str(db)))
     pid = _served(db)["pid"]
