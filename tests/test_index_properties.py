@@ -93,7 +93,7 @@ class IndexMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.parametrize(
-    "backend, examples, lite_mode", [("pixel", 25, "own"), ("milvus", 25, "own"), ("milvus", 10, "shared")]
+    "backend, examples, lite_mode", [("pixel", 25, "own"), ("milvus", 25, "own"), ("milvus", 20, "shared")]
 )
 def test_random_changes_and_kills_keep_the_invariant(backend, examples, lite_mode, monkeypatch):
     """``lite_mode`` shared: the CLI's default, a serving process that outlives the killed ones."""
