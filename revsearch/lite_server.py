@@ -181,7 +181,7 @@ def _start_and_attach(db_path: Path, deadline: float) -> SharedLite:
     """Start a serving process for ``db_path`` and take a slot on it; one process starts at a time
     (``<file>.revsearch.start``), the others wait and take a slot on the one it started."""
     fd = os.open(start_path(db_path), os.O_RDWR | os.O_CREAT, 0o666)
-    errors = tempfile.TemporaryFile()
+    starter_stderr = tempfile.TemporaryFile()
     try:
         while True:
             try:
@@ -197,10 +197,10 @@ def _start_and_attach(db_path: Path, deadline: float) -> SharedLite:
             if slot is not None:
                 return slot
             if starter is None:
-                starter = _start_serving(db_path, errors)
+                starter = _start_serving(db_path, starter_stderr)
             elif starter.poll() is not None:
-                errors.seek(0)
-                message = errors.read().decode(errors="replace").strip().splitlines()
+                starter_stderr.seek(0)
+                message = starter_stderr.read().decode(errors="replace").strip().splitlines()
                 if starter.returncode == BUSY_EXIT:
                     raise LiteFileBusyError(message[-1] if message else f"Milvus Lite file {db_path} is busy")
                 raise RevsearchError(
@@ -214,12 +214,12 @@ def _start_and_attach(db_path: Path, deadline: float) -> SharedLite:
             time.sleep(POLL_S)
     finally:
         os.close(fd)
-        errors.close()
+        starter_stderr.close()
 
 
-def _start_serving(db_path: Path, errors) -> subprocess.Popen:
+def _start_serving(db_path: Path, stderr) -> subprocess.Popen:
     """Start ``python -m revsearch.lite_server db_path`` in its own session (it outlives this process),
-    its standard error into the file ``errors``."""
+    its standard error into the file ``stderr``."""
     package_root = str(Path(__file__).resolve().parents[1])
     env = {k: v for k, v in os.environ.items() if not k.startswith(CRASH_ENV_PREFIX)}  # the caller's, not its
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
@@ -227,7 +227,7 @@ def _start_serving(db_path: Path, errors) -> subprocess.Popen:
         [sys.executable, "-m", "revsearch.lite_server", str(db_path), "--idle-s", str(idle_seconds())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=errors,
+        stderr=stderr,
         env=env,
         start_new_session=True,
     )
