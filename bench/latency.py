@@ -61,7 +61,6 @@ print(json.dumps({{"seconds": seconds, "errors": len(ctx.errors), "operators": l
 BRAIN_PROBE = r"""
 import json, resource, sys, time
 import numpy as np
-import psutil
 import fiftyone as fo
 ds = fo.load_dataset(sys.argv[1])
 query = np.load(sys.argv[2])
@@ -138,19 +137,23 @@ def cli_query(code_dir: Path, index_dir: Path, image: str, before=None) -> dict:
 
 def stop_serving(db: Path) -> None:
     """Stop the process serving the Lite file ``db`` (revsearch.lite_server), if one does."""
+    from revsearch.lite_server import serve_path
+
     try:
-        pid = json.loads(Path(f"{db}.revsearch.serve").read_text())["pid"]
+        pid = json.loads(serve_path(db).read_text())["pid"]
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         return
-    while Path(f"{db}.revsearch.serve").exists() or psutil.pid_exists(pid):
+    while serve_path(db).exists() or psutil.pid_exists(pid):
         time.sleep(0.05)
 
 
 def serving_rss_mb(db: Path) -> float | None:
     """Resident memory of the process serving ``db`` and its Milvus Lite server, or None."""
+    from revsearch.lite_server import serve_path
+
     try:
-        process = psutil.Process(json.loads(Path(f"{db}.revsearch.serve").read_text())["pid"])
+        process = psutil.Process(json.loads(serve_path(db).read_text())["pid"])
         return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
     except (OSError, ValueError, psutil.Error):
         return None

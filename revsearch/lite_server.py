@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .errors import LiteFileBusyError, RevsearchError
 from .index_lock import read_holder
-from .lite_lock import LiteFileLock
+from .lite_lock import LiteFileLock, lock_path
 from .milvus_uri import check_lite_file_name
 
 #: ``shared`` or ``own`` (see the module docstring); the CLI sets ``shared`` unless it is set.
@@ -52,8 +52,9 @@ ATTACH_WAIT_S = 10.0
 POLL_S = 0.02
 #: How often the serving process looks for clients.
 IDLE_POLL_S = 0.25
-#: Starting the Lite server is retried this often, this many seconds apart: the server of a process
-#: that was just killed may still hold the file (it stops once it sees its parent gone).
+#: Starting a Lite server is retried this often, this many seconds apart (here and in
+#: :func:`revsearch.milvus_index.connect`): the server of a process that was just killed may still
+#: hold the file (it stops once it sees its parent gone).
 START_ATTEMPTS, RETRY_WAIT_S = 5, 2.0
 #: Fault injection settings (:mod:`revsearch.crashpoints`) are not passed to a serving process.
 CRASH_ENV_PREFIX = "REVSEARCH_CRASH_"
@@ -115,7 +116,7 @@ class SharedLite:
     pymilvus), ``queries`` / ``authkey`` its index service's (see :mod:`revsearch.served_index`)."""
 
     def __init__(self, fd: int, served: dict):
-        self._fd, self.pid, self.uri = fd, served["pid"], served["uri"]
+        self.pid, self.uri = served["pid"], served["uri"]
         self.queries, self.authkey = served["queries"], served["authkey"]
         self._closer = weakref.finalize(self, os.close, fd)  # an index never closed still leaves
 
@@ -135,7 +136,7 @@ class SharedLite:
                 if time.monotonic() > deadline:
                     os.close(fd)
                     raise LiteFileBusyError(
-                        f"Milvus Lite file {db_path} is served by {read_holder(LiteFileLock(db_path).path)}, "
+                        f"Milvus Lite file {db_path} is served by {read_holder(lock_path(db_path))}, "
                         f"which did not let this process connect in {ATTACH_WAIT_S:g} s"
                     ) from None
                 time.sleep(POLL_S)
@@ -350,8 +351,7 @@ def serve(db_path: Path, idle_s: float) -> int:
         _unlink_own_serve_file(db_path)
         if service is not None:
             service.close()
-        server_manager_instance.release_all()
-        lock.release()
+        lock.release()  # stops the Lite server too
         os.close(clients)
     return 0
 

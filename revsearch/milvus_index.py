@@ -30,7 +30,7 @@ from .errors import (
     UnsupportedIndexError,
 )
 from .hits import Hit
-from .lite_server import open_lite
+from .lite_server import RETRY_WAIT_S, START_ATTEMPTS, open_lite
 from .milvus_bulk import (
     IMPORT_TIMEOUT,
     ROWS_PER_FILE,
@@ -80,8 +80,6 @@ INDEX_TYPES = {
 #: for "add then query" in one process); Bounded / Session / Eventually trade that for latency on a
 #: busy cluster (Milvus Lite behaves as Strong whatever is asked).
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
-#: Starting a Lite server is retried this often, this many seconds apart (see :func:`connect`).
-LITE_START_ATTEMPTS, LITE_RETRY_WAIT_S = 5, 2.0
 
 
 #: Keys that are not valid UTF-8 (file names with undecodable bytes) are stored base64-escaped.
@@ -113,7 +111,7 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: b
         uri = str(Path(uri).expanduser().resolve())
     if is_lite_uri(uri) or uri.startswith("unix:"):  # a Lite server: its own, or a serving process's socket
         options["grpc_options"] = LITE_GRPC_OPTIONS
-    for _ in range(LITE_START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
+    for _ in range(START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
         try:
             return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
         except Exception:
@@ -122,7 +120,7 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: b
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(uri)
-            time.sleep(LITE_RETRY_WAIT_S)
+            time.sleep(RETRY_WAIT_S)
     try:
         return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
     except Exception as exc:

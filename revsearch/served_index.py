@@ -56,16 +56,17 @@ class ServedIndex:
         return self._conn
 
     def _call(self, method: str, *args):
-        try:
-            conn = self._connect()
-            conn.send((self._config, method, args))
-            status, value = conn.recv()
-        except (EOFError, OSError):  # the serving process stopped (killed): serve the file again, once
-            self._disconnect()
-            self._start = self._start.again()
-            conn = self._connect()
-            conn.send((self._config, method, args))
-            status, value = conn.recv()
+        for retry in (False, True):
+            try:
+                conn = self._connect()
+                conn.send((self._config, method, args))
+                status, value = conn.recv()
+                break
+            except (EOFError, OSError):  # the serving process stopped (killed): serve the file again, once
+                if retry:
+                    raise
+                self._disconnect()
+                self._start = self._start.again()
         if status == "error":
             raise value
         return value
