@@ -33,8 +33,9 @@ import eta.core.utils as etau
 import fiftyone.brain as fb
 import numpy as np
 from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
+from fiftyone.core.brain import BrainMethod
 
-from . import ivf_cache
+from . import ivf_cache, run_arrays
 from .extractor import FeatureExtractor, make_extractor
 from .fiftyone_stores import IndexHandle
 from .files import file_signature, stale_files
@@ -148,8 +149,14 @@ class RevsearchSimilarity(Similarity):
         return RevsearchSimilarityIndex(samples, self.config, brain_key, backend=self)
 
     def cleanup(self, samples, key):
-        """Drop the vectors (Milvus collection) when the brain run is deleted."""
-        samples.load_brain_results(key, cache=False).cleanup()
+        """Drop the vectors (Milvus collection) when the brain run is deleted, and the stored arrays
+        that no other run (e.g. of a clone) lists."""
+        run_doc = self._get_run_doc(samples, key)
+        try:
+            samples.load_brain_results(key, cache=False).cleanup()
+        finally:
+            dropped = (run_doc.results_meta or {}).get(run_arrays.META_FIELD) or []
+            run_arrays.collect_garbage(dropped, excluding_run=run_doc.id)
 
 
 def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, brain_key: str | None) -> bool:
@@ -199,11 +206,13 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._pca = pca
         self._ids: np.ndarray | None = None
         self._signatures: dict[str, list[float]] = dict(signatures or {})
+        self._saved_arrays = run_arrays.names_in(state)  # what the saved run lists
+        self._packed_arrays: list[str] | None = None  # what the last serialisation stored
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
         if state and config.index_kind != "milvus" and brain_key is not None:  # loaded: kept per process
-            self._store = ivf_cache.load(samples, brain_key, lambda: _make_handle(config, state))
+            self._store = ivf_cache.load(samples, brain_key, lambda: _make_handle(config, run_arrays.unpack(state)))
         else:
-            self._store = _make_handle(config, state or {})
+            self._store = _make_handle(config, run_arrays.unpack(state or {}))
         self._extras = IndexExtras.from_state(retrieval_state, config.options, self._store.dim or 0)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
@@ -348,10 +357,26 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         super().reload()
 
     def save(self):
-        """Save the run; an in-memory index is then kept for this process (see :mod:`ivf_cache`)."""
+        """Save the run; an in-memory index is then kept for this process (see :mod:`ivf_cache`).
+        The stored arrays of the previous save are deleted unless another run lists them."""
+        before = set(self._listed_arrays())
         super().save()
+        self._saved_arrays = list(self._packed_arrays or [])
+        run_arrays.collect_garbage(before - set(self._saved_arrays))
         if self._store.kind != "milvus" and self.key is not None:
             ivf_cache.remember(self._samples, self.key, self._store)
+
+    def _listed_arrays(self) -> list[str]:
+        """The stored arrays the run's saved results list now (in the database)."""
+        if self.key is None:
+            return []
+        meta = BrainMethod._get_run_doc(self._samples, self.key).results_meta or {}
+        return meta.get(run_arrays.META_FIELD) or []
+
+    def get_meta(self) -> dict:
+        """Beside the run: the stored arrays its results refer to (see :mod:`revsearch.run_arrays`)."""
+        names = self._saved_arrays if self._packed_arrays is None else self._packed_arrays
+        return {**super().get_meta(), run_arrays.META_FIELD: list(names)}
 
     def _forget_cached(self) -> None:
         if self._store.kind != "milvus" and self.key is not None:
@@ -507,7 +532,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     # ---- persistence ---------------------------------------------------------------------
     @property
     def index_state(self) -> dict:
-        return self._store.state()
+        """The index (in-memory kinds: keys, vectors, lists), its large arrays stored beside the
+        results (:func:`revsearch.run_arrays.pack`)."""
+        state, self._packed_arrays = run_arrays.pack(self._store.arrays_state())
+        return state
 
     @property
     def pca_state(self) -> dict | None:

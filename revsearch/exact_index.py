@@ -91,5 +91,6 @@ class ExactIndex(InMemoryIndex):
         """Inverse of :meth:`state` (brain runs before the index core stored kind ``pixel``, no dtype)."""
         dtype = state.get("dtype") or (decode_array(state["vectors"]).dtype if "vectors" in state else np.float64)
         index = cls(state.get("dim") or decode_array(state["vectors"]).shape[1], dtype)
-        index._add_state(state)
+        if len(state.get("keys") or ()):
+            index.store.adopt(state["keys"], decode_array(state["vectors"]))
         return index

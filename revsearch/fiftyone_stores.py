@@ -1,10 +1,11 @@
 """The vector index behind a brain run, opened when first needed (see :mod:`revsearch.index_registry`).
 
-In-memory kinds (exact, kmeans) are serialised inline into the brain run's results (FiftyOne's
-database). A Milvus index keeps its vectors in a collection; a Milvus Lite file can be open in only
-one process at a time, so a Lite index keeps its file (and running server) until another process
-asks for it (see :mod:`revsearch.lite_lock`), which lets the App server and a notebook use the same
-index in turn without restarting the Lite server before every search.
+In-memory kinds (exact, kmeans) are stored with the brain run's results (FiftyOne's database;
+large arrays beside them, see :mod:`revsearch.run_arrays`). A Milvus index keeps its vectors in a
+collection; a Milvus Lite file can be open in only one process at a time, so a Lite index keeps its
+file (and running server) until another process asks for it (see :mod:`revsearch.lite_lock`), which
+lets the App server and a notebook use the same index in turn without restarting the Lite server
+before every search.
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ class IndexHandle:
         self.release()
         self._index, self.dim = None, None
 
-    def state(self) -> dict:
-        """What the brain run stores: the in-memory index whole, or a Milvus collection's dimension."""
+    def arrays_state(self) -> dict:
+        """What the brain run stores: the in-memory index whole (arrays as they are), or a Milvus
+        collection's dimension."""
         if self.kind != "milvus" and self._index is not None:
-            return self._index.state()
+            return self._index.arrays_state()
         return {"kind": self.kind, "dim": self.dim}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .hits import Hit, squared_l2
-from .serial import decode_array, encode_array
+from .serial import decode_array
 from .vector_index import InMemoryIndex
 from .vector_store import VectorStore
 
@@ -350,11 +350,13 @@ class IVFIndex(InMemoryIndex):
         keys: list[str],
         vectors: np.ndarray,
         lists: dict[str, np.ndarray],
+        sq_norms: np.ndarray | None = None,
     ) -> IVFIndex:
-        """Rebuild from :meth:`lists_state` and the rows it ordered, without assigning any vector."""
+        """Rebuild from :meth:`lists_state` and the rows it ordered, without assigning any vector
+        (nor reading one, when the rows' squared norms are given)."""
         index = cls(centroids, nprobe)
-        if keys:
-            index.store.add(keys, vectors)
+        if len(keys):
+            index.store.adopt(keys, vectors, sq_norms)
             index.assignments = np.asarray(lists["assignments"], np.int32)
             index.center_distances = np.asarray(lists["center_distances"], np.float32)
             index._sequence = np.asarray(lists["sequence"], np.int64)
@@ -383,25 +385,29 @@ class IVFIndex(InMemoryIndex):
             index.add(store.keys, store.vectors)
         return index
 
-    def state(self) -> dict:
+    def arrays_state(self) -> dict:
         """``config()``, the centres, and the rows in list order with each row's cluster (keys and
         vectors in row order), so that :meth:`from_state` assigns nothing."""
         lists = self.lists_state()  # first: it orders the rows by cluster
         return {
             **self.config(),
-            "centroids": encode_array(self.centroids),
+            "centroids": self.centroids,
             "keys": list(self.store.keys),
-            "vectors": encode_array(self.store.vectors),
-            "lists": {name: encode_array(array) for name, array in lists.items()},
+            "vectors": self.store.vectors,
+            "sq_norms": self.store.sq_norms,
+            "lists": dict(lists),
         }
 
     @classmethod
     def from_state(cls, state: dict) -> IVFIndex:
         """Inverse of :meth:`state` (also the forms brain runs stored before, without ``lists``)."""
         centroids = decode_array(state["centroids"])
-        if state.get("lists") and state.get("keys"):
+        if state.get("lists") and len(state.get("keys") or ()):
             lists = {name: decode_array(array) for name, array in state["lists"].items()}
-            return cls.from_lists(centroids, state.get("nprobe"), state["keys"], decode_array(state["vectors"]), lists)
+            norms = decode_array(state["sq_norms"]) if "sq_norms" in state else None
+            return cls.from_lists(
+                centroids, state.get("nprobe"), state["keys"], decode_array(state["vectors"]), lists, norms
+            )
         index = cls(centroids, state.get("nprobe"))
         index._add_state(state)
         return index

@@ -20,8 +20,15 @@ def encode_array(array: np.ndarray) -> str:
         return base64.b64encode(zlib.compress(buffer.getvalue())).decode("ascii")
 
 
-def decode_array(value: str | list) -> np.ndarray:
-    """Inverse of :func:`encode_array` (a list is read as the array it spells)."""
+def encode_arrays(state):
+    """``state`` with every array in it (at any depth of dicts) replaced by :func:`encode_array`."""
+    if isinstance(state, dict):
+        return {k: encode_arrays(v) for k, v in state.items()}
+    return encode_array(state) if isinstance(state, np.ndarray) else state
+
+
+def decode_array(value: str | list | np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_array` (a list is read as the array it spells; an array is returned as is)."""
     if not isinstance(value, str):
         return np.asarray(value)
     with io.BytesIO(zlib.decompress(base64.b64decode(value.encode("ascii")))) as buffer:

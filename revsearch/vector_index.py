@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .hits import Hit
-from .serial import decode_array, encode_array
+from .serial import decode_array, encode_arrays
 from .vector_store import VectorStore
 
 
@@ -88,13 +88,17 @@ class InMemoryIndex:
     def vectors(self, keys: list[str]) -> np.ndarray:
         return self.store.vectors[self.store.rows_of(list(keys))]
 
-    def state(self) -> dict:
-        """``config()`` plus keys and vectors (in key order), for storage inline (a brain run)."""
+    def arrays_state(self) -> dict:
+        """``config()`` plus keys and vectors (in key order), arrays as they are."""
         keys = self.keys()
-        return {**self.config(), "keys": keys, "vectors": encode_array(self.vectors(keys))}
+        return {**self.config(), "keys": keys, "vectors": self.vectors(keys)}
+
+    def state(self) -> dict:
+        """:meth:`arrays_state`, JSON-able (arrays encoded inline)."""
+        return encode_arrays(self.arrays_state())
 
     def _add_state(self, state: dict) -> None:
-        if state.get("keys"):
+        if len(state.get("keys") or ()):
             self.add(state["keys"], decode_array(state["vectors"]))
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from revsearch.fiftyone_stores import IndexHandle
 from revsearch.ivf_index import IVFIndex
+from revsearch.serial import encode_arrays
 
 OPTIONS = {"n_clusters": 12, "nprobe": 3}
 
@@ -25,7 +26,7 @@ def store():
 def test_reloaded_index_answers_exactly_as_the_saved_one_without_assigning(store, monkeypatch):
     queries = np.random.default_rng(1).normal(size=(20, 16)).astype(np.float32)
     before = store.search(queries, 10)
-    state = store.state()
+    state = encode_arrays(store.arrays_state())
     monkeypatch.setattr(IVFIndex, "assign", lambda *a: pytest.fail("vectors were re-assigned"))
     again = IndexHandle(state, OPTIONS)
     after = again.search(queries, 10)
@@ -36,7 +37,7 @@ def test_reloaded_index_answers_exactly_as_the_saved_one_without_assigning(store
 
 
 def test_runs_saved_before_the_lists_were_stored_still_load(store):
-    state = store.state()
+    state = encode_arrays(store.arrays_state())
     old = {k: v for k, v in state.items() if k != "lists"}  # the earlier format
     queries = np.random.default_rng(2).normal(size=(5, 16)).astype(np.float32)
     got = IndexHandle(old, OPTIONS).search(queries, 5)
@@ -47,7 +48,7 @@ def test_keys_stay_paired_with_their_vectors_after_a_search_and_a_save(store):
     """Searching sorts the rows by cluster; the saved keys must follow the rows (they did not)."""
     vectors = store.vectors(["k5", "k300"])
     store.search(vectors, 1)
-    again = IndexHandle(store.state(), OPTIONS)
+    again = IndexHandle(encode_arrays(store.arrays_state()), OPTIONS)
     assert [row[0].key for row in again.search(vectors, 1)] == ["k5", "k300"]
     np.testing.assert_array_equal(again.vectors(["k5", "k300"]), vectors)
 
