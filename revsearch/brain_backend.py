@@ -36,6 +36,7 @@ from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityCon
 from fiftyone.core.brain import BrainMethod
 
 from . import ivf_cache, run_arrays
+from .crashpoints import write_point
 from .extractor import FeatureExtractor, make_extractor
 from .fiftyone_stores import IndexHandle
 from .files import file_signature, stale_files
@@ -208,6 +209,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._signatures: dict[str, list[float]] = dict(signatures or {})
         self._saved_arrays = run_arrays.names_in(state)  # what the saved run lists
         self._packed_arrays: list[str] | None = None  # what the last serialisation stored
+        self._prepacked: tuple[dict, list[str]] | None = None  # stored before a save, for its serialisation
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
         if state and config.index_kind != "milvus" and brain_key is not None:  # loaded: kept per process
             self._store = ivf_cache.load(samples, brain_key, lambda: _make_handle(config, run_arrays.unpack(state)))
@@ -360,7 +362,13 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """Save the run; an in-memory index is then kept for this process (see :mod:`ivf_cache`).
         The stored arrays of the previous save are deleted unless another run lists them."""
         before = set(self._listed_arrays())
-        super().save()
+        # stored first: FiftyOne deletes the saved results before it serialises the new ones
+        self._prepacked = run_arrays.pack(self._store.arrays_state())
+        try:
+            super().save()
+        finally:
+            self._prepacked = None
+        write_point("brain run saved")
         self._saved_arrays = list(self._packed_arrays or [])
         run_arrays.collect_garbage(before - set(self._saved_arrays))
         if self._store.kind != "milvus" and self.key is not None:
@@ -534,7 +542,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def index_state(self) -> dict:
         """The index (in-memory kinds: keys, vectors, lists), its large arrays stored beside the
         results (:func:`revsearch.run_arrays.pack`)."""
-        state, self._packed_arrays = run_arrays.pack(self._store.arrays_state())
+        state, self._packed_arrays = self._prepacked or run_arrays.pack(self._store.arrays_state())
         return state
 
     @property

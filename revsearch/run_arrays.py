@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .crashpoints import write_point
 from .errors import RevsearchError
 from .serial import encode_array
 
@@ -146,10 +147,12 @@ def put(array: np.ndarray) -> str:
         os.fsync(file.fileno())
         name = hashing.sha.hexdigest()
         os.replace(tmp, _cache_path(name))
+        write_point("run array cached")
     bucket = _bucket()
     if not any(True for _ in bucket.find({"filename": name}, limit=1)):
         with open(_cache_path(name), "rb") as source:
             bucket.upload_from_stream(name, source, chunk_size_bytes=_CHUNK // 8)
+        write_point("run array stored")
     _trim_cache()
     return name
 
@@ -218,8 +221,9 @@ def referenced(excluding_run=None) -> set[str]:
 
 
 def collect_garbage(dropped: Iterable[str] = (), excluding_run=None) -> list[str]:
-    """Delete stored arrays that no run lists: those in ``dropped`` at once, others after
-    :data:`GRACE_S`. ``excluding_run``: a run document being deleted. Returns the names deleted."""
+    """Delete stored arrays that no run lists: those in ``dropped`` at once, others (and the chunks
+    of uploads that never finished) after :data:`GRACE_S`. ``excluding_run``: a run document being
+    deleted. Returns the names deleted."""
     dropped = set(dropped)
     keep = referenced(excluding_run)
     cutoff = time.time() - GRACE_S
@@ -231,5 +235,11 @@ def collect_garbage(dropped: Iterable[str] = (), excluding_run=None) -> list[str
             continue
         bucket.delete(doc["_id"])
         _cache_path(name).unlink(missing_ok=True)
+        write_point("run array deleted")
         deleted.append(name)
+    files, chunks = _db()[f"{BUCKET}.files"], _db()[f"{BUCKET}.chunks"]
+    finished = set(files.distinct("_id"))
+    for file_id in chunks.distinct("files_id"):
+        if file_id not in finished and file_id.generation_time.timestamp() < cutoff:
+            chunks.delete_many({"files_id": file_id})
     return deleted

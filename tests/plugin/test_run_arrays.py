@@ -175,3 +175,48 @@ def test_arrays_of_a_deleted_dataset_are_collected_after_the_grace_period(datase
     monkeypatch.setattr(run_arrays, "GRACE_S", 0.0)
     assert names <= set(run_arrays.collect_garbage())
     assert not names & stored_names()
+
+
+UPDATE = """
+import sys
+import fiftyone as fo
+from revsearch import run_arrays
+run_arrays.INLINE_BYTES, run_arrays.INLINE_KEYS = 64, 4
+ds = fo.load_dataset(sys.argv[1])
+results = ds.load_brain_results("rev")
+results.remove_from_index(ds.values("id")[:5])
+results.save()
+"""
+
+
+def run_update(ds, env: dict) -> int:
+    done = subprocess.run([sys.executable, "-c", UPDATE, ds.name], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode in (0, -9), done.stderr[-3000:]
+    return done.returncode
+
+
+def test_a_kill_at_every_write_point_of_an_update_loses_nothing_and_leaks_nothing(dataset, tmp_path, monkeypatch):
+    """Killed anywhere in ``remove_from_index`` + ``save``, the run loads (in a fresh process, from a
+    cold cache) and answers as before or after; after the grace period no unlisted array is left."""
+    vectors = build(dataset, "rev", "kmeans")
+    ids = dataset.values("id")
+    log = tmp_path / "points"
+    env = {**subprocess_env(), "REVSEARCH_CACHE": str(run_arrays.cache_dir().parent), "REVSEARCH_CRASH_LOG": str(log)}
+    assert run_update(dataset, env) == 0
+    labels = log.read_text().splitlines()
+    assert any("run array stored" in p for p in labels) and any("brain run saved" in p for p in labels)
+    monkeypatch.setattr(run_arrays, "GRACE_S", 0.0)
+    for point in range(1, len(labels) + 1):
+        dataset.delete_brain_run("rev")
+        build(dataset, "rev", "kmeans")
+        crash_env = {k: v for k, v in env.items() if k != "REVSEARCH_CRASH_LOG"}
+        assert run_update(dataset, {**crash_env, "REVSEARCH_CRASH_AT": str(point)}) == -9, labels[point - 1]
+        dataset.reload()
+        shutil.rmtree(run_arrays.cache_dir(), ignore_errors=True)
+        results = fresh_load(dataset, "rev")
+        kept = set(results.sample_ids.tolist())
+        assert kept in (set(ids), set(ids[5:])), labels[point - 1]
+        assert [row[0] for row in top_ids(results, vectors[5:8] + 0.001)] == ids[5:8]
+        run_arrays.collect_garbage()
+        assert stored_names() == run_arrays.referenced(), labels[point - 1]
+        assert set(fresh_load(dataset, "rev").sample_ids.tolist()) == kept
