@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from functools import partial
 from pathlib import Path
 
@@ -85,8 +84,9 @@ print(json.dumps({"first": first, "next": {k: float(np.median([n[k] for n in nxt
 """
 
 
-def run(code_dir: Path, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(code_dir), "REVSEARCH_CACHE": os.environ["REVSEARCH_CACHE"]}
+def run(code_dir: Path, args: list[str], cache: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    cache = cache or os.environ["REVSEARCH_CACHE"]
+    env = {**os.environ, "PYTHONPATH": str(code_dir), "REVSEARCH_CACHE": str(cache)}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800, **kwargs)
 
 
@@ -196,28 +196,34 @@ def build_cli_index(index_dir: Path, n: int, images: list[str], kind: str) -> No
     backend.close()
 
 
-def build_brain_dataset(n: int, tmp: Path) -> tuple[str, Path]:
-    import fiftyone as fo
-    import fiftyone.brain as fob
+BUILD_PROBE = r"""
+import sys, uuid
+import numpy as np
+import fiftyone as fo
+import fiftyone.brain as fob
+import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
+sys.path.insert(0, sys.argv[3])
+from vector_search import synthetic
+n, tmp = int(sys.argv[1]), sys.argv[2]
+dataset = fo.Dataset(f"bench-latency-{n}-{uuid.uuid4().hex[:8]}")
+dataset.add_samples([fo.Sample(filepath=f"/synthetic/{i}.jpg") for i in range(n)], progress=False)
+data = synthetic(n, 128)
+fob.compute_similarity(dataset, embeddings=data, brain_key="ivf", backend="revsearch", index_kind="kmeans")
+fob.compute_similarity(dataset, embeddings=data, brain_key="lite", backend="revsearch", index_kind="milvus",
+                       uri=f"{tmp}/brain-{dataset.name}.db")
+dataset.load_brain_results("lite")._store.release()  # let the probe processes open the Lite file
+np.save(f"{tmp}/query{n}.npy", synthetic(1, 128, seed=1)[0] * 0.3 + data[0] * 0.7)
+print(dataset.name)
+"""
 
-    import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
 
-    dataset = fo.Dataset(f"bench-latency-{n}-{uuid.uuid4().hex[:8]}")
-    dataset.add_samples([fo.Sample(filepath=f"/synthetic/{i}.jpg") for i in range(n)], progress=False)
-    data = synthetic(n, 128)
-    fob.compute_similarity(dataset, embeddings=data, brain_key="ivf", backend="revsearch", index_kind="kmeans")
-    fob.compute_similarity(
-        dataset,
-        embeddings=data,
-        brain_key="lite",
-        backend="revsearch",
-        index_kind="milvus",
-        uri=str(tmp / f"brain{n}.db"),
-    )
-    dataset.load_brain_results("lite")._store.release()  # let the probe processes open the Lite file
-    query = tmp / f"query{n}.npy"
-    np.save(query, synthetic(1, 128, seed=1)[0] * 0.3 + data[0] * 0.7)
-    return dataset.name, query
+def build_brain_dataset(code: Path, n: int, tmp: Path) -> tuple[str, Path]:
+    """A dataset of ``n`` samples with both brain runs, saved by the code in ``code`` (each version
+    reads runs in its own format)."""
+    done = run(code, [sys.executable, "-c", BUILD_PROBE, str(n), str(tmp), str(Path(__file__).parent)])
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return done.stdout.strip().splitlines()[-1], tmp / f"query{n}.npy"
 
 
 def main() -> None:
@@ -280,15 +286,17 @@ def main() -> None:
                     stop_serving(lite)
                 shutil.rmtree(index_dir)
         for n in args.brain_sizes:
-            dataset, query = build_brain_dataset(n, tmp)
-            try:
-                for name, code in versions.items():
-                    done = run(
-                        code, [sys.executable, "-c", BRAIN_PROBE, dataset, str(query), str(args.idle_s), "ivf", "lite"]
-                    )
-                    if done.returncode:
-                        raise RuntimeError(done.stderr[-2000:])
-                    r = last_json(done.stdout)
+            for name, code in versions.items():
+                dataset, query = build_brain_dataset(code, n, tmp)
+                try:
+                    probe = [sys.executable, "-c", BRAIN_PROBE, dataset, str(query)]
+                    done = run(code, [*probe, str(args.idle_s), "ivf", "lite"])
+                    # a machine that never loaded the runs: no local copy of their arrays (run_arrays)
+                    empty = run(code, [*probe, "0", "ivf"], cache=tmp / f"empty-cache-{name}-{n}".replace(" ", "-"))
+                    for probed in (done, empty):
+                        if probed.returncode:
+                            raise RuntimeError(probed.stderr[-2000:])
+                    r, cold = last_json(done.stdout), last_json(empty.stdout)
                     for key, label in (("ivf", "kmeans (IVF)"), ("lite", "milvus (Lite)")):
                         rows.append(
                             {
@@ -296,16 +304,19 @@ def main() -> None:
                                 "N": n,
                                 "code": name,
                                 "first ms": r["first"][key],
+                                "first, empty array cache ms": cold["first"].get(key),
                                 "next ms": r["next"][key],
                                 f"after {args.idle_s:g} s idle ms": r["after_idle"][key],
                                 "after clear_cache ms": r["after_clear_cache"][key],
                                 "rss MB": r["rss_mb"],
                             }
                         )
-            finally:
-                import fiftyone as fo
+                finally:
+                    import fiftyone as fo
 
-                fo.load_dataset(dataset).delete()
+                    built = fo.load_dataset(dataset)
+                    built.delete_brain_runs()  # their stored arrays and Lite collection go too
+                    built.delete()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     columns = [
@@ -314,6 +325,7 @@ def main() -> None:
         "code",
         "ms",
         "first ms",
+        "first, empty array cache ms",
         "next ms",
         f"after {args.idle_s:g} s idle ms",
         "after clear_cache ms",

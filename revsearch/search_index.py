@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -505,7 +506,17 @@ def check_k(k: int, size: int) -> int:
 def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     """The index a (validated) manifest describes."""
     folder = generation_dir(directory, manifest["generation"]) if "generation" in manifest else directory
-    extractor = make_extractor(manifest["extractor"])
+    config = manifest["backend"]
+    if config["kind"] == "milvus":
+        config = resolve_lite_uri(directory, config)
+    with ThreadPoolExecutor(1, thread_name_prefix="revsearch-open") as pool:  # the model loads meanwhile
+        opening = pool.submit(load_index, config, folder if config["kind"] != "milvus" else directory, token)
+        try:
+            extractor = make_extractor(manifest["extractor"])
+        except BaseException:
+            opening.result().close()  # an index error is raised first: it is what the caller asked for
+            raise
+        backend = opening.result()
     reducer = None
     if manifest["pca"]:
         pca_file = folder / PCA_FILE
@@ -514,10 +525,6 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
             if pca_file.exists()
             else PCAReducer.load_npz(folder / "pca.npz")
         )  # format 2
-    config = manifest["backend"]
-    if config["kind"] == "milvus":
-        config = resolve_lite_uri(directory, config)
-    backend = load_index(config, folder if config["kind"] != "milvus" else directory, token)
     extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
     return cls(
         directory,
