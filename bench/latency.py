@@ -120,7 +120,7 @@ def cli_query(code_dir: Path, index_dir: Path, image: str, before=None) -> dict:
             "TIME %e %M",
             sys.executable,
             "-m",
-            "revsearch.cli",
+            "revsearch",
             "query",
             image,
             "--index-dir",
@@ -205,12 +205,12 @@ import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
 sys.path.insert(0, sys.argv[3])
 from vector_search import synthetic
 n, tmp = int(sys.argv[1]), sys.argv[2]
-dataset = fo.Dataset(f"bench-latency-{n}-{uuid.uuid4().hex[:8]}")
+dataset = fo.Dataset(f"bench-latency-{n}-{uuid.uuid4().hex[:8]}", persistent=True)  # outlives this process
 dataset.add_samples([fo.Sample(filepath=f"/synthetic/{i}.jpg") for i in range(n)], progress=False)
 data = synthetic(n, 128)
 fob.compute_similarity(dataset, embeddings=data, brain_key="ivf", backend="revsearch", index_kind="kmeans")
 fob.compute_similarity(dataset, embeddings=data, brain_key="lite", backend="revsearch", index_kind="milvus",
-                       uri=f"{tmp}/brain-{dataset.name}.db")
+                       uri=f"{tmp}/b{uuid.uuid4().hex[:8]}.db")
 dataset.load_brain_results("lite")._store.release()  # let the probe processes open the Lite file
 np.save(f"{tmp}/query{n}.npy", synthetic(1, 128, seed=1)[0] * 0.3 + data[0] * 0.7)
 print(dataset.name)

@@ -13,15 +13,13 @@ from .embedder import RUNTIMES, EmbedderConfig
 from .errors import RevsearchError
 from .extractor import FEATURES, make_extractor, parse_scales
 from .files import scan_images
-from .generations import CHECKPOINT
+from .generations import CHECKPOINT, DEFAULT_INDEX_DIR
 from .index_registry import LEGACY_PIXEL
-from .lite_server import MODE_ENV as LITE_MODE_ENV
+from .lite_server import default_to_shared
 from .mosaic import make_mosaic, save_mosaic
 from .query_source import load_query_image
 from .retrieval_options import MODES, RetrievalOptions
 from .search_index import BACKENDS, MANIFEST, IndexReport, SearchIndex
-
-DEFAULT_INDEX_DIR = ".revsearch"
 
 
 def _print_report(report: IndexReport, total: int) -> None:
@@ -326,9 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # names are escaped by printable(); never fail on output
         stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    # a Lite file stays served between commands (revsearch.lite_server): no server start per query
-    if not os.environ.get(LITE_MODE_ENV):
-        os.environ[LITE_MODE_ENV] = "shared"
+    default_to_shared()  # a Lite file stays served between commands: no server start per query
     try:
         return args.func(args)
     except KeyboardInterrupt:

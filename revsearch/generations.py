@@ -28,6 +28,8 @@ from .journal import JOURNAL
 from .milvus_uri import is_lite_uri
 
 MANIFEST = "manifest.json"
+#: Where the command line keeps an index unless told (``--index-dir``).
+DEFAULT_INDEX_DIR = ".revsearch"
 PENDING = "pending.json"
 CHECKPOINT = "partial"
 #: 3: the PCA is saved as pca.json (its state form); 2 wrote pca.npz, still read.

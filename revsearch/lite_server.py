@@ -79,6 +79,13 @@ def shared_mode() -> bool:
     return os.environ.get(MODE_ENV, "own") == "shared"
 
 
+def default_to_shared() -> None:
+    """Make shared mode this process's default (the command line's: a Lite file stays served between
+    commands); an explicit ``REVSEARCH_LITE_SERVER`` is kept."""
+    if not os.environ.get(MODE_ENV):
+        os.environ[MODE_ENV] = "shared"
+
+
 def idle_seconds() -> float:
     return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
 

@@ -263,3 +263,53 @@ def test_cli_query_is_answered_by_the_serving_process_with_the_same_hits(tmp_pat
         assert direct["pymilvus"] and direct["out"] == served["out"]  # own mode: pymilvus to the same server
     finally:
         os.kill(_served(db)["pid"], signal.SIGTERM)
+
+
+_EARLY = """
+import json, sys
+from revsearch.cli_launch import serve_early
+starting = serve_early(sys.argv[1:])
+loaded = sorted(m for m in ("revsearch.cli", "revsearch.search_index", "pymilvus") if m in sys.modules)
+if starting is not None:
+    starting.slot()
+print(json.dumps({"started": starting is not None, "loaded": loaded}))
+"""
+
+
+def _early(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _EARLY, *args], capture_output=True, text=True, timeout=600, env=_env(**{MODE_ENV: ""})
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_command_starts_serving_a_query_s_lite_file_before_its_own_imports(tmp_path, subset_paths):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in subset_paths[:6]:
+        (folder / path.name.replace("image", path.parent.name)).symlink_to(path)
+    index_dir = str(tmp_path / "idx")
+    assert _cli("index", str(folder), "--index-dir", index_dir, "--features", "pixel", **{MODE_ENV: ""})["code"] == 0
+    db = tmp_path / "idx" / "revsearch.db"
+    built = _served(db)["pid"]
+    os.kill(built, signal.SIGTERM)
+    _wait_gone(built)
+    query = str(sorted(folder.iterdir())[2])
+    assert _early("index", str(folder), "--index-dir", index_dir) == {"started": False, "loaded": []}
+    assert _early("query", query, "--index-dir", str(tmp_path / "none"))["started"] is False
+    try:
+        early = _early("query", query, "-k", "3", f"--index-dir={index_dir}")
+        assert early == {"started": True, "loaded": []}  # before the command line's and pymilvus's imports
+        pid = _served(db)["pid"]
+        done = subprocess.run(
+            [sys.executable, "-m", "revsearch", "query", query, "--index-dir", index_dir, "-k", "3"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=_env(**{MODE_ENV: ""}),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.splitlines()[0].split()[-1] == query and _served(db)["pid"] == pid
+    finally:
+        os.kill(_served(db)["pid"], signal.SIGTERM)
