@@ -207,15 +207,15 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._pca = pca
         self._ids: np.ndarray | None = None
         self._signatures: dict[str, list[float]] = dict(signatures or {})
-        self._saved_arrays = run_arrays.names_in(state)  # what the saved run lists
-        self._packed_arrays: list[str] | None = None  # what the last serialisation stored
-        self._prepacked: tuple[dict, list[str]] | None = None  # stored before a save, for its serialisation
+        self._saved_arrays = run_arrays.names_in(state) + run_arrays.names_in(retrieval_state)  # the saved run's
+        self._packed_arrays: dict[str, list[str]] = {}  # per attribute: what the last serialisation stored
+        self._prepacked: dict[str, tuple[dict, list[str]]] = {}  # stored before a save, for its serialisation
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
         if state and config.index_kind != "milvus" and brain_key is not None:  # loaded: kept per process
             self._store = ivf_cache.load(samples, brain_key, lambda: _make_handle(config, run_arrays.unpack(state)))
         else:
             self._store = _make_handle(config, run_arrays.unpack(state or {}))
-        self._extras = IndexExtras.from_state(retrieval_state, config.options, self._store.dim or 0)
+        self._extras = IndexExtras.from_state(run_arrays.unpack(retrieval_state), config.options, self._store.dim or 0)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None:
@@ -363,13 +363,13 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         The stored arrays of the previous save are deleted unless another run lists them."""
         before = set(self._listed_arrays())
         # stored first: FiftyOne deletes the saved results before it serialises the new ones
-        self._prepacked = run_arrays.pack(self._store.arrays_state())
+        self._prepacked = {name: run_arrays.pack(make()) for name, make in self._array_states().items()}
         try:
             super().save()
         finally:
-            self._prepacked = None
+            self._prepacked = {}
         write_point("brain run saved")
-        self._saved_arrays = list(self._packed_arrays or [])
+        self._saved_arrays = [name for names in self._packed_arrays.values() for name in names]
         run_arrays.collect_garbage(before - set(self._saved_arrays))
         if self._store.kind != "milvus" and self.key is not None:
             ivf_cache.remember(self._samples, self.key, self._store)
@@ -383,7 +383,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def get_meta(self) -> dict:
         """Beside the run: the stored arrays its results refer to (see :mod:`revsearch.run_arrays`)."""
-        names = self._saved_arrays if self._packed_arrays is None else self._packed_arrays
+        packed = [name for names in self._packed_arrays.values() for name in names]
+        names = packed if self._packed_arrays else self._saved_arrays
         return {**super().get_meta(), run_arrays.META_FIELD: list(names)}
 
     def _forget_cached(self) -> None:
@@ -542,7 +543,17 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def index_state(self) -> dict:
         """The index (in-memory kinds: keys, vectors, lists), its large arrays stored beside the
         results (:func:`revsearch.run_arrays.pack`)."""
-        state, self._packed_arrays = self._prepacked or run_arrays.pack(self._store.arrays_state())
+        return self._packed("index_state")
+
+    def _array_states(self) -> dict:
+        """The serialised attributes that hold arrays, and how to get each (arrays as they are)."""
+        return {"index_state": self._store.arrays_state, "retrieval_state": self._extras.arrays_state}
+
+    def _packed(self, attribute: str) -> dict:
+        """``attribute``'s state, its large arrays stored beside the results (prepared by :meth:`save`)."""
+        state, self._packed_arrays[attribute] = self._prepacked.get(attribute) or run_arrays.pack(
+            self._array_states()[attribute]()
+        )
         return state
 
     @property
@@ -554,8 +565,9 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     @property
     def retrieval_state(self) -> dict:
-        """The DBA graph and copy-mode thumbnails (empty when the options are off)."""
-        return self._extras.state()
+        """The DBA graph and copy-mode thumbnails (empty when the options are off), large arrays stored
+        beside the results like the index's."""
+        return self._packed("retrieval_state")
 
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):

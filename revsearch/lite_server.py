@@ -21,6 +21,7 @@ and runs its own server, as before (see :mod:`revsearch.lite_lock`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import logging
@@ -342,6 +343,7 @@ def serve(db_path: Path, idle_s: float) -> int:
         service = IndexService(started[0])
         served = {"pid": os.getpid(), "uri": started[0], "queries": service.address, "authkey": service.authkey.hex()}
         _write_atomically(serve_path(db_path), json.dumps(served))
+        threading.Thread(target=_import_scipy_sparse, name="revsearch-warm-up", daemon=True).start()
         idle_since = None
         served_file = _identity(db_path)
         while not stop.wait(IDLE_POLL_S) and _identity(db_path) == served_file:  # not deleted nor replaced
@@ -361,6 +363,13 @@ def serve(db_path: Path, idle_s: float) -> int:
         lock.release()  # stops the Lite server too
         os.close(clients)
     return 0
+
+
+def _import_scipy_sparse() -> None:
+    """Import what pymilvus imports on its first search or insert (scipy.sparse, ~0.3 s: it checks
+    every call's data for a sparse matrix) while the first client connects, not after."""
+    with contextlib.suppress(ImportError):
+        import scipy.sparse  # noqa: F401
 
 
 def _start_server(manager, db_path: Path, started: list[str]) -> None:

@@ -20,7 +20,7 @@ from .exact_index import ExactIndex
 from .fusion import ratio_fusion
 from .hits import Hit, nearest_of, squared_l2, top_k
 from .query_expansion import expanded_search
-from .serial import decode_array, encode_array
+from .serial import decode_array
 
 #: Query modes: ``similar`` (class-level: the stored options apply) and ``copy`` (CNN + pixel fusion).
 MODES = ("similar", "copy")
@@ -225,16 +225,16 @@ class IndexExtras:
             pixels = ExactIndex.load(folder / "thumbnails", {"dim": 3 * options.copy_pixels**2, "dtype": "float32"})
         return cls(options, dim, dba, pixels)
 
-    def state(self) -> dict:
-        """The same state as a JSON-able dict, for storage inline (a brain run); thumbnails are stored
-        as bytes (their values are whole numbers 0-255), a quarter of their float size."""
+    def arrays_state(self) -> dict:
+        """The same state for a brain run (arrays as they are: :func:`revsearch.run_arrays.pack` stores
+        them); thumbnails are kept as bytes (their values are whole numbers 0-255), a quarter of their
+        float size."""
         state: dict = {}
         if self.dba is not None:
-            state["dba"] = {"keys": self.dba.keys, **{k: encode_array(v) for k, v in self.dba.state().items()}}
+            state["dba"] = {"keys": self.dba.keys, **self.dba.state()}
         if self.pixels is not None:
             keys = self.pixels.keys()
-            thumbnails = np.rint(self.pixels.vectors(keys)).astype(np.uint8)
-            state["pixels"] = {"keys": keys, "thumbnails": encode_array(thumbnails)}
+            state["pixels"] = {"keys": keys, "thumbnails": np.rint(self.pixels.vectors(keys)).astype(np.uint8)}
         return state
 
     @classmethod

@@ -16,6 +16,7 @@ from revsearch.hits import Hit
 from revsearch.pca import l2_normalize
 from revsearch.query_expansion import expand, expanded_search
 from revsearch.retrieval_options import IndexExtras, RetrievalOptions
+from revsearch.serial import encode_arrays
 
 
 @pytest.fixture(scope="module")
@@ -126,20 +127,22 @@ def test_dba_state_round_trips(subset_vectors):
 
 
 def test_inline_state_round_trips_and_an_empty_graph_takes_the_first_dimension(subset_vectors, subset_paths):
-    """The JSON state a brain run stores (DBA graph, thumbnails as bytes) gives back the same extras."""
+    """The state a brain run stores (DBA graph, thumbnails as bytes), through JSON, gives back the same
+    extras."""
     options = RetrievalOptions(dba_n=2, copy_pixels=8)
     extras = IndexExtras(options, 0)  # dimension not known yet
     keys = [str(p) for p in subset_paths]
     changed, _ = extras.store_vectors([], keys, subset_vectors)
     assert changed == keys and extras.dba.vectors.shape == subset_vectors.shape
     extras.update_pixels([], {k: k for k in keys[:10]})
-    again = IndexExtras.from_state(json.loads(json.dumps(extras.state())), options, subset_vectors.shape[1])
+    stored = json.loads(json.dumps(encode_arrays(extras.arrays_state())))
+    again = IndexExtras.from_state(stored, options, subset_vectors.shape[1])
     np.testing.assert_array_equal(again.dba.augmented(), extras.dba.augmented())
     np.testing.assert_array_equal(again.dba.originals(keys[3:5]), subset_vectors[3:5])
     assert again.pixels.keys() == keys[:10]
     np.testing.assert_array_equal(again.pixels.vectors(keys[:10]), extras.pixels.vectors(keys[:10]))
     off = IndexExtras.from_state(None, RetrievalOptions.off(), 4)
-    assert off.dba is None and off.pixels is None and off.state() == {}
+    assert off.dba is None and off.pixels is None and off.arrays_state() == {}
 
 
 # ---- reciprocal-rank fusion --------------------------------------------------------------------

@@ -220,3 +220,20 @@ def test_a_kill_at_every_write_point_of_an_update_loses_nothing_and_leaks_nothin
         run_arrays.collect_garbage()
         assert stored_names() == run_arrays.referenced(), labels[point - 1]
         assert set(fresh_load(dataset, "rev").sample_ids.tolist()) == kept
+
+
+def test_the_dba_graph_and_thumbnails_are_stored_beside_the_results_too(dataset):
+    from revsearch import fiftyone_tools as tools
+
+    vectors = np.random.default_rng(3).normal(size=(len(dataset), DIM)).astype(np.float32)
+    dataset.set_values("emb", list(vectors))
+    results, _ = tools.build_index(dataset, "rev", "exact", embeddings_field="emb", dba_n=2, copy_pixels=8)
+    text, meta = raw_results(dataset, "rev")
+    retrieval = json.loads(text)["retrieval_state"]
+    assert "$revsearch_array" in json.dumps(retrieval["dba"]) and "$revsearch_array" in json.dumps(retrieval["pixels"])
+    assert set(run_arrays.names_in(retrieval)) <= set(meta[run_arrays.META_FIELD])
+    expected = [[(h.key, h.distance) for h in row] for row in results.copy_neighbors(3)]
+    shutil.rmtree(run_arrays.cache_dir())
+    again = fresh_load(dataset, "rev")
+    assert [[(h.key, h.distance) for h in row] for row in again.copy_neighbors(3)] == expected
+    np.testing.assert_array_equal(again._extras.dba.augmented(), results._extras.dba.augmented())
