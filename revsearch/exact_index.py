@@ -89,8 +89,9 @@ class ExactIndex(InMemoryIndex):
     @classmethod
     def from_state(cls, state: dict) -> ExactIndex:
         """Inverse of :meth:`state` (brain runs before the index core stored kind ``pixel``, no dtype)."""
-        dtype = state.get("dtype") or (decode_array(state["vectors"]).dtype if "vectors" in state else np.float64)
-        index = cls(state.get("dim") or decode_array(state["vectors"]).shape[1], dtype)
+        vectors = decode_array(state["vectors"]) if "vectors" in state else None  # decoded once
+        dtype = state.get("dtype") or (vectors.dtype if vectors is not None else np.float64)
+        index = cls(state.get("dim") or vectors.shape[1], dtype)
         if len(state.get("keys") or ()):
-            index.store.adopt(state["keys"], decode_array(state["vectors"]))
+            index.store.adopt(state["keys"], vectors)
         return index
