@@ -1,20 +1,21 @@
 """revsearch: reverse image search, from a pixel baseline to CNN embeddings in Milvus.
 
-The public names are imported on first use, so ``import revsearch`` stays cheap: a query or a
-plugin load pays only for the modules it needs (pymilvus for Milvus, torch only to build models).
+The public names are imported on first use, so ``import revsearch`` stays cheap (not even numpy:
+the command line starts a Lite file's serving process before it): a query or a plugin load pays
+only for the modules it needs (pymilvus for Milvus, torch only to build models).
 """
 
 from importlib import import_module
 
 from . import grpc_quiet  # noqa: F401  (first: before anything imports grpc)
 from .errors import ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError, WeightsUnavailableError
-from .hits import Hit
 
 #: Public name -> the module that defines it (imported by ``__getattr__`` on first use).
 _LAZY = {
     "Embedder": "embedder",
     "EmbedderConfig": "embedder",
     "ExactIndex": "exact_index",
+    "Hit": "hits",
     "IVFIndex": "ivf_index",
     "IndexReport": "search_index",
     "MilvusIndex": "milvus_index",

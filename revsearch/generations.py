@@ -24,13 +24,14 @@ from pathlib import Path
 from .atomic import fsync_dir, write_atomic
 from .crashpoints import write_point
 from .errors import IndexCorruptError, IndexNotFoundError, RevsearchError
-from .journal import JOURNAL
 from .milvus_uri import is_lite_uri
 
 MANIFEST = "manifest.json"
 #: Where the command line keeps an index unless told (``--index-dir``).
 DEFAULT_INDEX_DIR = ".revsearch"
 PENDING = "pending.json"
+#: An update in progress (written and read by :mod:`revsearch.journal`).
+JOURNAL = "journal.npz"
 CHECKPOINT = "partial"
 #: 3: the PCA is saved as pca.json (its state form); 2 wrote pca.npz, still read.
 FORMAT_VERSION = 3

@@ -14,6 +14,7 @@ import numpy as np
 
 from .exact_index import ExactIndex
 from .ivf_index import IVFIndex, default_n_clusters
+from .lite_preload import Preload
 from .lite_server import LiteServerStart, shared_mode
 from .served_index import ServedIndex
 from .vector_index import VectorIndex
@@ -81,7 +82,7 @@ def load_index(config: dict, folder: Path | None = None, token: str = "") -> Vec
     the files it saved in ``folder``, or (milvus) by reconnecting to its existing collection."""
     kind = check_kind(config["kind"])
     if kind == "milvus":
-        starting = LiteServerStart.for_uri(config["uri"])
+        starting = LiteServerStart.for_uri(config["uri"], Preload(config["collection"], config.get("db_name") or ""))
         if starting is not None and shared_mode():  # calls go to the serving process: no pymilvus here
             return ServedIndex(config, starting)
         from .milvus_index import MilvusIndex  # pymilvus, while a Lite server starts

@@ -18,8 +18,7 @@ import numpy as np
 
 from .atomic import fsync_dir, write_atomic
 from .crashpoints import write_point
-
-JOURNAL = "journal.npz"
+from .generations import JOURNAL
 
 
 @dataclass

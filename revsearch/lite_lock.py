@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -135,8 +136,8 @@ class LiteFileLock:
         if not lock.is_locked:
             return
         if lock.lock_counter == 1:
-            from milvus_lite.server_manager import server_manager_instance
-
             _acquired_ns.pop(self.db_path, None)
-            server_manager_instance.release_server(self.db_path)
+            manager = sys.modules.get("milvus_lite.server_manager")
+            if manager is not None:  # not imported: no Lite server was started through it
+                manager.server_manager_instance.release_server(self.db_path)
         lock.release()

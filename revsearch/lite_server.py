@@ -21,8 +21,8 @@ and runs its own server, as before (see :mod:`revsearch.lite_lock`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -38,6 +38,7 @@ from pathlib import Path
 from .errors import LiteFileBusyError, RevsearchError
 from .index_lock import read_holder
 from .lite_lock import LiteFileLock, lock_path
+from .lite_preload import Preload, load_early
 from .milvus_uri import check_lite_file_name
 
 #: ``shared`` or ``own`` (see the module docstring); the CLI sets ``shared`` unless it is set.
@@ -164,9 +165,10 @@ class SharedLite:
         self._closer()  # closes the descriptor (once), which drops the shared lock
 
 
-def open_lite(db_path: Path, shared: bool | None = None) -> OwnLite | SharedLite:
+def open_lite(db_path: Path, shared: bool | None = None, preload: Preload | None = None) -> OwnLite | SharedLite:
     """Access to the Lite file ``db_path``: a slot on its serving process when one runs; otherwise,
-    in shared mode, a serving process started for it, or, in own mode, this process's lock."""
+    in shared mode, a serving process started for it (which loads the ``preload`` collection as soon
+    as its server runs), or, in own mode, this process's lock."""
     check_lite_file_name(db_path.name)
     shared = (shared_mode() if shared is None else shared) and os.access(db_path.parent, os.W_OK)
     deadline = time.monotonic() + START_WAIT_S
@@ -175,7 +177,7 @@ def open_lite(db_path: Path, shared: bool | None = None) -> OwnLite | SharedLite
         if slot is not None:
             return slot
         if shared:
-            return _start_and_attach(db_path, deadline)
+            return _start_and_attach(db_path, deadline, preload)
         lock = LiteFileLock(db_path)
         try:
             lock.acquire()
@@ -186,7 +188,7 @@ def open_lite(db_path: Path, shared: bool | None = None) -> OwnLite | SharedLite
         time.sleep(POLL_S)  # a serving process is starting or stopping
 
 
-def _start_and_attach(db_path: Path, deadline: float) -> SharedLite:
+def _start_and_attach(db_path: Path, deadline: float, preload: Preload | None) -> SharedLite:
     """Start a serving process for ``db_path`` and take a slot on it; one process starts at a time
     (``<file>.revsearch.start``), the others wait and take a slot on the one it started."""
     fd = os.open(start_path(db_path), os.O_RDWR | os.O_CREAT, 0o666)
@@ -206,7 +208,7 @@ def _start_and_attach(db_path: Path, deadline: float) -> SharedLite:
             if slot is not None:
                 return slot
             if starter is None:
-                starter = _start_serving(db_path, starter_stderr)
+                starter = _start_serving(db_path, starter_stderr, preload)
             elif starter.poll() is not None:
                 starter_stderr.seek(0)
                 message = starter_stderr.read().decode(errors="replace").strip().splitlines()
@@ -226,14 +228,17 @@ def _start_and_attach(db_path: Path, deadline: float) -> SharedLite:
         starter_stderr.close()
 
 
-def _start_serving(db_path: Path, stderr) -> subprocess.Popen:
+def _start_serving(db_path: Path, stderr, preload: Preload | None) -> subprocess.Popen:
     """Start ``python -m revsearch.lite_server db_path`` in its own session (it outlives this process),
     its standard error into the file ``stderr``."""
     package_root = str(Path(__file__).resolve().parents[1])
     env = {k: v for k, v in os.environ.items() if not k.startswith(CRASH_ENV_PREFIX)}  # the caller's, not its
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    args = [sys.executable, "-m", "revsearch.lite_server", str(db_path), "--idle-s", str(idle_seconds())]
+    if preload is not None:
+        args += ["--preload", preload.collection, "--preload-db-name", preload.db_name]
     return subprocess.Popen(
-        [sys.executable, "-m", "revsearch.lite_server", str(db_path), "--idle-s", str(idle_seconds())],
+        args,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -248,27 +253,28 @@ class LiteServerStart:
     mode the lock and this process's Lite server (~0.5 s to start), which the caller's own
     :func:`open_lite` and connection then find ready. :meth:`release` drops this reference."""
 
-    def __init__(self, db_path: Path):
-        self.db_path = db_path
+    def __init__(self, db_path: Path, preload: Preload | None = None):
+        self.db_path, self.preload = db_path, preload
         self._access: OwnLite | SharedLite | None = None
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._start, name="revsearch-lite-start", daemon=True)
         self._thread.start()
 
     @classmethod
-    def for_uri(cls, uri: str) -> LiteServerStart | None:
+    def for_uri(cls, uri: str, preload: Preload | None = None) -> LiteServerStart | None:
         """A start for a Lite file that exists and is opened in place (not for a server URI, nor a
-        file in a read-only folder, which is opened from a copy)."""
+        file in a read-only folder, which is opened from a copy); ``preload``: the collection the
+        caller will open, loaded by the server as soon as it runs."""
         from .milvus_uri import is_lite_uri
 
         if not is_lite_uri(uri):
             return None
         path = Path(uri).expanduser().resolve()
-        return cls(path) if path.is_file() and os.access(path.parent, os.W_OK) else None
+        return cls(path, preload) if path.is_file() and os.access(path.parent, os.W_OK) else None
 
     def _start(self) -> None:
         try:
-            self._access = open_lite(self.db_path)
+            self._access = open_lite(self.db_path, preload=self.preload)
         except Exception as exc:  # raised in the caller's thread by wait()
             self._error = exc
             return
@@ -276,9 +282,12 @@ class LiteServerStart:
             from milvus_lite.server_manager import server_manager_instance
 
             try:
-                server_manager_instance.start_and_get_uri(self._access.uri)
+                uri = server_manager_instance.start_and_get_uri(self._access.uri)
             except Exception:  # the caller's connection starts it again, with retries and a clear error
                 logger.debug("early start of the Lite server for %s failed", self.db_path, exc_info=True)
+                return
+            if uri is not None and self.preload is not None:  # while the caller imports pymilvus
+                load_early(uri, *self.preload)
 
     def wait(self) -> None:
         """Wait for the start; a file held by another process raises its busy error here."""
@@ -296,7 +305,7 @@ class LiteServerStart:
     def again(self) -> LiteServerStart:
         """A new start, after the serving process stopped (this one is released)."""
         self.release()
-        return LiteServerStart(self.db_path)
+        return LiteServerStart(self.db_path, self.preload)
 
     def release(self) -> None:
         self._thread.join()
@@ -309,11 +318,10 @@ class LiteServerStart:
 BUSY_EXIT = 3
 
 
-def serve(db_path: Path, idle_s: float) -> int:
+def serve(db_path: Path, idle_s: float, preloads: tuple[Preload, ...] = ()) -> int:
     """Hold ``db_path``, serve it, and stop after ``idle_s`` seconds without a client, on SIGTERM /
-    SIGINT, or when the file is deleted or replaced (e.g. its folder deleted and made again)."""
-    from milvus_lite.server_manager import server_manager_instance
-
+    SIGINT, or when the file is deleted or replaced (e.g. its folder deleted and made again).
+    ``preloads``: collections loaded as soon as the server runs, while pymilvus is imported."""
     lock = LiteFileLock(db_path, note=SERVES)
     deadline = time.monotonic() + START_WAIT_S
     while True:
@@ -325,11 +333,13 @@ def serve(db_path: Path, idle_s: float) -> int:
                 print(exc, file=sys.stderr)
                 return BUSY_EXIT
             time.sleep(POLL_S)  # the previous serving process is stopping
-    started: list[str] = []
-    starting = threading.Thread(target=_start_server, args=(server_manager_instance, db_path, started))
+    started: list = []
+    starting = threading.Thread(target=_start_server, args=(db_path, started, preloads))
     starting.start()
     from . import milvus_index  # noqa: F401  (pymilvus, ~1 s, while the Lite server starts, ~0.5 s)
     from .served_index import IndexService
+
+    _dense_inputs_only()
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -340,10 +350,14 @@ def serve(db_path: Path, idle_s: float) -> int:
         starting.join()
         if not started:
             raise RuntimeError(f"could not start a Milvus Lite server for {db_path}")
-        service = IndexService(started[0])
-        served = {"pid": os.getpid(), "uri": started[0], "queries": service.address, "authkey": service.authkey.hex()}
+        service = IndexService(started[0].uds_path)
+        served = {
+            "pid": os.getpid(),
+            "uri": started[0].uds_path,
+            "queries": service.address,
+            "authkey": service.authkey.hex(),
+        }
         _write_atomically(serve_path(db_path), json.dumps(served))
-        threading.Thread(target=_import_scipy_sparse, name="revsearch-warm-up", daemon=True).start()
         idle_since = None
         served_file = _identity(db_path)
         while not stop.wait(IDLE_POLL_S) and _identity(db_path) == served_file:  # not deleted nor replaced
@@ -360,27 +374,59 @@ def serve(db_path: Path, idle_s: float) -> int:
         _unlink_own_serve_file(db_path)
         if service is not None:
             service.close()
-        lock.release()  # stops the Lite server too
+        starting.join()
+        for server in started:
+            server.stop()
+        lock.release()
         os.close(clients)
     return 0
 
 
-def _import_scipy_sparse() -> None:
-    """Import what pymilvus imports on its first search or insert (scipy.sparse, ~0.3 s: it checks
-    every call's data for a sparse matrix) while the first client connects, not after."""
-    with contextlib.suppress(ImportError):
-        import scipy.sparse  # noqa: F401
+def _dense_inputs_only() -> None:
+    """Spare this process pymilvus's scipy check: before its first search or insert pymilvus imports
+    scipy.sparse (0.3 s, most of a first query here) to ask whether the data is a sparse matrix.
+    This process sends only revsearch's dense vectors, for which the answer is no, so it tells
+    pymilvus's ``SciPyHelper`` that the check is done and found no scipy (only here: a user's own
+    process may send sparse data). Another pymilvus without that helper keeps its own check."""
+    from pymilvus.client import utils
+
+    helper = getattr(utils, "SciPyHelper", None)
+    if helper is not None and hasattr(helper, "_checked"):
+        helper._checked = True
 
 
-def _start_server(manager, db_path: Path, started: list[str]) -> None:
-    """Start the Lite server for ``db_path``, retried; its socket goes into ``started``."""
+def _start_server(db_path: Path, started: list, preloads: tuple[Preload, ...]) -> None:
+    """Start the Lite server for ``db_path``, retried; the running milvus-lite ``Server`` goes into
+    ``started``, then ``preloads`` are loaded in the background."""
+    server_class = lite_server_class()
     for attempt in range(START_ATTEMPTS):
-        uri = manager.start_and_get_uri(str(db_path))
-        if uri is not None:
-            started.append(uri)
+        server = server_class(str(db_path))
+        if server.init() and server.start():
+            started.append(server)
+            for each in preloads:
+                threading.Thread(target=load_early, args=(server.uds_path, *each), daemon=True).start()
             return
+        server.stop()
         if attempt < START_ATTEMPTS - 1:
             time.sleep(RETRY_WAIT_S)
+
+
+def lite_server_class() -> type:
+    """milvus-lite's ``Server`` (it runs the Lite server binary for one file), loaded from its module
+    file alone: importing it through the ``milvus_lite`` package first runs the package's
+    ``__init__``, which imports ``pkg_resources`` (0.15 s) only to read its own version. Any surprise
+    (another milvus-lite layout) falls back to the plain import."""
+    try:
+        package = importlib.util.find_spec("milvus_lite")  # finds the package without running it
+        path = Path(package.submodule_search_locations[0]) / "server.py"
+        spec = importlib.util.spec_from_file_location("revsearch._milvus_lite_server", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.Server
+    except Exception:
+        from milvus_lite.server import Server
+
+        return Server
 
 
 def _unlink_own_serve_file(db_path: Path) -> None:
@@ -413,8 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve a Milvus Lite file to other revsearch processes.")
     parser.add_argument("db_path", type=Path)
     parser.add_argument("--idle-s", type=float, default=DEFAULT_IDLE_S, help="stop after this long without a client")
+    parser.add_argument("--preload", help="a collection to load as soon as the server runs")
+    parser.add_argument("--preload-db-name", default="", help="the database of --preload")
     args = parser.parse_args(argv)
-    return serve(args.db_path.expanduser().resolve(), args.idle_s)
+    preloads = (Preload(args.preload, args.preload_db_name),) if args.preload else ()
+    return serve(args.db_path.expanduser().resolve(), args.idle_s, preloads)
 
 
 if __name__ == "__main__":

@@ -269,7 +269,7 @@ _EARLY = """
 import json, sys
 from revsearch.cli_launch import serve_early
 starting = serve_early(sys.argv[1:])
-loaded = sorted(m for m in ("revsearch.cli", "revsearch.search_index", "pymilvus") if m in sys.modules)
+loaded = sorted(m for m in ("revsearch.cli", "revsearch.search_index", "pymilvus", "numpy") if m in sys.modules)
 if starting is not None:
     starting.slot()
 print(json.dumps({"started": starting is not None, "loaded": loaded}))
@@ -300,8 +300,10 @@ def test_the_command_starts_serving_a_query_s_lite_file_before_its_own_imports(t
     assert _early("query", query, "--index-dir", str(tmp_path / "none"))["started"] is False
     try:
         early = _early("query", query, "-k", "3", f"--index-dir={index_dir}")
-        assert early == {"started": True, "loaded": []}  # before the command line's and pymilvus's imports
+        assert early == {"started": True, "loaded": []}  # before the command line's, numpy's, pymilvus's imports
         pid = _served(db)["pid"]
+        collection = json.loads((tmp_path / "idx" / "manifest.json").read_text())["backend"]["collection"]
+        _wait_loaded(_served(db)["uri"], collection)  # asked for by the serving process itself: nobody opened it
         done = subprocess.run(
             [sys.executable, "-m", "revsearch", "query", query, "--index-dir", index_dir, "-k", "3"],
             capture_output=True,
@@ -311,5 +313,54 @@ def test_the_command_starts_serving_a_query_s_lite_file_before_its_own_imports(t
         )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.splitlines()[0].split()[-1] == query and _served(db)["pid"] == pid
+        assert "/scipy/" not in Path(f"/proc/{pid}/maps").read_text()  # searched without pymilvus's scipy check
     finally:
         os.kill(_served(db)["pid"], signal.SIGTERM)
+
+
+def _wait_loaded(server_uri: str, collection: str, timeout: float = 60) -> None:
+    """Wait until the Lite server at ``server_uri`` has ``collection`` loaded (asked through a client
+    of its own, which loads nothing)."""
+    from pymilvus import MilvusClient
+    from pymilvus.client.types import LoadState
+
+    client = MilvusClient(uri=server_uri)
+    try:
+        deadline = time.monotonic() + timeout
+        while (state := client.get_load_state(collection)["state"]) != LoadState.Loaded:
+            assert time.monotonic() < deadline, f"{collection} is still {state}"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def test_a_serving_process_started_without_preload_leaves_collections_unloaded(db):
+    """The check above can fail: a plain start loads nothing until a client opens the collection."""
+    from pymilvus import MilvusClient
+    from pymilvus.client.types import LoadState
+
+    from revsearch.lite_server import open_lite
+
+    slot = open_lite(db, shared=True)
+    try:
+        client = MilvusClient(uri=slot.uri)
+        time.sleep(1)
+        assert client.get_load_state("t")["state"] == LoadState.NotLoad
+        client.close()
+    finally:
+        slot.release()
+
+
+def test_own_mode_start_loads_the_collection_while_the_caller_goes_on(db, monkeypatch):
+    monkeypatch.setenv(MODE_ENV, "own")
+    from revsearch.lite_preload import Preload
+    from revsearch.lite_server import LiteServerStart
+
+    starting = LiteServerStart.for_uri(str(db), Preload("t"))
+    try:
+        starting.wait()
+        from milvus_lite.server_manager import server_manager_instance
+
+        _wait_loaded(server_manager_instance.start_and_get_uri(str(db)), "t", timeout=0)
+    finally:
+        starting.release()
