@@ -37,8 +37,7 @@ def serve_early(argv: list[str]) -> object | None:
         return None
     if not isinstance(backend, dict) or backend.get("kind") != "milvus":
         return None
-    preload = Preload(backend.get("collection") or "", backend.get("db_name") or "")
-    return LiteServerStart.for_uri(resolve_lite_uri(directory, backend)["uri"], preload if preload.collection else None)
+    return LiteServerStart.for_uri(resolve_lite_uri(directory, backend)["uri"], Preload.of(backend))
 
 
 def main() -> int:

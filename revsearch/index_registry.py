@@ -82,7 +82,7 @@ def load_index(config: dict, folder: Path | None = None, token: str = "") -> Vec
     the files it saved in ``folder``, or (milvus) by reconnecting to its existing collection."""
     kind = check_kind(config["kind"])
     if kind == "milvus":
-        starting = LiteServerStart.for_uri(config["uri"], Preload(config["collection"], config.get("db_name") or ""))
+        starting = LiteServerStart.for_uri(config["uri"], Preload.of(config))
         if starting is not None and shared_mode():  # calls go to the serving process: no pymilvus here
             return ServedIndex(config, starting)
         from .milvus_index import MilvusIndex  # pymilvus, while a Lite server starts

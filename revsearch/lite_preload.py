@@ -31,6 +31,12 @@ class Preload(NamedTuple):
     collection: str
     db_name: str = ""
 
+    @classmethod
+    def of(cls, config: dict) -> Preload | None:
+        """The collection a Milvus index ``config`` opens (None when it names none)."""
+        collection = config.get("collection")
+        return cls(collection, config.get("db_name") or "") if isinstance(collection, str) and collection else None
+
 
 def _varint(value: int) -> bytes:
     out = bytearray()

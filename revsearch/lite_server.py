@@ -318,10 +318,10 @@ class LiteServerStart:
 BUSY_EXIT = 3
 
 
-def serve(db_path: Path, idle_s: float, preloads: tuple[Preload, ...] = ()) -> int:
+def serve(db_path: Path, idle_s: float, preload: Preload | None = None) -> int:
     """Hold ``db_path``, serve it, and stop after ``idle_s`` seconds without a client, on SIGTERM /
     SIGINT, or when the file is deleted or replaced (e.g. its folder deleted and made again).
-    ``preloads``: collections loaded as soon as the server runs, while pymilvus is imported."""
+    ``preload``: a collection loaded as soon as the server runs, while pymilvus is imported."""
     lock = LiteFileLock(db_path, note=SERVES)
     deadline = time.monotonic() + START_WAIT_S
     while True:
@@ -334,7 +334,7 @@ def serve(db_path: Path, idle_s: float, preloads: tuple[Preload, ...] = ()) -> i
                 return BUSY_EXIT
             time.sleep(POLL_S)  # the previous serving process is stopping
     started: list = []
-    starting = threading.Thread(target=_start_server, args=(db_path, started, preloads))
+    starting = threading.Thread(target=_start_server, args=(db_path, started, preload))
     starting.start()
     from . import milvus_index  # noqa: F401  (pymilvus, ~1 s, while the Lite server starts, ~0.5 s)
     from .served_index import IndexService
@@ -395,16 +395,16 @@ def _dense_inputs_only() -> None:
         helper._checked = True
 
 
-def _start_server(db_path: Path, started: list, preloads: tuple[Preload, ...]) -> None:
+def _start_server(db_path: Path, started: list, preload: Preload | None) -> None:
     """Start the Lite server for ``db_path``, retried; the running milvus-lite ``Server`` goes into
-    ``started``, then ``preloads`` are loaded in the background."""
+    ``started``, then ``preload`` is loaded in the background."""
     server_class = lite_server_class()
     for attempt in range(START_ATTEMPTS):
         server = server_class(str(db_path))
         if server.init() and server.start():
             started.append(server)
-            for each in preloads:
-                threading.Thread(target=load_early, args=(server.uds_path, *each), daemon=True).start()
+            if preload is not None:
+                threading.Thread(target=load_early, args=(server.uds_path, *preload), daemon=True).start()
             return
         server.stop()
         if attempt < START_ATTEMPTS - 1:
@@ -462,8 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", help="a collection to load as soon as the server runs")
     parser.add_argument("--preload-db-name", default="", help="the database of --preload")
     args = parser.parse_args(argv)
-    preloads = (Preload(args.preload, args.preload_db_name),) if args.preload else ()
-    return serve(args.db_path.expanduser().resolve(), args.idle_s, preloads)
+    preload = Preload(args.preload, args.preload_db_name) if args.preload else None
+    return serve(args.db_path.expanduser().resolve(), args.idle_s, preload)
 
 
 if __name__ == "__main__":
