@@ -15,7 +15,6 @@ from .extractor import FEATURES, make_extractor, parse_scales
 from .files import scan_images
 from .generations import CHECKPOINT, DEFAULT_INDEX_DIR
 from .index_registry import LEGACY_PIXEL
-from .lite_server import default_to_shared
 from .mosaic import make_mosaic, save_mosaic
 from .query_source import load_query_image
 from .retrieval_options import MODES, RetrievalOptions
@@ -324,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # names are escaped by printable(); never fail on output
         stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    default_to_shared()  # a Lite file stays served between commands: no server start per query
     try:
         return args.func(args)
     except KeyboardInterrupt:

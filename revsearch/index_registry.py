@@ -14,9 +14,6 @@ import numpy as np
 
 from .exact_index import ExactIndex
 from .ivf_index import IVFIndex, default_n_clusters
-from .lite_preload import Preload
-from .lite_server import LiteServerStart, shared_mode
-from .served_index import ServedIndex
 from .vector_index import VectorIndex
 
 INDEX_KINDS = ("exact", "kmeans", "milvus")
@@ -82,18 +79,9 @@ def load_index(config: dict, folder: Path | None = None, token: str = "") -> Vec
     the files it saved in ``folder``, or (milvus) by reconnecting to its existing collection."""
     kind = check_kind(config["kind"])
     if kind == "milvus":
-        starting = LiteServerStart.for_uri(config["uri"], Preload.of(config))
-        if starting is not None and shared_mode():  # calls go to the serving process: no pymilvus here
-            return ServedIndex(config, starting)
-        from .milvus_index import MilvusIndex  # pymilvus, while a Lite server starts
+        from .milvus_index import MilvusIndex  # pymilvus (and pandas, grpc) only when a Milvus index is used
 
-        if starting is None:
-            return MilvusIndex.load(folder, config, token)
-        try:
-            starting.wait()
-            return MilvusIndex.load(folder, config, token)
-        finally:
-            starting.release()
+        return MilvusIndex.load(folder, config, token)
     cls = ExactIndex if kind == "exact" else IVFIndex
     if folder is None or "vectors" in config:
         return cls.from_state(config)

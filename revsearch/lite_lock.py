@@ -137,7 +137,14 @@ class LiteFileLock:
             return
         if lock.lock_counter == 1:
             _acquired_ns.pop(self.db_path, None)
-            manager = sys.modules.get("milvus_lite.server_manager")
-            if manager is not None:  # not imported: no Lite server was started through it
-                manager.server_manager_instance.release_server(self.db_path)
+            stop_lite_server(self.db_path)
         lock.release()
+
+
+def stop_lite_server(db_path: str | os.PathLike) -> None:
+    """Stop this process's Milvus Lite server for ``db_path``, if it runs: pymilvus starts it through
+    milvus-lite's ``server_manager_instance`` and never stops it before exit; its ``release_server``
+    is the one call that does."""
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:  # not imported: no Lite server was started in this process
+        manager.server_manager_instance.release_server(str(db_path))

@@ -30,7 +30,7 @@ from .errors import (
     UnsupportedIndexError,
 )
 from .hits import Hit
-from .lite_server import RETRY_WAIT_S, START_ATTEMPTS, open_lite
+from .lite_lock import LiteFileLock, stop_lite_server
 from .milvus_bulk import (
     IMPORT_TIMEOUT,
     ROWS_PER_FILE,
@@ -80,6 +80,9 @@ INDEX_TYPES = {
 #: for "add then query" in one process); Bounded / Session / Eventually trade that for latency on a
 #: busy cluster (Milvus Lite behaves as Strong whatever is asked).
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+#: Connecting to a Lite file is tried this often, this many seconds apart: the server of a process
+#: that was just killed may still hold the file (it stops once it sees its parent gone).
+START_ATTEMPTS, RETRY_WAIT_S = 5, 2.0
 
 
 #: Keys that are not valid UTF-8 (file names with undecodable bytes) are stored base64-escaped.
@@ -109,22 +112,29 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: b
         check_lite_file_name(Path(uri).name)
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser().resolve())
-    if is_lite_uri(uri) or uri.startswith("unix:"):  # a Lite server: its own, or a serving process's socket
         options["grpc_options"] = LITE_GRPC_OPTIONS
     for _ in range(START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
         try:
             return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
         except Exception:
-            # the Lite server of a process that was just killed may still hold the file: it stops by
-            # itself once it sees its parent gone; start ours afresh and try again
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(uri)
+            stop_lite_server(uri)  # start ours afresh and try again
             time.sleep(RETRY_WAIT_S)
     try:
         return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
     except Exception as exc:
         raise RevsearchError(f"cannot connect to Milvus at {uri!r}: {exc}") from exc
+
+
+def open_lite(uri: str) -> LiteFileLock | None:
+    """This process's lock on the Lite file ``uri`` (None for a server URI); a busy file raises
+    :class:`LiteFileBusyError` after any hand-over wait."""
+    if not is_lite_uri(uri):
+        return None
+    path = Path(uri).expanduser().resolve()
+    check_lite_file_name(path.name)
+    lock = LiteFileLock(path)
+    lock.acquire()
+    return lock
 
 
 def is_dropped_channel(exc: Exception) -> bool:
@@ -172,13 +182,10 @@ class MilvusIndex:
         consistency_level: str = "Strong",
         bulk_storage: BulkStorage | None = None,
         bulk_min_rows: int = BULK_MIN_ROWS,
-        via: str | None = None,
     ):
         """``bulk_storage``: where bulk-import files go (see :mod:`revsearch.milvus_bulk`); with it,
         ``add`` of at least ``bulk_min_rows`` rows imports them server-side where the server offers
-        bulk import, and upserts where it does not (Milvus Lite). Runtime only: not in ``config()``.
-        ``via``: the socket of the Lite server that serves the Lite file ``uri``, in the process that
-        serves it (:mod:`revsearch.lite_server`)."""
+        bulk import, and upserts where it does not (Milvus Lite). Runtime only: not in ``config()``."""
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
         if metric not in ("L2", "COSINE", "IP"):
@@ -194,18 +201,13 @@ class MilvusIndex:
         default_build, default_search = INDEX_TYPES[index_type]
         self.index_params = {**default_build, **(index_params or {})}
         self.search_params = {**default_search, **(search_params or {})}
-        self._via = via
-        self._lite = open_lite(Path(uri).expanduser().resolve()) if is_lite_uri(uri) and not via else None
+        self._lite = open_lite(uri)
         try:
-            self.client = connect(self._connect_uri(), token, db_name)
+            self.client = connect(uri, token, db_name)
             self._open_collection(create, overwrite)
         except BaseException:
             self.close()
             raise
-
-    def _connect_uri(self) -> str:
-        """Where the client connects: the server URI, the Lite file, or the socket of its server."""
-        return self._via or (self._lite.uri if self._lite else self.uri)
 
     def _open_collection(self, create: bool, overwrite: bool) -> None:
         collection, uri = self.collection, self.uri
@@ -265,10 +267,7 @@ class MilvusIndex:
                 "Milvus channel to %s dropped (%s); retrying once on a new connection", self.uri, exc.message
             )
             self.client.close()
-            if self._lite and not self._lite.alive():  # its serving process stopped: open the file again
-                self._lite.release()
-                self._lite = open_lite(Path(self.uri).expanduser().resolve())
-            self.client = connect(self._connect_uri(), self.token, self.db_name, fresh=True)
+            self.client = connect(self.uri, self.token, self.db_name, fresh=True)
             return getattr(self.client, method)(*args, **kwargs)
 
     def __len__(self) -> int:
@@ -295,7 +294,7 @@ class MilvusIndex:
 
     def _import_connection(self):
         """A connection alias for pymilvus's bulk-insert calls (a Lite file: the path the client serves)."""
-        return import_connection(self._connect_uri(), self.token, self.db_name)
+        return import_connection(self.uri, self.token, self.db_name)
 
     def _check_vectors(self, keys: list[str], vectors: np.ndarray) -> np.ndarray:
         arr = np.asarray(vectors, dtype=np.float32)
@@ -509,8 +508,8 @@ class MilvusIndex:
         self.client.drop_collection(self.collection)
 
     def close(self) -> None:
-        """Close the connection; for Milvus Lite also leave its serving process, or stop this
-        process's server for the file and release the lock, so another process can open it."""
+        """Close the connection; for Milvus Lite also stop this process's server for the file and
+        release the lock, so another process can open it."""
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
@@ -537,9 +536,9 @@ class MilvusIndex:
         """Nothing to write: the vectors live in Milvus (the config goes in the manifest)."""
 
     @classmethod
-    def load(cls, directory: Path | None, config: dict, token: str = "", via: str | None = None) -> MilvusIndex:
+    def load(cls, directory: Path | None, config: dict, token: str = "") -> MilvusIndex:
         """Reconnect to the existing collection ``config`` names (a missing Lite file is an error, not
-        created empty); settings it lacks take their defaults. ``via``: see :class:`MilvusIndex`."""
+        created empty); settings it lacks take their defaults."""
         where = f"the index in {directory}" if directory else f"collection {config['collection']!r}"
         if is_lite_uri(config["uri"]) and not Path(config["uri"]).expanduser().exists():
             raise IndexNotFoundError(
@@ -547,7 +546,7 @@ class MilvusIndex:
                 "lost its vectors; rebuild it with revsearch index FOLDER --rebuild"
             )
         uri = config["uri"]
-        if is_lite_uri(uri) and not via and not os.access(Path(uri).expanduser().parent, os.W_OK):
+        if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
             uri = _read_only_copy(uri)
         return cls(
             config["dim"],
@@ -561,7 +560,6 @@ class MilvusIndex:
             config.get("search_params"),
             create=False,
             consistency_level=config.get("consistency_level", "Strong"),
-            via=via,
         )
 
 
@@ -569,9 +567,9 @@ def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "
     """Drop ``collection`` at ``uri`` if it exists (a missing Lite file holds nothing to drop)."""
     if is_lite_uri(uri) and not Path(uri).expanduser().exists():
         return
-    lite = open_lite(Path(uri).expanduser().resolve()) if is_lite_uri(uri) else None
+    lite = open_lite(uri)
     try:
-        client = connect(lite.uri if lite else uri, token, db_name)
+        client = connect(uri, token, db_name)
         try:
             if client.has_collection(collection):
                 client.drop_collection(collection)

@@ -405,10 +405,7 @@ class SearchIndex:
         is left as it was; a failed copy leaves the index on the source."""
         from .milvus_index import MilvusIndex  # pymilvus: only Milvus-backed indexes need it
         from .milvus_move import copy_collection, same_collection_place
-        from .served_index import ServedIndex
 
-        if isinstance(self.backend, ServedIndex):  # copying reads the collection through pymilvus
-            self.backend = self.backend.direct()
         source = self.backend
         if not isinstance(source, MilvusIndex):
             raise ValueError(

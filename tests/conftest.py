@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-# Tests run each process on its own Lite server (the library's default) unless they test shared mode
-# (tests/test_lite_server.py): a CLI run in shared mode leaves a serving process behind for minutes.
-os.environ.setdefault("REVSEARCH_LITE_SERVER", "own")
 
 from helpers import MOBILENET_FILE, caltech_subset
 

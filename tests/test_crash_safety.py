@@ -98,11 +98,3 @@ def test_kill_at_every_write_point(backend, op, tmp_path):
         assert counts(final, expected) == {"lost": 0, "stale": 0, "orphaned": 0}, f"killed at {point!r}"
         assert leftovers(index_dir) == [], f"killed at {point!r}"
     print(f"\n{backend} {op}: {len(points)} kill points, 0 lost, 0 stale, 0 orphaned")
-
-
-@pytest.mark.parametrize("op", ["sync", "remove"])
-def test_kill_at_every_write_point_with_a_served_lite_file(op, tmp_path, monkeypatch):
-    """The CLI's shared mode: the killed process is a client, the serving process lives on."""
-    monkeypatch.setenv("REVSEARCH_LITE_SERVER", "shared")
-    monkeypatch.setenv("REVSEARCH_LITE_IDLE_S", "1")
-    test_kill_at_every_write_point("milvus", op, tmp_path)

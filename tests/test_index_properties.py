@@ -92,13 +92,8 @@ class IndexMachine(RuleBasedStateMachine):
         TALLY["steps"] += 1
 
 
-@pytest.mark.parametrize(
-    "backend, examples, lite_mode", [("pixel", 25, "own"), ("milvus", 25, "own"), ("milvus", 20, "shared")]
-)
-def test_random_changes_and_kills_keep_the_invariant(backend, examples, lite_mode, monkeypatch):
-    """``lite_mode`` shared: the CLI's default, a serving process that outlives the killed ones."""
-    monkeypatch.setenv("REVSEARCH_LITE_SERVER", lite_mode)
-    monkeypatch.setenv("REVSEARCH_LITE_IDLE_S", "1")
+@pytest.mark.parametrize("backend, examples", [("pixel", 25), ("milvus", 25)])
+def test_random_changes_and_kills_keep_the_invariant(backend, examples):
     machine = type(f"IndexMachine_{backend}", (IndexMachine,), {"backend": backend})
     machine.TestCase.settings = settings(
         max_examples=examples,
@@ -112,6 +107,6 @@ def test_random_changes_and_kills_keep_the_invariant(backend, examples, lite_mod
     machine.TestCase().runTest()
     done = {k: TALLY[k] - before[k] for k in TALLY}
     print(
-        f"\n{backend} ({lite_mode} Lite server): {done['sequences']} sequences, {done['steps']} steps, "
+        f"\n{backend}: {done['sequences']} sequences, {done['steps']} steps, "
         f"{done['kills']} kills, {done['index_runs']} index runs: 0 lost, 0 stale, 0 orphaned"
     )

@@ -193,9 +193,9 @@ else:
 """
 
 
-def test_load_index_starts_the_lite_server_early_and_keeps_the_one_process_rule(tmp_path, data):
-    """``load_index`` locks a Lite file and starts its server while pymilvus is imported: a file held
-    elsewhere still gives the busy error, and closing the index releases the file."""
+def test_load_index_keeps_the_one_process_rule(tmp_path, data):
+    """``load_index`` locks a Lite file: a file held elsewhere gives the busy error, and closing the
+    index releases the file."""
     import json
     import subprocess
     import sys
@@ -215,7 +215,7 @@ def test_load_index_starts_the_lite_server_early_and_keeps_the_one_process_rule(
     assert load_in_child().startswith("BUSY")
     index.close()
     assert load_in_child() == "OPEN 100"
-    again = load_index(config)  # in this process: the early start's lock reference is dropped again
+    again = load_index(config)
     assert len(again) == 100
     again.close()
     assert load_in_child() == "OPEN 100"
