@@ -6,7 +6,7 @@ For each size N, one FiftyOne dataset of N dummy samples gets one brain run per 
 from the same clustered unit vectors (``synthetic()`` from vector_search.py) with
 ``fob.compute_similarity(dataset, embeddings=<array>, backend=...)``:
 
-- revsearch (our backend, ``revsearch.brain_backend``), ``index_kind="milvus"`` (Milvus Lite file,
+- revsearch (our backend, ``revsearch.fiftyone.brain``), ``index_kind="milvus"`` (Milvus Lite file,
   FLAT) and ``index_kind="kmeans"`` (in-memory IVF, default clusters / nprobe). The Milvus index is
   timed twice: as used (the store opens the Lite file, i.e. starts a Lite server, for every
   operation and stops it afterwards, so other processes can use the file) and with the file held
@@ -52,7 +52,7 @@ from common import Timer, markdown_table, write_results
 from fiftyone.brain.internal.core.milvus import MilvusSimilarity, MilvusSimilarityConfig  # noqa: E402
 from vector_search import synthetic
 
-import revsearch.brain_backend  # noqa: E402,F401  (registers backend="revsearch")
+import revsearch.fiftyone.brain  # noqa: E402,F401  (registers backend="revsearch")
 
 K = 10
 

@@ -6,7 +6,7 @@ searched turned 180 degrees (or mirrored), each key at its nearest turn?
 Same sources, edited copies and database as the copy part of ``retrieval_options.py`` (200 Caltech
 test images x 18 edits, against the train images plus the sources), MobileNetV2 (ImageNet weights)
 GeM at scale 1, PCA-128 fitted on the database, fused with the 16x16 thumbnails exactly as the
-library's copy mode (:func:`revsearch.fusion.ratio_fusion`, ref rank 5, thumbnail weight 1.5, top
+library's copy mode (:func:`revsearch.retrieval.fusion.ratio_fusion`, ref rank 5, thumbnail weight 1.5, top
 100 of each). Chosen on half A of the sources (even positions), reported on half B as well.
 """
 
@@ -18,9 +18,9 @@ from copy_detection import TRANSFORMS, make_queries
 from features_cache import pixel_features
 
 from revsearch import Embedder, EmbedderConfig, PCAReducer, load_image
-from revsearch.fusion import ratio_fusion
-from revsearch.hits import Hit
-from revsearch.retrieval_options import COPY_PIXEL_WEIGHT, COPY_REF_RANK, COPY_TOP
+from revsearch.index.hits import Hit
+from revsearch.retrieval.fusion import ratio_fusion
+from revsearch.retrieval.options import COPY_PIXEL_WEIGHT, COPY_REF_RANK, COPY_TOP
 
 TURNS = {
     "turned 180": lambda im: im[::-1, ::-1],

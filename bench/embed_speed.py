@@ -19,7 +19,7 @@ import torch
 from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 
 from revsearch import Embedder, EmbedderConfig
-from revsearch.embedder import RUNTIMES
+from revsearch.features.cnn import RUNTIMES
 
 BACKBONES = [("mobilenet_v2", "IMAGENET1K_V1"), ("resnet18", None), ("resnet50", None)]
 

@@ -12,9 +12,9 @@ import numpy as np
 from common import CACHE
 
 from revsearch import Embedder, EmbedderConfig, PixelFeatures
-from revsearch.embedder import gem_pool, l2_rows
-from revsearch.extractor import FeatureExtractor
-from revsearch.multiscale import MultiScaleEmbedder
+from revsearch.features.cnn import gem_pool, l2_rows
+from revsearch.features.multiscale import MultiScaleEmbedder
+from revsearch.features.pipeline import FeatureExtractor
 
 
 class BothPoolings(Embedder):

@@ -44,7 +44,7 @@ def main() -> None:
     import fiftyone as fo
 
     from revsearch import Embedder, EmbedderConfig
-    from revsearch.embedder import RUNTIMES
+    from revsearch.features.cnn import RUNTIMES
 
     train = [p for p, _ in caltech_split("train")]
     paths = train[:: max(1, len(train) // args.images)][: args.images]

@@ -19,8 +19,8 @@ import numpy as np
 from common import Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 
 from revsearch import Embedder, EmbedderConfig
-from revsearch.images import load_image
-from revsearch.onnx_trunk import OnnxTrunk
+from revsearch.features.decode import load_image
+from revsearch.features.trunks import OnnxTrunk
 
 BACKBONES = [("mobilenet_v2", "IMAGENET1K_V1"), ("resnet18", None), ("resnet50", None)]
 ROUNDS = 3

@@ -6,7 +6,7 @@
 ``--baseline DIR``: a checkout of the code before the change (``git worktree add DIR <commit>``);
 every measurement then runs for it and for this tree, side by side, in fresh processes.
 
-- import: ``python -X importtime -c "import revsearch.cli"`` (total, and which heavy modules load);
+- import: ``python -X importtime -c "import revsearch.cli.main"`` (total, and which heavy modules load);
 - plugin load: a fresh process that has imported ``fiftyone.operators`` and ``fiftyone.brain`` (as
   the App has) loads the plugin the way FiftyOne does (``PluginContext.register_all``);
 - CLI query: ``revsearch query IMAGE`` in a fresh process (wall time and peak RSS from
@@ -95,9 +95,9 @@ def last_json(out: str) -> dict:
 
 
 def import_time(code_dir: Path) -> dict:
-    """What ``import revsearch.cli`` imports: every top-level import after the interpreter's start-up
+    """What ``import revsearch.cli.main`` imports: every top-level import after the interpreter's start-up
     (``site``), so the ``revsearch`` package and what it imports count too."""
-    done = run(code_dir, [sys.executable, "-X", "importtime", "-c", "import revsearch.cli"])
+    done = run(code_dir, [sys.executable, "-X", "importtime", "-c", "import revsearch.cli.main"])
     lines = [line.split("|") for line in done.stderr.splitlines() if line.startswith("import time:")][1:]
     top = [cells for cells in lines if len(cells[2]) - len(cells[2].lstrip()) == 1]  # not nested
     after_site = top[[cells[2].strip() for cells in top].index("site") + 1 :]
@@ -178,7 +178,7 @@ def build_cli_index(index_dir: Path, n: int, images: list[str], kind: str) -> No
     """An index of ``kind`` (Milvus Lite, K-means IVF or exact) of ``images`` plus ``n - len(images)``
     synthetic vectors (PCA-128 space)."""
     from revsearch import Embedder, EmbedderConfig, PCAReducer, SearchIndex
-    from revsearch.index_registry import create_index
+    from revsearch.index.registry import create_index
 
     extractor = Embedder(EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1"))
     real = extractor.embed_paths(images, progress=False).vectors
@@ -205,7 +205,7 @@ import sys, uuid
 import numpy as np
 import fiftyone as fo
 import fiftyone.brain as fob
-import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
+import revsearch.fiftyone.brain  # noqa: F401  (registers backend="revsearch")
 sys.path.insert(0, sys.argv[3])
 from vector_search import synthetic
 n, tmp = int(sys.argv[1]), sys.argv[2]
@@ -249,7 +249,7 @@ def main() -> None:
             imp = median_of(args.repeats, import_time, code)
             rows.append(
                 {
-                    "measure": "import revsearch.cli",
+                    "measure": "import revsearch.cli.main",
                     "code": name,
                     "ms": imp["seconds"] * 1000,
                     "heavy modules loaded": " ".join(imp["loaded"]),

@@ -93,7 +93,7 @@ def child(dataset_name: str, backend: str) -> dict:
     import fiftyone as fo
     import fiftyone.brain as fob
 
-    import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
+    import revsearch.fiftyone.brain  # noqa: F401  (registers backend="revsearch")
 
     ds = fo.load_dataset(dataset_name)
     ids = ds.values("id")
@@ -131,7 +131,7 @@ def child(dataset_name: str, backend: str) -> dict:
 def child_index_level(n: int, nprobe: int | None = None) -> dict:
     """The K-means IVF range-search self-join and fob's greedy rule, without FiftyOne (no dataset);
     exact, or scanning only the ``nprobe`` nearest lists of each vector (approximate)."""
-    from revsearch.ivf_index import IVFIndex
+    from revsearch.index.ivf import IVFIndex
 
     vectors, copies = planted(n)
     keys = [str(i) for i in range(n)]

@@ -15,7 +15,7 @@ import numpy as np
 from common import Timer, caltech_split, markdown_table, write_results
 
 from revsearch import ExactIndex, PixelFeatures
-from revsearch.images import load_image
+from revsearch.features.decode import load_image
 
 
 def naive_query(query: str, paths: list[str], size: int, k: int) -> list[tuple[str, int]]:

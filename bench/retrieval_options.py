@@ -23,13 +23,13 @@ from features_cache import CACHED_SCALES, multiscale_features, pixel_features
 from retrieval_quality import class_retrieval_task, ranking_metrics
 
 from revsearch import EmbedderConfig, ExactIndex, PCAReducer, load_image
-from revsearch.dba import DBAGraph, augment, nearest_others
-from revsearch.fusion import fuse_hits, ratio_fusion
-from revsearch.hits import Hit
-from revsearch.multiscale import MultiScaleEmbedder
-from revsearch.pca import l2_normalize
-from revsearch.query_expansion import expand, expanded_search
-from revsearch.retrieval_options import COPY_PIXEL_WEIGHT, COPY_REF_RANK
+from revsearch.features.multiscale import MultiScaleEmbedder
+from revsearch.features.pca import l2_normalize
+from revsearch.index.hits import Hit
+from revsearch.retrieval.dba import DBAGraph, augment, nearest_others
+from revsearch.retrieval.fusion import fuse_hits, ratio_fusion
+from revsearch.retrieval.options import COPY_PIXEL_WEIGHT, COPY_REF_RANK
+from revsearch.retrieval.query_expansion import expand, expanded_search
 
 ALPHA = 3.0  # Radenović et al. 2018, for both alpha-QE and alpha-DBA
 SCALE_SETS = {

@@ -18,7 +18,7 @@ from features_cache import cnn_features, pixel_features
 
 from revsearch import ExactIndex, IVFIndex, MilvusIndex, PCAReducer
 from revsearch.errors import WeightsUnavailableError
-from revsearch.hits import squared_l2
+from revsearch.index.hits import squared_l2
 
 TOP = 100
 

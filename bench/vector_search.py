@@ -20,7 +20,7 @@ import psutil
 from common import RESULTS, Timer, markdown_table, write_results
 
 from revsearch import ExactIndex, IVFIndex, MilvusIndex
-from revsearch.ivf_index import default_n_clusters, default_nprobe
+from revsearch.index.ivf import default_n_clusters, default_nprobe
 
 K = 10
 

@@ -19,7 +19,7 @@ os.environ.setdefault("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS", "true")  # before f
 
 import fiftyone as fo  # noqa: E402
 
-import revsearch.brain_backend  # noqa: F401, E402  (registers the "revsearch" similarity backend)
+import revsearch.fiftyone.brain  # noqa: F401, E402  (registers the "revsearch" similarity backend)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import skimage.data
 
 from revsearch import Embedder, EmbedderConfig, SearchIndex
-from revsearch.mosaic import make_mosaic, save_mosaic
+from revsearch.cli.mosaic import make_mosaic, save_mosaic
 
 PHOTOS = [
     "astronaut.png",

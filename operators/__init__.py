@@ -1,4 +1,4 @@
-"""The plugin's operators, thin wrappers over ``revsearch.fiftyone_tools``."""
+"""The plugin's operators, thin wrappers over ``revsearch.fiftyone.tools``."""
 
 from .duplicates import FindNearDuplicates
 from .embeddings import ComputeEmbeddings, FitKMeans, FitPCA

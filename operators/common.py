@@ -5,9 +5,10 @@ from __future__ import annotations
 import fiftyone as fo
 import fiftyone.operators.types as types
 
-from revsearch.backbones import DEFAULT_BACKBONE, FEATURE_DIMS
-from revsearch.brain_backend import BACKEND_NAME
-from revsearch.extractor import FEATURES, FeatureExtractor, make_extractor
+from revsearch.features.backbones import DEFAULT_BACKBONE, FEATURE_DIMS
+from revsearch.features.factory import FEATURES, make_extractor
+from revsearch.features.pipeline import FeatureExtractor
+from revsearch.fiftyone.brain import BACKEND_NAME
 
 DEFAULT_EMBEDDINGS_FIELD = "revsearch_embedding"
 #: Targets of a search: the whole dataset (default) or only the view shown in the App.

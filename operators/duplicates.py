@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from revsearch import duplicates
+from revsearch.fiftyone import duplicates
 
 from .common import brain_key_input, copy_mode_error, radio_input
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from revsearch import fiftyone_tools as tools
+from revsearch.fiftyone import tools
 
 from .common import (
     DEFAULT_EMBEDDINGS_FIELD,

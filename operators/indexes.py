@@ -5,9 +5,9 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from revsearch import fiftyone_tools as tools
-from revsearch.index_registry import INDEX_KINDS
-from revsearch.retrieval_options import RetrievalOptions
+from revsearch.fiftyone import tools
+from revsearch.index.registry import INDEX_KINDS
+from revsearch.retrieval.options import RetrievalOptions
 
 from .common import (
     DEFAULT_EMBEDDINGS_FIELD,

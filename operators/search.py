@@ -7,8 +7,8 @@ import base64
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from revsearch import fiftyone_tools as tools
 from revsearch.errors import ImageLoadError, PrivateURLError
+from revsearch.fiftyone import tools
 
 from .common import IMAGE_SUFFIXES, brain_key_input, copy_mode_error, radio_input, target_input, target_samples
 

@@ -1,28 +1,40 @@
 """revsearch: reverse image search, from a pixel baseline to CNN embeddings in Milvus.
 
-The public names are imported on first use, so ``import revsearch`` stays cheap (not even numpy:
-the command line starts a Lite file's serving process before it): a query or a plugin load pays
-only for the modules it needs (pymilvus for Milvus, torch only to build models).
+Subpackages, lowest first (imports point down only): ``features`` (images to vectors), ``index``
+(vector indexes by kind), ``retrieval`` (options applied at query time), ``folder`` (the saved,
+updatable index of a folder of images), ``fiftyone`` (the Brain backend and what the App calls) and
+``cli``. The public names below are imported on first use, so ``import revsearch`` stays cheap.
 """
 
+import os
 from importlib import import_module
 
-from . import grpc_quiet  # noqa: F401  (first: before anything imports grpc)
-from .errors import ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError, WeightsUnavailableError
+from revsearch.errors import (
+    ImageLoadError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    RevsearchError,
+    WeightsUnavailableError,
+)
+
+# Keep gRPC's C-core log lines (e.g. GOAWAY notices) off the user's terminal; gRPC reads these once,
+# when it is first imported. A value the user has set is kept.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+os.environ.setdefault("GRPC_TRACE", "")
 
 #: Public name -> the module that defines it (imported by ``__getattr__`` on first use).
 _LAZY = {
-    "Embedder": "embedder",
-    "EmbedderConfig": "embedder",
-    "ExactIndex": "exact_index",
-    "Hit": "hits",
-    "IVFIndex": "ivf_index",
-    "IndexReport": "search_index",
-    "MilvusIndex": "milvus_index",
-    "PCAReducer": "pca",
-    "PixelFeatures": "pixel",
-    "SearchIndex": "search_index",
-    "load_image": "images",
+    "Embedder": "features.cnn",
+    "EmbedderConfig": "features.cnn",
+    "ExactIndex": "index.exact",
+    "Hit": "index.hits",
+    "IVFIndex": "index.ivf",
+    "IndexReport": "folder.index",
+    "MilvusIndex": "index.milvus",
+    "PCAReducer": "features.pca",
+    "PixelFeatures": "features.pixel",
+    "SearchIndex": "folder.index",
+    "load_image": "features.decode",
 }
 
 __all__ = [
@@ -48,7 +60,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(import_module(f"revsearch.{_LAZY[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'revsearch' has no attribute {name!r}")

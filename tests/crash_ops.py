@@ -21,8 +21,8 @@ import numpy as np
 
 from revsearch import MilvusIndex, PixelFeatures, SearchIndex
 from revsearch.files import list_images
-from revsearch.generations import MANIFEST, PENDING, generation_dir
-from revsearch.journal import JOURNAL
+from revsearch.folder.generations import MANIFEST, PENDING, generation_dir
+from revsearch.folder.journal import JOURNAL
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRACTOR_SIZE = 8

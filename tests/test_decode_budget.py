@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from revsearch.errors import ImageLoadError
-from revsearch.images import decode_image
+from revsearch.features.decode import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_a_jpeg_counts_at_the_reduced_size_it_is_decoded_at():
 _PEAK = """
 import resource, sys
 from pathlib import Path
-from revsearch.images import decode_image
+from revsearch.features.decode import decode_image
 data = Path(sys.argv[1]).read_bytes()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 decode_image(data, "big.png")
@@ -69,7 +69,7 @@ def test_peak_memory_of_a_large_transparent_png_stays_near_its_decoded_size(tmp_
 
 def test_decodes_over_the_shared_budget_wait_for_each_other():
     """Threads decoding huge images take turns: the bytes in flight never exceed the budget."""
-    from revsearch.images import _DecodeBudget
+    from revsearch.features.decode import _DecodeBudget
 
     budget, entered = _DecodeBudget(100), threading.Event()
 

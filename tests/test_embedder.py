@@ -38,7 +38,7 @@ def test_avg_and_gem_pooling_differ_and_resnet18_dims(subset_paths):
 
 
 def test_gem_with_p1_is_average_pooling():
-    from revsearch.embedder import gem_pool
+    from revsearch.features.cnn import gem_pool
 
     x = torch.rand(2, 4, 5, 5)
     torch.testing.assert_close(gem_pool(x, 1.0), x.mean(dim=(2, 3)))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from revsearch.errors import ImageLoadError
-from revsearch.query_source import fetch_url
+from revsearch.features.query_source import fetch_url
 
 PNG = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
 DRIP_BYTES, DRIP_PAUSE_S = 400, 0.05  # 20 s of headers

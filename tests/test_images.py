@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from revsearch.errors import ImageLoadError
-from revsearch.images import decode_image, load_image
+from revsearch.features.decode import decode_image, load_image
 
 
 def _gradient(h: int = 60, w: int = 80) -> np.ndarray:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from revsearch import PixelFeatures, SearchIndex
-from revsearch.index_registry import INDEX_KINDS, check_kind, collection_name, create_index, load_index
-from revsearch.vector_index import VectorIndex
+from revsearch.index.protocol import VectorIndex
+from revsearch.index.registry import INDEX_KINDS, check_kind, collection_name, create_index, load_index
 
 
 @pytest.fixture

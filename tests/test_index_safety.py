@@ -20,7 +20,7 @@ from crash_ops import counts, extractor, fresh, index_state, write_image
 from revsearch import SearchIndex
 from revsearch.errors import IndexBusyError, IndexMismatchError
 from revsearch.files import list_images
-from revsearch.index_lock import IndexLock
+from revsearch.locks import IndexLock
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from revsearch.fiftyone_stores import IndexHandle
-from revsearch.ivf_index import IVFIndex
-from revsearch.serial import encode_arrays
+from revsearch.array_codec import encode_arrays
+from revsearch.fiftyone.index_handle import IndexHandle
+from revsearch.index.ivf import IVFIndex
 
 OPTIONS = {"n_clusters": 12, "nprobe": 3}
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from revsearch import Embedder, EmbedderConfig, SearchIndex
-from revsearch.extractor import make_extractor
+from revsearch.features.factory import make_extractor
 
 HEAVY = ("torch", "torchvision", "sklearn", "pymilvus")
 PROBE = f"""
 import json, sys
-from revsearch.cli import main
+from revsearch.cli.main import main
 code = main(["query", sys.argv[1], "--index-dir", sys.argv[2], "-k", "3", "--json"])
 print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """

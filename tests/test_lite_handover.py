@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from revsearch.fiftyone_stores import IndexHandle
-from revsearch.lite_lock import HANDS_OVER, lock_path
+from revsearch.fiftyone.index_handle import IndexHandle
+from revsearch.index.lite_lock import HANDS_OVER, lock_path
 
 _CHILD = """
 import sys

@@ -7,7 +7,7 @@ import pytest
 
 from revsearch import ExactIndex, MilvusIndex
 from revsearch.errors import IndexMismatchError, IndexNotFoundError, UnsupportedIndexError
-from revsearch.milvus_index import LITE_GRPC_OPTIONS
+from revsearch.index.milvus import LITE_GRPC_OPTIONS
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_lite_file_name_rule_is_checked(tmp_path):
 def test_search_within_allowed_keys_matches_exact(milvus, data, monkeypatch, view_size):
     """One filter (40 keys), chunked filters (1,000 keys in chunks of 300), and the dense-view path
     (2,500 of 3,000: unfiltered search with a larger limit, then filters for queries left short)."""
-    monkeypatch.setattr("revsearch.milvus_index.FILTER_CHUNK_KEYS", 300)
+    monkeypatch.setattr("revsearch.index.milvus.FILTER_CHUNK_KEYS", 300)
     keys, vectors, queries = data
     allowed = [keys[i] for i in np.random.default_rng(view_size).choice(len(keys), view_size, replace=False)]
     exact = ExactIndex(48)
@@ -182,7 +182,7 @@ def test_lite_connections_send_no_idle_keepalive_pings(milvus):
 _LOAD_IN_CHILD = """
 import json, sys
 from revsearch.errors import LiteFileBusyError
-from revsearch.index_registry import load_index
+from revsearch.index.registry import load_index
 try:
     index = load_index(json.loads(sys.argv[1]))
 except LiteFileBusyError as exc:
@@ -200,7 +200,7 @@ def test_load_index_keeps_the_one_process_rule(tmp_path, data):
     import subprocess
     import sys
 
-    from revsearch.index_registry import load_index
+    from revsearch.index.registry import load_index
 
     index = MilvusIndex(48, collection="early", uri=str(tmp_path / "early.db"))
     index.add(data[0][:100], data[1][:100])

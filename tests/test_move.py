@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from revsearch import MilvusIndex, PixelFeatures, SearchIndex
-from revsearch.cli import main as cli_main
-from revsearch.milvus_move import copy_collection, iter_rows
+from revsearch.cli.main import main as cli_main
+from revsearch.index.milvus_move import copy_collection, iter_rows
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from revsearch import ExactIndex, PixelFeatures
-from revsearch.images import load_image
+from revsearch.features.decode import load_image
 
 
 def _naive_top_k(query_path, paths, size, k):

@@ -10,13 +10,13 @@ import pytest
 
 from helpers import SUBSET_CLASSES, SUBSET_PER_CLASS
 from revsearch import ExactIndex
-from revsearch.dba import DBAGraph, augment, nearest_others
-from revsearch.fusion import fuse_hits, ratio_fusion, reciprocal_rank_fusion
-from revsearch.hits import Hit
-from revsearch.pca import l2_normalize
-from revsearch.query_expansion import expand, expanded_search
-from revsearch.retrieval_options import IndexExtras, RetrievalOptions
-from revsearch.serial import encode_arrays
+from revsearch.array_codec import encode_arrays
+from revsearch.features.pca import l2_normalize
+from revsearch.index.hits import Hit
+from revsearch.retrieval.dba import DBAGraph, augment, nearest_others
+from revsearch.retrieval.fusion import fuse_hits, ratio_fusion, reciprocal_rank_fusion
+from revsearch.retrieval.options import IndexExtras, RetrievalOptions
+from revsearch.retrieval.query_expansion import expand, expanded_search
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_ratio_fusion_trusts_the_list_that_is_sure():
 
 # ---- multi-scale GeM ---------------------------------------------------------------------------
 def test_multiscale_single_scale_equals_the_embedder(pretrained_mobilenet, subset_paths):
-    from revsearch.multiscale import MultiScaleEmbedder
+    from revsearch.features.multiscale import MultiScaleEmbedder
 
     one = MultiScaleEmbedder(pretrained_mobilenet.config, scales=(1.0,))
     np.testing.assert_allclose(
@@ -187,7 +187,7 @@ def test_multiscale_single_scale_equals_the_embedder(pretrained_mobilenet, subse
 
 
 def test_multiscale_is_the_normalised_mean_of_scales(pretrained_mobilenet, subset_paths):
-    from revsearch.multiscale import DEFAULT_SCALES, MultiScaleEmbedder
+    from revsearch.features.multiscale import DEFAULT_SCALES, MultiScaleEmbedder
 
     ms = MultiScaleEmbedder(pretrained_mobilenet.config)
     assert ms.sizes == [224, 158, 112] and ms.describe()["scales"] == list(DEFAULT_SCALES)

@@ -12,8 +12,8 @@ import pytest
 
 from helpers import write_edited_copy
 from revsearch import ExactIndex, SearchIndex
-from revsearch.generations import MANIFEST
-from revsearch.retrieval_options import RetrievalOptions
+from revsearch.folder.generations import MANIFEST
+from revsearch.retrieval.options import RetrievalOptions
 
 
 @pytest.fixture
@@ -199,8 +199,8 @@ def test_cli_stores_the_options_and_queries_in_copy_mode(subset_paths, tmp_path)
 def test_brain_backend_applies_query_expansion_from_its_config(pretrained_mobilenet, subset_paths, tmp_path):
     import fiftyone as fo
 
-    from revsearch import fiftyone_tools as tools
-    from revsearch.query_expansion import expanded_search
+    from revsearch.fiftyone import tools
+    from revsearch.retrieval.query_expansion import expanded_search
 
     ds = fo.Dataset()
     ds.add_samples([fo.Sample(filepath=str(p)) for p in subset_paths])

@@ -21,8 +21,8 @@ fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
 
 from revsearch import PixelFeatures  # noqa: E402
-from revsearch import fiftyone_tools as tools  # noqa: E402
-from revsearch.fiftyone_tools import ERROR_FIELD, FAILED_TAG  # noqa: E402
+from revsearch.fiftyone import tools  # noqa: E402
+from revsearch.fiftyone.tools import ERROR_FIELD, FAILED_TAG  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 URI = "@revsearch/revsearch/"

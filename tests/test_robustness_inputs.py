@@ -14,10 +14,10 @@ import pytest
 from badfiles import KINDS, make_corpus
 from helpers import MOBILENET_FILE, TORCH_CACHE
 from revsearch import Embedder, PixelFeatures, SearchIndex
-from revsearch.display import printable
+from revsearch.cli.display import printable
 from revsearch.errors import ImageLoadError
+from revsearch.features.decode import load_image
 from revsearch.files import list_images
-from revsearch.images import load_image
 
 NON_UTF8 = ("non_utf8_name", "non_utf8_name_bad_file")
 

@@ -21,8 +21,8 @@ from badfiles import BAD_KINDS, GOOD_KINDS, make_corpus
 from helpers import TORCH_CACHE
 from revsearch import PixelFeatures, SearchIndex
 from revsearch.errors import ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError
-from revsearch.milvus_index import MilvusIndex
-from revsearch.query_source import fetch_url, load_query_image
+from revsearch.features.query_source import fetch_url, load_query_image
+from revsearch.index.milvus import MilvusIndex
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +255,7 @@ def test_redirect_from_a_public_url_to_an_internal_address_is_refused():
     import io
     import urllib.request
 
-    from revsearch.query_source import _SafeRedirects
+    from revsearch.features.query_source import _SafeRedirects
 
     headers = email.message.Message()
     headers["Location"] = "http://127.0.0.1:8080/admin"

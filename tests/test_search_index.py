@@ -10,7 +10,7 @@ import pytest
 from helpers import write_edited_copy
 from revsearch import SearchIndex
 from revsearch.errors import IndexMismatchError, IndexNotFoundError
-from revsearch.retrieval_options import RetrievalOptions
+from revsearch.retrieval.options import RetrievalOptions
 
 
 @pytest.fixture

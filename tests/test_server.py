@@ -41,8 +41,8 @@ from revsearch.errors import (
     IndexNotFoundError,
     UnsupportedIndexError,
 )
-from revsearch.milvus_bulk import LocalBulkStorage, S3BulkStorage, import_connection
-from revsearch.milvus_move import copy_collection
+from revsearch.index.milvus_bulk import LocalBulkStorage, S3BulkStorage, import_connection
+from revsearch.index.milvus_move import copy_collection
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL_URI = os.environ.get("REVSEARCH_MILVUS_URI", "")
@@ -304,7 +304,7 @@ def import_tasks(index: MilvusIndex) -> list[tuple[str, int]]:
 @pytest.mark.server
 def test_bulk_add_imports_where_the_server_has_it_and_upserts_where_not(bulk_index, server, data, caplog):
     keys, vectors, queries = data
-    with caplog.at_level(logging.WARNING, logger="revsearch.milvus_index"):
+    with caplog.at_level(logging.WARNING, logger="revsearch.index.milvus"):
         bulk_index.add(keys, vectors)
         assert bulk_index.supports_bulk_import is server.has_bulk_import  # learnt from the server's answer
         assert len(bulk_index) == N
@@ -464,7 +464,7 @@ def test_bulk_storage_on_a_lite_file_falls_back_to_upserts(tmp_path, data, caplo
         bulk_min_rows=BULK_MIN_ROWS,
     )
     try:
-        with caplog.at_level(logging.WARNING, logger="revsearch.milvus_index"):
+        with caplog.at_level(logging.WARNING, logger="revsearch.index.milvus"):
             lite.add(keys, vectors)
         assert not lite.supports_bulk_import
         assert ["has no bulk import" in r.getMessage() for r in caplog.records] == [True]

@@ -19,7 +19,7 @@ import pytest
 from app_driver import CHROMIUM, CHROMIUM_ARGS
 from plugin_helpers import REPO, subprocess_env, unique_name
 from revsearch import PixelFeatures
-from revsearch import fiftyone_tools as tools
+from revsearch.fiftyone import tools
 
 ARTIFACT = REPO / "test-artifacts" / "app_sort_by_similarity.png"
 NATIVE_ARTIFACT = REPO / "test-artifacts" / "app_native_button.png"

@@ -15,9 +15,9 @@ import pytest
 
 from plugin_helpers import MODEL, make_dataset, subprocess_env
 from revsearch import Embedder, MilvusIndex, PixelFeatures
-from revsearch import fiftyone_tools as tools
-from revsearch.brain_backend import RevsearchSimilarityConfig
 from revsearch.errors import IndexNotFoundError
+from revsearch.fiftyone import tools
+from revsearch.fiftyone.brain import RevsearchSimilarityConfig
 
 #: Brain keys of the module dataset: index kinds, over CNN features unless they start with "pixel".
 KINDS = ("milvus", "kmeans", "pixel", "exact", "pixel_milvus")

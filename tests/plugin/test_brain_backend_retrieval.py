@@ -10,8 +10,8 @@ import pytest
 
 from plugin_helpers import MODEL, make_dataset
 from revsearch import Embedder
-from revsearch import fiftyone_tools as tools
-from revsearch.dba import DBAGraph
+from revsearch.fiftyone import tools
+from revsearch.retrieval.dba import DBAGraph
 
 
 @pytest.fixture(scope="module")

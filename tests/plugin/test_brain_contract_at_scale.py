@@ -12,7 +12,7 @@ import fiftyone.brain as fob
 import numpy as np
 import pytest
 
-import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
+import revsearch.fiftyone.brain  # noqa: F401  (registers backend="revsearch")
 from plugin_helpers import unique_name
 
 KINDS = ("kmeans", "milvus", "pixel")

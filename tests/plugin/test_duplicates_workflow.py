@@ -11,8 +11,8 @@ import pytest
 
 from plugin_helpers import MODEL, make_dataset
 from revsearch import Embedder, PixelFeatures
-from revsearch import fiftyone_tools as tools
-from revsearch.duplicates import (
+from revsearch.fiftyone import tools
+from revsearch.fiftyone.duplicates import (
     COPY_THRESHOLD,
     copy_duplicate_groups,
     exact_duplicate_groups,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from plugin_helpers import make_dataset, subprocess_env
-from revsearch import fiftyone_tools as tools
+from revsearch.fiftyone import tools
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def test_old_brain_run_loads_and_sorts_as_before(legacy_dataset, key, monkeypatc
 
 
 def test_old_pca_field_still_builds_an_index(legacy_dataset):
-    from revsearch import fiftyone_tools as tools
+    from revsearch.fiftyone import tools
 
     ds, _ = legacy_dataset
     results, _ = tools.build_index(

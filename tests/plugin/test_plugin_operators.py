@@ -23,7 +23,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from plugin_helpers import MODEL, REPO, make_dataset
 from revsearch import Embedder, PCAReducer
-from revsearch import fiftyone_tools as tools
+from revsearch.fiftyone import tools
 
 URI = "@revsearch/revsearch/"
 

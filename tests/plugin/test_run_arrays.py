@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fiftyone.core.brain import BrainMethod
 
-import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch")
+import revsearch.fiftyone.brain  # noqa: F401  (registers backend="revsearch")
 from plugin_helpers import make_dataset, subprocess_env
-from revsearch import ivf_cache, run_arrays
+from revsearch.fiftyone import index_cache, run_arrays
 
 DIM = 8
 
@@ -55,7 +55,7 @@ def stored_names() -> set[str]:
 
 def fresh_load(ds, key: str):
     """The run as a fresh process would load it (neither FiftyOne's nor our process cache)."""
-    ivf_cache.forget(ds, key)
+    index_cache.forget(ds, key)
     return ds.load_brain_results(key, cache=False)
 
 
@@ -180,7 +180,7 @@ def test_arrays_of_a_deleted_dataset_are_collected_after_the_grace_period(datase
 UPDATE = """
 import sys
 import fiftyone as fo
-from revsearch import run_arrays
+from revsearch.fiftyone import run_arrays
 run_arrays.INLINE_BYTES, run_arrays.INLINE_KEYS = 64, 4
 ds = fo.load_dataset(sys.argv[1])
 results = ds.load_brain_results("rev")
@@ -225,7 +225,7 @@ def test_a_kill_at_every_write_point_of_an_update_loses_nothing_and_leaks_nothin
 
 
 def test_the_dba_graph_and_thumbnails_are_stored_beside_the_results_too(dataset):
-    from revsearch import fiftyone_tools as tools
+    from revsearch.fiftyone import tools
 
     vectors = np.random.default_rng(3).normal(size=(len(dataset), DIM)).astype(np.float32)
     dataset.set_values("emb", list(vectors))

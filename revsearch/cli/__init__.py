@@ -1,0 +1,1 @@
+"""The command line: ``revsearch index``, ``query``, ``info``, ``move``; result mosaics."""

@@ -1,0 +1,345 @@
+"""Command line: ``revsearch index DIR`` and ``revsearch query IMAGE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from revsearch.cli.display import json_path, printable
+from revsearch.cli.mosaic import make_mosaic, save_mosaic
+from revsearch.errors import RevsearchError
+from revsearch.features.cnn import RUNTIMES, EmbedderConfig
+from revsearch.features.factory import FEATURES, make_extractor, parse_scales
+from revsearch.features.query_source import load_query_image
+from revsearch.files import scan_images
+from revsearch.folder.generations import CHECKPOINT, DEFAULT_INDEX_DIR
+from revsearch.folder.index import BACKENDS, MANIFEST, IndexReport, SearchIndex
+from revsearch.index.registry import LEGACY_PIXEL
+from revsearch.retrieval.options import MODES, RetrievalOptions
+
+
+def _print_report(report: IndexReport, total: int) -> None:
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"{total} image files found: {report.summary()}")
+    for path, reason in sorted(report.failures.items()):
+        print(f"  skipped {printable(path)}: {reason}")
+
+
+def _index_dir(args: argparse.Namespace) -> Path:
+    """The index directory, made absolute once (the index then works from any working directory)."""
+    return Path(os.path.abspath(args.index_dir))
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    paths, unreadable = scan_images(args.folders)
+    index_dir = _index_dir(args)
+    roots = sorted({os.path.abspath(f) for f in args.folders})
+    if (index_dir / MANIFEST).exists() and not args.rebuild:
+        index = SearchIndex.load(index_dir, token=args.token or "")
+        scope, new_roots = _update_scope(index, roots, args)
+        print(f"updating the existing index in {printable(str(index_dir))} (use --rebuild to start over)")
+        if (index_dir / CHECKPOINT).exists():
+            print("note: an interrupted --rebuild left its embeddings in partial/; run with --rebuild to finish it")
+        report = index.sync(paths, progress=not args.quiet, scope=scope, roots=new_roots)
+    else:
+        features = "pixel" if args.backend == LEGACY_PIXEL else args.features
+        extractor = make_extractor(
+            {
+                "type": features,
+                "size": args.pixel_size,
+                "backbone": args.backbone,
+                "weights": None if args.weights == "none" else args.weights,
+                "pooling": args.pooling,
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "runtime": args.runtime,
+                "scales": parse_scales(args.scales),
+            }
+        )
+        options = {
+            k: v
+            for k, v in {
+                "n_clusters": args.n_clusters,
+                "nprobe": args.nprobe,
+                "uri": args.uri,
+                "index_type": args.index_type,
+                "token": args.token,
+                "db_name": args.db_name,
+            }.items()
+            if v is not None
+        }
+        pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
+        index, report = SearchIndex.build(
+            paths,
+            index_dir,
+            args.backend,
+            extractor,
+            pca_dim,
+            args.whiten,
+            progress=not args.quiet,
+            chunk_size=args.chunk_size,
+            roots=roots,
+            options=_retrieval_options(args),
+            **options,
+        )
+    report.failures.update(unreadable)
+    _print_report(report, len(paths))
+    print(f"index: {printable(str(index_dir))} ({len(index)} vectors, backend {index.backend.kind})")
+    return 0
+
+
+def _retrieval_options(args: argparse.Namespace) -> RetrievalOptions | None:
+    """Issue 13 hook: the options given on the command line over the defaults (None: defaults)."""
+    given = {k: getattr(args, k) for k in ("qe_n", "dba_n", "copy_pixels") if getattr(args, k) is not None}
+    if args.backend == "pixel" or not given:
+        return None  # the build's defaults (all off for the pixel backend)
+    return RetrievalOptions.from_dict({**RetrievalOptions().to_dict(), **given})
+
+
+def _update_scope(index: SearchIndex, roots: list[str], args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
+    """What an update may remove (None: anything not found) and the folders the index covers after it."""
+    if args.add:
+        return roots, sorted(set(index.roots or []) | set(roots))
+    if args.replace or index.roots is None or index.roots == roots:
+        return None, roots
+    built = ", ".join(printable(r) for r in index.roots)
+    raise RevsearchError(
+        f"the index in {printable(str(index.directory))} covers {built}, not the folders given: "
+        "add --add to index them as well, or --replace to make the index cover only them"
+    )
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if args.out:
+        _check_writable(args.out)
+    index = SearchIndex.load(_index_dir(args), token=os.environ.get("MILVUS_TOKEN", ""))
+    hits = index.query(args.image, k=args.k, allow_private_urls=args.allow_private_urls, mode=args.mode)
+    if args.json:
+        print(json.dumps([{**json_path(h.key), "distance": h.distance} for h in hits], indent=1))
+    else:
+        for rank, hit in enumerate(hits, 1):
+            print(f"{rank:3d}  {hit.distance:10.4f}  {printable(hit.key)}")
+    if args.out:
+        save_mosaic(args.out, make_mosaic(load_query_image(args.image, 256, args.allow_private_urls), hits))
+        print(f"mosaic written to {printable(args.out)}")
+    return 0
+
+
+def _check_writable(out: str) -> None:
+    """Refuse a mosaic path that cannot be written before any work is done."""
+    folder = Path(out).parent
+    if Path(out).suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        raise RevsearchError(f"--out {printable(out)}: give a .jpg or .png file name")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK) or Path(out).is_dir():
+        raise RevsearchError(
+            f"--out {printable(out)}: cannot write there (missing or read-only folder); choose another path"
+        )
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    index = SearchIndex.load(_index_dir(args))
+    manifest = index.manifest()
+    stale = index.stale()
+    check = index.check()
+    consistent = check["manifest_items"] == check["store_vectors"] and not (
+        check["only_in_store"] or check["only_in_manifest"]
+    )
+    print(
+        json.dumps(
+            {
+                "vectors": len(index),
+                "extractor": manifest["extractor"],
+                "pca": manifest["pca"],
+                "retrieval": manifest["retrieval"],
+                "backend": manifest["backend"],
+                "roots": manifest["roots"],
+                "failures": len(index.failures),
+                "missing_files": len(stale["missing"]),
+                "changed_files": len(stale["changed"]),
+                **check,
+                "consistent": consistent,
+            },
+            indent=1,
+        )
+    )
+    if not consistent:
+        print(
+            f"revsearch: the manifest lists {check['manifest_items']} files but the vector store holds "
+            f"{check['store_vectors']} vectors ({check['only_in_store']} not in the manifest, "
+            f"{check['only_in_manifest']} missing): rebuild with revsearch index FOLDER --rebuild",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    index = SearchIndex.load(_index_dir(args), token=args.source_token or "")
+    before = index.backend.config().get("uri")
+    from revsearch.index.milvus_bulk import LocalBulkStorage
+
+    storage = LocalBulkStorage(args.bulk_dir) if args.bulk_dir else None
+    index.move_to(
+        args.uri,
+        token=args.token or "",
+        db_name=args.db_name or "",
+        index_type=args.index_type,
+        bulk_storage=storage,
+        progress=not args.quiet,
+    )
+    print(
+        f"moved {len(index)} vectors from {before} to {args.uri}; {args.index_dir} now uses it "
+        "(the source collection is left as it was)"
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revsearch", description="Reverse image search over folders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index (or update the index of) image folders")
+    p.add_argument("folders", nargs="+", help="folders (searched recursively) or image files")
+    p.add_argument("--index-dir", default=DEFAULT_INDEX_DIR, help="where the index is saved (default %(default)s)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="milvus",
+        help="index kind: exact, kmeans or milvus (default %(default)s: Milvus Lite); pixel = "
+        "--features pixel --backend exact",
+    )
+    p.add_argument(
+        "--features",
+        choices=FEATURES,
+        default="cnn",
+        help="cnn: a CNN descriptor (default); pixel: thumbnails (the baseline), any backend",
+    )
+    p.add_argument("--uri", help="Milvus URI: a Lite file (default <index-dir>/revsearch.db) or http://host:19530")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("MILVUS_TOKEN"),
+        help="Milvus server token (user:password or API key; default $MILVUS_TOKEN; never saved)",
+    )
+    p.add_argument("--db-name", help="Milvus database name on a server")
+    p.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="Milvus index type")
+    p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "mobilenet_v2"])
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a torchvision enum name, a .pth file, or none")
+    p.add_argument("--pooling", default="gem", choices=["gem", "avg"])
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        default=EmbedderConfig().runtime,
+        help="run the CNN with torch or ONNX Runtime (same vectors; default $REVSEARCH_RUNTIME or %(default)s)",
+    )
+    p.add_argument(
+        "--pca-dim", default="auto", help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up"
+    )
+    p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
+    p.add_argument(
+        "--scales",
+        default="1",
+        help="input scales pooled and averaged (multi-scale GeM), e.g. 1,0.707,0.5; default %(default)s",
+    )
+    p.add_argument("--qe-n", type=int, help=f"alpha-QE neighbours, 0 = off (default {RetrievalOptions().qe_n})")
+    p.add_argument("--dba-n", type=int, help=f"alpha-DBA neighbours, 0 = off (default {RetrievalOptions().dba_n})")
+    p.add_argument(
+        "--copy-pixels",
+        type=int,
+        help=f"thumbnail side kept for `query --mode copy`, 0 = none (default {RetrievalOptions().copy_pixels})",
+    )
+    p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
+    p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
+    p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --features pixel")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1024,
+        help="checkpoint embeddings every N images, so an interrupted run resumes (default %(default)s)",
+    )
+    p.add_argument("--rebuild", action="store_true", help="discard an existing index and build anew")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--add", action="store_true", help="add these folders to an index built from other folders (keep what it holds)"
+    )
+    scope.add_argument(
+        "--replace",
+        action="store_true",
+        help="make an index built from other folders cover only these (remove the rest)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    q = sub.add_parser("query", help="find the indexed images most similar to an image")
+    q.add_argument("image", help="image file path or http(s) URL")
+    q.add_argument("-k", type=_positive_int, default=10, help="number of results (default %(default)s)")
+    q.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
+    q.add_argument("--out", help="write a mosaic of the query and its hits to this .jpg/.png")
+    q.add_argument("--json", action="store_true", help="print results as JSON")
+    q.add_argument(
+        "--mode",
+        choices=MODES,
+        default="similar",
+        help="similar: look-alikes (the index's options apply); copy: edited copies of the image "
+        "(CNN and thumbnail rankings fused)",
+    )
+    q.add_argument("--allow-private-urls", action="store_true", help="allow URLs on private/loopback hosts")
+    q.set_defaults(func=cmd_query)
+
+    i = sub.add_parser("info", help="describe an index and check it against the files on disk")
+    i.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("move", help="move a Milvus index to another Milvus (e.g. Lite -> server), no re-embedding")
+    m.add_argument("--uri", required=True, help="target Milvus, e.g. http://localhost:19530")
+    m.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
+    m.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"), help="target token (default $MILVUS_TOKEN)")
+    m.add_argument("--source-token", help="token of the current Milvus, if it is a server with auth")
+    m.add_argument("--db-name", help="target database name")
+    m.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="default: keep the current")
+    m.add_argument(
+        "--bulk-dir",
+        help="a directory the target server can read: copy by server-side bulk import "
+        "(where the server has it; upserts otherwise)",
+    )
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_move)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # names are escaped by printable(); never fail on output
+        stream.reconfigure(errors="backslashreplace")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(
+            "revsearch: interrupted; work done so far is kept (an index build resumes from its checkpoint "
+            "when run again)",
+            file=sys.stderr,
+        )
+        return 130
+    except (RevsearchError, ValueError) as exc:
+        print(f"revsearch: error: {printable(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" ({printable(str(exc.filename))})" if exc.filename else ""
+        print(f"revsearch: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Multi-scale CNN descriptors: the image pooled at several input scales, averaged, L2-normalised.
+
+Radenović et al. 2018 (scales 1, 1/sqrt(2), 1/2 of the input size). Each scale's descriptor is
+pooled and L2-normalised as in :class:`~revsearch.features.cnn.Embedder`; their mean is normalised again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from revsearch.features.cnn import Embedder, EmbedderConfig, gem_pool, l2_rows
+from revsearch.features.trunks import OnnxTrunk, TorchTrunk, export_cached
+
+#: Literature-standard scales (relative to ``image_size``).
+DEFAULT_SCALES = (1.0, 1 / math.sqrt(2), 0.5)
+
+
+def scale_sizes(image_size: int, scales: tuple[float, ...]) -> list[int]:
+    """Square input side for each scale (at least 32 px, the trunk's total stride)."""
+    return [max(32, round(image_size * s)) for s in scales]
+
+
+class MultiScaleEmbedder(Embedder):
+    """An :class:`Embedder` whose descriptor is the mean over ``scales`` (1.0 = ``image_size``).
+
+    The decoded image is resized to each scale's side (area interpolation, as the single-scale
+    embedder does), so the scale-1 descriptor equals :class:`Embedder`'s.
+    """
+
+    def __init__(self, config: EmbedderConfig | None = None, scales: tuple[float, ...] = DEFAULT_SCALES, **overrides):
+        super().__init__(config, **overrides)
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(not (0 < s <= 4) for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"scales must be distinct numbers in (0, 4], got {scales!r}")
+        self.scales = scales
+        self.sizes = scale_sizes(self.config.image_size, scales)
+        self.min_side = max(self.sizes)
+        self.trunks = {}
+        for size in self.sizes:
+            if size == self.config.image_size:
+                self.trunks[size] = self.trunk
+            elif self.config.runtime == "torch":
+                self.trunks[size] = TorchTrunk(self.model)
+            else:
+                self.trunks[size] = OnnxTrunk(export_cached(self.model, size, self.config.backbone, self.digest))
+        self.label = f"embed {self.config.backbone} x{len(scales)} scales"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "scales": list(self.scales)}
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The image at every scale's side, flattened and concatenated (one row of a batch)."""
+        return np.concatenate([cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA).ravel() for s in self.sizes])
+
+    def _unpack(self, batch: np.ndarray) -> list[np.ndarray]:
+        """(B, sum of s*s*3) uint8 rows from :meth:`prepare` -> one (B, s, s, 3) array per scale."""
+        out, start = [], 0
+        for s in self.sizes:
+            out.append(batch[:, start : start + s * s * 3].reshape(len(batch), s, s, 3))
+            start += s * s * 3
+        return out
+
+    def _pool(self, features: np.ndarray) -> np.ndarray:
+        pooled = features.mean(axis=(2, 3)) if self.config.pooling == "avg" else gem_pool(features, self.config.gem_p)
+        return l2_rows(pooled)
+
+    def per_scale(self, batch: np.ndarray) -> np.ndarray:
+        """Rows from :meth:`prepare` -> (n_scales, B, dim) unit vectors, one per scale."""
+        out = []
+        for size, images in zip(self.sizes, self._unpack(batch)):
+            out.append(self._pool(self.trunks[size](self.network_input(np.ascontiguousarray(images)))))
+        return np.stack(out).astype(np.float32)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Rows from :meth:`prepare` -> (B, dim) float32 unit vectors (mean of the scales, normalised)."""
+        return l2_rows(self.per_scale(batch).mean(axis=0))

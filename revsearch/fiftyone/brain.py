@@ -1,0 +1,594 @@
+"""FiftyOne Brain similarity backend ``revsearch``: any index kind of the core (exact, K-means IVF,
+Milvus) over any features (CNN, pixel), through :mod:`revsearch.index.registry`.
+
+Importing this module registers the backend, so afterwards::
+
+    fob.compute_similarity(dataset, model=ExtractorModel(Embedder()), backend="revsearch",
+                           index_kind="milvus", brain_key="rev")
+    dataset.sort_by_similarity(sample_id, k=10, brain_key="rev")
+
+A run is re-opened in any later process from its stored config (class path + parameters), so
+only ``revsearch`` needs to be importable there. Distances are squared L2 (for unit vectors, twice
+the cosine distance: fob's default near-duplicate threshold 0.2 corresponds to 0.4 here).
+
+Queries on a view search only the view's samples (the view's keys are pushed down into the index),
+so their results equal an exact search of the view. Least-similar queries (``reverse=True``) work on
+exact and kmeans indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
+similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique`` and
+``duplicates_view`` run range searches in the index.
+
+The retrieval options of :mod:`revsearch.retrieval.options` are config options, off by default:
+alpha-QE (``qe_n``), alpha-DBA (``dba_n``: the store holds augmented vectors, the run keeps the DBA
+graph) and the copy mode (``copy_pixels``: the run keeps each sample's thumbnail, for
+:meth:`RevsearchSimilarityIndex.copy_search` and :meth:`RevsearchSimilarityIndex.copy_neighbors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import eta.core.utils as etau
+import fiftyone.brain as fb
+import numpy as np
+from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
+from fiftyone.core.brain import BrainMethod
+
+from revsearch.crashpoints import write_point
+from revsearch.features.factory import make_extractor
+from revsearch.features.pca import PCAReducer
+from revsearch.features.pipeline import FeatureExtractor
+from revsearch.features.query_source import ImageQuery, load_query_image
+from revsearch.fiftyone import index_cache, run_arrays
+from revsearch.fiftyone.index_handle import IndexHandle
+from revsearch.files import file_signature, stale_files
+from revsearch.index.hits import Hit
+from revsearch.index.registry import check_kind, collection_name
+from revsearch.retrieval.options import IndexExtras, RetrievalOptions, copy_query_images
+from revsearch.retrieval.query_expansion import expanded_search
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAME = "revsearch"
+MILVUS_MAX_K = 16384
+#: Milvus Lite file used when no ``uri`` is given (overridable with the brain config / env).
+DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch", "milvus.db")
+
+
+class RevsearchSimilarityConfig(SimilarityConfig):
+    """Configuration of a revsearch similarity index.
+
+    Args:
+        index_kind: ``milvus`` (Milvus Lite file or server), ``kmeans`` (IVF) or ``exact``; ``pixel``
+            (runs made before the index core) is read as ``exact``
+        extractor: ``describe()`` of the feature extractor (CNN or pixel), so image queries can be embedded
+        collection_name, uri, db_name, index_type: Milvus options (``uri`` defaults to a Lite file)
+        token: Milvus token (never stored in the database)
+        n_clusters, nprobe: K-means IVF options (defaults: ~4 sqrt(N) clusters, probe 1/20)
+        pca_components, whiten: reduce vectors with PCA fitted on the first vectors added
+        qe_n, qe_alpha: alpha-weighted query expansion of similarity queries (``qe_n`` neighbours;
+            default 0 = off, so that ``sort_by_similarity`` distances stay distances to the query
+            as FiftyOne's other backends give them; 3 is the library's measured default)
+        dba_n, dba_alpha: alpha-DBA: indexed vectors replaced by augmented ones (``dba_n`` neighbours;
+            default 0 = off, for the same reason; ``get_embeddings`` still returns the originals)
+        copy_pixels: side of the pixel thumbnails kept for the copy mode (:meth:`RevsearchSimilarityIndex.copy_search`);
+            default 0 = no copy mode (the plugin's build operator turns it on)
+    """
+
+    def __init__(
+        self,
+        index_kind: str = "milvus",
+        extractor: dict | None = None,
+        collection_name: str | None = None,
+        uri: str | None = None,
+        token: str | None = None,
+        db_name: str | None = None,
+        index_type: str = "FLAT",
+        n_clusters: int | None = None,
+        nprobe: int | None = None,
+        pca_components: int | None = None,
+        whiten: bool = False,
+        qe_n: int = 0,
+        qe_alpha: float = RetrievalOptions().qe_alpha,
+        dba_n: int = 0,
+        dba_alpha: float = RetrievalOptions().dba_alpha,
+        copy_pixels: int = 0,
+        **kwargs,
+    ):
+        index_kind = check_kind(index_kind)
+        super().__init__(**kwargs)
+        self.index_kind, self.extractor = index_kind, extractor
+        self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
+        self.index_type, self.n_clusters, self.nprobe = index_type, n_clusters, nprobe
+        self.pca_components, self.whiten = pca_components, whiten
+        RetrievalOptions(qe_n, qe_alpha, dba_n, dba_alpha, copy_pixels)  # validates
+        self.qe_n, self.qe_alpha = qe_n, qe_alpha
+        self.dba_n, self.dba_alpha, self.copy_pixels = dba_n, dba_alpha, copy_pixels
+        self._token = token
+
+    @property
+    def method(self) -> str:
+        return BACKEND_NAME
+
+    @property
+    def options(self) -> RetrievalOptions:
+        """The retrieval options of the run (those of runs made before them: all off)."""
+        return RetrievalOptions(self.qe_n, self.qe_alpha, self.dba_n, self.dba_alpha, self.copy_pixels)
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value
+
+    @property
+    def max_k(self) -> int | None:
+        return MILVUS_MAX_K if self.index_kind == "milvus" else None
+
+    @property
+    def supports_least_similarity(self) -> bool:
+        """Exact and IVF indexes can rank farthest first; Milvus searches return nearest only."""
+        return self.index_kind != "milvus"
+
+    @property
+    def supported_aggregations(self) -> tuple:
+        return ("mean",)
+
+    def load_credentials(self, token: str | None = None, uri: str | None = None) -> None:
+        """Token from the argument or brain config; ``uri`` only if the run stored none."""
+        params = fb.brain_config.similarity_backends.get(BACKEND_NAME, {})
+        self._token = token or self._token or params.get("token")
+        self.uri = self.uri or uri or params.get("uri")
+
+
+class RevsearchSimilarity(Similarity):
+    """Factory of :class:`RevsearchSimilarityIndex` (FiftyOne finds it by the config's name)."""
+
+    def initialize(self, samples, brain_key):
+        return RevsearchSimilarityIndex(samples, self.config, brain_key, backend=self)
+
+    def cleanup(self, samples, key):
+        """Drop the vectors (Milvus collection) when the brain run is deleted, and the stored arrays
+        that no other run (e.g. of a clone) lists."""
+        run_doc = self._get_run_doc(samples, key)
+        try:
+            samples.load_brain_results(key, cache=False).cleanup()
+        finally:
+            dropped = (run_doc.results_meta or {}).get(run_arrays.META_FIELD) or []
+            run_arrays.collect_garbage(dropped, excluding_run=run_doc.id)
+
+
+def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, brain_key: str | None) -> bool:
+    """Give a Milvus index its default Lite file and collection name; True if anything was set."""
+    if config.index_kind != "milvus" or (config.uri and config.collection_name):
+        return False
+    config.uri = config.uri or DEFAULT_LITE_URI
+    config.collection_name = config.collection_name or collection_name(dataset_name, brain_key or "index")
+    return True
+
+
+def _make_handle(config: RevsearchSimilarityConfig, state: dict) -> IndexHandle:
+    """The run's index: its stored ``state``, made (when first added to) with the config's options."""
+    if config.index_kind != "milvus":
+        return IndexHandle(
+            {**state, "kind": config.index_kind}, {"n_clusters": config.n_clusters, "nprobe": config.nprobe}
+        )
+    uri = os.path.expanduser(config.uri)
+    if uri.endswith(".db"):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    return IndexHandle(
+        {**state, "kind": "milvus"},
+        {
+            "collection": config.collection_name,
+            "uri": uri,
+            "token": config.token or "",
+            "db_name": config.db_name or "",
+            "index_type": config.index_type,
+        },
+    )
+
+
+class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
+    """A revsearch index over a dataset's samples, keyed by sample id."""
+
+    def __init__(
+        self,
+        samples,
+        config,
+        brain_key,
+        state: dict | None = None,
+        pca: PCAReducer | None = None,
+        backend=None,
+        signatures: dict | None = None,
+        retrieval_state: dict | None = None,
+    ):
+        self._pca = pca
+        self._ids: np.ndarray | None = None
+        self._signatures: dict[str, list[float]] = dict(signatures or {})
+        self._saved_arrays = run_arrays.names_in(state) + run_arrays.names_in(retrieval_state)  # the saved run's
+        self._packed_arrays: dict[str, list[str]] = {}  # per attribute: what the last serialisation stored
+        self._prepacked: dict[str, tuple[dict, list[str]]] = {}  # stored before a save, for its serialisation
+        filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
+        if state and config.index_kind != "milvus" and brain_key is not None:  # loaded: kept per process
+            self._store = index_cache.load(samples, brain_key, lambda: _make_handle(config, run_arrays.unpack(state)))
+        else:
+            self._store = _make_handle(config, run_arrays.unpack(state or {}))
+        self._extras = IndexExtras.from_state(run_arrays.unpack(retrieval_state), config.options, self._store.dim or 0)
+        SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
+        DuplicatesMixin.__init__(self)
+        if filled and brain_key is not None:
+            self.save_config()
+
+    # ---- sizes and ids -------------------------------------------------------------------
+    @property
+    def sample_ids(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = np.array(self._store.keys(), dtype=str)
+        return self._ids
+
+    @property
+    def total_index_size(self) -> int:
+        """The store's count (Milvus: its entity count; no keys are read)."""
+        return len(self._store) if self._ids is None else len(self._ids)
+
+    @property
+    def pca(self) -> PCAReducer | None:
+        return self._pca
+
+    def set_pca(self, pca: PCAReducer | None) -> None:
+        """Use a PCA fitted elsewhere (for vectors that are already reduced); None keeps the current one."""
+        if pca is not None:
+            self._pca = pca
+
+    # ---- updates -------------------------------------------------------------------------
+    def _reduce(self, vectors: np.ndarray, fit: bool = False) -> np.ndarray:
+        """Apply the index's PCA (fitted here on the first vectors if configured)."""
+        vectors = np.asarray(vectors)
+        if self._pca is None and fit and self.config.pca_components:
+            self._pca = PCAReducer.fit(vectors, self.config.pca_components, self.config.whiten)
+        if self._pca is not None and vectors.shape[-1] == self._pca.input_dim:
+            return self._pca.transform(vectors.reshape(-1, self._pca.input_dim))
+        return vectors
+
+    def add_to_index(
+        self,
+        embeddings,
+        sample_ids,
+        label_ids=None,
+        overwrite=True,
+        allow_existing=True,
+        warn_existing=False,
+        reload=True,
+    ):
+        if label_ids is not None:
+            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
+        ids = [str(i) for i in sample_ids]
+        vectors = self._reduce(np.asarray(embeddings), fit=True)
+        existing = self._store.contains(ids) if (warn_existing or not overwrite) else set()
+        if existing and not allow_existing and not overwrite:
+            raise ValueError(f"{len(existing)} IDs (eg {next(iter(existing))}) already exist in the index")
+        if existing and warn_existing:
+            logger.warning(
+                "%s %d IDs that already exist in the index", "Overwriting" if overwrite else "Skipping", len(existing)
+            )
+        if existing and not overwrite:
+            keep = [i for i, _id in enumerate(ids) if _id not in existing]
+            ids, vectors = [ids[i] for i in keep], vectors[keep]
+        if ids:
+            self._forget_cached()
+            paths = self._filepaths(ids)
+            self._store.add(*self._extras.store_vectors([], ids, vectors))
+            self._extras.update_pixels([], paths)
+            self._record_signatures(paths)
+        self._ids = None
+        if reload:
+            self.reload()
+
+    def _filepaths(self, ids: list[str]) -> dict[str, str]:
+        """Sample id -> file path for ``ids`` (one query; a full scan when asked for many)."""
+        dataset = self._samples._root_dataset
+        source = dataset.select(ids) if len(ids) <= 10_000 else dataset
+        wanted = set(ids)
+        return {i: p for i, p in zip(*source.values(["id", "filepath"])) if i in wanted}
+
+    def _record_signatures(self, paths: dict[str, str]) -> None:
+        """Remember (size, mtime) of each sample's file ({id: path}), to detect files changed after indexing."""
+        for sample_id, path in paths.items():
+            signature = file_signature(path)
+            if signature is not None:
+                self._signatures[sample_id] = signature
+
+    def changed_sample_ids(self) -> list[str]:
+        """Indexed samples whose file is missing or differs (size or mtime) from when it was indexed."""
+        indexed = set(self.sample_ids.tolist())
+        recorded = {i: sig for i, sig in self._signatures.items() if i in indexed}
+        stale = stale_files((i, path, recorded[i]) for i, path in self._filepaths(list(recorded)).items())
+        return stale["missing"] + stale["changed"]
+
+    @property
+    def file_signatures(self) -> dict[str, list[float]]:
+        return self._signatures
+
+    def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False, reload=True):
+        if label_ids is not None:
+            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
+        ids = [str(i) for i in ([sample_ids] if isinstance(sample_ids, str) else sample_ids or [])]
+        missing = set(ids) - self._store.contains(ids) if (warn_missing or not allow_missing) else set()
+        if missing and not allow_missing:
+            raise ValueError(f"{len(missing)} IDs (eg {next(iter(missing))}) are not in the index")
+        if missing and warn_missing:
+            logger.warning("Ignoring %d IDs that are not in the index", len(missing))
+        present = [i for i in ids if i not in missing]
+        if present:
+            self._forget_cached()
+            self._store.remove(present)
+            keys, vectors = self._extras.store_vectors(present, [], np.empty((0, self._store.dim or 0), np.float32))
+            if keys:  # DBA: the augmented vectors that had a removed neighbour
+                self._store.add(keys, vectors)
+            self._extras.update_pixels(present, {})
+            for sample_id in present:
+                self._signatures.pop(sample_id, None)
+        self._ids = None
+        if reload:
+            self.reload()
+
+    def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False):
+        if label_ids is not None:
+            raise ValueError("This index does not support label IDs")
+        if sample_ids is None:
+            ids = self.sample_ids.tolist()
+        else:
+            wanted = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids)
+            present = self._store.contains(wanted)
+            ids = [i for i in wanted if i in present]
+            if len(ids) < len(wanted) and not allow_missing:
+                raise ValueError(f"{len(wanted) - len(ids)} IDs are not in the index")
+            if len(ids) < len(wanted) and warn_missing:
+                logger.warning("Skipping %d IDs that are not in the index", len(wanted) - len(ids))
+        vectors = self._original_vectors(ids) if ids else np.empty((0, 0), np.float32)
+        return vectors, np.array(ids, dtype=str), None
+
+    def _original_vectors(self, keys: list[str]) -> np.ndarray:
+        """The vectors added for ``keys`` (not the DBA-augmented ones the store holds); KeyError if one is missing."""
+        return self._store.vectors(keys) if self._extras.dba is None else self._extras.dba.originals(keys)
+
+    def reload(self):
+        self._ids = None
+        super().reload()
+
+    def save(self):
+        """Save the run; an in-memory index is then kept for this process (see :mod:`revsearch.fiftyone.index_cache`).
+        The stored arrays of the previous save are deleted unless another run lists them."""
+        before = set(self._listed_arrays())
+        # stored first: FiftyOne deletes the saved results before it serialises the new ones
+        self._prepacked = {name: run_arrays.pack(make()) for name, make in self._array_states().items()}
+        try:
+            super().save()
+        finally:
+            self._prepacked = {}
+        write_point("brain run saved")
+        self._saved_arrays = [name for names in self._packed_arrays.values() for name in names]
+        run_arrays.collect_garbage(before - set(self._saved_arrays))
+        if self._store.kind != "milvus" and self.key is not None:
+            index_cache.remember(self._samples, self.key, self._store)
+
+    def _listed_arrays(self) -> list[str]:
+        """The stored arrays the run's saved results list now (in the database)."""
+        if self.key is None:
+            return []
+        meta = BrainMethod._get_run_doc(self._samples, self.key).results_meta or {}
+        return meta.get(run_arrays.META_FIELD) or []
+
+    def get_meta(self) -> dict:
+        """Beside the run: the stored arrays its results refer to (see :mod:`revsearch.fiftyone.run_arrays`)."""
+        packed = [name for names in self._packed_arrays.values() for name in names]
+        names = packed if self._packed_arrays else self._saved_arrays
+        return {**super().get_meta(), run_arrays.META_FIELD: list(names)}
+
+    def _forget_cached(self) -> None:
+        if self._store.kind != "milvus" and self.key is not None:
+            index_cache.forget(self._samples, self.key)
+
+    def cleanup(self):
+        self._forget_cached()
+        self._store.drop()
+        self._extras = IndexExtras(self.config.options, 0)
+        self._ids = None
+
+    # ---- queries -------------------------------------------------------------------------
+    def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
+        """The vector of a query image (path, URL, bytes, array) with the index's extractor + PCA."""
+        extractor, image = self._load_query(query, allow_private_urls)
+        return self._reduce(extractor.embed_images([image]))[0]
+
+    def _load_query(self, query: ImageQuery, allow_private_urls: bool) -> tuple[FeatureExtractor, np.ndarray]:
+        """The index's feature extractor and the decoded query image."""
+        if not self.config.extractor:
+            raise ValueError("this index does not record its feature extractor; query by vector or sample")
+        extractor = make_extractor(self.config.extractor)
+        return extractor, load_query_image(query, extractor.min_side, allow_private_urls)
+
+    @property
+    def has_copy_mode(self) -> bool:
+        """Whether the index keeps the thumbnails the copy mode needs."""
+        return self._extras.pixels is not None
+
+    def copy_search(self, query: ImageQuery, k: int, allow_private_urls: bool = False) -> list[Hit]:
+        """Edited copies of a query image among the current view's samples: the CNN ranking fused
+        with the thumbnail ranking (:meth:`~revsearch.retrieval.options.IndexExtras.copy_search`);
+        distances are relative (see :func:`~revsearch.retrieval.fusion.ratio_fusion`), best first."""
+        if not self.has_copy_mode:
+            raise ValueError(self._no_thumbnails())
+        extractor, image = self._load_query(query, allow_private_urls)
+        vectors = self._reduce(extractor.embed_images(copy_query_images(image)))
+        allowed = self._allowed()
+        with self._store.hold():
+            return self._extras.copy_search(self.search, vectors, image, k, allowed)
+
+    def copy_neighbors(self, k: int) -> list[list[Hit]]:
+        """For every sample of the current view (``current_sample_ids`` order), its ``k`` nearest other
+        samples of the view by the copy mode's fusion (stored thumbnails; relative distances)."""
+        if not self.has_copy_mode:
+            raise ValueError(self._no_thumbnails())
+        ids = self.current_sample_ids.tolist()
+        if not ids:
+            return []
+        with self._store.hold():
+            vectors = self._original_vectors(ids)
+            return self._extras.copy_neighbours(self.search, ids, vectors, k, self._allowed())
+
+    def _no_thumbnails(self) -> str:
+        return (
+            f"index {self.key!r} keeps no thumbnails for the copy mode: rebuild it with copy mode on "
+            "('revsearch: build index', Copy-mode thumbnails 16; or build_index(..., copy_pixels=16))"
+        )
+
+    def _query_vectors(self, query) -> tuple[np.ndarray, bool]:
+        """Query vectors (in index space) and whether a single query was given."""
+        if isinstance(query, str):
+            query = [query]
+            single = True
+        else:
+            query = np.asarray(query)
+            if np.issubdtype(query.dtype, np.number):
+                single = query.ndim == 1
+                return self._reduce(query.reshape(-1, query.shape[-1])), single
+            query, single = [str(q) for q in query], False
+        try:
+            return self._original_vectors(query), single
+        except KeyError:
+            missing = sorted(set(query) - self._store.contains(query))
+            raise ValueError(f"Query IDs {missing} are not in the index") from None
+
+    def _allowed(self) -> np.ndarray | None:
+        """The keys a query may return: the current view's indexed samples, or None for all."""
+        return self.current_sample_ids if self.has_view else None
+
+    def search(self, vectors: np.ndarray, k: int | None, reverse: bool = False) -> list[list[Hit]]:
+        """Nearest (``reverse``: farthest) indexed samples of the current view for each vector
+        (squared L2, ascending; descending if ``reverse``)."""
+        allowed = self._allowed()
+        total = self.total_index_size if allowed is None else len(allowed)
+        if not total:
+            return [[] for _ in range(len(vectors))]
+        limit = min(total, self.config.max_k or total)
+        return self._store.search(vectors, min(k or limit, limit), allowed=allowed, reverse=reverse)
+
+    def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
+        if aggregation not in (None, "mean"):
+            raise ValueError(f"Unsupported aggregation {aggregation!r}; use 'mean'")
+        if query is None:
+            if aggregation is not None:
+                raise ValueError("Full index queries do not support aggregation")
+            return self._full_index_neighbors(k or 1, return_dists)
+        with self._store.hold():
+            vectors, single = self._query_vectors(query)
+            if aggregation == "mean":
+                vectors, single = vectors.mean(axis=0, keepdims=True), True
+            if reverse or not self.config.qe_n or self.config.index_kind == "pixel":
+                hits = self.search(vectors, k, reverse=reverse)
+            else:  # issue 13 hook: alpha-QE with the view's own vectors
+                hits = expanded_search(
+                    self.search, self._store.vectors, vectors, k, self.config.qe_n, self.config.qe_alpha
+                )
+        ids = [[h.key for h in row] for row in hits]
+        dists = [[h.distance for h in row] for row in hits]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    def _full_index_neighbors(self, k: int, return_dists: bool):
+        """The ``k`` nearest other samples of every sample of the view, as indexes into
+        ``current_sample_ids`` (as fob's sklearn backend returns them). Exact on every kind: the
+        view's keys are always pushed down, which makes the IVF search exact."""
+        ids = self.current_sample_ids
+        position = {key: i for i, key in enumerate(ids.tolist())}
+        with self._store.hold():
+            vectors = self._store.vectors(ids.tolist()) if len(ids) else np.empty((0, 0), np.float32)
+            hits = self._store.search(vectors, k + 1, allowed=ids) if len(ids) else []
+        rows = [[h for h in row if h.key != key][:k] for key, row in zip(ids.tolist(), hits)]
+        inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in rows]
+        dists = [np.array([h.distance for h in row]) for row in rows]
+        return (inds, dists) if return_dists else inds
+
+    def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
+        """Indexed samples of the view within squared L2 distance ``thresh`` (range search in the index).
+
+        ``query=None``: for every sample of the view, integer indexes into ``current_sample_ids``
+        (itself included), as fob's ``DuplicatesMixin`` expects; else ids as for :meth:`_kneighbors`.
+        """
+        if thresh is None:
+            raise ValueError("a distance threshold is needed (squared L2; for unit vectors 2x cosine distance)")
+        with self._store.hold():
+            if query is None:
+                ids = self.current_sample_ids.tolist()
+                vectors = self._store.vectors(ids) if ids else np.empty((0, 0), np.float32)
+                hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed()) if ids else []
+                position = {key: i for i, key in enumerate(ids)}
+                inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in hits]
+                dists = [np.array([h.distance for h in row]) for row in hits]
+                return (inds, dists) if return_dists else inds
+            vectors, single = self._query_vectors(query)
+            hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed())
+        ids = [[h.key for h in row] for row in hits]
+        dists = [[h.distance for h in row] for row in hits]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    # ---- persistence ---------------------------------------------------------------------
+    @property
+    def index_state(self) -> dict:
+        """The index (in-memory kinds: keys, vectors, lists), its large arrays stored beside the
+        results (:func:`revsearch.fiftyone.run_arrays.pack`)."""
+        return self._packed("index_state")
+
+    def _array_states(self) -> dict:
+        """The serialised attributes that hold arrays, and how to get each (arrays as they are)."""
+        return {"index_state": self._store.arrays_state, "retrieval_state": self._extras.arrays_state}
+
+    def _packed(self, attribute: str) -> dict:
+        """``attribute``'s state, its large arrays stored beside the results (prepared by :meth:`save`)."""
+        state, self._packed_arrays[attribute] = self._prepacked.get(attribute) or run_arrays.pack(
+            self._array_states()[attribute]()
+        )
+        return state
+
+    @property
+    def pca_state(self) -> dict | None:
+        return self._pca.state() if self._pca is not None else None
+
+    def attributes(self) -> list[str]:
+        return super().attributes() + ["index_state", "pca_state", "file_signatures", "retrieval_state"]
+
+    @property
+    def retrieval_state(self) -> dict:
+        """The DBA graph and copy-mode thumbnails (empty when the options are off), large arrays stored
+        beside the results like the index's."""
+        return self._packed("retrieval_state")
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        pca = PCAReducer.from_state(d["pca_state"]) if d.get("pca_state") else None
+        return cls(
+            samples,
+            config,
+            brain_key,
+            state=d.get("index_state"),
+            pca=pca,
+            signatures=d.get("file_signatures"),
+            retrieval_state=d.get("retrieval_state"),
+        )
+
+
+def register(name: str = BACKEND_NAME) -> None:
+    """Make ``backend=name`` available to ``fob.compute_similarity`` in this process."""
+    fb.brain_config.similarity_backends.setdefault(name, {})["config_cls"] = etau.get_class_name(
+        RevsearchSimilarityConfig
+    )
+
+
+register()

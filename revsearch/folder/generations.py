@@ -1,0 +1,128 @@
+"""Layout of an index directory, and the records that make a build switch generations atomically.
+
+::
+
+    manifest.json   the commit point: names the live generation, its files and its Milvus collection
+    gen-<n>/        the live generation's files (vectors, K-means lists, PCA); older ones are deleted
+    pending.json    a build in progress: its new Milvus collection, and the old one to drop after it
+    journal.npz     an update in progress (see :mod:`revsearch.folder.journal`)
+    partial/        the embedding checkpoint of a build (see :mod:`revsearch.folder.checkpoint`)
+    .lock           held by the one process updating the index (see :mod:`revsearch.locks`)
+
+A build writes ``pending.json`` before it creates its collection. If the process dies before the
+manifest names the new generation, the next run drops the half-filled collection; if it dies
+after, the next run drops the old one. Either way nothing is orphaned and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from revsearch.crashpoints import write_point
+from revsearch.errors import IndexCorruptError, IndexNotFoundError, RevsearchError
+from revsearch.folder.atomic import fsync_dir, write_atomic
+from revsearch.index.milvus_uri import is_lite_uri
+
+MANIFEST = "manifest.json"
+#: Where the command line keeps an index unless told (``--index-dir``).
+DEFAULT_INDEX_DIR = ".revsearch"
+PENDING = "pending.json"
+#: An update in progress (written and read by :mod:`revsearch.folder.journal`).
+JOURNAL = "journal.npz"
+CHECKPOINT = "partial"
+#: 3: the PCA is saved as pca.json (its state form); 2 wrote pca.npz, still read.
+FORMAT_VERSION = 3
+REQUIRED_KEYS = ("extractor", "pca", "backend", "items", "failures")
+#: Files of format 1, kept in the index directory itself; deleted once a new generation is committed.
+_FORMAT1_FILES = ("vectors.npy", "vectors.keys.json", "ivf.npz", "pca.npz")
+
+
+def generation_dir(directory: Path, generation: int) -> Path:
+    return directory / f"gen-{generation}"
+
+
+def read_manifest(directory: Path) -> dict:
+    """The committed manifest, checked for the keys every index needs; errors name the file and the fix."""
+    path = directory / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise IndexNotFoundError(f"no revsearch index in {directory} (missing {MANIFEST})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RevsearchError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise IndexCorruptError(
+            f"{path} is damaged (not valid JSON: {exc}); rebuild the index with revsearch index FOLDER --rebuild"
+        ) from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise IndexCorruptError(
+            f"{path} is damaged (no {', '.join(missing)}); rebuild the index with revsearch index FOLDER --rebuild"
+        )
+    return manifest
+
+
+def resolve_lite_uri(directory: Path, config: dict) -> dict:
+    """``config`` with a relative Lite URI (format 1 stored it as typed) made absolute, in the index dir."""
+    uri = config["uri"]
+    if not is_lite_uri(uri) or os.path.isabs(uri):
+        return config
+    return {**config, "uri": str(directory / Path(uri).name)}
+
+
+def needs_recovery(directory: Path) -> bool:
+    """True if a crashed run left something behind: a journal, a pending build, an old generation."""
+    return (
+        (directory / JOURNAL).exists()
+        or (directory / PENDING).exists()
+        or (directory / (MANIFEST + ".tmp")).exists()
+        or len(list(directory.glob("gen-*"))) > 1
+    )
+
+
+def write_pending(directory: Path, generation: int, new: dict, old: dict | None) -> None:
+    """Record a build's new collection (and the old one it replaces) before creating it."""
+    write_atomic(directory / PENDING, json.dumps({"generation": generation, "new": new, "old": old}).encode())
+
+
+def settle_pending(directory: Path, committed_generation: int, token: str = "") -> None:
+    """Finish a build's switch: if it committed, delete its checkpoint and drop the old collection;
+    if not, drop its half-filled collection (its checkpoint stays, for the re-run to resume)."""
+    path = directory / PENDING
+    if not path.exists():
+        return
+    pending = json.loads(path.read_text())
+    committed = pending["generation"] == committed_generation
+    if committed and (directory / CHECKPOINT).exists():
+        shutil.rmtree(directory / CHECKPOINT)
+        write_point("checkpoint cleared")
+    if committed:  # the old collection goes, never the one the manifest now names
+        drop = pending["old"] if pending["old"] != pending["new"] else None
+    else:
+        drop = pending["new"]
+    if drop is not None:
+        from revsearch.index.milvus import drop_collection  # pymilvus only when there is a collection to drop
+
+        drop_collection(drop["uri"], drop["collection"], token, drop.get("db_name", ""))
+        write_point("collection of another generation dropped")
+    path.unlink()
+    fsync_dir(directory)
+    write_point("pending build settled")
+
+
+def remove_old_generations(directory: Path, generation: int) -> None:
+    """Delete every generation's files but ``generation``'s, and leftovers of interrupted writes."""
+    keep = generation_dir(directory, generation).name
+    for folder in sorted(directory.glob("gen-*")):
+        if folder.name != keep:
+            shutil.rmtree(folder)
+            write_point("old generation files removed")
+    if generation:
+        for name in _FORMAT1_FILES:
+            (directory / name).unlink(missing_ok=True)
+    (directory / (MANIFEST + ".tmp")).unlink(missing_ok=True)

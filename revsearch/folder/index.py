@@ -1,0 +1,584 @@
+"""A saved, updatable reverse-image-search index: features -> optional PCA -> vector backend.
+
+>>> index = SearchIndex.build(paths, "index_dir", backend="milvus")   # doctest: +SKIP
+>>> index.query("query.jpg", k=10)                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from revsearch.crashpoints import write_point
+from revsearch.errors import IndexBusyError, IndexMismatchError, RevsearchError
+from revsearch.features.factory import make_extractor
+from revsearch.features.pca import PCAReducer
+from revsearch.features.pipeline import FeatureExtractor
+from revsearch.features.pixel import PixelFeatures
+from revsearch.features.query_source import ImageQuery, load_query_image
+from revsearch.files import file_signature, stale_files
+from revsearch.folder.atomic import fsync_tree, write_atomic
+from revsearch.folder.checkpoint import EmbeddingCheckpoint
+from revsearch.folder.generations import (
+    CHECKPOINT,
+    FORMAT_VERSION,
+    MANIFEST,
+    generation_dir,
+    needs_recovery,
+    read_manifest,
+    remove_old_generations,
+    resolve_lite_uri,
+    settle_pending,
+    write_pending,
+)
+from revsearch.folder.journal import Update, clear_journal, read_journal, write_journal
+from revsearch.index.hits import Hit
+from revsearch.index.ivf import default_n_clusters
+from revsearch.index.milvus_uri import DEFAULT_URI, is_lite_uri
+from revsearch.index.registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
+from revsearch.locks import IndexLock
+from revsearch.retrieval.options import MODES, IndexExtras, RetrievalOptions, copy_query_images  # issue 13 hook
+
+if TYPE_CHECKING:
+    from revsearch.index.milvus_bulk import BulkStorage
+
+#: Index kinds ``build`` takes: :data:`~revsearch.index.registry.INDEX_KINDS`, and ``pixel`` (the
+#: older name of pixel features in an exact index).
+BACKENDS = (*INDEX_KINDS, LEGACY_PIXEL)
+#: The PCA of a generation (format 3; format 2 wrote ``pca.npz``).
+PCA_FILE = "pca.json"
+
+
+@dataclass
+class IndexReport:
+    """What an indexing run did: keys added, removed, skipped as unchanged, and failures by path.
+
+    ``notes`` says what was found and set right on the way (e.g. a stale checkpoint discarded).
+    """
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    resumed: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"{len(self.added)} indexed, {self.unchanged} unchanged, {len(self.removed)} removed, "
+            f"{len(self.failures)} skipped"
+        )
+        return text + (f" ({self.resumed} resumed from an interrupted run)" if self.resumed else "")
+
+
+def _embed_to_checkpoint(
+    extractor: FeatureExtractor, paths: list[str], checkpoint: EmbeddingCheckpoint, chunk_size: int, progress: bool
+) -> dict[str, str]:
+    """Embed ``paths``, writing a checkpoint chunk every ``chunk_size`` images; returns the failures."""
+    keys: list[str] = []
+    vectors: list[np.ndarray] = []
+    failures: dict[str, str] = {}
+    for batch in extractor.iter_batches(paths, progress):
+        keys.extend(paths[i] for i in batch.indices)
+        vectors.append(batch.vectors)
+        failures.update({paths[i]: r for i, r in batch.failures.items()})
+        if len(keys) >= chunk_size:
+            checkpoint.write(keys, np.concatenate(vectors))
+            keys, vectors = [], []
+    if keys:
+        checkpoint.write(keys, np.concatenate(vectors))
+    return failures
+
+
+def _under(key: str, roots: Sequence[str]) -> bool:
+    """True if ``key`` is one of ``roots`` or lies below one of them."""
+    return any(key == r or key.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+AUTO_PCA_DIM, AUTO_PCA_MIN_VECTORS = 128, 1000
+
+
+def _auto_pca_dim(n_vectors: int, dim: int, extractor: FeatureExtractor) -> int | None:
+    """PCA-128 for CNN descriptors of sets large enough to fit it well; nothing otherwise."""
+    if isinstance(extractor, PixelFeatures) or n_vectors < AUTO_PCA_MIN_VECTORS or dim <= AUTO_PCA_DIM:
+        return None
+    return AUTO_PCA_DIM
+
+
+class SearchIndex:
+    """Extractor + optional PCA + vector backend, persisted in a directory (``manifest.json``).
+
+    Every change is a transaction (see :mod:`revsearch.folder.generations` for the layout): a build
+    fills a new generation (files in ``gen-<n>/``, or a new Milvus collection) and switches the
+    manifest to it atomically; an update writes a redo journal before it touches the store. A crash
+    at any point leaves the last committed index usable, and the next run finishes or undoes the
+    interrupted change before anything else, so the manifest and the store always agree.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        extractor: FeatureExtractor,
+        backend,
+        reducer: PCAReducer | None = None,
+        items: dict[str, dict] | None = None,
+        failures: dict[str, str] | None = None,
+        generation: int = 0,
+        roots: list[str] | None = None,
+        extras: IndexExtras | None = None,
+    ):
+        self.directory = Path(os.path.abspath(directory))
+        self.extras = extras or IndexExtras(RetrievalOptions.off(), backend.dim)  # issue 13 hook
+        self.extractor, self.backend, self.reducer = extractor, backend, reducer
+        self.items: dict[str, dict] = items or {}
+        self.failures: dict[str, str] = failures or {}
+        self.generation = generation
+        self.roots = roots
+
+    # ---- building ---------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        paths: Sequence[str | os.PathLike],
+        directory: str | os.PathLike,
+        backend: str = "milvus",
+        extractor: FeatureExtractor | None = None,
+        pca_dim: int | str | None = "auto",
+        whiten: bool = False,
+        progress: bool = True,
+        chunk_size: int = 1024,
+        fit_sample: int = 100_000,
+        roots: Sequence[str | os.PathLike] | None = None,
+        options: RetrievalOptions | None = None,
+        **backend_options,
+    ) -> tuple[SearchIndex, IndexReport]:
+        """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
+
+        ``backend``: the index kind, ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``) or
+        ``milvus`` (``uri`` default ``<directory>/revsearch.db`` = Milvus Lite, ``collection``,
+        ``index_type``...); ``pixel`` is the older name of pixel features in an exact index. The
+        features are the ``extractor``'s (default: the CNN), whatever the kind.
+
+        ``pca_dim="auto"`` (default) reduces CNN descriptors to 128 dimensions with PCA when at least
+        1,000 images are indexed (the best measured trade-off on Caltech-101, see README), and keeps
+        them whole for smaller sets; give a number to force it, or None for no PCA.
+
+        Embeddings are checkpointed to ``<directory>/partial/`` every ``chunk_size`` images, so a run
+        that is killed resumes where it stopped (each reused embedding is checked against its file's
+        signature first). PCA and K-means are fitted on at most ``fit_sample`` vectors, and vectors
+        reach the backend one chunk at a time (bounded memory for Milvus). The new index is a new
+        generation: an existing index in ``directory`` stays intact and usable until the new one is
+        complete, then the manifest switches to it atomically and the old one is dropped. ``roots``:
+        the folders the paths came from (stored, so that a later update of other folders is noticed).
+        ``options``: alpha-QE / alpha-DBA / copy-mode thumbnails, stored with the index and applied
+        to every query and update (default :class:`RetrievalOptions`; all off for ``pixel``).
+        """
+        if backend == LEGACY_PIXEL:
+            extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
+        backend = check_kind(backend)
+        extractor = extractor or make_extractor("cnn")
+        directory = Path(os.path.abspath(directory))
+        paths = sorted({os.path.abspath(p) for p in paths})
+        with IndexLock(directory):
+            recover(directory, backend_options.get("token", ""))
+            previous = read_manifest(directory) if (directory / MANIFEST).exists() else None
+            generation = (previous.get("generation", 0) if previous else 0) + 1
+            current = {p: file_signature(p) for p in paths}
+            checkpoint = EmbeddingCheckpoint(directory / CHECKPOINT, extractor.describe(), current)
+            done = checkpoint.done()
+            report = IndexReport(resumed=len(done), notes=list(checkpoint.notes))
+            report.failures = _embed_to_checkpoint(
+                extractor, [p for p in paths if p not in done], checkpoint, chunk_size, progress
+            )
+            sample = checkpoint.sample(fit_sample)
+            if not len(sample):
+                checkpoint.clear()
+                raise IndexMismatchError(f"none of the {len(paths)} files could be indexed: {report.failures}")
+            pca_dim = _auto_pca_dim(len(sample), sample.shape[1], extractor) if pca_dim == "auto" else pca_dim
+            reducer = PCAReducer.fit(sample, pca_dim, whiten) if pca_dim else None
+            sample = reducer.transform(sample) if reducer else sample
+            _record_pending(directory, generation, previous, backend, backend_options)
+            if backend == "kmeans" and not backend_options.get("n_clusters"):
+                backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
+            store = _create_backend(backend, sample, extractor.dtype, backend_options)
+            if options is None:  # issue 13 hook
+                options = RetrievalOptions.off() if isinstance(extractor, PixelFeatures) else RetrievalOptions()
+            extras, held = IndexExtras(options, sample.shape[1]), []
+            bar = tqdm(
+                total=len(paths) - len(report.failures), desc=f"insert into {backend}", unit="vec", disable=not progress
+            )
+            items: dict[str, dict] = {}
+            try:
+                for keys, vectors, signatures in checkpoint.chunks():
+                    vectors = reducer.transform(vectors) if reducer else vectors
+                    if extras.dba is None:
+                        store.add(keys, vectors)
+                    else:
+                        held.append((keys, vectors))  # DBA needs every vector first
+                    items.update((k, {"path": k, "signature": s}) for k, s in zip(keys, signatures))
+                    bar.update(len(keys))
+                bar.close()
+                extras.finish_build(store, held, chunk_size)  # issue 13 hook: DBA, thumbnails
+                extras.update_pixels([], {k: k for k in items})
+                root_list = sorted({os.path.abspath(r) for r in roots}) if roots is not None else None
+                index = cls(
+                    directory, extractor, store, reducer, items, report.failures, generation - 1, root_list, extras
+                )
+                index._commit()
+                settle_pending(directory, index.generation, backend_options.get("token", ""))  # clears partial/
+            except BaseException:
+                store.close()  # release a Lite file; the checkpoint lets a re-run finish the job
+                raise
+        report.added = list(items)
+        return index, report
+
+    # ---- updating ---------------------------------------------------------------------------
+    def sync(
+        self,
+        paths: Sequence[str | os.PathLike],
+        progress: bool = True,
+        scope: Sequence[str | os.PathLike] | None = None,
+        roots: Sequence[str | os.PathLike] | None = None,
+    ) -> IndexReport:
+        """Make the index match ``paths``: add new / changed files, remove the ones gone or now unreadable.
+
+        ``scope``: only indexed files below these folders may be removed as gone (None: all of them),
+        which is how ``revsearch index --add`` adds a folder without touching the rest. ``roots``: the
+        folders the index covers from now on (stored in the manifest; None keeps them).
+        """
+        wanted = {os.path.abspath(p) for p in paths}
+        scope = None if scope is None else [os.path.abspath(s) for s in scope]
+        in_scope = (lambda k: True) if scope is None else (lambda k: _under(k, scope))
+        report = IndexReport()
+        todo, current = [], {}
+        for p in sorted(wanted):
+            signature, item = file_signature(p), self.items.get(p)
+            if item is not None and signature is not None and item["signature"] == signature:
+                report.unchanged += 1
+            else:
+                todo.append(p)
+                current[p] = signature
+        batch = self.extractor.embed_paths(todo, progress)
+        keys = [todo[i] for i in batch.indices]
+        report.failures = {todo[i]: r for i, r in batch.failures.items()}
+        gone = [k for k in self.items if in_scope(k) and k not in wanted]
+        report.removed = gone + [k for k in report.failures if k in self.items]  # turned corrupt: old vector goes
+        vectors = self.transform(batch.vectors) if keys else np.empty((0, self.backend.dim), np.float32)
+        forget = [k for k in self.failures if (in_scope(k) and k not in wanted) or k in keys]
+        new_roots = None if roots is None else sorted({os.path.abspath(r) for r in roots})
+        update = Update(
+            self.generation,
+            report.removed,
+            keys,
+            vectors,
+            {k: {"path": k, "signature": current[k]} for k in keys},
+            report.failures,
+            forget,
+            new_roots if new_roots != self.roots else None,
+        )
+        if not update.is_empty(self.failures):
+            self._transact(update)
+        report.added = keys
+        return report
+
+    def add_paths(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> IndexReport:
+        """Index new or changed files; unchanged ones are skipped (idempotent re-runs); nothing else is removed."""
+        return self.sync(paths, progress, scope=[])
+
+    def remove(self, keys: Sequence[str]) -> list[str]:
+        """Delete keys from the index; returns those that were present."""
+        present = [k for k in keys if k in self.items]
+        if present:
+            self._transact(
+                Update(self.generation, present, [], np.empty((0, self.backend.dim), np.float32), {}, {}, [])
+            )
+        return present
+
+    def _transact(self, update: Update) -> None:
+        """Journal ``update``, apply it to the store, commit the manifest, forget the journal."""
+        with IndexLock(self.directory):
+            on_disk = read_manifest(self.directory).get("generation", 0)
+            if on_disk != self.generation:
+                raise IndexBusyError(
+                    f"the index in {self.directory} was changed by another run since it was opened; open it again"
+                )
+            write_journal(self.directory, update)
+            self.apply(update)
+            clear_journal(self.directory)
+
+    def apply(self, update: Update) -> None:
+        """Apply a journalled update (idempotent: replaying it after a crash gives the same index)."""
+        if update.remove:
+            self.backend.remove(update.remove)
+        keys, vectors = self.extras.store_vectors(update.remove, update.keys, update.vectors)  # issue 13 hook
+        if keys:
+            self.backend.add(keys, vectors)
+        self.extras.update_pixels(update.remove, {k: update.items[k]["path"] for k in update.keys})
+        for k in update.remove:
+            self.items.pop(k, None)
+        self.items.update(update.items)
+        for k in update.forget_failures:
+            self.failures.pop(k, None)
+        self.failures.update(update.failures)
+        if update.roots is not None:
+            self.roots = update.roots
+        self._commit()
+
+    def stale(self) -> dict[str, list[str]]:
+        """Indexed files that are missing or changed on disk since indexing."""
+        return stale_files((key, item["path"], item["signature"]) for key, item in self.items.items())
+
+    def check(self) -> dict:
+        """Compare the manifest with the vector store: counts, and keys only on one side."""
+        stored = set(self.backend.keys())
+        listed = set(self.items)
+        return {
+            "manifest_items": len(listed),
+            "store_vectors": len(self.backend),
+            "only_in_store": len(stored - listed),
+            "only_in_manifest": len(listed - stored),
+        }
+
+    # ---- querying ---------------------------------------------------------------------------
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """Apply the index's stored PCA (if any) to raw features."""
+        return self.reducer.transform(features) if self.reducer else features
+
+    def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
+        """The query image's vector, with exactly the index's extractor and PCA."""
+        image = load_query_image(query, self.extractor.min_side, allow_private_urls)
+        return self.transform(self.extractor.embed_images([image]))
+
+    @property
+    def options(self) -> RetrievalOptions:
+        return self.extras.options
+
+    def query(
+        self, query: ImageQuery, k: int = 10, allow_private_urls: bool = False, mode: str = "similar"
+    ) -> list[Hit]:
+        """The ``k`` indexed images nearest to the query image, nearest first (all of them if fewer).
+
+        ``mode="similar"`` applies the index's stored options (alpha-QE); ``mode="copy"`` looks for
+        edited copies of the query: the CNN ranking fused with the thumbnail ranking (distances are
+        then relative distances, see :func:`~revsearch.retrieval.fusion.ratio_fusion`)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        k = check_k(k, len(self))
+        if not k:
+            return []
+        image = load_query_image(query, self.extractor.min_side, allow_private_urls)
+        if mode == "copy":  # issue 13 hook
+            vectors = self.transform(self.extractor.embed_images(copy_query_images(image)))
+            return self.extras.copy_search(
+                lambda v, top: self.backend.search(v, min(top, len(self))), vectors, image, k
+            )
+        vector = self.transform(self.extractor.embed_images([image]))
+        return self.extras.search(self.backend, vector, k)[0]
+
+    def query_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Search with vectors already in the index's space (after PCA), with the stored options."""
+        return self.extras.search(self.backend, vectors, check_k(k, len(self)))
+
+    def __len__(self) -> int:
+        return len(self.backend)
+
+    def move_to(
+        self,
+        uri: str,
+        token: str = "",
+        db_name: str = "",
+        index_type: str | None = None,
+        bulk_storage: BulkStorage | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Move a Milvus-backed index to another Milvus (e.g. its Lite file to ``http://host:19530``)
+        without re-embedding: vectors are copied (bulk import where ``bulk_storage`` is given and the
+        server has it), counts checked, then the manifest points at the new URI. The source collection
+        is left as it was; a failed copy leaves the index on the source."""
+        from revsearch.index.milvus import MilvusIndex  # pymilvus: only Milvus-backed indexes need it
+        from revsearch.index.milvus_move import copy_collection, same_collection_place
+
+        source = self.backend
+        if not isinstance(source, MilvusIndex):
+            raise ValueError(
+                f"move_to needs a milvus backend, this index is {source.kind!r}: rebuild it with "
+                "backend='milvus' and uri=..."
+            )
+        config = source.config()
+        uri = os.path.abspath(uri) if is_lite_uri(uri) else uri
+        if same_collection_place(source.uri, source.db_name, uri, db_name):
+            raise ValueError(f"the index is already at {uri!r}: moving it there would replace its own collection")
+        with IndexLock(self.directory):
+            target = MilvusIndex(
+                source.dim,
+                source.collection,
+                uri,
+                token,
+                db_name,
+                config["metric"],
+                index_type or config["index_type"],
+                None if index_type else config["index_params"],
+                None if index_type else config["search_params"],
+                overwrite=True,
+                consistency_level=config["consistency_level"],
+                bulk_storage=bulk_storage,
+            )
+            try:
+                copy_collection(source, target, progress)
+                self.backend = target
+                self._commit()
+            except BaseException:
+                self.backend = source
+                target.close()
+                raise
+        source.close()
+
+    # ---- persistence ------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "generation": self.generation,
+            "roots": self.roots,
+            "extractor": self.extractor.describe(),
+            "pca": self.reducer.config() if self.reducer else None,
+            "retrieval": self.options.to_dict(),
+            "backend": self.backend.config(),
+            "items": self.items,
+            "failures": self.failures,
+        }
+
+    def _commit(self) -> None:
+        """Write the next generation's files, then switch the manifest to it atomically (the commit point)."""
+        generation = self.generation + 1
+        folder = generation_dir(self.directory, generation)
+        if folder.exists():
+            shutil.rmtree(folder)  # left by a run that died before committing it
+        folder.mkdir(parents=True)
+        self.backend.save(folder)
+        if self.reducer:
+            (folder / PCA_FILE).write_text(json.dumps(self.reducer.state()))
+        self.extras.save(folder)
+        fsync_tree(folder)
+        write_point("generation files written")
+        self.generation = generation
+        write_atomic(self.directory / MANIFEST, json.dumps(self.manifest(), indent=1).encode())
+        remove_old_generations(self.directory, generation)
+
+    def save(self) -> None:
+        """Commit the index as it is in memory (a new generation)."""
+        with IndexLock(self.directory):
+            self._commit()
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, token: str = "") -> SearchIndex:
+        """Re-open a saved index (its Milvus collection is reconnected from the stored URI).
+
+        A change interrupted by a crash is finished or undone first, when this process may write
+        the index (a read-only index directory is opened as last committed)."""
+        directory = Path(os.path.abspath(directory))
+        if needs_recovery(directory):
+            try:
+                with IndexLock(directory):
+                    recover(directory, token)
+            except RevsearchError:
+                pass  # read-only, or another live run is updating it: open what is committed
+        return _open(cls, directory, read_manifest(directory), token)
+
+
+def check_k(k: int, size: int) -> int:
+    """The number of hits to ask for: ``k`` (at least 1), at most the index size."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a whole number of at least 1, got {k!r}")
+    return min(int(k), size)
+
+
+def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
+    """The index a (validated) manifest describes."""
+    folder = generation_dir(directory, manifest["generation"]) if "generation" in manifest else directory
+    config = manifest["backend"]
+    if config["kind"] == "milvus":
+        config = resolve_lite_uri(directory, config)
+    with ThreadPoolExecutor(1, thread_name_prefix="revsearch-open") as pool:  # the model loads meanwhile
+        opening = pool.submit(load_index, config, folder if config["kind"] != "milvus" else directory, token)
+        try:
+            extractor = make_extractor(manifest["extractor"])
+        except BaseException:
+            opening.result().close()  # an index error is raised first: it is what the caller asked for
+            raise
+        backend = opening.result()
+    reducer = None
+    if manifest["pca"]:
+        pca_file = folder / PCA_FILE
+        reducer = (
+            PCAReducer.from_state(json.loads(pca_file.read_text()))
+            if pca_file.exists()
+            else PCAReducer.load_npz(folder / "pca.npz")
+        )  # format 2
+    extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
+    return cls(
+        directory,
+        extractor,
+        backend,
+        reducer,
+        manifest["items"],
+        manifest["failures"],
+        manifest.get("generation", 0),
+        manifest.get("roots"),
+        extras,
+    )
+
+
+def recover(directory: Path, token: str = "") -> None:
+    """Finish or undo whatever a crashed run left half done (caller holds the index lock)."""
+    committed = read_manifest(directory) if (directory / MANIFEST).exists() else None
+    generation = committed.get("generation", 0) if committed else 0
+    settle_pending(directory, generation, token)
+    update = read_journal(directory)
+    if update is not None:
+        if committed is not None and update.base_generation == generation:
+            index = _open(SearchIndex, directory, committed, token)
+            try:
+                index.apply(update)  # commits (and cleans up) the next generation
+            finally:
+                index.backend.close()
+            generation = index.generation
+        clear_journal(directory)
+    remove_old_generations(directory, generation)
+
+
+def _record_pending(directory: Path, generation: int, previous: dict | None, backend: str, options: dict) -> None:
+    """Name the new generation's Milvus collection (if any) and record the build as pending before
+    the store is touched, with the previous index's collection (if any) to drop once it commits."""
+    new = None
+    if backend == "milvus":
+        base = options.get("collection") or collection_name(Path(directory).resolve().name)
+        options["collection"] = f"{base}_g{generation}"
+        uri = options.get("uri") or str(directory / DEFAULT_URI)
+        options["uri"] = os.path.abspath(uri) if is_lite_uri(uri) else uri
+        new = {"collection": options["collection"], "uri": options["uri"], "db_name": options.get("db_name", "")}
+    old = previous["backend"] if previous and previous["backend"]["kind"] == "milvus" else None
+    if old is not None:
+        old = {
+            "collection": old["collection"],
+            "uri": resolve_lite_uri(directory, old)["uri"],
+            "db_name": old.get("db_name", ""),
+        }
+    write_pending(directory, generation, new, old)
+
+
+def _create_backend(kind: str, sample: np.ndarray, dtype: np.dtype, options: dict):
+    """A new, empty vector index of ``kind`` for a build (a Milvus collection of that name is replaced)."""
+    if kind == "milvus":
+        return create_index(
+            kind, sample, overwrite=True, **{k: v for k, v in options.items() if k not in ("n_clusters", "nprobe")}
+        )
+    return create_index(kind, sample, dtype, n_clusters=options.get("n_clusters"), nprobe=options.get("nprobe"))

@@ -1,0 +1,90 @@
+"""The redo record of an incremental update, written before the vector store is touched.
+
+An update (sync, remove) first writes here everything it is about to do: the keys to delete, the
+keys and vectors to upsert and the manifest entries that go with them. Only then does it change
+the store and commit a new manifest, and finally it deletes the record. A process killed anywhere
+in between leaves the record behind; the next run replays it (deletes and upserts are idempotent)
+before anything else, so the store and the manifest always end up agreeing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from revsearch.crashpoints import write_point
+from revsearch.folder.atomic import fsync_dir, write_atomic
+from revsearch.folder.generations import JOURNAL
+
+
+@dataclass
+class Update:
+    """One transaction on an index: delete ``remove``, upsert ``keys`` with ``vectors``."""
+
+    base_generation: int
+    remove: list[str]
+    keys: list[str]
+    vectors: np.ndarray
+    items: dict[str, dict]
+    failures: dict[str, str]
+    forget_failures: list[str]
+    roots: list[str] | None = None
+
+    def is_empty(self, failures: dict[str, str]) -> bool:
+        """True if applying it would change nothing (given the index's current ``failures``)."""
+        return (
+            not self.remove
+            and not self.keys
+            and self.roots is None
+            and not any(k in failures for k in self.forget_failures)
+            and all(failures.get(k) == r for k, r in self.failures.items())
+        )
+
+
+def write_journal(directory: Path, update: Update) -> None:
+    """Durably record ``update`` before any of it is applied."""
+    meta = {
+        "base_generation": update.base_generation,
+        "remove": update.remove,
+        "keys": update.keys,
+        "items": update.items,
+        "failures": update.failures,
+        "forget_failures": update.forget_failures,
+        "roots": update.roots,
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, vectors=update.vectors, meta=np.array(json.dumps(meta)))
+    write_atomic(directory / JOURNAL, buffer.getvalue())
+
+
+def read_journal(directory: Path) -> Update | None:
+    """The update left by a run that did not finish, or None."""
+    path = directory / JOURNAL
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        vectors = data["vectors"]
+    return Update(
+        meta["base_generation"],
+        meta["remove"],
+        meta["keys"],
+        vectors,
+        meta["items"],
+        meta["failures"],
+        meta["forget_failures"],
+        meta["roots"],
+    )
+
+
+def clear_journal(directory: Path) -> None:
+    """The update is committed: forget its record."""
+    path = directory / JOURNAL
+    if path.exists():
+        path.unlink()
+        fsync_dir(directory)
+        write_point("journal cleared")

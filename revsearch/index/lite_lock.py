@@ -1,0 +1,150 @@
+"""One process at a time on a Milvus Lite file, handed over when another process asks for it.
+
+milvus-lite 2.5 has a lock of its own, but a second process that fails to open the file deletes
+it on exit, letting a third process in; ours (``<file>.revsearch.lock``, an ``flock`` through
+``filelock``) makes the one-process rule dependable and the error clear.
+
+The holder keeps the file, and its running Lite server, for as long as it lives: no restart
+between searches. A long-lived process (the App, a notebook) registers a release callback with
+:func:`hand_over_on_request`, which the lock file then advertises. A process that finds the file
+held by such a process writes ``<file>.revsearch.request``; the holder sees it (a daemon thread
+polls it every ``POLL_S``), finishes its current operation, stops its server and unlocks; the
+requester then gets the file. A holder that does not advertise hand-over (a CLI run) is refused at
+once, one that advertises it but does not release within ``HANDOVER_WAIT_S`` is refused then, with
+the same clear busy error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import Timeout
+
+from revsearch.errors import LiteFileBusyError
+from revsearch.locks import process_lock, read_holder
+
+#: Written into the lock file by a holder that releases the file when asked.
+HANDS_OVER = "releases it on request"
+#: How long a process waits for a holder that hands over (it may be finishing an operation).
+HANDOVER_WAIT_S = float(os.environ.get("REVSEARCH_LITE_HANDOVER_S", "30"))
+#: How often the holder checks for requests, and the requester for the released file.
+POLL_S = 0.1
+
+logger = logging.getLogger(__name__)
+
+_handlers: dict[str, list[weakref.WeakMethod]] = {}
+_acquired_ns: dict[str, int] = {}
+_mutex = threading.Lock()
+_watcher: threading.Thread | None = None
+
+
+def lock_path(db_path: str | os.PathLike) -> Path:
+    return Path(f"{db_path}.revsearch.lock")
+
+
+def request_path(db_path: str | os.PathLike) -> Path:
+    return Path(f"{db_path}.revsearch.request")
+
+
+def hand_over_on_request(db_path: str | os.PathLike, release: Callable[[], None]) -> None:
+    """Call ``release`` (a bound method, held weakly) when another process asks for the Lite file
+    ``db_path`` while this process holds it; ``release`` must close what holds the file."""
+    global _watcher
+    with _mutex:
+        alive = [ref for ref in _handlers.get(str(db_path), []) if ref() is not None]
+        _handlers[str(db_path)] = alive + [weakref.WeakMethod(release)]
+        if _watcher is None:
+            _watcher = threading.Thread(target=_watch, name="revsearch-lite-handover", daemon=True)
+            _watcher.start()
+
+
+def _hands_over(db_path: str) -> bool:
+    with _mutex:
+        return any(ref() is not None for ref in _handlers.get(db_path, []))
+
+
+def _watch() -> None:
+    """Release each held file whose request file was written after we took the file."""
+    while True:
+        time.sleep(POLL_S)
+        with _mutex:
+            watched = {path: [ref() for ref in refs] for path, refs in _handlers.items()}
+        for db_path, releases in watched.items():
+            if db_path not in _acquired_ns:
+                continue
+            try:
+                requested = request_path(db_path).stat().st_mtime_ns
+            except OSError:
+                continue
+            if requested > _acquired_ns.get(db_path, requested):
+                for release in releases:
+                    try:
+                        if release is not None:
+                            release()
+                    except Exception:  # the watcher must outlive one failed release
+                        logger.exception("could not release Milvus Lite file %s on request", db_path)
+
+
+class LiteFileLock:
+    """An exclusive, process-wide lock on a Milvus Lite file while it is open.
+
+    Within one process, indexes on the same file share the lock (reference count), and the Lite
+    server is stopped when the last of them closes.
+    """
+
+    def __init__(self, db_path: Path, note: str = ""):
+        """``note``: what the holder does with the file, written into the lock file for others."""
+        self.db_path = str(db_path)
+        self.path = lock_path(db_path)
+        self.note = note
+
+    def _holder(self) -> str:
+        note = self.note or (HANDS_OVER if _hands_over(self.db_path) else "")
+        return f"process {os.getpid()}" + (f" ({note})" if note else "")
+
+    def acquire(self) -> None:
+        lock = process_lock(self.path, self._holder)
+        deadline = None
+        while True:
+            try:
+                lock.acquire()
+                break
+            except Timeout:
+                holder = read_holder(self.path)
+                if HANDS_OVER not in holder or (deadline is not None and time.monotonic() > deadline):
+                    waited = f" (asked it to release the file; no answer in {HANDOVER_WAIT_S:g} s)" if deadline else ""
+                    raise LiteFileBusyError(
+                        f"Milvus Lite file {self.db_path} is open in {holder}{waited}; a Lite file serves one "
+                        "process at a time (close it there, or use a Milvus server for shared access)"
+                    ) from None
+                deadline = deadline or time.monotonic() + HANDOVER_WAIT_S
+                request_path(self.db_path).write_text(f"process {os.getpid()}")
+                time.sleep(POLL_S)
+        if lock.lock_counter == 1:
+            _acquired_ns[self.db_path] = time.time_ns()
+
+    def release(self) -> None:
+        """Drop one reference; the last one stops this process's Lite server and unlocks the file."""
+        lock = process_lock(self.path, self._holder)
+        if not lock.is_locked:
+            return
+        if lock.lock_counter == 1:
+            _acquired_ns.pop(self.db_path, None)
+            stop_lite_server(self.db_path)
+        lock.release()
+
+
+def stop_lite_server(db_path: str | os.PathLike) -> None:
+    """Stop this process's Milvus Lite server for ``db_path``, if it runs: pymilvus starts it through
+    milvus-lite's ``server_manager_instance`` and never stops it before exit; its ``release_server``
+    is the one call that does."""
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:  # not imported: no Lite server was started in this process
+        manager.server_manager_instance.release_server(str(db_path))
