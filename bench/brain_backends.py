@@ -10,7 +10,7 @@ from the same clustered unit vectors (``synthetic()`` from vector_search.py) wit
   FLAT) and ``index_kind="kmeans"`` (in-memory IVF, default clusters / nprobe). The Milvus index is
   timed twice: as used (the store opens the Lite file, i.e. starts a Lite server, for every
   operation and stops it afterwards, so other processes can use the file) and with the file held
-  open across the queries (``results._store.hold()``);
+  open across the queries (``results._handle.hold()``);
 - fiftyone-brain's ``sklearn`` backend (cosine; its view path is a brute-force ``pairwise_distances``);
 - fiftyone-brain's ``milvus`` backend on a Milvus Lite file: as shipped (it hard-codes an HNSW index,
   which Milvus Lite rejects, so this row records the error) and with a FLAT index (a config subclass
@@ -209,7 +209,7 @@ def bench_size(
                     rows.append(row)
                     print(row, flush=True)
                     row = {"N": n, "backend": "revsearch milvus (Lite, held open)", "build s": "(same)"}
-                    with results._store.hold():
+                    with results._handle.hold():
                         row.update(measure(dataset, results, key, queries, truth, budget_s, min_queries, label))
             except Exception as exc:  # keep going: one broken backend must not lose the others
                 traceback.print_exc()

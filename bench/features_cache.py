@@ -12,8 +12,9 @@ import numpy as np
 from common import CACHE
 
 from revsearch import Embedder, EmbedderConfig, PixelFeatures
-from revsearch.features.cnn import gem_pool, l2_rows
+from revsearch.features.cnn import gem_pool
 from revsearch.features.multiscale import MultiScaleEmbedder
+from revsearch.features.pca import l2_normalize
 from revsearch.features.pipeline import FeatureExtractor
 
 
@@ -22,7 +23,7 @@ class BothPoolings(Embedder):
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         f = self.feature_maps(batch)
-        return np.concatenate([l2_rows(f.mean(axis=(2, 3))), l2_rows(gem_pool(f, self.config.gem_p))], axis=1)
+        return np.concatenate([l2_normalize(f.mean(axis=(2, 3))), l2_normalize(gem_pool(f, self.config.gem_p))], axis=1)
 
 
 def _cached(name: str, paths: list[str], extractor: FeatureExtractor) -> np.ndarray:

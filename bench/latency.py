@@ -1,19 +1,26 @@
 """Interactive latency: cold CLI queries, plugin load, and the first / next / after-idle App search.
 
     cd bench && ../.venv/bin/python latency.py [--baseline DIR] [--cli-sizes 22 10000 100000]
-                                              [--brain-sizes 10000 100000] [--idle-s 30]
+                                              [--brain-sizes 10000 100000] [--idle-s 30] [--name latency]
 
 ``--baseline DIR``: a checkout of the code before the change (``git worktree add DIR <commit>``);
-every measurement then runs for it and for this tree, side by side, in fresh processes.
+every measurement then runs for it and for this tree in fresh processes, alternating between the
+two (each repeat runs every version once), with ``PYTHONPATH`` and the working directory set to the
+tree (checked: ``import revsearch`` must load that tree, not the editable install).
 
-- import: ``python -X importtime -c "import revsearch.cli.main"`` (total, and which heavy modules load);
+- import: ``python -X importtime -c "import revsearch.cli.main"`` (``revsearch.cli`` in trees from
+  before the subpackages; total, and which heavy modules load);
 - plugin load: a fresh process that has imported ``fiftyone.operators`` and ``fiftyone.brain`` (as
   the App has) loads the plugin the way FiftyOne does (``PluginContext.register_all``);
-- CLI query: ``revsearch query IMAGE`` in a fresh process (wall time and peak RSS from
-  ``/usr/bin/time``) on an index of N images (``--cli-kinds``: Milvus Lite, K-means IVF, exact):
+- CLI query: ``python -m revsearch query IMAGE`` in a fresh process: wall time, and peak RSS summed
+  over the command's processes (each one's ``VmHWM``, sampled every 50 ms: the command and the Lite
+  server it starts) on an index of N images (``--cli-kinds``: Milvus Lite, K-means IVF, exact):
   22 real Caltech images embedded with MobileNetV2, plus N-22 synthetic unit vectors (PCA-128
   space, as ``--pca-dim auto`` gives from 1,000 images up) with their manifest entries, so loading
-  and searching cost what N files would;
+  and searching cost what N files would. A tree that still has the CLI's shared-mode Lite serving
+  process (``revsearch/lite_server.py``, before it was retired) runs Lite queries three ways: its
+  CLI default (shared) with nothing serving the file, with the file served by the previous query's
+  serving process (whose RSS is reported apart), and ``REVSEARCH_LITE_SERVER=own``;
 - App search: a fresh process loads a dataset of N samples whose brain runs were built from
   synthetic vectors (``index_kind="kmeans"`` and ``"milvus"``, Lite file), then times
   ``sort_by_similarity(vector, k=10)``: first, next (median of 5), after ``--idle-s`` seconds idle,
@@ -25,6 +32,7 @@ Each timing is the median of ``--repeats`` fresh processes (CLI, import, plugin)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -84,10 +93,38 @@ print(json.dumps({"first": first, "next": {k: float(np.median([n[k] for n in nxt
 """
 
 
-def run(code_dir: Path, args: list[str], cache: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+def run(code_dir: Path, args: list[str], cache: Path | None = None, env: dict | None = None, **kwargs):
+    """``args`` with the code in ``code_dir``: first on ``sys.path`` (before the editable install's finder)
+    and the working directory (``python -c`` / ``-m`` put it first)."""
+    kwargs.setdefault("timeout", 1800)
+    return subprocess.run(
+        args, capture_output=True, text=True, env=tree_env(code_dir, cache, env), cwd=code_dir, **kwargs
+    )
+
+
+def tree_env(code_dir: Path, cache: Path | None = None, env: dict | None = None) -> dict:
     cache = cache or os.environ["REVSEARCH_CACHE"]
-    env = {**os.environ, "PYTHONPATH": str(code_dir), "REVSEARCH_CACHE": str(cache)}
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800, **kwargs)
+    return {**os.environ, "PYTHONPATH": str(code_dir), "REVSEARCH_CACHE": str(cache), **(env or {})}
+
+
+def check_tree(code_dir: Path) -> None:
+    done = run(code_dir, [sys.executable, "-c", "import revsearch; print(revsearch.__file__)"], timeout=60)
+    loaded = Path(done.stdout.strip()).resolve()
+    if loaded != code_dir / "revsearch" / "__init__.py":
+        raise SystemExit(f"import revsearch loads {loaded} instead of the tree {code_dir}")
+
+
+def commit(code_dir: Path) -> str:
+    """The tree's commit, ``+changes`` when its working tree differs from it."""
+    git = ["git", "-C", str(code_dir)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if changed else "")
+
+
+def cli_module(code_dir: Path) -> str:
+    """The command line's module: ``revsearch.cli.main`` since the subpackages, ``revsearch.cli`` before."""
+    return "revsearch.cli.main" if (code_dir / "revsearch" / "cli" / "main.py").exists() else "revsearch.cli"
 
 
 def last_json(out: str) -> dict:
@@ -95,9 +132,9 @@ def last_json(out: str) -> dict:
 
 
 def import_time(code_dir: Path) -> dict:
-    """What ``import revsearch.cli.main`` imports: every top-level import after the interpreter's start-up
+    """What importing the command line imports: every top-level import after the interpreter's start-up
     (``site``), so the ``revsearch`` package and what it imports count too."""
-    done = run(code_dir, [sys.executable, "-X", "importtime", "-c", "import revsearch.cli.main"])
+    done = run(code_dir, [sys.executable, "-X", "importtime", "-c", f"import {cli_module(code_dir)}"])
     lines = [line.split("|") for line in done.stderr.splitlines() if line.startswith("import time:")][1:]
     top = [cells for cells in lines if len(cells[2]) - len(cells[2].lstrip()) == 1]  # not nested
     after_site = top[[cells[2].strip() for cells in top].index("site") + 1 :]
@@ -113,60 +150,104 @@ def plugin_load(code_dir: Path) -> dict:
     return last_json(done.stdout)
 
 
-def cli_query(code_dir: Path, index_dir: Path, image: str, before=None) -> dict:
-    if before:
-        before()
-    done = run(
-        code_dir,
-        [
-            "/usr/bin/time",
-            "-f",
-            "TIME %e %M",
-            sys.executable,
-            "-m",
-            "revsearch",
-            "query",
-            image,
-            "--index-dir",
-            str(index_dir),
-            "-k",
-            "10",
-        ],
+def peak_rss_mb(pid: int, peaks: dict[int, float], done: threading.Event) -> None:
+    """Until ``done``: the peak resident memory (``VmHWM``) of process ``pid`` and its descendants, by pid."""
+    while not done.is_set():
+        try:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for proc in procs:
+            try:
+                hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{proc.pid}/status").read_text())
+            except OSError:
+                continue
+            if hwm:
+                peaks[proc.pid] = int(hwm[1]) / 1024
+        done.wait(0.05)
+
+
+def cli_query(code_dir: Path, index_dir: Path, image: str, env: dict) -> dict:
+    args = [sys.executable, "-m", "revsearch", "query", image, "--index-dir", str(index_dir), "-k", "10"]
+    peaks: dict[int, float] = {}
+    done = threading.Event()
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tree_env(code_dir, env=env), cwd=code_dir
     )
-    if done.returncode:
-        raise RuntimeError(done.stderr[-2000:])
-    wall, rss_kb = re.findall(r"TIME ([\d.]+) (\d+)", done.stderr)[-1]
-    return {"seconds": float(wall), "rss_mb": int(rss_kb) / 1024}
+    sampler = threading.Thread(target=peak_rss_mb, args=(proc.pid, peaks, done))
+    sampler.start()
+    out, err = proc.communicate(timeout=600)
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(err[-2000:])
+    return {"seconds": seconds, "rss_mb": sum(peaks.values())}
+
+
+SERVED = ", shared, file served"
+
+
+def lite_query(code_dir: Path, index_dir: Path, image: str, label: str, env: dict) -> dict:
+    """A cold query; first the file's serving process (trees that have one) stops unless ``label`` is
+    the served case."""
+    db = index_dir / "revsearch.db"
+    if label != SERVED:
+        stop_serving(db)
+    return {**cli_query(code_dir, index_dir, image, env), "serving_rss_mb": serving_rss_mb(db)}
+
+
+def cli_cases(code_dir: Path, kind: str) -> dict[str, dict]:
+    """Label -> extra environment of each way ``code_dir`` runs a cold ``revsearch query`` on a ``kind``
+    index. With the shared-mode serving process (before it was retired), Lite queries run as the CLI's
+    default with nothing serving the file, then with the file served (by the serving process the query
+    before started), and in own mode; in the order given."""
+    if kind != "milvus" or not (code_dir / "revsearch" / "lite_server.py").exists():
+        return {"": {}}
+    return {", own server": {"REVSEARCH_LITE_SERVER": "own"}, ", shared, nothing serving": {}, SERVED: {}}
+
+
+def serving_pid(db: Path) -> int | None:
+    """The process that serves the Lite file ``db`` in a tree with the serving process, or None."""
+    try:
+        return json.loads(Path(f"{db}.revsearch.serve").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def stop_serving(db: Path) -> None:
-    """Stop the process serving the Lite file ``db`` (revsearch.lite_server), if one does."""
-    from revsearch.lite_server import serve_path
-
-    try:
-        pid = json.loads(serve_path(db).read_text())["pid"]
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        return
-    while serve_path(db).exists() or psutil.pid_exists(pid):
-        time.sleep(0.05)
+    if (pid := serving_pid(db)) is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        while Path(f"{db}.revsearch.serve").exists() or psutil.pid_exists(pid):
+            time.sleep(0.05)
 
 
 def serving_rss_mb(db: Path) -> float | None:
     """Resident memory of the process serving ``db`` and its Milvus Lite server, or None."""
-    from revsearch.lite_server import serve_path
-
+    if (pid := serving_pid(db)) is None:
+        return None
     try:
-        process = psutil.Process(json.loads(serve_path(db).read_text())["pid"])
+        process = psutil.Process(pid)
         return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
-    except (OSError, ValueError, psutil.Error):
+    except psutil.Error:
         return None
 
 
-def median_of(repeats: int, measure, *args) -> dict:
-    runs = [measure(*args) for _ in range(repeats)]
-    out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], (int, float))}
-    return {**runs[0], **out, "runs": len(runs)}
+def interleaved(repeats: int, measures: dict) -> dict:
+    """Run each of ``measures`` (key -> callable returning a dict) once per repeat, in turn; per key the
+    first run's dict with the median of each number, and ``runs``: every run's numbers."""
+    runs: dict = {key: [] for key in measures}
+    for _ in range(repeats):
+        for key, measure in measures.items():
+            runs[key].append(measure())
+    out = {}
+    for key, rs in runs.items():
+        numbers = [k for k, v in rs[0].items() if isinstance(v, (int, float))]
+        medians = {k: statistics.median(r[k] for r in rs) for k in numbers if all(r[k] is not None for r in rs)}
+        out[key] = {**rs[0], **medians, "runs": [{k: r[k] for k in numbers} for r in rs]}
+    return out
 
 
 def caltech_images(n: int) -> list[str]:
@@ -205,7 +286,7 @@ import sys, uuid
 import numpy as np
 import fiftyone as fo
 import fiftyone.brain as fob
-import revsearch.fiftyone.brain  # noqa: F401  (registers backend="revsearch")
+import revsearch.brain_backend  # noqa: F401  (registers backend="revsearch", in every tree)
 sys.path.insert(0, sys.argv[3])
 from vector_search import synthetic
 n, tmp = int(sys.argv[1]), sys.argv[2]
@@ -215,7 +296,7 @@ data = synthetic(n, 128)
 fob.compute_similarity(dataset, embeddings=data, brain_key="ivf", backend="revsearch", index_kind="kmeans")
 fob.compute_similarity(dataset, embeddings=data, brain_key="lite", backend="revsearch", index_kind="milvus",
                        uri=f"{tmp}/b{uuid.uuid4().hex[:8]}.db")
-dataset.load_brain_results("lite")._store.release()  # let the probe processes open the Lite file
+dataset.load_brain_results("lite")._handle.release()  # let the probe processes open the Lite file
 np.save(f"{tmp}/query{n}.npy", synthetic(1, 128, seed=1)[0] * 0.3 + data[0] * 0.7)
 print(dataset.name)
 """
@@ -238,30 +319,28 @@ def main() -> None:
     parser.add_argument("--brain-sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--name", default="latency", help="results file and docs marker (bench:NAME)")
     args = parser.parse_args()
     seed_torch_cache()
     tmp = Path(tempfile.mkdtemp(prefix="revsearch-latency-"))
     os.environ.setdefault("REVSEARCH_CACHE", str(tmp / "cache"))
     versions = {"this tree": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    for code in versions.values():
+        check_tree(code)
     rows: list[dict] = []
     try:
-        for name, code in versions.items():
-            imp = median_of(args.repeats, import_time, code)
+        startup = {
+            (name, what): partial(measure, code)
+            for name, code in versions.items()
+            for what, measure in (("import", import_time), ("plugin", plugin_load))
+        }
+        for (name, what), r in interleaved(args.repeats, startup).items():
             rows.append(
                 {
-                    "measure": "import revsearch.cli.main",
+                    "measure": f"import {cli_module(versions[name])}" if what == "import" else "plugin load (register)",
                     "code": name,
-                    "ms": imp["seconds"] * 1000,
-                    "heavy modules loaded": " ".join(imp["loaded"]),
-                }
-            )
-            plug = median_of(args.repeats, plugin_load, code)
-            rows.append(
-                {
-                    "measure": "plugin load (register)",
-                    "code": name,
-                    "ms": plug["seconds"] * 1000,
-                    "heavy modules loaded": " ".join(plug["loaded"]),
+                    "ms": r["seconds"] * 1000,
+                    "heavy modules loaded": " ".join(r["loaded"]),
                 }
             )
         images = caltech_images(22)
@@ -269,25 +348,26 @@ def main() -> None:
             for n in args.cli_sizes:
                 index_dir = tmp / f"cli-{kind}-{n}"
                 build_cli_index(index_dir, n, images, kind)
-                for name, code in versions.items():
-                    lite = index_dir / "revsearch.db"
-                    cases = {"": None}
-                    if kind == "milvus":  # a query that starts the serving process, and one that finds it
-                        cases = {", nothing serving the file": partial(stop_serving, lite), ", file served": None}
-                    for label, before in cases.items():
-                        q = median_of(args.repeats, cli_query, code, index_dir, images[0], before)
-                        served = serving_rss_mb(lite)
-                        rows.append(
-                            {
-                                "measure": f"revsearch query (cold process), {kind}{label}",
-                                "N": n,
-                                "code": name,
-                                "ms": q["seconds"] * 1000,
-                                "rss MB": q["rss_mb"],
-                                "serving process rss MB": served,
-                            }
-                        )
-                    stop_serving(lite)
+                lite = index_dir / "revsearch.db"
+                queries = {
+                    (name, label): partial(lite_query, code, index_dir, images[0], label, env)
+                    for name, code in versions.items()
+                    for label, env in cli_cases(code, kind).items()
+                }
+                for (name, label), q in interleaved(args.repeats, queries).items():
+                    rows.append(
+                        {
+                            "measure": f"revsearch query (cold process), {kind}{label}",
+                            "N": n,
+                            "code": name,
+                            "ms": q["seconds"] * 1000,
+                            "rss MB": q["rss_mb"],
+                            "serving process rss MB": q["serving_rss_mb"],
+                            "runs": q["runs"],
+                        }
+                    )
+                    rows[-1] = {k: v for k, v in rows[-1].items() if v is not None}
+                stop_serving(lite)
                 shutil.rmtree(index_dir)
         for n in args.brain_sizes:
             for name, code in versions.items():
@@ -295,7 +375,7 @@ def main() -> None:
                 try:
                     probe = [sys.executable, "-c", BRAIN_PROBE, dataset, str(query)]
                     done = run(code, [*probe, str(args.idle_s), "ivf", "lite"])
-                    # a machine that never loaded the runs: no local copy of their arrays (run_arrays)
+                    # a machine that never loaded the runs: no local copy of their arrays (run_store)
                     empty = run(code, [*probe, "0", "ivf"], cache=tmp / f"empty-cache-{name}-{n}".replace(" ", "-"))
                     for probed in (done, empty):
                         if probed.returncode:
@@ -337,14 +417,16 @@ def main() -> None:
         "serving process rss MB",
         "heavy modules loaded",
     ]
+    columns = [c for c in columns if any(c in row for row in rows)]
     meta = {
         "cpus": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
         "idle_s": args.idle_s,
         "repeats": args.repeats,
         "baseline": str(args.baseline) if args.baseline else None,
+        "commits": {name: commit(code) for name, code in versions.items()},
     }
-    write_results("latency", rows, markdown_table(rows, columns), meta)
+    write_results(args.name, rows, markdown_table(rows, columns), meta)
 
 
 if __name__ == "__main__":

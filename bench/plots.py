@@ -42,7 +42,7 @@ def quality_plot() -> None:
             labels.append(label)
             maps.append(by_stage[stage]["mAP"])
             p10s.append(by_stage[stage]["P@10"])
-    for row in _rows("retrieval_options_class"):  # the default options (issue 13): DBA 3 + alpha-QE 3
+    for row in _rows("retrieval_options_class"):  # the default options: DBA 3 + alpha-QE 3
         if row.get("scales") == "1" and row.get("PCA") == 128 and row.get("DBA n") == 3 and row.get("αQE n") == 3:
             labels.append("+ DBA 3, αQE 3\n(default)")
             maps.append(row["mAP all"])

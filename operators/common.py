@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fiftyone as fo
+import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from revsearch.features.backbones import DEFAULT_BACKBONE, FEATURE_DIMS
@@ -18,6 +19,18 @@ TARGETS = {"dataset": "Whole dataset", "view": "Current view only"}
 IMAGE_SUFFIXES = [
     s for ext in ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp") for s in (f".{ext}", f".{ext.upper()}")
 ]
+
+
+def long_running_config(name: str, label: str, description: str) -> foo.OperatorConfig:
+    """The config of an operator that may run for minutes: in the App, or delegated to a worker."""
+    return foo.OperatorConfig(
+        name=name,
+        label=f"revsearch: {label}",
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
 
 
 def progress_callback(ctx):
@@ -37,7 +50,7 @@ def vector_fields(ctx) -> list[str]:
     return sorted(ctx.dataset.get_field_schema(ftype=fo.VectorField).keys())
 
 
-def choose(
+def dropdown_input(
     inputs: types.Object,
     name: str,
     choices: list[str],
@@ -124,7 +137,7 @@ def embeddings_field_input(ctx, inputs: types.Object, name: str = "embeddings_fi
             ),
         )
         return False
-    choose(inputs, name, fields, "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
+    dropdown_input(inputs, name, fields, "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
     return True
 
 
@@ -137,7 +150,7 @@ def brain_key_input(ctx, inputs: types.Object) -> bool:
             types.Warning(label="No revsearch index yet", description="Build one first with 'revsearch: build index'."),
         )
         return False
-    choose(inputs, "brain_key", keys, "Index (brain key)")
+    dropdown_input(inputs, "brain_key", keys, "Index (brain key)")
     return True
 
 

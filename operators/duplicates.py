@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from revsearch.fiftyone import duplicates
 
-from .common import brain_key_input, copy_mode_error, radio_input
+from .common import brain_key_input, copy_mode_error, long_running_config, radio_input
 
 MODES = {
     "near": "Near-duplicates (distance in the index)",
@@ -60,6 +60,7 @@ THRESHOLDS = {
 def _histogram_plot(counts: list[int], edges: list[float], threshold: float, axis: str) -> dict:
     """A Plotly bar chart of the distance histogram with the threshold drawn as a red line."""
     centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    line = dict(type="line", x0=threshold, x1=threshold, y0=0, y1=1, yref="paper", line={"color": "red", "width": 2})
     return {
         "data": [{"type": "bar", "x": centers, "y": counts, "name": "samples", "marker": {"color": "#ff6d04"}}],
         "layout": {
@@ -68,17 +69,7 @@ def _histogram_plot(counts: list[int], edges: list[float], threshold: float, axi
             "bargap": 0.05,
             "xaxis": {"title": {"text": axis}},
             "yaxis": {"title": {"text": "samples"}, "type": "log"},
-            "shapes": [
-                {
-                    "type": "line",
-                    "x0": threshold,
-                    "x1": threshold,
-                    "y0": 0,
-                    "y1": 1,
-                    "yref": "paper",
-                    "line": {"color": "red", "width": 2},
-                }
-            ],
+            "shapes": [line],
         },
     }
 
@@ -88,12 +79,8 @@ class FindNearDuplicates(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="find_near_duplicates",
-            label="revsearch: find near-duplicates",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return long_running_config(
+            "find_near_duplicates", "find near-duplicates", "Group near-duplicates or copies; tag all but one per group"
         )
 
     def resolve_input(self, ctx):
@@ -150,7 +137,7 @@ class FindNearDuplicates(foo.Operator):
             )
         else:
             results = ctx.dataset.load_brain_results(p["brain_key"])
-            duplicates.nearest_neighbor_distances(results, ctx.view, DIST_FIELD, ID_FIELD)
+            duplicates.nearest_neighbour_distances(results, ctx.view, DIST_FIELD, ID_FIELD)
             groups = duplicates.near_duplicate_groups(
                 results, ctx.view, float(p.get("threshold", 0.05)), GROUP_FIELDS["near"], drop_tag
             )

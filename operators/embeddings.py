@@ -12,19 +12,9 @@ from .common import (
     embeddings_field_input,
     extractor_from_params,
     extractor_inputs,
+    long_running_config,
     progress_callback,
 )
-
-
-def _long_running(name: str, label: str, description: str) -> foo.OperatorConfig:
-    return foo.OperatorConfig(
-        name=name,
-        label=f"revsearch: {label}",
-        description=description,
-        dynamic=True,
-        allow_immediate_execution=True,
-        allow_delegated_execution=True,
-    )
 
 
 def _embeddings_field(ctx) -> str:
@@ -46,7 +36,7 @@ class ComputeEmbeddings(foo.Operator):
 
     @property
     def config(self):
-        return _long_running(
+        return long_running_config(
             "compute_embeddings",
             "compute embeddings",
             "Embed the current view's images with a CNN (or pixel thumbnails)",
@@ -76,7 +66,7 @@ class FitPCA(foo.Operator):
 
     @property
     def config(self):
-        return _long_running("fit_pca", "fit PCA", "Reduce an embeddings field with PCA (then L2-normalise)")
+        return long_running_config("fit_pca", "fit PCA", "Reduce an embeddings field with PCA (then L2-normalise)")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -110,7 +100,7 @@ class FitKMeans(foo.Operator):
 
     @property
     def config(self):
-        return _long_running(
+        return long_running_config(
             "fit_kmeans", "fit K-means", "Cluster an embeddings field; filter and group by cluster in the App"
         )
 

@@ -12,15 +12,15 @@ from revsearch.retrieval.options import RetrievalOptions
 from .common import (
     DEFAULT_EMBEDDINGS_FIELD,
     brain_key_input,
-    choose,
+    dropdown_input,
     extractor_from_params,
     extractor_inputs,
+    long_running_config,
     new_brain_key_input,
     progress_callback,
     revsearch_keys,
     vector_fields,
 )
-from .embeddings import _long_running
 
 _NO_FIELD = "(compute now)"
 #: Thumbnail side kept for the search's "edited copies" mode (the library's brain backend defaults to none).
@@ -48,7 +48,7 @@ class BuildIndex(foo.Operator):
 
     @property
     def config(self):
-        return _long_running(
+        return long_running_config(
             "build_index", "build index", "Index the current view for search by image and the App's sort by similarity"
         )
 
@@ -75,7 +75,7 @@ class BuildIndex(foo.Operator):
         elif kind == "kmeans":
             inputs.int("n_clusters", label="Clusters", description="empty: about 4 x sqrt(N)")
             inputs.int("nprobe", label="Clusters probed per query", description="empty: 1/20 of the clusters")
-        choose(
+        dropdown_input(
             inputs,
             "embeddings_field",
             [_NO_FIELD] + vector_fields(ctx),
@@ -168,17 +168,21 @@ class ListIndexes(foo.Operator):
         return types.Property(outputs)
 
 
-class InspectIndex(foo.Operator):
-    """Configuration, size and staleness of one index."""
-
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="inspect_index", label="revsearch: inspect index", dynamic=True)
+class _OneIndexOperator(foo.Operator):
+    """An operator on one index, chosen in its form."""
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         brain_key_input(ctx, inputs)
         return types.Property(inputs)
+
+
+class InspectIndex(_OneIndexOperator):
+    """Configuration, size and staleness of one index."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="inspect_index", label="revsearch: inspect index", dynamic=True)
 
     def execute(self, ctx):
         return _describe(ctx, ctx.params["brain_key"])
@@ -193,19 +197,14 @@ class InspectIndex(foo.Operator):
         return types.Property(outputs)
 
 
-class UpdateIndex(foo.Operator):
+class UpdateIndex(_OneIndexOperator):
     """Bring an index up to date in place: embed new samples, drop deleted ones."""
 
     @property
     def config(self):
-        return _long_running(
+        return long_running_config(
             "update_index", "update index", "Add new samples, re-embed changed files, remove deleted samples"
         )
-
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        brain_key_input(ctx, inputs)
-        return types.Property(inputs)
 
     def execute(self, ctx):
         results = ctx.dataset.load_brain_results(ctx.params["brain_key"])
@@ -219,17 +218,12 @@ class UpdateIndex(foo.Operator):
         return types.Property(outputs)
 
 
-class DeleteIndex(foo.Operator):
+class DeleteIndex(_OneIndexOperator):
     """Delete an index: the brain run and its vectors (Milvus collection)."""
 
     @property
     def config(self):
         return foo.OperatorConfig(name="delete_index", label="revsearch: delete index", dynamic=True)
-
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        brain_key_input(ctx, inputs)
-        return types.Property(inputs)
 
     def execute(self, ctx):
         key = ctx.params["brain_key"]

@@ -24,37 +24,18 @@ os.environ.setdefault("GRPC_TRACE", "")
 
 #: Public name -> the module that defines it (imported by ``__getattr__`` on first use).
 _LAZY = {
-    "Embedder": "features.cnn",
-    "EmbedderConfig": "features.cnn",
+    **dict.fromkeys(("Embedder", "EmbedderConfig"), "features.cnn"),
+    **dict.fromkeys(("IndexReport", "SearchIndex"), "folder.index"),
     "ExactIndex": "index.exact",
     "Hit": "index.hits",
     "IVFIndex": "index.ivf",
-    "IndexReport": "folder.index",
     "MilvusIndex": "index.milvus",
     "PCAReducer": "features.pca",
     "PixelFeatures": "features.pixel",
-    "SearchIndex": "folder.index",
     "load_image": "features.decode",
 }
-
-__all__ = [
-    "Embedder",
-    "EmbedderConfig",
-    "ExactIndex",
-    "Hit",
-    "IVFIndex",
-    "ImageLoadError",
-    "IndexMismatchError",
-    "IndexNotFoundError",
-    "IndexReport",
-    "MilvusIndex",
-    "PCAReducer",
-    "PixelFeatures",
-    "RevsearchError",
-    "SearchIndex",
-    "WeightsUnavailableError",
-    "load_image",
-]
+_ERRORS = (ImageLoadError, IndexMismatchError, IndexNotFoundError, RevsearchError, WeightsUnavailableError)
+__all__ = sorted([*_LAZY, *(error.__name__ for error in _ERRORS)])
 __version__ = "0.1.0"
 
 

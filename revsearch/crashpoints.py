@@ -1,11 +1,9 @@
 """Fault injection for crash tests: ``REVSEARCH_CRASH_AT=n`` kills the process at its n-th write point.
 
-Every place that changes an index on disk or in Milvus calls :func:`write_point` right after the
-change. With ``REVSEARCH_CRASH_AT=n`` the n-th call sends SIGKILL to the process (nothing is flushed,
-no handler runs: like ``kill -9`` or a power cut at that moment). With ``REVSEARCH_CRASH_LOG=file``
-each call appends its label to ``file``, so a test can count the write points of an operation and
-then kill it at each one in turn. ``REVSEARCH_CRASH_SIGNAL=INT`` sends SIGINT instead (a Ctrl-C at
-that exact point). Without these variables a write point costs one dict lookup.
+Every change to an index on disk or in Milvus is followed by :func:`write_point`. The n-th call
+sends SIGKILL (like ``kill -9`` or a power cut there; ``REVSEARCH_CRASH_SIGNAL=INT``: a Ctrl-C);
+``REVSEARCH_CRASH_LOG=file`` appends each call's label to ``file``, so a test can count the write
+points of an operation and kill it at each in turn. Unset, a write point costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -28,4 +26,6 @@ def write_point(label: str) -> None:
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{_count} {label}\n")
     if crash_at is not None and _count == int(crash_at):
-        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")))
+        # raise_signal, not kill(getpid()): the signal reaches this thread at once (a Ctrl-C raises
+        # KeyboardInterrupt right here in the main thread), never after more work has run
+        signal.raise_signal(getattr(signal, "SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")))

@@ -6,24 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".png",
-        ".bmp",
-        ".gif",
-        ".webp",
-        ".tif",
-        ".tiff",
-        ".heic",
-        ".heif",
-        ".avif",
-        ".jfif",
-        ".pgm",
-        ".ppm",
-    }
-)
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .gif .webp .tif .tiff .heic .heif .avif .jfif .pgm .ppm".split())
 
 
 def list_images(roots: Iterable[str | os.PathLike]) -> list[str]:

@@ -1,4 +1,9 @@
-"""Shared fixtures: real Caltech-101 images and real MobileNetV2 weights from ../shared."""
+"""Shared fixtures: real Caltech-101 images and real MobileNetV2 weights from ../shared; the test tiers.
+
+The fast tier (``pytest -m "not slow"``, about a minute and a half) is every unit and small
+integration test. The slow tier adds what needs minutes: kills at every write point, the random
+operation machines, real Milvus servers, the App in a browser, a fresh ``pip install``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,24 @@ from pathlib import Path
 import pytest
 
 from helpers import MOBILENET_FILE, caltech_subset
+
+#: Test modules in the slow tier (single slow tests carry ``@pytest.mark.slow`` themselves).
+SLOW_MODULES = {
+    "test_crash_safety.py",
+    "test_index_properties.py",
+    "test_install.py",
+    "test_server.py",
+    "test_resume.py",
+    "test_app_browser.py",
+    "test_app_user_paths.py",
+    "test_brain_contract_at_scale.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

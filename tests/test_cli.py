@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 
 from helpers import MOBILENET_FILE, TORCH_CACHE, write_edited_copy
 
@@ -20,6 +21,7 @@ def _run(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_index_query_and_mosaic(subset_paths, tmp_path):
     images = tmp_path / "photos"
     images.mkdir()

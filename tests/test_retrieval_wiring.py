@@ -140,6 +140,7 @@ def test_options_validate():
     assert RetrievalOptions.from_dict(RetrievalOptions().to_dict()) == RetrievalOptions()
 
 
+@pytest.mark.slow
 def test_cli_stores_the_options_and_queries_in_copy_mode(subset_paths, tmp_path):
     import os
     import subprocess

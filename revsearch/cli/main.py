@@ -20,6 +20,9 @@ from revsearch.folder.index import BACKENDS, MANIFEST, IndexReport, SearchIndex
 from revsearch.index.registry import LEGACY_PIXEL
 from revsearch.retrieval.options import MODES, RetrievalOptions
 
+#: Milvus index types (the same as :data:`revsearch.index.milvus.INDEX_TYPES`, without importing pymilvus).
+MILVUS_INDEX_TYPES = ["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"]
+
 
 def _print_report(report: IndexReport, total: int) -> None:
     for note in report.notes:
@@ -60,18 +63,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                 "scales": parse_scales(args.scales),
             }
         )
-        options = {
-            k: v
-            for k, v in {
-                "n_clusters": args.n_clusters,
-                "nprobe": args.nprobe,
-                "uri": args.uri,
-                "index_type": args.index_type,
-                "token": args.token,
-                "db_name": args.db_name,
-            }.items()
-            if v is not None
-        }
+        names = ("n_clusters", "nprobe", "uri", "index_type", "token", "db_name")
+        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
         index, report = SearchIndex.build(
             paths,
@@ -93,7 +86,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _retrieval_options(args: argparse.Namespace) -> RetrievalOptions | None:
-    """Issue 13 hook: the options given on the command line over the defaults (None: defaults)."""
+    """The retrieval options given on the command line over the defaults (None: the defaults)."""
     given = {k: getattr(args, k) for k in ("qe_n", "dba_n", "copy_pixels") if getattr(args, k) is not None}
     if args.backend == "pixel" or not given:
         return None  # the build's defaults (all off for the pixel backend)
@@ -142,30 +135,14 @@ def _check_writable(out: str) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     index = SearchIndex.load(_index_dir(args))
-    manifest = index.manifest()
-    stale = index.stale()
-    check = index.check()
+    manifest, stale, check = index.manifest(), index.stale(), index.check()
     consistent = check["manifest_items"] == check["store_vectors"] and not (
         check["only_in_store"] or check["only_in_manifest"]
     )
-    print(
-        json.dumps(
-            {
-                "vectors": len(index),
-                "extractor": manifest["extractor"],
-                "pca": manifest["pca"],
-                "retrieval": manifest["retrieval"],
-                "backend": manifest["backend"],
-                "roots": manifest["roots"],
-                "failures": len(index.failures),
-                "missing_files": len(stale["missing"]),
-                "changed_files": len(stale["changed"]),
-                **check,
-                "consistent": consistent,
-            },
-            indent=1,
-        )
-    )
+    info = {"vectors": len(index), **{k: manifest[k] for k in ("extractor", "pca", "retrieval", "backend", "roots")}}
+    info |= {"failures": len(index.failures), "missing_files": len(stale["missing"])}
+    info |= {"changed_files": len(stale["changed"]), **check, "consistent": consistent}
+    print(json.dumps(info, indent=1))
     if not consistent:
         print(
             f"revsearch: the manifest lists {check['manifest_items']} files but the vector store holds "
@@ -210,76 +187,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index (or update the index of) image folders")
-    p.add_argument("folders", nargs="+", help="folders (searched recursively) or image files")
-    p.add_argument("--index-dir", default=DEFAULT_INDEX_DIR, help="where the index is saved (default %(default)s)")
-    p.add_argument(
+    arg, defaults = p.add_argument, RetrievalOptions()
+    arg("folders", nargs="+", help="folders (searched recursively) or image files")
+    arg("--index-dir", default=DEFAULT_INDEX_DIR, help="where the index is saved (default %(default)s)")
+    arg(
         "--backend",
         choices=BACKENDS,
         default="milvus",
         help="index kind: exact, kmeans or milvus (default %(default)s: Milvus Lite); pixel = "
         "--features pixel --backend exact",
     )
-    p.add_argument(
-        "--features",
-        choices=FEATURES,
-        default="cnn",
-        help="cnn: a CNN descriptor (default); pixel: thumbnails (the baseline), any backend",
-    )
-    p.add_argument("--uri", help="Milvus URI: a Lite file (default <index-dir>/revsearch.db) or http://host:19530")
-    p.add_argument(
-        "--token",
-        default=os.environ.get("MILVUS_TOKEN"),
-        help="Milvus server token (user:password or API key; default $MILVUS_TOKEN; never saved)",
-    )
-    p.add_argument("--db-name", help="Milvus database name on a server")
-    p.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="Milvus index type")
-    p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "mobilenet_v2"])
-    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a torchvision enum name, a .pth file, or none")
-    p.add_argument("--pooling", default="gem", choices=["gem", "avg"])
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--runtime",
-        choices=list(RUNTIMES),
-        default=EmbedderConfig().runtime,
-        help="run the CNN with torch or ONNX Runtime (same vectors; default $REVSEARCH_RUNTIME or %(default)s)",
-    )
-    p.add_argument(
-        "--pca-dim", default="auto", help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up"
-    )
-    p.add_argument("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
-    p.add_argument(
-        "--scales",
-        default="1",
-        help="input scales pooled and averaged (multi-scale GeM), e.g. 1,0.707,0.5; default %(default)s",
-    )
-    p.add_argument("--qe-n", type=int, help=f"alpha-QE neighbours, 0 = off (default {RetrievalOptions().qe_n})")
-    p.add_argument("--dba-n", type=int, help=f"alpha-DBA neighbours, 0 = off (default {RetrievalOptions().dba_n})")
-    p.add_argument(
-        "--copy-pixels",
-        type=int,
-        help=f"thumbnail side kept for `query --mode copy`, 0 = none (default {RetrievalOptions().copy_pixels})",
-    )
-    p.add_argument("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
-    p.add_argument("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
-    p.add_argument("--pixel-size", type=int, default=32, help="thumbnail side for --features pixel")
-    p.add_argument(
-        "--chunk-size",
-        type=int,
-        default=1024,
-        help="checkpoint embeddings every N images, so an interrupted run resumes (default %(default)s)",
-    )
-    p.add_argument("--rebuild", action="store_true", help="discard an existing index and build anew")
+    arg("--features", choices=FEATURES, default="cnn", help="cnn: a CNN descriptor (default); pixel: thumbnails")
+    arg("--uri", help="Milvus URI: a Lite file (default <index-dir>/revsearch.db) or http://host:19530")
+    token_help = "Milvus server token (user:password or API key; default $MILVUS_TOKEN; never saved)"
+    arg("--token", default=os.environ.get("MILVUS_TOKEN"), help=token_help)
+    arg("--db-name", help="Milvus database name on a server")
+    arg("--index-type", choices=MILVUS_INDEX_TYPES, help="Milvus index type")
+    arg("--backbone", default="resnet50", choices=["resnet50", "resnet18", "mobilenet_v2"])
+    arg("--weights", default="DEFAULT", help="DEFAULT, a torchvision enum name, a .pth file, or none")
+    arg("--pooling", default="gem", choices=["gem", "avg"])
+    arg("--image-size", type=int, default=224)
+    arg("--batch-size", type=int, default=32)
+    runtime_help = "run the CNN with torch or ONNX Runtime (same vectors; default $REVSEARCH_RUNTIME or %(default)s)"
+    arg("--runtime", choices=list(RUNTIMES), default=EmbedderConfig().runtime, help=runtime_help)
+    arg("--pca-dim", default="auto", help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up")
+    arg("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
+    arg("--scales", default="1", help="input scales pooled and averaged, e.g. 1,0.707,0.5 (default %(default)s)")
+    arg("--qe-n", type=int, help=f"alpha-QE neighbours, 0 = off (default {defaults.qe_n})")
+    arg("--dba-n", type=int, help=f"alpha-DBA neighbours, 0 = off (default {defaults.dba_n})")
+    arg("--copy-pixels", type=int, help=f"thumbnail side for --mode copy, 0 = none (default {defaults.copy_pixels})")
+    arg("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
+    arg("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
+    arg("--pixel-size", type=int, default=32, help="thumbnail side for --features pixel")
+    arg("--chunk-size", type=int, default=1024, help="checkpoint every N images, to resume (default %(default)s)")
+    arg("--rebuild", action="store_true", help="discard an existing index and build anew")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument(
-        "--add", action="store_true", help="add these folders to an index built from other folders (keep what it holds)"
-    )
-    scope.add_argument(
-        "--replace",
-        action="store_true",
-        help="make an index built from other folders cover only these (remove the rest)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    scope.add_argument("--add", action="store_true", help="add these folders to an index built from other folders")
+    scope.add_argument("--replace", action="store_true", help="make an index built from other folders cover only these")
+    arg("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
     q = sub.add_parser("query", help="find the indexed images most similar to an image")
@@ -288,13 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
     q.add_argument("--out", help="write a mosaic of the query and its hits to this .jpg/.png")
     q.add_argument("--json", action="store_true", help="print results as JSON")
-    q.add_argument(
-        "--mode",
-        choices=MODES,
-        default="similar",
-        help="similar: look-alikes (the index's options apply); copy: edited copies of the image "
-        "(CNN and thumbnail rankings fused)",
-    )
+    mode_help = "similar: look-alikes (the index's options apply); copy: edited copies (CNN and thumbnails fused)"
+    q.add_argument("--mode", choices=MODES, default="similar", help=mode_help)
     q.add_argument("--allow-private-urls", action="store_true", help="allow URLs on private/loopback hosts")
     q.set_defaults(func=cmd_query)
 
@@ -308,12 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"), help="target token (default $MILVUS_TOKEN)")
     m.add_argument("--source-token", help="token of the current Milvus, if it is a server with auth")
     m.add_argument("--db-name", help="target database name")
-    m.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], help="default: keep the current")
-    m.add_argument(
-        "--bulk-dir",
-        help="a directory the target server can read: copy by server-side bulk import "
-        "(where the server has it; upserts otherwise)",
-    )
+    m.add_argument("--index-type", choices=MILVUS_INDEX_TYPES, help="default: keep the current")
+    bulk_help = "a directory the target server reads: copy by server-side bulk import where the server has it"
+    m.add_argument("--bulk-dir", help=bulk_help)
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_move)
     return parser

@@ -1,8 +1,8 @@
 """CNN global descriptors: torchvision trunk, average or GeM pooling, L2-normalised.
 
 Pre- and post-processing are NumPy; only the trunk differs between runtimes. An embedder rebuilt
-from an index's description (:func:`revsearch.features.factory.make_extractor`) runs the cached ONNX export named
-by the recorded weights hash, without importing torch or torchvision.
+from an index's description runs the cached ONNX export named by the recorded weights hash,
+without importing torch or torchvision.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from revsearch.features.backbones import DEFAULT_BACKBONE, FEATURE_DIMS, load_backbone, weights_id
+from revsearch.features.pca import l2_normalize
 from revsearch.features.pipeline import FeatureExtractor
 from revsearch.features.trunks import OnnxTrunk, TorchTrunk, export_cached, onnx_path, weights_digest
 
@@ -21,7 +22,7 @@ _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
 POOLINGS = ("avg", "gem")
 #: How the trunk runs. Both give the same vectors (to ~1e-5); ONNX Runtime is 1.4-4x faster on CPU
-#: (README, inference runtimes), so it is the default.
+#: (docs/benchmarks.md, inference runtimes), so it is the default.
 RUNTIMES = ("onnxruntime", "torch")
 
 
@@ -46,12 +47,6 @@ def gem_pool(features, p: float):
     if isinstance(features, np.ndarray):
         return np.power(np.power(np.maximum(features, 1e-6), p).mean(axis=(2, 3)), 1.0 / p)
     return features.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
-
-
-def l2_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (as torch's ``normalize``: norms below 1e-12 count as 1e-12)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class Embedder(FeatureExtractor):
@@ -125,11 +120,11 @@ class Embedder(FeatureExtractor):
         """(B, S, S, 3) uint8 -> the trunk's last feature maps (B, dim, h, w)."""
         return self.trunk(self.network_input(batch))
 
+    def pool(self, features: np.ndarray) -> np.ndarray:
+        """(B, dim, h, w) feature maps -> (B, dim) unit vectors (average or GeM pooling)."""
+        gem = self.config.pooling == "gem"
+        return l2_normalize(gem_pool(features, self.config.gem_p) if gem else features.mean(axis=(2, 3)))
+
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, dim) float32 unit vectors."""
-        features = self.feature_maps(batch)
-        if self.config.pooling == "avg":
-            pooled = features.mean(axis=(2, 3))
-        else:
-            pooled = gem_pool(features, self.config.gem_p)
-        return l2_rows(pooled)
+        return self.pool(self.feature_maps(batch))

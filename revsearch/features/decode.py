@@ -202,10 +202,9 @@ def decode_image(
 ) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
 
-    ``min_side``: the caller only needs an image whose short side is at least this many pixels;
-    JPEGs are then decoded at 1/2, 1/4 or 1/8 size, which is several times faster on large photos.
-    ``max_decoded_bytes``: refuse, from the header alone, images whose decoded pixels would take
-    more memory than this (a small, highly compressed PNG can declare gigabytes of pixels).
+    ``min_side``: the short side the caller needs; JPEGs are then decoded at 1/2, 1/4 or 1/8 size
+    (several times faster on large photos). Images whose header declares more than ``max_pixels``
+    or ``max_decoded_bytes`` of pixels are refused before anything is decoded.
     """
     header = read_header(data, source)
     if header.width < 1 or header.height < 1:
@@ -249,13 +248,10 @@ def _decode(data: bytes, header: ImageHeader, source: str, min_side: int | None)
 
 
 def load_image(
-    path: str | os.PathLike,
-    min_side: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    path: str | os.PathLike, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Read and decode one image file to RGB uint8; raises ImageLoadError with a reason."""
-    data = read_bytes(path)
-    return decode_image(data, str(path), min_side=min_side, max_pixels=max_pixels)
+    return decode_image(read_bytes(path), str(path), min_side=min_side, max_pixels=max_pixels)
 
 
 def as_rgb_array(image: np.ndarray, source: str = "<array>") -> np.ndarray:
@@ -263,9 +259,8 @@ def as_rgb_array(image: np.ndarray, source: str = "<array>") -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim not in (2, 3) or arr.size == 0 or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         raise ImageLoadError(source, f"unsupported array shape {arr.shape}")
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype != np.uint8:
+    arr = _to_uint8(arr)
+    if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
         arr = np.clip(arr, 0, 255).astype(np.uint8)

@@ -11,7 +11,8 @@ import math
 import cv2
 import numpy as np
 
-from revsearch.features.cnn import Embedder, EmbedderConfig, gem_pool, l2_rows
+from revsearch.features.cnn import Embedder, EmbedderConfig
+from revsearch.features.pca import l2_normalize
 from revsearch.features.trunks import OnnxTrunk, TorchTrunk, export_cached
 
 #: Literature-standard scales (relative to ``image_size``).
@@ -63,17 +64,13 @@ class MultiScaleEmbedder(Embedder):
             start += s * s * 3
         return out
 
-    def _pool(self, features: np.ndarray) -> np.ndarray:
-        pooled = features.mean(axis=(2, 3)) if self.config.pooling == "avg" else gem_pool(features, self.config.gem_p)
-        return l2_rows(pooled)
-
     def per_scale(self, batch: np.ndarray) -> np.ndarray:
         """Rows from :meth:`prepare` -> (n_scales, B, dim) unit vectors, one per scale."""
         out = []
         for size, images in zip(self.sizes, self._unpack(batch)):
-            out.append(self._pool(self.trunks[size](self.network_input(np.ascontiguousarray(images)))))
+            out.append(self.pool(self.trunks[size](self.network_input(np.ascontiguousarray(images)))))
         return np.stack(out).astype(np.float32)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Rows from :meth:`prepare` -> (B, dim) float32 unit vectors (mean of the scales, normalised)."""
-        return l2_rows(self.per_scale(batch).mean(axis=0))
+        return l2_normalize(self.per_scale(batch).mean(axis=0))

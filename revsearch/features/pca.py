@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from revsearch.array_codec import decode_array, encode_array
@@ -67,11 +65,5 @@ class PCAReducer:
 
     @classmethod
     def from_state(cls, state: dict) -> PCAReducer:
-        """Inverse of :meth:`state` (also reads the lists older field info held)."""
+        """Inverse of :meth:`state` (also reads the lists older field info held, and a format-2 ``pca.npz``)."""
         return cls(*(decode_array(state[name]) for name in _ARRAYS), bool(state["whiten"]))
-
-    @classmethod
-    def load_npz(cls, path: Path) -> PCAReducer:
-        """A PCA saved by folder indexes before the state form (``pca.npz`` of format 2)."""
-        data = np.load(path)
-        return cls(data["mean"], data["components"], data["explained_variance"], bool(data["whiten"]))

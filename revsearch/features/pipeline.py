@@ -1,5 +1,4 @@
-"""Feature extractors: the shared pipeline (threaded decoding, batching, per-file failures) and the one
-factory that makes an extractor from its description (``cnn`` or ``pixel``)."""
+"""The pipeline every feature extractor shares: threaded decoding, batching, per-file failures."""
 
 from __future__ import annotations
 

@@ -125,22 +125,18 @@ class _Deadline:
                     pass
 
 
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline):
-        super().__init__()
-        self.deadline = deadline
+def _deadline_handlers(deadline: _Deadline) -> list[urllib.request.BaseHandler]:
+    """http and https handlers whose connections ``deadline`` limits."""
 
-    def http_open(self, req):
-        return self.do_open(self.deadline.connection(http.client.HTTPConnection), req)
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(deadline.connection(http.client.HTTPConnection), req)
 
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(deadline.connection(http.client.HTTPSConnection), req, context=self._context)
 
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline):
-        super().__init__()
-        self.deadline = deadline
-
-    def https_open(self, req):
-        return self.do_open(self.deadline.connection(http.client.HTTPSConnection), req, context=self._context)
+    return [HTTP(), HTTPS()]
 
 
 def fetch_url(
@@ -174,7 +170,7 @@ def fetch_url(
 
 def _download(url: str, max_bytes: int, timeout: float, allow_private: bool, deadline: _Deadline) -> bytes:
     _check_host(url, allow_private)
-    opener = urllib.request.build_opener(_SafeRedirects(allow_private), _HTTPHandler(deadline), _HTTPSHandler(deadline))
+    opener = urllib.request.build_opener(_SafeRedirects(allow_private), *_deadline_handlers(deadline))
     chunks: list[bytes] = []
     size = 0
     try:

@@ -20,7 +20,7 @@ similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique
 The retrieval options of :mod:`revsearch.retrieval.options` are config options, off by default:
 alpha-QE (``qe_n``), alpha-DBA (``dba_n``: the store holds augmented vectors, the run keeps the DBA
 graph) and the copy mode (``copy_pixels``: the run keeps each sample's thumbnail, for
-:meth:`RevsearchSimilarityIndex.copy_search` and :meth:`RevsearchSimilarityIndex.copy_neighbors`).
+:meth:`RevsearchSimilarityIndex.copy_search` and :meth:`RevsearchSimilarityIndex.copy_neighbours`).
 """
 
 from __future__ import annotations
@@ -33,15 +33,14 @@ import eta.core.utils as etau
 import fiftyone.brain as fb
 import numpy as np
 from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
-from fiftyone.core.brain import BrainMethod
 
-from revsearch.crashpoints import write_point
 from revsearch.features.factory import make_extractor
 from revsearch.features.pca import PCAReducer
 from revsearch.features.pipeline import FeatureExtractor
 from revsearch.features.query_source import ImageQuery, load_query_image
-from revsearch.fiftyone import index_cache, run_arrays
+from revsearch.fiftyone import index_cache
 from revsearch.fiftyone.index_handle import IndexHandle
+from revsearch.fiftyone.run_store import META_FIELD, RunStore, names_in, unpack
 from revsearch.files import file_signature, stale_files
 from revsearch.index.hits import Hit
 from revsearch.index.registry import check_kind, collection_name
@@ -153,12 +152,18 @@ class RevsearchSimilarity(Similarity):
     def cleanup(self, samples, key):
         """Drop the vectors (Milvus collection) when the brain run is deleted, and the stored arrays
         that no other run (e.g. of a clone) lists."""
-        run_doc = self._get_run_doc(samples, key)
-        try:
-            samples.load_brain_results(key, cache=False).cleanup()
-        finally:
-            dropped = (run_doc.results_meta or {}).get(run_arrays.META_FIELD) or []
-            run_arrays.collect_garbage(dropped, excluding_run=run_doc.id)
+        RunStore.delete(samples, key, lambda: samples.load_brain_results(key, cache=False).cleanup())
+
+    @classmethod
+    def save_run_results(cls, samples, key, run_results, overwrite=True, cache=True):
+        """FiftyOne's save (``results.save()`` and ``compute_similarity`` call it), the results' arrays
+        stored first (:meth:`RunStore.save`); an in-memory index is then kept for this process."""
+        save = super().save_run_results
+        if key is None or run_results is None:
+            return save(samples, key, run_results, overwrite=overwrite, cache=cache)
+        run_results._run.save(samples, key, lambda: save(samples, key, run_results, overwrite=overwrite, cache=cache))
+        if run_results._handle.kind != "milvus":
+            index_cache.remember(samples, key, run_results._handle)
 
 
 def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, brain_key: str | None) -> bool:
@@ -208,15 +213,14 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._pca = pca
         self._ids: np.ndarray | None = None
         self._signatures: dict[str, list[float]] = dict(signatures or {})
-        self._saved_arrays = run_arrays.names_in(state) + run_arrays.names_in(retrieval_state)  # the saved run's
-        self._packed_arrays: dict[str, list[str]] = {}  # per attribute: what the last serialisation stored
-        self._prepacked: dict[str, tuple[dict, list[str]]] = {}  # stored before a save, for its serialisation
+        saved = {"index_state": state, "retrieval_state": retrieval_state} if state is not None else None
+        self._run = RunStore(self._array_states, saved)
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
         if state and config.index_kind != "milvus" and brain_key is not None:  # loaded: kept per process
-            self._store = index_cache.load(samples, brain_key, lambda: _make_handle(config, run_arrays.unpack(state)))
+            self._handle = index_cache.load(samples, brain_key, lambda: _make_handle(config, unpack(state)))
         else:
-            self._store = _make_handle(config, run_arrays.unpack(state or {}))
-        self._extras = IndexExtras.from_state(run_arrays.unpack(retrieval_state), config.options, self._store.dim or 0)
+            self._handle = _make_handle(config, unpack(state or {}))
+        self._extras = IndexExtras.from_state(unpack(retrieval_state), config.options, self._handle.dim or 0)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None:
@@ -226,13 +230,13 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     @property
     def sample_ids(self) -> np.ndarray:
         if self._ids is None:
-            self._ids = np.array(self._store.keys(), dtype=str)
+            self._ids = np.array(self._handle.keys(), dtype=str)
         return self._ids
 
     @property
     def total_index_size(self) -> int:
         """The store's count (Milvus: its entity count; no keys are read)."""
-        return len(self._store) if self._ids is None else len(self._ids)
+        return len(self._handle) if self._ids is None else len(self._ids)
 
     @property
     def pca(self) -> PCAReducer | None:
@@ -267,7 +271,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
         ids = [str(i) for i in sample_ids]
         vectors = self._reduce(np.asarray(embeddings), fit=True)
-        existing = self._store.contains(ids) if (warn_existing or not overwrite) else set()
+        existing = self._handle.contains(ids) if (warn_existing or not overwrite) else set()
         if existing and not allow_existing and not overwrite:
             raise ValueError(f"{len(existing)} IDs (eg {next(iter(existing))}) already exist in the index")
         if existing and warn_existing:
@@ -278,9 +282,9 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             keep = [i for i, _id in enumerate(ids) if _id not in existing]
             ids, vectors = [ids[i] for i in keep], vectors[keep]
         if ids:
-            self._forget_cached()
+            self._changing()
             paths = self._filepaths(ids)
-            self._store.add(*self._extras.store_vectors([], ids, vectors))
+            self._handle.add(*self._extras.store_vectors([], ids, vectors))
             self._extras.update_pixels([], paths)
             self._record_signatures(paths)
         self._ids = None
@@ -316,18 +320,18 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if label_ids is not None:
             raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
         ids = [str(i) for i in ([sample_ids] if isinstance(sample_ids, str) else sample_ids or [])]
-        missing = set(ids) - self._store.contains(ids) if (warn_missing or not allow_missing) else set()
+        missing = set(ids) - self._handle.contains(ids) if (warn_missing or not allow_missing) else set()
         if missing and not allow_missing:
             raise ValueError(f"{len(missing)} IDs (eg {next(iter(missing))}) are not in the index")
         if missing and warn_missing:
             logger.warning("Ignoring %d IDs that are not in the index", len(missing))
         present = [i for i in ids if i not in missing]
         if present:
-            self._forget_cached()
-            self._store.remove(present)
-            keys, vectors = self._extras.store_vectors(present, [], np.empty((0, self._store.dim or 0), np.float32))
+            self._changing()
+            self._handle.remove(present)
+            keys, vectors = self._extras.store_vectors(present, [], np.empty((0, self._handle.dim or 0), np.float32))
             if keys:  # DBA: the augmented vectors that had a removed neighbour
-                self._store.add(keys, vectors)
+                self._handle.add(keys, vectors)
             self._extras.update_pixels(present, {})
             for sample_id in present:
                 self._signatures.pop(sample_id, None)
@@ -342,7 +346,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             ids = self.sample_ids.tolist()
         else:
             wanted = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids)
-            present = self._store.contains(wanted)
+            present = self._handle.contains(wanted)
             ids = [i for i in wanted if i in present]
             if len(ids) < len(wanted) and not allow_missing:
                 raise ValueError(f"{len(wanted) - len(ids)} IDs are not in the index")
@@ -353,48 +357,25 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _original_vectors(self, keys: list[str]) -> np.ndarray:
         """The vectors added for ``keys`` (not the DBA-augmented ones the store holds); KeyError if one is missing."""
-        return self._store.vectors(keys) if self._extras.dba is None else self._extras.dba.originals(keys)
+        return self._handle.vectors(keys) if self._extras.dba is None else self._extras.dba.originals(keys)
 
     def reload(self):
         self._ids = None
         super().reload()
 
-    def save(self):
-        """Save the run; an in-memory index is then kept for this process (see :mod:`revsearch.fiftyone.index_cache`).
-        The stored arrays of the previous save are deleted unless another run lists them."""
-        before = set(self._listed_arrays())
-        # stored first: FiftyOne deletes the saved results before it serialises the new ones
-        self._prepacked = {name: run_arrays.pack(make()) for name, make in self._array_states().items()}
-        try:
-            super().save()
-        finally:
-            self._prepacked = {}
-        write_point("brain run saved")
-        self._saved_arrays = [name for names in self._packed_arrays.values() for name in names]
-        run_arrays.collect_garbage(before - set(self._saved_arrays))
-        if self._store.kind != "milvus" and self.key is not None:
-            index_cache.remember(self._samples, self.key, self._store)
-
-    def _listed_arrays(self) -> list[str]:
-        """The stored arrays the run's saved results list now (in the database)."""
-        if self.key is None:
-            return []
-        meta = BrainMethod._get_run_doc(self._samples, self.key).results_meta or {}
-        return meta.get(run_arrays.META_FIELD) or []
-
     def get_meta(self) -> dict:
-        """Beside the run: the stored arrays its results refer to (see :mod:`revsearch.fiftyone.run_arrays`)."""
-        packed = [name for names in self._packed_arrays.values() for name in names]
-        names = packed if self._packed_arrays else self._saved_arrays
-        return {**super().get_meta(), run_arrays.META_FIELD: list(names)}
+        """Beside the run: the stored arrays its results refer to (see :mod:`revsearch.fiftyone.run_store`)."""
+        return {**super().get_meta(), META_FIELD: names_in(self._run.packed)}
 
-    def _forget_cached(self) -> None:
-        if self._store.kind != "milvus" and self.key is not None:
+    def _changing(self) -> None:
+        """The index is about to change: no longer the saved one, nor the one kept for this process."""
+        self._run.changed()
+        if self._handle.kind != "milvus" and self.key is not None:
             index_cache.forget(self._samples, self.key)
 
     def cleanup(self):
-        self._forget_cached()
-        self._store.drop()
+        self._changing()
+        self._handle.drop()
         self._extras = IndexExtras(self.config.options, 0)
         self._ids = None
 
@@ -425,10 +406,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         extractor, image = self._load_query(query, allow_private_urls)
         vectors = self._reduce(extractor.embed_images(copy_query_images(image)))
         allowed = self._allowed()
-        with self._store.hold():
+        with self._handle.hold():
             return self._extras.copy_search(self.search, vectors, image, k, allowed)
 
-    def copy_neighbors(self, k: int) -> list[list[Hit]]:
+    def copy_neighbours(self, k: int) -> list[list[Hit]]:
         """For every sample of the current view (``current_sample_ids`` order), its ``k`` nearest other
         samples of the view by the copy mode's fusion (stored thumbnails; relative distances)."""
         if not self.has_copy_mode:
@@ -436,7 +417,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         ids = self.current_sample_ids.tolist()
         if not ids:
             return []
-        with self._store.hold():
+        with self._handle.hold():
             vectors = self._original_vectors(ids)
             return self._extras.copy_neighbours(self.search, ids, vectors, k, self._allowed())
 
@@ -460,7 +441,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         try:
             return self._original_vectors(query), single
         except KeyError:
-            missing = sorted(set(query) - self._store.contains(query))
+            missing = sorted(set(query) - self._handle.contains(query))
             raise ValueError(f"Query IDs {missing} are not in the index") from None
 
     def _allowed(self) -> np.ndarray | None:
@@ -475,7 +456,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if not total:
             return [[] for _ in range(len(vectors))]
         limit = min(total, self.config.max_k or total)
-        return self._store.search(vectors, min(k or limit, limit), allowed=allowed, reverse=reverse)
+        return self._handle.search(vectors, min(k or limit, limit), allowed=allowed, reverse=reverse)
 
     def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
         if aggregation not in (None, "mean"):
@@ -483,16 +464,16 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if query is None:
             if aggregation is not None:
                 raise ValueError("Full index queries do not support aggregation")
-            return self._full_index_neighbors(k or 1, return_dists)
-        with self._store.hold():
+            return self._full_index_neighbours(k or 1, return_dists)
+        with self._handle.hold():
             vectors, single = self._query_vectors(query)
             if aggregation == "mean":
                 vectors, single = vectors.mean(axis=0, keepdims=True), True
             if reverse or not self.config.qe_n or self.config.index_kind == "pixel":
                 hits = self.search(vectors, k, reverse=reverse)
-            else:  # issue 13 hook: alpha-QE with the view's own vectors
+            else:  # alpha-QE with the view's own vectors
                 hits = expanded_search(
-                    self.search, self._store.vectors, vectors, k, self.config.qe_n, self.config.qe_alpha
+                    self.search, self._handle.vectors, vectors, k, self.config.qe_n, self.config.qe_alpha
                 )
         ids = [[h.key for h in row] for row in hits]
         dists = [[h.distance for h in row] for row in hits]
@@ -500,15 +481,15 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             ids, dists = ids[0], dists[0]
         return (ids, None, dists) if return_dists else (ids, None)
 
-    def _full_index_neighbors(self, k: int, return_dists: bool):
+    def _full_index_neighbours(self, k: int, return_dists: bool):
         """The ``k`` nearest other samples of every sample of the view, as indexes into
         ``current_sample_ids`` (as fob's sklearn backend returns them). Exact on every kind: the
         view's keys are always pushed down, which makes the IVF search exact."""
         ids = self.current_sample_ids
         position = {key: i for i, key in enumerate(ids.tolist())}
-        with self._store.hold():
-            vectors = self._store.vectors(ids.tolist()) if len(ids) else np.empty((0, 0), np.float32)
-            hits = self._store.search(vectors, k + 1, allowed=ids) if len(ids) else []
+        with self._handle.hold():
+            vectors = self._handle.vectors(ids.tolist()) if len(ids) else np.empty((0, 0), np.float32)
+            hits = self._handle.search(vectors, k + 1, allowed=ids) if len(ids) else []
         rows = [[h for h in row if h.key != key][:k] for key, row in zip(ids.tolist(), hits)]
         inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in rows]
         dists = [np.array([h.distance for h in row]) for row in rows]
@@ -522,40 +503,32 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """
         if thresh is None:
             raise ValueError("a distance threshold is needed (squared L2; for unit vectors 2x cosine distance)")
-        with self._store.hold():
+        with self._handle.hold():
             if query is None:
                 ids = self.current_sample_ids.tolist()
-                vectors = self._store.vectors(ids) if ids else np.empty((0, 0), np.float32)
-                hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed()) if ids else []
+                vectors = self._handle.vectors(ids) if ids else np.empty((0, 0), np.float32)
+                hits = self._handle.range_search(vectors, float(thresh), allowed=self._allowed()) if ids else []
                 position = {key: i for i, key in enumerate(ids)}
                 inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in hits]
                 dists = [np.array([h.distance for h in row]) for row in hits]
                 return (inds, dists) if return_dists else inds
             vectors, single = self._query_vectors(query)
-            hits = self._store.range_search(vectors, float(thresh), allowed=self._allowed())
+            hits = self._handle.range_search(vectors, float(thresh), allowed=self._allowed())
         ids = [[h.key for h in row] for row in hits]
         dists = [[h.distance for h in row] for row in hits]
         if single:
             ids, dists = ids[0], dists[0]
         return (ids, None, dists) if return_dists else (ids, None)
 
-    # ---- persistence ---------------------------------------------------------------------
+    # ---- persistence (pure: arrays are stored by a save only, see RunStore) ----------------
     @property
     def index_state(self) -> dict:
-        """The index (in-memory kinds: keys, vectors, lists), its large arrays stored beside the
-        results (:func:`revsearch.fiftyone.run_arrays.pack`)."""
-        return self._packed("index_state")
+        """The index (in-memory kinds: keys, vectors, lists), large arrays as references (:class:`RunStore`)."""
+        return self._run.packed["index_state"]
 
     def _array_states(self) -> dict:
-        """The serialised attributes that hold arrays, and how to get each (arrays as they are)."""
-        return {"index_state": self._store.arrays_state, "retrieval_state": self._extras.arrays_state}
-
-    def _packed(self, attribute: str) -> dict:
-        """``attribute``'s state, its large arrays stored beside the results (prepared by :meth:`save`)."""
-        state, self._packed_arrays[attribute] = self._prepacked.get(attribute) or run_arrays.pack(
-            self._array_states()[attribute]()
-        )
-        return state
+        """What :class:`RunStore` stores: the index and the retrieval extras (arrays as they are)."""
+        return {"index_state": self._handle.arrays_state(), "retrieval_state": self._extras.arrays_state()}
 
     @property
     def pca_state(self) -> dict | None:
@@ -566,9 +539,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     @property
     def retrieval_state(self) -> dict:
-        """The DBA graph and copy-mode thumbnails (empty when the options are off), large arrays stored
-        beside the results like the index's."""
-        return self._packed("retrieval_state")
+        """The DBA graph and copy-mode thumbnails (empty when the options are off), like :attr:`index_state`."""
+        return self._run.packed["retrieval_state"]
 
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):

@@ -3,8 +3,8 @@ one sample kept per group, and exact duplicates by file hash.
 
 Near-duplicates come from the index's range search (``_radius_neighbors``, the same search fob's
 ``find_duplicates`` uses); a group is a connected set of samples within the threshold of one another.
-Edited copies come from the copy mode's fused ranking (CNN + pixel thumbnails, relative distances;
-``copy_neighbors``), grouped the same way.
+Edited copies come from the copy mode's fused ranking (CNN + pixel thumbnails, relative distances),
+grouped the same way.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ import fiftyone.core.utils as fou
 import numpy as np
 
 from revsearch.fiftyone.brain import RevsearchSimilarityIndex
+from revsearch.fiftyone.tools import set_field_info
 
 #: Default threshold on the copy mode's relative distance: measured on Caltech images, 0.2x resizes,
 #: heavy blurs and crops of an image score below 0.08, different photos above 0.2.
 COPY_THRESHOLD = 0.15
 #: Fused neighbours looked at per sample (larger groups still join through their members).
 COPY_NEIGHBOURS = 10
+#: Field ``info`` key naming the index a distance field was computed with (a form shows it only for it).
+SOURCE_INFO = "revsearch_brain_key"
 
 
-def nearest_neighbor_distances(
+def nearest_neighbour_distances(
     results: RevsearchSimilarityIndex, samples, dist_field: str = "nn_dist", id_field: str = "nn_id"
 ) -> np.ndarray:
     """Store each sample's nearest other sample (id, squared L2 distance) of ``samples``; returns the
@@ -35,21 +38,14 @@ def nearest_neighbor_distances(
     distances = {str(ids[i]): float(d[0]) for i, d in enumerate(dists) if len(d)}
     samples.set_values(dist_field, distances, key_field="id")
     samples.set_values(id_field, nearest, key_field="id")
-    _record_source(samples, dist_field, results.key)
+    set_field_info(samples, dist_field, {SOURCE_INFO: results.key})
     return np.array(list(distances.values()))
-
-
-def _record_source(samples, field: str, brain_key: str | None) -> None:
-    """Note in ``field``'s info which index its values came from (a form shows them only for it)."""
-    field_doc = samples._dataset.get_field(field)
-    field_doc.info = {**(field_doc.info or {}), "revsearch_brain_key": brain_key}
-    field_doc.save()
 
 
 def distances_from(samples, field: str, brain_key: str) -> bool:
     """Whether ``field`` holds nearest-neighbour distances computed with index ``brain_key``."""
     field_doc = samples.get_field(field)
-    return field_doc is not None and (field_doc.info or {}).get("revsearch_brain_key") == brain_key
+    return field_doc is not None and (field_doc.info or {}).get(SOURCE_INFO) == brain_key
 
 
 def distance_histogram(samples, field: str, bins: int = 40) -> tuple[list[int], list[float]]:
@@ -131,12 +127,12 @@ def copy_duplicate_groups(
     given. The index must keep thumbnails (``copy_pixels``). Returns the number of groups."""
     with results.use_view(samples):
         ids = results.current_sample_ids.tolist()
-        rows = results.copy_neighbors(COPY_NEIGHBOURS)
+        rows = results.copy_neighbours(COPY_NEIGHBOURS)
     position = {key: i for i, key in enumerate(ids)}
     if dist_field and id_field:
         samples.set_values(dist_field, {i: row[0].distance for i, row in zip(ids, rows) if row}, key_field="id")
         samples.set_values(id_field, {i: row[0].key for i, row in zip(ids, rows) if row}, key_field="id")
-        _record_source(samples, dist_field, results.key)
+        set_field_info(samples, dist_field, {SOURCE_INFO: results.key})
     neighbours = [np.array([position[h.key] for h in row if h.distance <= threshold], dtype=np.int64) for row in rows]
     return _group_components(samples, ids, neighbours, group_field, drop_tag)
 

@@ -1,11 +1,9 @@
 """The vector index behind a brain run, opened when first needed (see :mod:`revsearch.index.registry`).
 
-In-memory kinds (exact, kmeans) are stored with the brain run's results (FiftyOne's database;
-large arrays beside them, see :mod:`revsearch.fiftyone.run_arrays`). A Milvus index keeps its vectors in a
-collection; a Milvus Lite file can be open in only one process at a time, so a Lite index keeps its
-file (and running server) until another process asks for it (see :mod:`revsearch.index.lite_lock`), which
-lets the App server and a notebook use the same index in turn without restarting the Lite server
-before every search.
+In-memory kinds (exact, kmeans) are stored with the run (:mod:`revsearch.fiftyone.run_store`); a Milvus
+index keeps its vectors in a collection. A Lite file serves one process at a time: a Lite index keeps the
+file (and its server) until another process asks for it (:mod:`revsearch.index.lite_lock`), so the App
+and a notebook take turns without restarting the server before every search.
 """
 
 from __future__ import annotations
@@ -139,9 +137,8 @@ class IndexHandle:
                 return [[] for _ in range(len(queries))]
             return index.range_search(queries, radius, allowed=allowed)
 
-    def hold(self) -> contextlib.AbstractContextManager:
-        """Keep the index open across several operations (one Lite start instead of many)."""
-        return self.session()
+    #: Keep the index open across several operations (one Lite start instead of many).
+    hold = session
 
     def release(self) -> None:
         """Close a Milvus index now (for Lite: stop the server, unlock the file)."""

@@ -69,10 +69,8 @@ class ExtractorModel(fom.Model, fom.EmbeddingsMixin):
 def embed_samples(
     samples, extractor: FeatureExtractor, progress: Progress = None
 ) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """Embed the samples' image files: ids and vectors of those decoded, a reason per failure.
-
-    Failed samples are marked in the dataset (see :func:`mark_failures`) so they can be found in the App.
-    """
+    """Embed the samples' image files: ids and vectors of those decoded, a reason per failure (failed
+    samples are marked in the dataset, see :func:`mark_failures`)."""
     ids, paths = samples.values("id"), samples.values("filepath")
     done_ids, vectors, failures, done = [], [], {}, 0
     for batch in extractor.iter_batches(paths, progress=False):
@@ -106,7 +104,8 @@ def _field_info(samples, field: str) -> dict:
     return samples._dataset.get_field(field).info or {}
 
 
-def _set_field_info(samples, field: str, info: dict) -> None:
+def set_field_info(samples, field: str, info: dict) -> None:
+    """Add ``info`` to the sample field's ``info``."""
     f = samples._dataset.get_field(field)
     f.info = {**(f.info or {}), **info}
     f.save()
@@ -122,7 +121,7 @@ def compute_embeddings(samples, field: str, extractor: FeatureExtractor, progres
 def _store_vectors(samples, field: str, ids: list[str], vectors: np.ndarray, description: dict) -> None:
     """Vectors into a sample field, with the extractor that made them in the field's info."""
     samples.set_values(field, dict(zip(ids, vectors)), key_field="id")
-    _set_field_info(samples, field, {EXTRACTOR_INFO: description})
+    set_field_info(samples, field, {EXTRACTOR_INFO: description})
 
 
 def field_vectors(samples, field: str) -> tuple[list[str], np.ndarray]:
@@ -141,7 +140,7 @@ def fit_pca(samples, field: str, out_field: str, n_components: int, whiten: bool
     ids, vectors = field_vectors(samples, field)
     pca = PCAReducer.fit(vectors, n_components, whiten)
     samples.set_values(out_field, dict(zip(ids, pca.transform(vectors))), key_field="id")
-    _set_field_info(
+    set_field_info(
         samples, out_field, {EXTRACTOR_INFO: _field_info(samples, field).get(EXTRACTOR_INFO), PCA_INFO: pca.state()}
     )
     total_var = float(np.var(vectors, axis=0).sum() * len(vectors) / max(len(vectors) - 1, 1))
@@ -150,9 +149,7 @@ def fit_pca(samples, field: str, out_field: str, n_components: int, whiten: bool
 
 def fit_kmeans(samples, field: str, n_clusters: int, cluster_field: str, distance_field: str) -> list[int]:
     """K-means on ``field``; each sample's cluster id and distance to its centre go in sample fields.
-
-    Returns the cluster sizes (index = cluster id).
-    """
+    Returns the cluster sizes (index = cluster id)."""
     ids, vectors = field_vectors(samples, field)
     ivf = IVFIndex.fit(vectors, n_clusters)
     ivf.add(ids, vectors)
@@ -174,10 +171,9 @@ def build_index(
 ) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
     """Index the samples under ``brain_key``; returns the index and failures by sample id.
 
-    ``index_kind``: ``exact``, ``kmeans`` or ``milvus`` (``pixel``: the older name of pixel features
-    in an exact index). Vectors come from ``embeddings_field`` (made by :func:`compute_embeddings` /
-    :func:`fit_pca`) or are computed with ``extractor`` (default: the CNN), and then also stored in
-    ``keep_field`` if given.
+    ``index_kind``: ``exact``, ``kmeans`` or ``milvus`` (``pixel``: pixel features in an exact index).
+    Vectors come from ``embeddings_field`` (made by :func:`compute_embeddings` / :func:`fit_pca`) or
+    are computed with ``extractor`` (default: the CNN), then also stored in ``keep_field`` if given.
     ``options`` go to :class:`~revsearch.fiftyone.brain.RevsearchSimilarityConfig`.
     """
     if brain_key in samples._root_dataset.list_brain_runs():

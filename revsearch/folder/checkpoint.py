@@ -1,11 +1,9 @@
 """Embeddings written to disk chunk by chunk while indexing, so a killed run resumes where it stopped.
 
-Each chunk is an ``.npz`` (keys, vectors, the signature of each file when it was read) written
-atomically, so a chunk on disk is always complete. Nothing is reused unchecked: the folder is tied
-to the extractor that produced it (another model discards it), and an embedding is reused only if
-its file still has the signature it had when embedded (a file replaced since is embedded again).
-Failures are never reused: a file fixed since is simply tried again. The index directory's lock
-(:mod:`revsearch.locks`) keeps the folder private to one run. ``notes`` says what was discarded.
+Each chunk is an ``.npz`` (keys, vectors, each file's signature when read), written atomically. The
+folder is tied to the extractor that produced it (another one discards it), and an embedding is
+reused only if its file still has the same signature; failures are never reused. The index
+directory's lock (:mod:`revsearch.locks`) keeps the folder private to one run.
 """
 
 from __future__ import annotations

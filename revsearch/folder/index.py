@@ -46,7 +46,7 @@ from revsearch.index.ivf import default_n_clusters
 from revsearch.index.milvus_uri import DEFAULT_URI, is_lite_uri
 from revsearch.index.registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
 from revsearch.locks import IndexLock
-from revsearch.retrieval.options import MODES, IndexExtras, RetrievalOptions, copy_query_images  # issue 13 hook
+from revsearch.retrieval.options import MODES, IndexExtras, RetrievalOptions, copy_query_images
 
 if TYPE_CHECKING:
     from revsearch.index.milvus_bulk import BulkStorage
@@ -137,7 +137,7 @@ class SearchIndex:
         extras: IndexExtras | None = None,
     ):
         self.directory = Path(os.path.abspath(directory))
-        self.extras = extras or IndexExtras(RetrievalOptions.off(), backend.dim)  # issue 13 hook
+        self.extras = extras or IndexExtras(RetrievalOptions.off(), backend.dim)
         self.extractor, self.backend, self.reducer = extractor, backend, reducer
         self.items: dict[str, dict] = items or {}
         self.failures: dict[str, str] = failures or {}
@@ -163,24 +163,15 @@ class SearchIndex:
     ) -> tuple[SearchIndex, IndexReport]:
         """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
 
-        ``backend``: the index kind, ``exact`` (numpy), ``kmeans`` (IVF; ``n_clusters``, ``nprobe``) or
-        ``milvus`` (``uri`` default ``<directory>/revsearch.db`` = Milvus Lite, ``collection``,
-        ``index_type``...); ``pixel`` is the older name of pixel features in an exact index. The
-        features are the ``extractor``'s (default: the CNN), whatever the kind.
-
-        ``pca_dim="auto"`` (default) reduces CNN descriptors to 128 dimensions with PCA when at least
-        1,000 images are indexed (the best measured trade-off on Caltech-101, see README), and keeps
-        them whole for smaller sets; give a number to force it, or None for no PCA.
-
-        Embeddings are checkpointed to ``<directory>/partial/`` every ``chunk_size`` images, so a run
-        that is killed resumes where it stopped (each reused embedding is checked against its file's
-        signature first). PCA and K-means are fitted on at most ``fit_sample`` vectors, and vectors
-        reach the backend one chunk at a time (bounded memory for Milvus). The new index is a new
-        generation: an existing index in ``directory`` stays intact and usable until the new one is
-        complete, then the manifest switches to it atomically and the old one is dropped. ``roots``:
-        the folders the paths came from (stored, so that a later update of other folders is noticed).
-        ``options``: alpha-QE / alpha-DBA / copy-mode thumbnails, stored with the index and applied
-        to every query and update (default :class:`RetrievalOptions`; all off for ``pixel``).
+        ``backend``: ``exact``, ``kmeans`` (``n_clusters``, ``nprobe``) or ``milvus`` (``uri``, default
+        the Lite file ``<directory>/revsearch.db``; ``collection``, ``index_type``...); ``pixel`` is the
+        older name of pixel features in an exact index. ``pca_dim="auto"``: PCA-128 for CNN features
+        from 1,000 images up (the best measured trade-off), none below; a number forces it, None
+        disables it. Embeddings are checkpointed every ``chunk_size`` images, so a killed run resumes;
+        PCA and K-means are fitted on at most ``fit_sample`` vectors. The index is a new generation:
+        an existing one stays usable until the manifest switches atomically. ``roots``: the folders
+        the paths came from. ``options``: alpha-QE / alpha-DBA / copy-mode thumbnails, applied to every
+        query and update (default :class:`RetrievalOptions`; all off for pixel features).
         """
         if backend == LEGACY_PIXEL:
             extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
@@ -210,7 +201,7 @@ class SearchIndex:
             if backend == "kmeans" and not backend_options.get("n_clusters"):
                 backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
             store = _create_backend(backend, sample, extractor.dtype, backend_options)
-            if options is None:  # issue 13 hook
+            if options is None:
                 options = RetrievalOptions.off() if isinstance(extractor, PixelFeatures) else RetrievalOptions()
             extras, held = IndexExtras(options, sample.shape[1]), []
             bar = tqdm(
@@ -227,7 +218,7 @@ class SearchIndex:
                     items.update((k, {"path": k, "signature": s}) for k, s in zip(keys, signatures))
                     bar.update(len(keys))
                 bar.close()
-                extras.finish_build(store, held, chunk_size)  # issue 13 hook: DBA, thumbnails
+                extras.finish_build(store, held, chunk_size)  # DBA, thumbnails
                 extras.update_pixels([], {k: k for k in items})
                 root_list = sorted({os.path.abspath(r) for r in roots}) if roots is not None else None
                 index = cls(
@@ -319,7 +310,7 @@ class SearchIndex:
         """Apply a journalled update (idempotent: replaying it after a crash gives the same index)."""
         if update.remove:
             self.backend.remove(update.remove)
-        keys, vectors = self.extras.store_vectors(update.remove, update.keys, update.vectors)  # issue 13 hook
+        keys, vectors = self.extras.store_vectors(update.remove, update.keys, update.vectors)
         if keys:
             self.backend.add(keys, vectors)
         self.extras.update_pixels(update.remove, {k: update.items[k]["path"] for k in update.keys})
@@ -376,7 +367,7 @@ class SearchIndex:
         if not k:
             return []
         image = load_query_image(query, self.extractor.min_side, allow_private_urls)
-        if mode == "copy":  # issue 13 hook
+        if mode == "copy":
             vectors = self.transform(self.extractor.embed_images(copy_query_images(image)))
             return self.extras.copy_search(
                 lambda v, top: self.backend.search(v, min(top, len(self))), vectors, image, k
@@ -417,20 +408,11 @@ class SearchIndex:
         uri = os.path.abspath(uri) if is_lite_uri(uri) else uri
         if same_collection_place(source.uri, source.db_name, uri, db_name):
             raise ValueError(f"the index is already at {uri!r}: moving it there would replace its own collection")
+        kept = ("metric", "consistency_level") + (() if index_type else ("index_params", "search_params"))
+        settings = {k: config[k] for k in kept} | {"index_type": index_type or config["index_type"], "overwrite": True}
         with IndexLock(self.directory):
             target = MilvusIndex(
-                source.dim,
-                source.collection,
-                uri,
-                token,
-                db_name,
-                config["metric"],
-                index_type or config["index_type"],
-                None if index_type else config["index_params"],
-                None if index_type else config["search_params"],
-                overwrite=True,
-                consistency_level=config["consistency_level"],
-                bulk_storage=bulk_storage,
+                source.dim, source.collection, uri, token, db_name, bulk_storage=bulk_storage, **settings
             )
             try:
                 copy_collection(source, target, progress)
@@ -516,25 +498,14 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
             raise
         backend = opening.result()
     reducer = None
-    if manifest["pca"]:
+    if manifest["pca"]:  # pca.json, or pca.npz (format 2)
         pca_file = folder / PCA_FILE
-        reducer = (
-            PCAReducer.from_state(json.loads(pca_file.read_text()))
-            if pca_file.exists()
-            else PCAReducer.load_npz(folder / "pca.npz")
-        )  # format 2
+        state = json.loads(pca_file.read_text()) if pca_file.exists() else dict(np.load(folder / "pca.npz"))
+        reducer = PCAReducer.from_state(state)
     extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
-    return cls(
-        directory,
-        extractor,
-        backend,
-        reducer,
-        manifest["items"],
-        manifest["failures"],
-        manifest.get("generation", 0),
-        manifest.get("roots"),
-        extras,
-    )
+    index = cls(directory, extractor, backend, reducer, manifest["items"], manifest["failures"], extras=extras)
+    index.generation, index.roots = manifest.get("generation", 0), manifest.get("roots")
+    return index
 
 
 def recover(directory: Path, token: str = "") -> None:

@@ -1,10 +1,9 @@
 """The redo record of an incremental update, written before the vector store is touched.
 
-An update (sync, remove) first writes here everything it is about to do: the keys to delete, the
-keys and vectors to upsert and the manifest entries that go with them. Only then does it change
-the store and commit a new manifest, and finally it deletes the record. A process killed anywhere
-in between leaves the record behind; the next run replays it (deletes and upserts are idempotent)
-before anything else, so the store and the manifest always end up agreeing.
+An update (sync, remove) records everything it is about to do (keys to delete, keys and vectors to
+upsert, their manifest entries), changes the store, commits a new manifest, then deletes the
+record. A run killed in between leaves the record, which the next run replays first (deletes and
+upserts are idempotent), so the store and the manifest always end up agreeing.
 """
 
 from __future__ import annotations
@@ -47,15 +46,7 @@ class Update:
 
 def write_journal(directory: Path, update: Update) -> None:
     """Durably record ``update`` before any of it is applied."""
-    meta = {
-        "base_generation": update.base_generation,
-        "remove": update.remove,
-        "keys": update.keys,
-        "items": update.items,
-        "failures": update.failures,
-        "forget_failures": update.forget_failures,
-        "roots": update.roots,
-    }
+    meta = {name: value for name, value in vars(update).items() if name != "vectors"}
     buffer = io.BytesIO()
     np.savez(buffer, vectors=update.vectors, meta=np.array(json.dumps(meta)))
     write_atomic(directory / JOURNAL, buffer.getvalue())
@@ -67,18 +58,7 @@ def read_journal(directory: Path) -> Update | None:
     if not path.exists():
         return None
     with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-        vectors = data["vectors"]
-    return Update(
-        meta["base_generation"],
-        meta["remove"],
-        meta["keys"],
-        vectors,
-        meta["items"],
-        meta["failures"],
-        meta["forget_failures"],
-        meta["roots"],
-    )
+        return Update(vectors=data["vectors"], **json.loads(str(data["meta"])))
 
 
 def clear_journal(directory: Path) -> None:

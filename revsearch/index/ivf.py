@@ -35,7 +35,7 @@ def default_n_clusters(n_vectors: int) -> int:
 def default_nprobe(n_clusters: int) -> int:
     """Probe 1/20 of the clusters. Queries fall into the larger clusters more often, so this scans
     ~6-11% of the vectors: recall@10 against exact ~0.96 on Caltech-101 descriptors and ~0.97 on 1M
-    synthetic vectors (README, vector search tables)."""
+    synthetic vectors (docs/benchmarks.md, vector search)."""
     return max(1, math.ceil(n_clusters / 20))
 
 
@@ -263,9 +263,12 @@ class IVFIndex(InMemoryIndex):
         self, query: np.ndarray, rows: np.ndarray, k: int, reverse: bool
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Compare the query with every one of ``rows``."""
-        vectors, norms = self.store.vectors[rows], self.store.sq_norms[rows]
-        dist = np.maximum(query @ query - 2.0 * (vectors @ query) + norms, 0.0)
+        dist = self._row_distances(query, rows)
         return rows, dist, self._nearest(rows, -dist if reverse else dist, k)
+
+    def _row_distances(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Squared distances from ``query`` to the vectors of ``rows``."""
+        return np.maximum(query @ query - 2.0 * (self.store.vectors[rows] @ query) + self.store.sq_norms[rows], 0.0)
 
     def _bounded_search(self, q: np.ndarray, rows: np.ndarray, k: int, nprobe: int | None):
         """Exact top-k among ``rows``: lists in order of their bisector bound, ``nprobe`` at first,
@@ -298,8 +301,7 @@ class IVFIndex(InMemoryIndex):
                 got_rows, got_dist = got_rows[mask], got_dist[mask]
             else:
                 got_rows = np.concatenate([rows[starts[c] : starts[c + 1]] for c in chosen])
-                vectors = self.store.vectors[got_rows]
-                got_dist = np.maximum(query @ query - 2.0 * (vectors @ query) + self.store.sq_norms[got_rows], 0.0)
+                got_dist = self._row_distances(query, got_rows)
             best_rows = np.concatenate([best_rows, got_rows])
             best_dist = np.concatenate([best_dist, got_dist])
             nearest = self._nearest(best_rows, best_dist, k)
@@ -337,8 +339,7 @@ class IVFIndex(InMemoryIndex):
         return {"kind": self.kind, "dim": self.dim, "n_clusters": self.n_clusters, "nprobe": self.nprobe}
 
     def lists_state(self) -> dict[str, np.ndarray]:
-        """The inverted lists, for :meth:`from_lists`: rows are sorted by cluster first, so the
-        store's keys and vectors (read after this) are contiguous per list."""
+        """The inverted lists, for :meth:`from_lists` (sorts the store's rows by cluster first)."""
         self._sort_lists()
         return {"assignments": self.assignments, "center_distances": self.center_distances, "sequence": self._sequence}
 
@@ -365,8 +366,7 @@ class IVFIndex(InMemoryIndex):
         return index
 
     def save(self, directory: Path) -> None:
-        """Centres and inverted lists (``ivf.npz``) and the rows in list order, so that :meth:`load`
-        assigns nothing."""
+        """Centres and inverted lists (``ivf.npz``), and the rows in list order."""
         lists = self.lists_state()  # first: it orders the rows by cluster
         self.store.save(directory, "vectors")
         np.savez(directory / "ivf.npz", centroids=self.centroids, **lists)
@@ -386,8 +386,7 @@ class IVFIndex(InMemoryIndex):
         return index
 
     def arrays_state(self) -> dict:
-        """``config()``, the centres, and the rows in list order with each row's cluster (keys and
-        vectors in row order), so that :meth:`from_state` assigns nothing."""
+        """``config()``, the centres, the inverted lists and the rows in list order."""
         lists = self.lists_state()  # first: it orders the rows by cluster
         return {
             **self.config(),

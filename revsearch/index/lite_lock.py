@@ -1,17 +1,12 @@
 """One process at a time on a Milvus Lite file, handed over when another process asks for it.
 
-milvus-lite 2.5 has a lock of its own, but a second process that fails to open the file deletes
-it on exit, letting a third process in; ours (``<file>.revsearch.lock``, an ``flock`` through
-``filelock``) makes the one-process rule dependable and the error clear.
-
-The holder keeps the file, and its running Lite server, for as long as it lives: no restart
-between searches. A long-lived process (the App, a notebook) registers a release callback with
-:func:`hand_over_on_request`, which the lock file then advertises. A process that finds the file
-held by such a process writes ``<file>.revsearch.request``; the holder sees it (a daemon thread
-polls it every ``POLL_S``), finishes its current operation, stops its server and unlocks; the
-requester then gets the file. A holder that does not advertise hand-over (a CLI run) is refused at
-once, one that advertises it but does not release within ``HANDOVER_WAIT_S`` is refused then, with
-the same clear busy error.
+The lock is ``<file>.revsearch.lock`` (an ``flock``): milvus-lite's own lock is not dependable (a
+second process that fails to open the file deletes that lock on exit). The holder keeps the file
+and its Lite server open between operations. A long-lived process (the App, a notebook) registers
+a release callback with :func:`hand_over_on_request`, which the lock file then advertises; another
+process that wants the file writes ``<file>.revsearch.request``, and the holder's watcher thread
+releases the file after its current operation. A holder that does not hand over (a CLI run), or
+does not within ``HANDOVER_WAIT_S``, gets the asker a clear busy error.
 """
 
 from __future__ import annotations
@@ -99,15 +94,13 @@ class LiteFileLock:
     server is stopped when the last of them closes.
     """
 
-    def __init__(self, db_path: Path, note: str = ""):
-        """``note``: what the holder does with the file, written into the lock file for others."""
+    def __init__(self, db_path: Path):
         self.db_path = str(db_path)
         self.path = lock_path(db_path)
-        self.note = note
 
     def _holder(self) -> str:
-        note = self.note or (HANDS_OVER if _hands_over(self.db_path) else "")
-        return f"process {os.getpid()}" + (f" ({note})" if note else "")
+        """What the lock file tells another process about the holder."""
+        return f"process {os.getpid()}" + (f" ({HANDS_OVER})" if _hands_over(self.db_path) else "")
 
     def acquire(self) -> None:
         lock = process_lock(self.path, self._holder)

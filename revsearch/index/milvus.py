@@ -55,10 +55,8 @@ QUERY_BATCH = 256
 MAX_LIMIT = 16384
 #: First ``limit`` of a range search (raised for the queries that fill it).
 RANGE_FIRST_LIMIT = 64
-#: Keys per ``key in [...]`` filter. Milvus Lite parses the list at ~6-10 us per key (100k vectors,
-#: 1 query: 50 keys 4 ms, 5,000 keys 56 ms, 100,000 keys 0.60 s), 10-14x less than fetching those
-#: vectors to search them here (9 ms, 0.58 s, 8.4 s), so a view is always searched by filter;
-#: larger views in chunks of this many keys, merged (docs/benchmarks.md).
+#: Keys per ``key in [...]`` filter: a view is searched by filter (10-14x faster than fetching its
+#: vectors, docs/benchmarks.md), a larger one in chunks of this many keys, merged.
 FILTER_CHUNK_KEYS = 50_000
 #: A view with at least this fraction of the collection is first searched unfiltered with a larger
 #: limit; queries that then have k hits from the view are exact, the others fall back to filters.
@@ -317,12 +315,7 @@ class MilvusIndex:
                 return
             if not self._bulk_fallback_logged:
                 self._bulk_fallback_logged = True
-                logger.warning(
-                    "Milvus at %s has no bulk import (it answered UNIMPLEMENTED): adding by "
-                    "upsert in batches of %d instead",
-                    self.uri,
-                    INSERT_BATCH,
-                )
+                logger.warning("Milvus at %s has no bulk import (UNIMPLEMENTED): adding by upsert instead", self.uri)
         for start in range(0, len(keys), INSERT_BATCH):
             rows = [
                 {KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
@@ -339,13 +332,11 @@ class MilvusIndex:
         rows_per_file: int = ROWS_PER_FILE,
         timeout: float = IMPORT_TIMEOUT,
     ) -> None:
-        """Add by server-side bulk import through ``storage`` (default: ``bulk_storage``), keeping
-        upsert semantics: existing rows with these keys are deleted first, and a key given several
-        times keeps its last vector. Raises :class:`BulkImportUnsupportedError` where the server has
-        no bulk import, :class:`BulkImportError` (with the server's reason) if an import fails; then
-        the keys of the failed task may be missing: add them again. One import task per
-        ``rows_per_file`` rows, each given ``timeout`` seconds.
-        """
+        """Add by server-side bulk import through ``storage`` (default: ``bulk_storage``) with upsert
+        semantics (existing rows with these keys are deleted first; a repeated key keeps its last
+        vector), one import task per ``rows_per_file`` rows, each given ``timeout`` seconds. Raises
+        :class:`BulkImportUnsupportedError` where the server has none, :class:`BulkImportError` with
+        the server's reason if a task fails (its keys may then be missing: add them again)."""
         storage = storage or self.bulk_storage
         if storage is None:
             raise ValueError("bulk_add needs a BulkStorage: pass storage= or set bulk_storage")
@@ -475,30 +466,20 @@ class MilvusIndex:
                 results[i] = hits
         return [[h for h in hits if h.distance <= radius] for hits in results]
 
+    def _rows(self, keys: list[str], fields: list[str]) -> Iterable[dict]:
+        """The stored rows of ``keys`` (those present), with ``fields``."""
+        for start in range(0, len(keys), INSERT_BATCH):
+            ids = [to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]]
+            yield from self._rpc("query", self.collection, ids=ids, output_fields=fields)
+
     def contains(self, keys: list[str]) -> set[str]:
         """Those of ``keys`` that are stored (without reading the other keys)."""
-        present: set[str] = set()
-        for start in range(0, len(keys), INSERT_BATCH):
-            rows = self._rpc(
-                "query",
-                self.collection,
-                ids=[to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]],
-                output_fields=[KEY_FIELD],
-            )
-            present.update(from_milvus_key(row[KEY_FIELD]) for row in rows)
-        return present
+        return {from_milvus_key(row[KEY_FIELD]) for row in self._rows(keys, [KEY_FIELD])}
 
     def vectors(self, keys: list[str]) -> np.ndarray:
         """Stored vectors for ``keys``, in that order; raises KeyError naming a missing key."""
-        by_key: dict[str, list[float]] = {}
-        for start in range(0, len(keys), INSERT_BATCH):
-            rows = self._rpc(
-                "query",
-                self.collection,
-                ids=[to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]],
-                output_fields=[KEY_FIELD, VECTOR_FIELD],
-            )
-            by_key.update((from_milvus_key(row[KEY_FIELD]), row[VECTOR_FIELD]) for row in rows)
+        rows = self._rows(keys, [KEY_FIELD, VECTOR_FIELD])
+        by_key = {from_milvus_key(row[KEY_FIELD]): row[VECTOR_FIELD] for row in rows}
         missing = [k for k in keys if k not in by_key]
         if missing:
             raise KeyError(f"{len(missing)} keys not in collection {self.collection!r}, e.g. {missing[0]!r}")
@@ -548,18 +529,10 @@ class MilvusIndex:
         uri = config["uri"]
         if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
             uri = _read_only_copy(uri)
+        names = ("metric", "index_type", "index_params", "search_params", "consistency_level")
+        settings = {k: config[k] for k in names if config.get(k) is not None}
         return cls(
-            config["dim"],
-            config["collection"],
-            uri,
-            token,
-            config.get("db_name") or "",
-            config.get("metric", "L2"),
-            config.get("index_type", "FLAT"),
-            config.get("index_params"),
-            config.get("search_params"),
-            create=False,
-            consistency_level=config.get("consistency_level", "Strong"),
+            config["dim"], config["collection"], uri, token, config.get("db_name") or "", create=False, **settings
         )
 
 

@@ -1,22 +1,11 @@
 """Server-side bulk import for :class:`~revsearch.index.milvus.MilvusIndex`.
 
-Instead of sending vectors through the proxy in upsert requests, revsearch writes them as numpy
-column files (``key.npy``, ``vector.npy``: Milvus's column-based import format) where the Milvus
-server can read them, asks the server to import them (the gRPC ``Import`` API through pymilvus's
-public ``utility.do_bulk_insert`` / ``get_bulk_insert_state``), waits for the task, then makes the
-new segments searchable (``refresh_load``). ``MilvusClient`` has no gRPC import call and the REST
-import (``pymilvus.bulk_writer.bulk_import``) needs Milvus 2.4+, so the calls go through a
-short-lived connection alias (:func:`import_connection`).
-
-Where the files go is a :class:`BulkStorage`:
-
-* :class:`LocalBulkStorage`: a directory this process writes and the server reads (a standalone
-  Milvus with local storage on the same machine, or a volume both see, under another path if need be);
-* :class:`S3BulkStorage`: the MinIO / S3 bucket the server stores its data in (docker-compose,
-  Kubernetes); uploaded with boto3.
-
-Whether a server has bulk import is learnt from its answer (:func:`supports_bulk_import`), never
-from the URI: Milvus Lite answers ``UNIMPLEMENTED``.
+Vectors are written as numpy column files (``key.npy``, ``vector.npy``) where the server can read
+them (a :class:`BulkStorage`: a shared directory, or the S3 / MinIO bucket the server keeps its data
+in), imported by the gRPC ``Import`` API (pymilvus's ``utility.do_bulk_insert``, through a
+short-lived connection alias: ``MilvusClient`` has no such call), then loaded (``refresh_load``).
+Whether a server has bulk import is learnt from its answer, never from the URI: Milvus Lite answers
+``UNIMPLEMENTED``.
 """
 
 from __future__ import annotations
@@ -59,12 +48,9 @@ class BulkStorage:
 
 
 class LocalBulkStorage(BulkStorage):
-    """A directory shared by this process and the server.
-
-    ``directory`` is where revsearch writes; ``server_directory`` is the same directory as the server
-    process sees it (default: the same path, e.g. an embedded / bare-metal standalone with
-    ``common.storageType: local``; for a container, the path it is mounted at inside it).
-    """
+    """A directory shared by this process and the server: ``directory`` as this process sees it,
+    ``server_directory`` as the server does (default: the same path; for a container, where the
+    directory is mounted inside it)."""
 
     def __init__(self, directory: str | Path, server_directory: str | None = None):
         self.directory = Path(directory).expanduser().resolve()
@@ -140,11 +126,6 @@ class S3BulkStorage(BulkStorage):
         return f"S3BulkStorage(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r}, prefix={self.prefix!r})"
 
 
-class _DropRpcErrorLogs(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
 def _is_unimplemented(exc: Exception) -> bool:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return exc.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -153,10 +134,8 @@ def _is_unimplemented(exc: Exception) -> bool:
 
 @contextlib.contextmanager
 def import_connection(uri: str, token: str = "", db_name: str = "") -> Iterator[str]:
-    """The alias of a new pymilvus connection to ``uri`` (a Lite file path as the client opened it),
-    for the ``utility`` bulk-insert calls made inside the block; closed when it ends. pymilvus 2.6 marks
-    these alias-based calls deprecated (MilvusClient has no import call yet): that warning is silenced
-    inside the block."""
+    """The alias of a new pymilvus connection to ``uri`` for the ``utility`` bulk-insert calls made in
+    the block (their deprecation warning silenced: MilvusClient has no import call yet)."""
     alias = f"revsearch-bulk-{uuid.uuid4().hex[:12]}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PyMilvusDeprecationWarning)
@@ -168,11 +147,13 @@ def import_connection(uri: str, token: str = "", db_name: str = "") -> Iterator[
 
 
 def supports_bulk_import(using: str, collection: str) -> bool:
-    """Ask the server on connection ``using`` (it lists its import tasks for ``collection``, a read-only
-    call): True if it answers, False if it says the API is unimplemented (Milvus Lite); other errors
-    propagate."""
+    """Whether the server on connection ``using`` answers a read-only import call (listing the import
+    tasks of ``collection``): False if it says the API is unimplemented (Milvus Lite)."""
     rpc_log = logging.getLogger("pymilvus.decorators")  # pymilvus logs every failed RPC at ERROR
-    quiet = _DropRpcErrorLogs()
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return False
+
     rpc_log.addFilter(quiet)
     try:
         utility.list_bulk_insert_tasks(1, collection, using=using)
@@ -188,8 +169,8 @@ def supports_bulk_import(using: str, collection: str) -> bool:
 def write_columns(
     directory: Path, key_field: str, vector_field: str, keys: Sequence[str], vectors: np.ndarray
 ) -> list[str]:
-    """Write Milvus numpy column files ``<key_field>.npy`` (unicode strings) and ``<vector_field>.npy``
-    (float32, n x dim) into ``directory``; returns their file names."""
+    """Write Milvus's numpy column files (keys as unicode, vectors as float32) into ``directory``;
+    returns their file names."""
     np.save(directory / f"{key_field}.npy", np.asarray(list(keys), dtype=str))
     np.save(directory / f"{vector_field}.npy", np.ascontiguousarray(vectors, dtype=np.float32))
     return [f"{key_field}.npy", f"{vector_field}.npy"]
@@ -203,12 +184,9 @@ def run_import(
     timeout: float = IMPORT_TIMEOUT,
     poll: float = 0.5,
 ) -> int:
-    """Start one import task of ``files`` (server paths) on connection ``using`` and wait for it;
-    returns the task id.
-
-    Raises :class:`BulkImportError` with the server's reason if the task fails, if it imports another
-    number of rows than ``expected_rows``, or if it is not done after ``timeout`` seconds.
-    """
+    """Import ``files`` (server paths) on connection ``using`` in one task and wait for it; returns
+    its id. :class:`BulkImportError` with the server's reason if the task fails, imports another
+    number of rows than ``expected_rows``, or is not done after ``timeout`` seconds."""
     try:
         task = utility.do_bulk_insert(collection, files, using=using)
     except Exception as exc:
@@ -250,13 +228,9 @@ def bulk_import(
     rows_per_file: int = ROWS_PER_FILE,
     timeout: float = IMPORT_TIMEOUT,
 ) -> list[int]:
-    """Import ``keys`` / ``vectors`` (keys already in their stored form, each once) in tasks of
-    ``rows_per_file`` rows on connection ``using``, then reload the collection through ``client`` so
-    searches see them; returns the task ids.
-
-    Import *inserts*: ``before_import(chunk_keys)`` runs before each task (to delete existing rows with
-    those keys), so a failed task leaves the earlier ones in place.
-    """
+    """Import ``keys`` / ``vectors`` (keys in their stored form, each once) in tasks of ``rows_per_file``
+    rows, then reload the collection so searches see them; returns the task ids. Import *inserts*:
+    ``before_import(chunk_keys)`` runs before each task (to delete existing rows with those keys)."""
     tasks: list[int] = []
     for start in range(0, len(keys), rows_per_file):
         chunk_keys = keys[start : start + rows_per_file]

@@ -84,9 +84,8 @@ class VectorStore:
         return rows
 
     def adopt(self, keys: list[str], vectors: np.ndarray, sq_norms: np.ndarray | None = None) -> None:
-        """Fill an empty store with ``vectors`` as they are (a memory-mapped array is not copied, nor
-        read when their squared norms are given), one row per key in order (keys unique, as those
-        of a saved store are)."""
+        """Fill an empty store with ``vectors`` as they are, one row per (unique) key: a memory-mapped
+        array is not copied, nor read when its squared norms are given."""
         if len(self.keys):
             raise ValueError("adopt() fills an empty store")
         arr = self.check_dim(vectors)

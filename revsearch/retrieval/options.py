@@ -1,9 +1,8 @@
 """Retrieval options stored with an index and applied at query time: alpha-QE, alpha-DBA, copy mode.
 
 :class:`RetrievalOptions` is what the user chooses (saved in the manifest / brain config);
-:class:`IndexExtras` is the state it needs beside the vector store (the DBA graph, the pixel
-thumbnails of the copy mode), saved in each generation's folder and updated in the same transaction.
-Multi-scale descriptors are a property of the extractor (:mod:`revsearch.features.multiscale`), not of these.
+:class:`IndexExtras` is the state it needs beside the vector store (the DBA graph, the copy mode's
+thumbnails), saved and updated with the index.
 """
 
 from __future__ import annotations
@@ -131,14 +130,8 @@ class IndexExtras:
     # ---- queries --------------------------------------------------------------------------
     def search(self, backend, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """The backend's search with alpha-QE when on (expanded with the stored, augmented vectors)."""
-        return expanded_search(
-            backend.search,
-            lambda keys: backend.vectors(list(keys)),
-            queries,
-            k,
-            self.options.qe_n,
-            self.options.qe_alpha,
-        )
+        n, alpha = self.options.qe_n, self.options.qe_alpha
+        return expanded_search(backend.search, lambda keys: backend.vectors(list(keys)), queries, k, n, alpha)
 
     def copy_search(
         self,
@@ -148,22 +141,18 @@ class IndexExtras:
         k: int,
         allowed: Collection[str] | None = None,
     ) -> list[Hit]:
-        """Fusion (:func:`~revsearch.retrieval.fusion.ratio_fusion`) of the CNN ranking without alpha-QE and DBA
-        (DBA blurs an image with its look-alikes: measured, it loses copies) and the ranking by the
-        thumbnail of ``image`` (RGB array), top COPY_TOP of each, among the ``allowed`` keys (None:
-        all). ``vectors``: the embeddings of :func:`copy_query_images`, each key ranked by the nearest
-        of them. ``cnn_search(vectors, top)`` is the backend's search, used when the index has no DBA."""
+        """The copy mode's fusion of the CNN ranking, without alpha-QE and DBA (DBA blurs an image with
+        its look-alikes: measured, it loses copies), and the ranking by the thumbnail of ``image``,
+        top COPY_TOP of each, among ``allowed`` (None: all). ``vectors``: the embeddings of
+        :func:`copy_query_images`, each key ranked by the nearest of them. ``cnn_search(vectors, top)``:
+        the backend's search, used when the index has no DBA."""
         self._require_pixels()
         from revsearch.features.pixel import PixelFeatures
 
         thumbnail = PixelFeatures(self.options.copy_pixels).embed_images([image])
         top = max(k, COPY_TOP)
         pixel_hits = self.pixels.search(thumbnail, top, allowed=allowed)[0] if len(self.pixels) else []
-        if self.dba is None:
-            cnn_lists = cnn_search(vectors, top)
-        else:
-            cnn_lists = [self._original_search(v, top, allowed) for v in vectors]
-        return _fuse(nearest_of(cnn_lists, top), pixel_hits, k)
+        return _fuse(nearest_of(self._cnn_search(cnn_search, vectors, top, allowed), top), pixel_hits, k)
 
     def copy_neighbours(
         self,
@@ -178,10 +167,7 @@ class IndexExtras:
         ``cnn_search(vectors, top)`` is the backend's batch search, used when the index has no DBA."""
         self._require_pixels()
         top = max(k, COPY_TOP) + 1  # each key finds itself first
-        if self.dba is None:
-            cnn = cnn_search(vectors, top)
-        else:
-            cnn = [self._original_search(v, top, allowed) for v in vectors]
+        cnn = self._cnn_search(cnn_search, vectors, top, allowed)
         has = self.pixels.contains(keys)
         with_thumbnail = [key for key in keys if key in has]
         found = self.pixels.search(self.pixels.vectors(with_thumbnail), top, allowed) if with_thumbnail else []
@@ -198,14 +184,15 @@ class IndexExtras:
                 "(revsearch index --rebuild --copy-pixels 16)"
             )
 
-    def _original_search(self, vector: np.ndarray, k: int, allowed: Collection[str] | None = None) -> list[Hit]:
-        """Exact search over the DBA graph's original (not augmented) vectors (among ``allowed``)."""
+    def _cnn_search(self, cnn_search, vectors: np.ndarray, k: int, allowed: Collection[str] | None) -> list[list[Hit]]:
+        """The CNN ranking of each vector: ``cnn_search`` without DBA, else an exact search over the
+        DBA graph's original (not augmented) vectors among ``allowed``."""
+        if self.dba is None:
+            return cnn_search(vectors, k)
         rows = np.arange(len(self.dba)) if allowed is None else np.flatnonzero(np.isin(self.dba.keys, list(allowed)))
         originals = self.dba.vectors[rows]
-        dist = squared_l2(
-            np.asarray(vector, np.float32).reshape(1, -1), originals, np.einsum("ij,ij->i", originals, originals)
-        )[0]
-        return [Hit(self.dba.keys[rows[i]], float(dist[i])) for i in top_k(dist, k)]
+        dist = squared_l2(np.asarray(vectors, np.float32), originals, np.einsum("ij,ij->i", originals, originals))
+        return [[Hit(self.dba.keys[rows[i]], float(row[i])) for i in top_k(row, k)] for row in dist]
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -226,9 +213,8 @@ class IndexExtras:
         return cls(options, dim, dba, pixels)
 
     def arrays_state(self) -> dict:
-        """The same state for a brain run (arrays as they are: :func:`revsearch.fiftyone.run_arrays.pack` stores
-        them); thumbnails are kept as bytes (their values are whole numbers 0-255), a quarter of their
-        float size."""
+        """The same state for a brain run, arrays as they are; thumbnails as bytes (their values are
+        whole numbers 0-255), a quarter of their float size."""
         state: dict = {}
         if self.dba is not None:
             state["dba"] = {"keys": self.dba.keys, **self.dba.state()}
@@ -239,7 +225,7 @@ class IndexExtras:
 
     @classmethod
     def from_state(cls, state: dict | None, options: RetrievalOptions, dim: int) -> IndexExtras:
-        """Inverse of :meth:`state`; the parts ``state`` lacks (None: an older run) start empty."""
+        """Inverse of :meth:`arrays_state`; the parts ``state`` lacks (None: an older run) start empty."""
         state = state or {}
         dba = None
         if options.dba_n and state.get("dba"):

@@ -2,7 +2,8 @@
 
 Each test opens the operator browser, fills the form as a user would (typing, choosing, uploading a
 file), executes, and checks what the grid shows against the SDK's answer on the same index. The
-tests share one App server and run in file order (the indexes built first are searched later).
+tests share one App server; the searches use the indexes the build tests made in the App, or make
+them through the SDK when run alone.
 Screenshots go to ``test-artifacts/app_*.png``.
 """
 
@@ -24,6 +25,8 @@ import pytest
 
 from app_driver import CHROMIUM, PROMPT, TILE, App, app_server, browser_page, free_port, wait_http
 from plugin_helpers import MODEL, REPO, subprocess_env, unique_name
+from revsearch.features.factory import make_extractor
+from revsearch.fiftyone import tools
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip package 'playwright' not installed")
 if not CHROMIUM.exists():
@@ -58,6 +61,22 @@ def server(dataset, plugins_dir, tmp_path_factory):
 def app(server, dataset):
     with browser_page(playwright_api) as page:
         yield App(page, f"{server}/datasets/{dataset.name}").open()
+
+
+@pytest.fixture
+def indexes(dataset, tmp_path_factory) -> None:
+    """The indexes the build tests make in the App (cnn, ivf, px), made through the SDK when a test
+    runs without them (alone, or after the list/delete test)."""
+    dataset.reload()
+    runs = dataset.list_brain_runs()
+    if "cnn" not in runs:
+        uri = str(tmp_path_factory.mktemp("milvus") / "tour.db")
+        cnn = make_extractor({"type": "cnn", **MODEL})
+        tools.build_index(dataset, "cnn", "milvus", cnn, keep_field="revsearch_embedding", uri=uri)
+    if "ivf" not in runs:
+        tools.build_index(dataset, "ivf", "kmeans", embeddings_field="revsearch_embedding", n_clusters=4)
+    if "px" not in runs:
+        tools.build_index(dataset, "px", "exact", make_extractor("pixel"))
 
 
 def label_of(path: str | Path) -> str:
@@ -125,7 +144,7 @@ def test_build_kmeans_and_pixel_indexes(app, dataset):
     assert dataset.get_brain_info("px").config.extractor["type"] == "pixel"
 
 
-def test_build_with_a_used_brain_key_is_refused_in_the_form(app, dataset):
+def test_build_with_a_used_brain_key_is_refused_in_the_form(indexes, app, dataset):
     app.open_operator("revsearch: build index")
     assert app.field("Brain key").locator("input").input_value() not in dataset.list_brain_runs()
     app.fill("Brain key", "cnn")
@@ -136,7 +155,7 @@ def test_build_with_a_used_brain_key_is_refused_in_the_form(app, dataset):
 
 
 # ---- search by image: every source ----------------------------------------------------------------
-def test_search_by_selected_sample(app, dataset, caltech_files):
+def test_search_by_selected_sample(indexes, app, dataset, caltech_files):
     query = label_of(caltech_files[14])
     app.select_tile(query)
     app.open_operator("revsearch: search by image")
@@ -152,7 +171,7 @@ def test_search_by_selected_sample(app, dataset, caltech_files):
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".PNG"])
-def test_search_by_uploaded_image(app, dataset, caltech_files, tmp_path, suffix):
+def test_search_by_uploaded_image(indexes, app, dataset, caltech_files, tmp_path, suffix):
     """The upload box takes the file (FiftyOne matches file-name endings, case-sensitively)."""
     upload = tmp_path / f"query{suffix}"
     cv2.imwrite(str(upload), cv2.imread(caltech_files[9]), [cv2.IMWRITE_PNG_COMPRESSION, 3])
@@ -173,7 +192,7 @@ def test_search_by_uploaded_image(app, dataset, caltech_files, tmp_path, suffix)
     app.screenshot(f"app_search_upload{tag}")
 
 
-def test_search_for_edited_copies_of_an_upload(app, dataset, caltech_files, tmp_path):
+def test_search_for_edited_copies_of_an_upload(indexes, app, dataset, caltech_files, tmp_path):
     """Mode 'Edited copies' finds the photo a heavily blurred upload was made from, in the order and
     with the relative distances of the SDK's copy search on the same index."""
     upload = tmp_path / "blurred.png"
@@ -197,7 +216,7 @@ def test_search_for_edited_copies_of_an_upload(app, dataset, caltech_files, tmp_
     app.screenshot("app_copy_mode_result")
 
 
-def test_search_by_local_path(app, dataset, caltech_files):
+def test_search_by_local_path(indexes, app, dataset, caltech_files):
     app.open_operator("revsearch: search by image")
     app.choose("Index (brain key)", "ivf")
     app.choose("Query", "Local file path")
@@ -219,7 +238,7 @@ def image_url(caltech_files):
     server.shutdown()
 
 
-def test_search_by_url_needs_the_private_network_tick(app, dataset, caltech_files, image_url):
+def test_search_by_url_needs_the_private_network_tick(indexes, app, dataset, caltech_files, image_url):
     app.open_operator("revsearch: search by image")
     app.choose("Index (brain key)", "cnn")
     app.choose("Query", "http(s) URL")
@@ -241,7 +260,7 @@ def test_search_by_url_needs_the_private_network_tick(app, dataset, caltech_file
     assert_grid_shows(app, dataset, labels, dists)
 
 
-def test_second_search_covers_the_dataset_unless_told_the_view(app, dataset, caltech_files):
+def test_second_search_covers_the_dataset_unless_told_the_view(indexes, app, dataset, caltech_files):
     """Default target: the whole dataset, even while the grid shows an earlier result."""
     shown = []
     for target, query in (
@@ -266,7 +285,7 @@ def test_second_search_covers_the_dataset_unless_told_the_view(app, dataset, cal
 
 
 # ---- embeddings, PCA, K-means, cluster filter -----------------------------------------------------
-def test_pca_and_kmeans_right_after_build_then_filter_by_cluster(app, dataset):
+def test_pca_and_kmeans_right_after_build_then_filter_by_cluster(indexes, app, dataset):
     app.clear_view()  # these work on the current view: show the whole dataset first
     app.open_operator("revsearch: fit PCA")
     app.choose("Embeddings field", "revsearch_embedding")
@@ -320,7 +339,7 @@ def test_fit_forms_explain_when_there_is_no_embeddings_field(server, caltech_fil
 
 
 # ---- near-duplicates ------------------------------------------------------------------------------
-def test_near_duplicates_shows_the_copy_pair(app, dataset, caltech_files):
+def test_near_duplicates_shows_the_copy_pair(indexes, app, dataset, caltech_files):
     """Run once, reopen the form: the histogram of nearest distances is drawn with the threshold line;
     the grid shows the group, and all but one of it carry the keep-one tag."""
     app.clear_view()  # these work on the current view: show the whole dataset first
@@ -355,7 +374,7 @@ def test_near_duplicates_shows_the_copy_pair(app, dataset, caltech_files):
 
 
 # ---- list, inspect, update, delete ----------------------------------------------------------------
-def test_list_inspect_update_delete(app, dataset, caltech_files):
+def test_list_inspect_update_delete(indexes, app, dataset, caltech_files):
     app.open_operator("revsearch: list indexes")
     out = app.execute()
     for key in ("cnn", "ivf", "px"):

@@ -136,12 +136,12 @@ def test_dba_equals_a_rebuild_through_updates_and_reload(dataset, tmp_path, kind
     fresh = dataset.load_brain_results(key, cache=False)
     for index in (results, fresh):
         assert set(index.sample_ids.tolist()) == set(want)
-        stored = index._store.vectors(list(want))
+        stored = index._handle.vectors(list(want))
         np.testing.assert_allclose(stored, np.stack(list(want.values())), atol=1e-5)
         originals, got, _ = index.get_embeddings(list(final))
         assert got.tolist() == list(final)
         np.testing.assert_allclose(originals, np.stack(list(final.values())), atol=1e-6)
-    assert not np.allclose(fresh._store.vectors([ids[9]]), vectors[9], atol=1e-3)  # augmented in the store
+    assert not np.allclose(fresh._handle.vectors([ids[9]]), vectors[9], atol=1e-3)  # augmented in the store
     view = dataset.sort_by_similarity(ids[9], k=4, brain_key=key, dist_field="d_dba")
     dist = ((np.stack(list(want.values())) - vectors[9]) ** 2).sum(axis=1)
     assert view.values("id") == [list(want)[i] for i in np.argsort(dist)[:4]]

@@ -17,7 +17,7 @@ from revsearch.fiftyone.duplicates import (
     copy_duplicate_groups,
     exact_duplicate_groups,
     near_duplicate_groups,
-    nearest_neighbor_distances,
+    nearest_neighbour_distances,
 )
 
 
@@ -45,7 +45,7 @@ def test_groups_keep_one_and_nearest_distances(dataset_with_copies, kind):
     dist = ((features[:, None] - features[None]) ** 2).sum(-1)
     np.fill_diagonal(dist, np.inf)
 
-    distances = nearest_neighbor_distances(results, ds)
+    distances = nearest_neighbour_distances(results, ds)
     np.testing.assert_allclose(sorted(distances), sorted(dist.min(axis=1)), rtol=1e-4, atol=1e-3)
     assert ds.values("nn_id") == [ids[j] for j in dist.argmin(axis=1)]
 
@@ -88,7 +88,7 @@ def test_edited_copies_are_grouped_by_the_fused_ranking(caltech_files, tmp_path)
         dists = np.array(ds.values("cd"))
         copied = [0, 7, 24, 25, 26]
         assert dists[copied].max() < COPY_THRESHOLD < np.delete(dists, copied).min()
-        assert results.copy_neighbors(1)[24][0].key == ids[0]
+        assert results.copy_neighbours(1)[24][0].key == ids[0]
 
         view = ds.select(ids[1:])  # without the first image: its blur and resize still pair
         assert copy_duplicate_groups(results, view) == 2

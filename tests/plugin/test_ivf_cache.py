@@ -26,7 +26,7 @@ def dataset(caltech_files):
 def test_a_loaded_run_is_kept_and_reused(dataset):
     first = dataset.load_brain_results("km", cache=False)
     again = dataset.load_brain_results("km", cache=False)  # FiftyOne's own cache bypassed
-    assert again._store is first._store and len(again._store) == len(dataset)
+    assert again._handle is first._handle and len(again._handle) == len(dataset)
 
 
 def test_an_update_in_this_process_is_seen_by_the_next_load(dataset):
@@ -35,7 +35,7 @@ def test_an_update_in_this_process_is_seen_by_the_next_load(dataset):
     results.remove_from_index(removed)
     results.save()
     again = dataset.load_brain_results("km", cache=False)
-    assert len(again._store) == len(dataset) - 5 and not set(removed) & set(again.sample_ids.tolist())
+    assert len(again._handle) == len(dataset) - 5 and not set(removed) & set(again.sample_ids.tolist())
     query = dataset.values("id")[10]
     assert dataset.sort_by_similarity(query, k=3, brain_key="km").values("id")[0] == query
 
@@ -55,4 +55,4 @@ def test_a_change_saved_by_another_process_invalidates_the_cached_index(dataset)
     assert done.returncode == 0, done.stderr[-3000:]
     dataset.reload()  # FiftyOne sees another process's run changes after a reload
     fresh = dataset.load_brain_results("km", cache=False)
-    assert fresh._store is not cached._store and len(fresh._store) == len(dataset) - 7
+    assert fresh._handle is not cached._handle and len(fresh._handle) == len(dataset) - 7

@@ -15,7 +15,7 @@ from fiftyone.core.brain import BrainMethod
 
 import revsearch.fiftyone.brain  # noqa: F401  (registers backend="revsearch")
 from plugin_helpers import make_dataset, subprocess_env
-from revsearch.fiftyone import index_cache, run_arrays
+from revsearch.fiftyone import index_cache, run_store
 
 DIM = 8
 
@@ -23,8 +23,8 @@ DIM = 8
 @pytest.fixture(autouse=True)
 def small_thresholds(monkeypatch, tmp_path):
     """Store arrays of this tiny dataset beside the results, as 1M vectors would be; a private cache."""
-    monkeypatch.setattr(run_arrays, "INLINE_BYTES", 64)
-    monkeypatch.setattr(run_arrays, "INLINE_KEYS", 4)
+    monkeypatch.setattr(run_store, "INLINE_BYTES", 64)
+    monkeypatch.setattr(run_store, "INLINE_KEYS", 4)
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path / "cache"))
 
 
@@ -37,7 +37,8 @@ def dataset(caltech_files):
 
 
 def build(ds, key: str, kind: str) -> np.ndarray:
-    vectors = np.random.default_rng(0).normal(size=(len(ds), DIM)).astype(np.float32)
+    rng = np.random.default_rng(list(ds.name.encode()))  # arrays no concurrent test run stores too
+    vectors = rng.normal(size=(len(ds), DIM)).astype(np.float32)
     options = {"n_clusters": 3, "nprobe": 3} if kind == "kmeans" else {}
     fob.compute_similarity(ds, embeddings=vectors, brain_key=key, backend="revsearch", index_kind=kind, **options)
     return vectors
@@ -50,7 +51,7 @@ def raw_results(ds, key: str) -> tuple[str, dict]:
 
 
 def stored_names() -> set[str]:
-    return {doc["filename"] for doc in run_arrays._db()[f"{run_arrays.BUCKET}.files"].find({}, {"filename": 1})}
+    return {doc["filename"] for doc in run_store._db()[f"{run_store.BUCKET}.files"].find({}, {"filename": 1})}
 
 
 def fresh_load(ds, key: str):
@@ -67,16 +68,16 @@ def top_ids(results, queries: np.ndarray, k: int = 5) -> list[list[str]]:
 def test_large_arrays_are_stored_beside_the_results_and_reload_identically(dataset, kind):
     vectors = build(dataset, "rev", kind)
     text, meta = raw_results(dataset, "rev")
-    names = meta[run_arrays.META_FIELD]
+    names = meta[run_store.META_FIELD]
     assert names and set(names) <= stored_names()
     assert text.count("$revsearch_array") == len(names)
     assert all(name in text for name in names)
     queries = vectors[:4] + 0.01
     before = top_ids(dataset.load_brain_results("rev"), queries)
-    shutil.rmtree(run_arrays.cache_dir())  # a machine that never saw the arrays: fetched from the database
+    shutil.rmtree(run_store.cache_dir())  # a machine that never saw the arrays: fetched from the database
     again = fresh_load(dataset, "rev")
     assert top_ids(again, queries) == before
-    assert sorted(p.stem for p in run_arrays.cache_dir().glob("*.npy")) == sorted(set(names))
+    assert sorted(p.stem for p in run_store.cache_dir().glob("*.npy")) == sorted(set(names))
     np.testing.assert_array_equal(again.get_embeddings(sample_ids=dataset.values("id")[:3])[0], vectors[:3])
 
 
@@ -103,14 +104,14 @@ def test_a_fresh_process_answers_as_the_saving_process(dataset):
 
 def test_a_clone_keeps_its_arrays_after_the_original_run_is_deleted(dataset):
     vectors = build(dataset, "rev", "kmeans")
-    names = set(raw_results(dataset, "rev")[1][run_arrays.META_FIELD])
+    names = set(raw_results(dataset, "rev")[1][run_store.META_FIELD])
     clone = dataset.clone()
     try:
         queries = vectors[:3] + 0.01
         expected = top_ids(dataset.load_brain_results("rev"), queries)
         dataset.delete_brain_run("rev")
         assert names <= stored_names()  # the clone still lists them
-        shutil.rmtree(run_arrays.cache_dir())
+        shutil.rmtree(run_store.cache_dir())
         assert top_ids(fresh_load(clone, "rev"), queries) == expected
         clone.delete_brain_run("rev")
         assert not names & stored_names()  # no run lists them any more
@@ -120,36 +121,54 @@ def test_a_clone_keeps_its_arrays_after_the_original_run_is_deleted(dataset):
 
 def test_an_update_replaces_the_stored_arrays_and_deletes_the_old_ones(dataset):
     build(dataset, "rev", "kmeans")
-    old = set(raw_results(dataset, "rev")[1][run_arrays.META_FIELD])
+    old = set(raw_results(dataset, "rev")[1][run_store.META_FIELD])
     results = dataset.load_brain_results("rev")
     removed = dataset.values("id")[:5]
     results.remove_from_index(removed)
     results.save()
-    new = set(raw_results(dataset, "rev")[1][run_arrays.META_FIELD])
+    new = set(raw_results(dataset, "rev")[1][run_store.META_FIELD])
     assert new <= stored_names()
     gone = old - new
     assert gone and not gone & stored_names()
-    assert not {p.stem for p in run_arrays.cache_dir().glob("*.npy")} & gone
+    assert not {p.stem for p in run_store.cache_dir().glob("*.npy")} & gone
     again = fresh_load(dataset, "rev")
     assert len(again.sample_ids) == len(dataset) - 5 and not set(removed) & set(again.sample_ids.tolist())
 
 
+def test_printing_or_serialising_results_stores_nothing(dataset):
+    """Getters are pure: only a save stores arrays, those an unsaved change's JSON already names."""
+    build(dataset, "rev", "kmeans")
+    results = fresh_load(dataset, "rev")
+
+    def written() -> tuple:
+        return run_store.RunStore.version(dataset, "rev"), stored_names(), set(run_store.cache_dir().iterdir())
+
+    before = written()
+    assert str(results) and results.serialize() and written() == before
+    results.remove_from_index(dataset.values("id")[:5])
+    d, meta = results.serialize(), results.get_meta()
+    assert str(results) and written() == before
+    results.save()
+    text, saved_meta = raw_results(dataset, "rev")
+    assert json.loads(text)["index_state"] == json.loads(json.dumps(d["index_state"])) and saved_meta == meta
+
+
 def test_storing_the_same_array_twice_keeps_one_copy(dataset):
     array = np.arange(100, dtype=np.float32).reshape(25, 4)
-    first, second = run_arrays.put(array), run_arrays.put(array.copy())
+    first, second = run_store.put(array), run_store.put(array.copy())
     try:
         assert first == second
-        assert run_arrays._db()[f"{run_arrays.BUCKET}.files"].count_documents({"filename": first}) == 1
-        np.testing.assert_array_equal(run_arrays.load(first), array)
+        assert run_store._db()[f"{run_store.BUCKET}.files"].count_documents({"filename": first}) == 1
+        np.testing.assert_array_equal(run_store.load(first), array)
     finally:
-        run_arrays.collect_garbage([first])
+        run_store.collect_garbage([first])
 
 
 def test_a_damaged_cache_file_is_fetched_again(dataset):
     vectors = build(dataset, "rev", "exact")
-    names = raw_results(dataset, "rev")[1][run_arrays.META_FIELD]
+    names = raw_results(dataset, "rev")[1][run_store.META_FIELD]
     for name in names:
-        path = run_arrays.cache_dir() / f"{name}.npy"
+        path = run_store.cache_dir() / f"{name}.npy"
         path.write_bytes(path.read_bytes()[:20])  # truncated
     queries = vectors[:2] + 0.01
     assert [row[0] for row in top_ids(fresh_load(dataset, "rev"), queries)] == dataset.values("id")[:2]
@@ -157,31 +176,31 @@ def test_a_damaged_cache_file_is_fetched_again(dataset):
 
 def test_a_missing_array_gives_a_clear_error(dataset):
     build(dataset, "rev", "exact")
-    name = raw_results(dataset, "rev")[1][run_arrays.META_FIELD][0]
-    bucket = run_arrays._bucket()
+    name = raw_results(dataset, "rev")[1][run_store.META_FIELD][0]
+    bucket = run_store._bucket()
     for doc in bucket.find({"filename": name}):
         bucket.delete(doc._id)
-    shutil.rmtree(run_arrays.cache_dir())
-    with pytest.raises(run_arrays.MissingRunArrayError, match="re-run compute_similarity"):
+    shutil.rmtree(run_store.cache_dir())
+    with pytest.raises(run_store.MissingRunArrayError, match="re-run compute_similarity"):
         fresh_load(dataset, "rev")
 
 
 def test_arrays_of_a_deleted_dataset_are_collected_after_the_grace_period(dataset, monkeypatch):
     build(dataset, "rev", "kmeans")
-    names = set(raw_results(dataset, "rev")[1][run_arrays.META_FIELD])
+    names = set(raw_results(dataset, "rev")[1][run_store.META_FIELD])
     dataset.delete()  # FiftyOne deletes the run documents without calling the backend
     assert names <= stored_names()
-    assert not names & set(run_arrays.collect_garbage())  # younger than the grace period: kept
-    monkeypatch.setattr(run_arrays, "GRACE_S", 0.0)
-    assert names <= set(run_arrays.collect_garbage())
+    assert not names & set(run_store.collect_garbage())  # younger than the grace period: kept
+    monkeypatch.setattr(run_store, "GRACE_S", 0.0)
+    assert names <= set(run_store.collect_garbage())
     assert not names & stored_names()
 
 
 UPDATE = """
 import sys
 import fiftyone as fo
-from revsearch.fiftyone import run_arrays
-run_arrays.INLINE_BYTES, run_arrays.INLINE_KEYS = 64, 4
+from revsearch.fiftyone import run_store
+run_store.INLINE_BYTES, run_store.INLINE_KEYS = 64, 4
 ds = fo.load_dataset(sys.argv[1])
 results = ds.load_brain_results("rev")
 results.remove_from_index(ds.values("id")[:5])
@@ -195,32 +214,33 @@ def run_update(ds, env: dict) -> int:
     return done.returncode
 
 
+@pytest.mark.slow
 def test_a_kill_at_every_write_point_of_an_update_loses_nothing_and_leaks_nothing(dataset, tmp_path, monkeypatch):
     """Killed anywhere in ``remove_from_index`` + ``save``, the run loads (in a fresh process, from a
     cold cache) and answers as before or after; after the grace period no unlisted array is left."""
     vectors = build(dataset, "rev", "kmeans")
     ids = dataset.values("id")
     log = tmp_path / "points"
-    env = {**subprocess_env(), "REVSEARCH_CACHE": str(run_arrays.cache_dir().parent), "REVSEARCH_CRASH_LOG": str(log)}
+    env = {**subprocess_env(), "REVSEARCH_CACHE": str(run_store.cache_dir().parent), "REVSEARCH_CRASH_LOG": str(log)}
     assert run_update(dataset, env) == 0
     labels = log.read_text().splitlines()
     assert any("run array stored" in p for p in labels) and any("brain run saved" in p for p in labels)
-    monkeypatch.setattr(run_arrays, "GRACE_S", 0.0)
+    monkeypatch.setattr(run_store, "GRACE_S", 0.0)
     for point in range(1, len(labels) + 1):
         dataset.delete_brain_run("rev")
         build(dataset, "rev", "kmeans")
         crash_env = {k: v for k, v in env.items() if k != "REVSEARCH_CRASH_LOG"}
         assert run_update(dataset, {**crash_env, "REVSEARCH_CRASH_AT": str(point)}) == -9, labels[point - 1]
         dataset.reload()
-        shutil.rmtree(run_arrays.cache_dir(), ignore_errors=True)
+        shutil.rmtree(run_store.cache_dir(), ignore_errors=True)
         results = fresh_load(dataset, "rev")
         kept = set(results.sample_ids.tolist())
         assert kept in (set(ids), set(ids[5:])), labels[point - 1]
         assert [row[0] for row in top_ids(results, vectors[5:8] + 0.001)] == ids[5:8]
-        run_arrays.collect_garbage()
-        listed = set(raw_results(dataset, "rev")[1][run_arrays.META_FIELD])
+        run_store.collect_garbage()
+        listed = set(raw_results(dataset, "rev")[1][run_store.META_FIELD])
         assert listed <= stored_names(), labels[point - 1]  # nothing the run needs was deleted
-        assert not stored_names() - run_arrays.referenced(), labels[point - 1]  # nothing unlisted is left
+        assert not stored_names() - run_store.referenced(), labels[point - 1]  # nothing unlisted is left
         assert set(fresh_load(dataset, "rev").sample_ids.tolist()) == kept
 
 
@@ -233,11 +253,11 @@ def test_the_dba_graph_and_thumbnails_are_stored_beside_the_results_too(dataset)
     text, meta = raw_results(dataset, "rev")
     retrieval = json.loads(text)["retrieval_state"]
     assert "$revsearch_array" in json.dumps(retrieval["dba"]) and "$revsearch_array" in json.dumps(retrieval["pixels"])
-    assert set(run_arrays.names_in(retrieval)) <= set(meta[run_arrays.META_FIELD])
-    expected = [[(h.key, h.distance) for h in row] for row in results.copy_neighbors(3)]
-    shutil.rmtree(run_arrays.cache_dir())
+    assert set(run_store.names_in(retrieval)) <= set(meta[run_store.META_FIELD])
+    expected = [[(h.key, h.distance) for h in row] for row in results.copy_neighbours(3)]
+    shutil.rmtree(run_store.cache_dir())
     again = fresh_load(dataset, "rev")
-    assert [[(h.key, h.distance) for h in row] for row in again.copy_neighbors(3)] == expected
+    assert [[(h.key, h.distance) for h in row] for row in again.copy_neighbours(3)] == expected
     np.testing.assert_array_equal(again._extras.dba.augmented(), results._extras.dba.augmented())
 
 
@@ -246,12 +266,12 @@ def test_chunks_of_an_upload_that_never_finished_are_collected_after_the_grace_p
 
     from bson import Binary, ObjectId
 
-    chunks = run_arrays._db()[f"{run_arrays.BUCKET}.chunks"]
-    old = ObjectId.from_datetime(datetime.now(timezone.utc) - timedelta(seconds=2 * run_arrays.GRACE_S))
+    chunks = run_store._db()[f"{run_store.BUCKET}.chunks"]
+    old = ObjectId.from_datetime(datetime.now(timezone.utc) - timedelta(seconds=2 * run_store.GRACE_S))
     recent = ObjectId()  # an upload in progress in another process
     chunks.insert_many([{"files_id": file_id, "n": 0, "data": Binary(b"x")} for file_id in (old, recent)])
     try:
-        run_arrays.collect_garbage()
+        run_store.collect_garbage()
         assert chunks.count_documents({"files_id": old}) == 0
         assert chunks.count_documents({"files_id": recent}) == 1
     finally:

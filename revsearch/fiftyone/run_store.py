@@ -1,16 +1,13 @@
-"""A brain run's large arrays, stored beside its results JSON and memory-mapped from a local cache.
+"""A brain run's persistence beyond FiftyOne's results JSON (:class:`RunStore`).
 
-FiftyOne saves a run's results as one JSON document in GridFS and parses all of it on every load:
-at 1M vectors that is hundreds of MB of base64, read and decoded before the first search. Here
-every array of at least :data:`INLINE_BYTES` bytes (vectors, keys, inverted lists) is instead
-stored once, named by the sha256 of its ``.npy`` bytes, in the GridFS bucket :data:`BUCKET` of
-FiftyOne's database, and the JSON holds a small reference (:func:`pack`). A process opens it from
-the local cache ``$REVSEARCH_CACHE/arrays/<sha256>.npy`` memory-mapped copy-on-write, copying it
-out of the database first where the cache lacks it (:func:`unpack`).
-
-A run lists its arrays in its ``results_meta`` (``revsearch_arrays``), which FiftyOne copies with
-the run when a dataset is cloned. An array is deleted only once no run of any dataset lists it
-(:func:`collect_garbage`), so a clone keeps working after the original run is deleted.
+FiftyOne parses a run's whole results JSON on every load (at 1M vectors, hundreds of MB of base64).
+Here each array of at least :data:`INLINE_BYTES` bytes is stored once, named by the sha256 of its
+``.npy`` bytes, in the GridFS bucket :data:`BUCKET`; the JSON holds a reference (:func:`pack`), and a
+process memory-maps the array from its local cache ``$REVSEARCH_CACHE/arrays/<sha256>.npy``, fetched
+from the database where missing (:func:`unpack`). A run lists its arrays in its ``results_meta``,
+which FiftyOne copies when a dataset is cloned; an array is deleted once no run lists it
+(:func:`collect_garbage`). A save stores the arrays before FiftyOne replaces the results
+(:meth:`RunStore.save`); serialising or printing results stores nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +17,10 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -68,26 +66,82 @@ def _bucket():
     return gridfs.GridFSBucket(_db(), bucket_name=BUCKET)
 
 
+# ---- a run's persistence ------------------------------------------------------------------------
+class RunStore:
+    """The one place that knows FiftyOne's run document (``results``, ``results_meta``) and save order.
+
+    ``states``: gives the results' attributes that hold arrays (arrays as they are); ``packed``: those
+    attributes as a loaded run's JSON holds them (None: a new run).
+    """
+
+    def __init__(self, states: Callable[[], dict[str, Any]], packed: dict[str, Any] | None = None):
+        self._states, self._packed = states, packed
+
+    @property
+    def packed(self) -> dict[str, Any]:
+        """The attributes as saved, or (changed since) with the references a save will store; stores nothing."""
+        if self._packed is None:
+            self._packed = pack(self._states(), store=False)
+        return self._packed
+
+    def changed(self) -> None:
+        """The results changed since they were saved."""
+        self._packed = None
+
+    def save(self, samples, key: str, save_results: Callable[[], None]) -> None:
+        """Store the arrays, then ``save_results()`` (FiftyOne's save: it deletes the old results before it
+        writes the new), then delete the previous save's arrays that no run lists any more."""
+        before = set(_listed(_run_doc(samples, key)))
+        self._packed = pack(self._states())
+        save_results()
+        write_point("brain run saved")
+        collect_garbage(before - set(names_in(self._packed)))
+
+    @staticmethod
+    def delete(samples, key: str, cleanup: Callable[[], None]) -> None:
+        """``cleanup()`` the run being deleted, then delete its arrays that no other run (a clone's) lists."""
+        run_doc = _run_doc(samples, key)
+        try:
+            cleanup()
+        finally:
+            collect_garbage(_listed(run_doc), excluding_run=run_doc.id)
+
+    @staticmethod
+    def version(samples, key: str) -> str | None:
+        """The id of the run's results file (FiftyOne writes a new one on every save); None if none."""
+        try:
+            grid_id = getattr(_run_doc(samples, key).results, "grid_id", None)
+        except Exception:
+            return None
+        return str(grid_id) if grid_id is not None else None
+
+
+def _run_doc(samples, key: str):
+    from fiftyone.core.brain import BrainMethod
+
+    return BrainMethod._get_run_doc(samples, key)
+
+
+def _listed(run_doc) -> list[str]:
+    return (run_doc.results_meta or {}).get(META_FIELD) or []
+
+
 # ---- pack / unpack ------------------------------------------------------------------------------
-def pack(state: Any) -> tuple[Any, list[str]]:
-    """``state`` made JSON-able: large arrays (and long key lists) stored and replaced by references,
-    small arrays inline. Returns it and the sha256 names of the arrays it refers to."""
-    names: list[str] = []
+def pack(state: Any, store: bool = True) -> Any:
+    """``state`` made JSON-able: large arrays (and long key lists) replaced by references, and stored
+    (with ``store=False`` only named); small arrays inline."""
+    name = put if store else _npy_sha
 
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}
         if isinstance(value, np.ndarray):
-            if value.nbytes < INLINE_BYTES:
-                return encode_array(value)
-            names.append(put(value))
-            return {_REF: names[-1]}
+            return encode_array(value) if value.nbytes < INLINE_BYTES else {_REF: name(value)}
         if isinstance(value, list) and len(value) >= INLINE_KEYS and all(isinstance(v, str) for v in value):
-            names.append(put(np.array(value, dtype=str)))
-            return {_REF: names[-1], "as_list": True}
+            return {_REF: name(np.array(value, dtype=str)), "as_list": True}
         return value
 
-    return walk(state), names
+    return walk(state)
 
 
 def unpack(state: Any) -> Any:
@@ -110,15 +164,16 @@ def names_in(state: Any) -> list[str]:
 
 
 # ---- one array ----------------------------------------------------------------------------------
-class _HashingFile:
-    """A write-only file that hashes what passes through it."""
+def _npy_sha(array: np.ndarray, file=None) -> str:
+    """The sha256 of ``array``'s ``.npy`` bytes (its name), written to ``file`` too if given."""
+    sha = hashlib.sha256()
 
-    def __init__(self, file):
-        self.file, self.sha = file, hashlib.sha256()
+    def write(data) -> int:
+        sha.update(data)
+        return file.write(data) if file else len(data)
 
-    def write(self, data) -> int:
-        self.sha.update(data)
-        return self.file.write(data)
+    np.save(SimpleNamespace(write=write), np.ascontiguousarray(array), allow_pickle=False)
+    return sha.hexdigest()
 
 
 def _cache_path(name: str) -> Path:
@@ -141,11 +196,9 @@ def _new_cache_file():
 def put(array: np.ndarray) -> str:
     """Store ``array`` (cache and database, each once); returns its name (sha256 of its .npy bytes)."""
     with _new_cache_file() as (file, tmp):
-        hashing = _HashingFile(file)
-        np.save(hashing, np.ascontiguousarray(array), allow_pickle=False)
+        name = _npy_sha(array, file)
         file.flush()
         os.fsync(file.fileno())
-        name = hashing.sha.hexdigest()
         os.replace(tmp, _cache_path(name))
         write_point("run array cached")
     bucket = _bucket()
