@@ -1,8 +1,8 @@
 """Shared fixtures: real Caltech-101 images and real MobileNetV2 weights from ../shared; the test tiers.
 
-The fast tier (``pytest -m "not slow"``, about a minute and a half) is every unit and small
-integration test. The slow tier adds what needs minutes: kills at every write point, the random
-operation machines, real Milvus servers, the App in a browser, a fresh ``pip install``.
+The fast tier (``pytest -m "not slow"``) is every unit and small integration test in this process.
+The slow tier adds kills at every write point, the random operation machines, real Milvus servers,
+the App in a browser, a fresh ``pip install`` and the checks made in fresh Python processes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ SLOW_MODULES = {
     "test_crash_safety.py",
     "test_index_properties.py",
     "test_install.py",
+    "test_lazy_imports.py",
+    "test_lite_handover.py",
     "test_server.py",
     "test_resume.py",
     "test_app_browser.py",

@@ -81,7 +81,16 @@ def test_pip_install_into_a_fresh_venv_embeds_an_image(tmp_path):
     )
     started = time.monotonic()
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", str(source), "-c", str(_constraints(tmp_path / "constraints.txt"))],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-compile",
+            str(source),
+            "-c",
+            str(_constraints(tmp_path / "constraints.txt")),
+        ],
         capture_output=True,
         text=True,
         timeout=1800,

@@ -116,6 +116,7 @@ def _open_in_child(uri: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_second_process_gets_a_clear_error_then_opens_after_close(milvus):
     out = _open_in_child(milvus.uri)
     assert out.startswith("BUSY") and "open in process" in out and "one process at a time" in out
@@ -193,6 +194,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_load_index_keeps_the_one_process_rule(tmp_path, data):
     """``load_index`` locks a Lite file: a file held elsewhere gives the busy error, and closing the
     index releases the file."""

@@ -92,6 +92,7 @@ def test_image_query_finds_the_indexed_image(dataset, kind, caltech_files):
     assert hits[0].distance == pytest.approx(0.0, abs=1e-3 if not kind.startswith("pixel") else 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_reload_in_a_fresh_process(dataset, kind):
     """A new Python process re-opens the index from the brain run's stored config."""

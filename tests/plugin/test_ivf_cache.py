@@ -40,6 +40,7 @@ def test_an_update_in_this_process_is_seen_by_the_next_load(dataset):
     assert dataset.sort_by_similarity(query, k=3, brain_key="km").values("id")[0] == query
 
 
+@pytest.mark.slow
 def test_a_change_saved_by_another_process_invalidates_the_cached_index(dataset):
     cached = dataset.load_brain_results("km", cache=False)
     code = (

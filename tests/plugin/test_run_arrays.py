@@ -81,6 +81,7 @@ def test_large_arrays_are_stored_beside_the_results_and_reload_identically(datas
     np.testing.assert_array_equal(again.get_embeddings(sample_ids=dataset.values("id")[:3])[0], vectors[:3])
 
 
+@pytest.mark.slow
 def test_a_fresh_process_answers_as_the_saving_process(dataset):
     vectors = build(dataset, "rev", "kmeans")
     query = vectors[7] + 0.01
