@@ -12,11 +12,13 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
@@ -84,22 +86,32 @@ START_ATTEMPTS, RETRY_WAIT_S = 5, 2.0
 
 
 #: Keys that are not valid UTF-8 (file names with undecodable bytes) are stored base64-escaped.
-_ESCAPED_KEY = "revsearch-b64:"
+_BASE64_KEY = "revsearch-b64:"
+#: Keys with a character that a Milvus expression could take as syntax (quotes, backslash, control
+#: characters) are stored with those characters percent-escaped: pymilvus writes keys given as
+#: ``ids=`` into an expression, and Milvus Lite does so itself on upsert. Other keys are stored as is.
+_QUOTED_KEY = "revsearch-q:"
+_EXPRESSION_SYNTAX = re.compile(r"['\"\\\x00-\x1f\x7f]")
+_KEPT_IN_QUOTED = "".join(chr(c) for c in range(32, 127) if chr(c) not in "'\"\\%")
 
 
 def to_milvus_key(key: str) -> str:
-    """A VARCHAR-safe form of ``key``: unchanged when it is valid UTF-8, base64-escaped otherwise."""
+    """The stored form of ``key``: itself, or escaped so that no expression can be broken by it."""
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
-        return _ESCAPED_KEY + base64.urlsafe_b64encode(key.encode("utf-8", "surrogateescape")).decode("ascii")
+        return _BASE64_KEY + base64.urlsafe_b64encode(key.encode("utf-8", "surrogateescape")).decode("ascii")
+    if _EXPRESSION_SYNTAX.search(key) or key.startswith((_BASE64_KEY, _QUOTED_KEY)):
+        return _QUOTED_KEY + quote(key, safe=_KEPT_IN_QUOTED)
     return key
 
 
 def from_milvus_key(stored: str) -> str:
     """Inverse of :func:`to_milvus_key`."""
-    if stored.startswith(_ESCAPED_KEY):
-        return base64.urlsafe_b64decode(stored[len(_ESCAPED_KEY) :]).decode("utf-8", "surrogateescape")
+    if stored.startswith(_BASE64_KEY):
+        return base64.urlsafe_b64decode(stored[len(_BASE64_KEY) :]).decode("utf-8", "surrogateescape")
+    if stored.startswith(_QUOTED_KEY):
+        return unquote(stored[len(_QUOTED_KEY) :])
     return stored
 
 
