@@ -124,3 +124,16 @@ def test_range_search_with_nprobe_scans_only_the_nearest_lists():
         assert all((q, keys[q]) in pairs for q in range(300))  # each vector's own list is always probed
         found.append(len(pairs))
     assert found[0] < found[1] < found[2] == len(exact)
+
+
+@pytest.mark.parametrize("k", [1, 10, 59, 60, 500])
+def test_never_short_of_k_when_the_probed_lists_are_small(k):
+    """One probed list of ~3 vectors cannot hold k: the search probes further lists, nearest first,
+    until it has k candidates, and returns min(k, size) hits, each key once, nearest first."""
+    rng = np.random.default_rng(k)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    index = IVFIndex.fit(vectors, 20, nprobe=1)
+    index.add([f"v{i}" for i in range(60)], vectors)
+    for hits in index.search(rng.normal(size=(5, 8)).astype(np.float32), k):
+        assert len(hits) == min(k, 60) and len({h.key for h in hits}) == len(hits)
+        assert [h.distance for h in hits] == sorted(h.distance for h in hits)

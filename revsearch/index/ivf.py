@@ -169,8 +169,12 @@ class IVFIndex(InMemoryIndex):
         nprobe = min(nprobe or self.nprobe, self.n_clusters)
         centre_dist = squared_l2(q, self.centroids, self._centroid_norms)
         probes = np.argpartition(centre_dist, nprobe - 1, axis=1)[:, :nprobe]
+        sizes, wanted = np.diff(self._offsets), min(k, len(self.store))
         results, scanned = [], 0
-        for query, clusters in zip(q, probes):
+        for query, clusters, centres in zip(q, probes, centre_dist):
+            if sizes[clusters].sum() < wanted:  # the nearest lists hold fewer than k: probe on until they do
+                order = np.argsort(centres)
+                clusters = order[: int(np.searchsorted(np.cumsum(sizes[order]), wanted)) + 1]
             rows, dist = self._scan(query, np.sort(clusters))
             scanned += len(rows)
             results.append([Hit(self.store.keys[r], float(dist[i])) for i, r in self._nearest(rows, dist, k)])
