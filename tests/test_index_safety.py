@@ -25,6 +25,13 @@ from revsearch.locks import IndexLock
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: Ctrl-C delivered and handled as in a terminal. A signal that this test process
+    ignores or blocks (a library may do so in a full run) would otherwise stay so in the command."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, cwd, **env):
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
@@ -33,6 +40,7 @@ def _cli(*args, cwd, **env):
         capture_output=True,
         env={**os.environ, "PYTHONPATH": path, **env},
         timeout=300,
+        preexec_fn=_as_from_a_terminal,
     )
     return done.returncode, done.stdout.decode("utf-8", "surrogateescape"), done.stderr.decode("utf-8", "replace")
 
