@@ -33,6 +33,18 @@ def test_an_image_over_the_memory_budget_is_refused_from_its_header():
     assert image.shape == (4000, 4000, 3) and tuple(image[0, 0]) == (255, 0, 0) and tuple(image[-1, -1]) == (255,) * 3
 
 
+@pytest.mark.parametrize("channels, mib", [(3, 6), (4, 8)])
+def test_a_16_bit_png_counts_two_bytes_a_sample(channels, mib):
+    """Pillow opens a 16-bit RGB(A) PNG as "RGB(A)": the depth comes from the PNG's header."""
+    image = np.zeros((1024, 1024, channels), np.uint16)
+    image[:512, :512] = 65535
+    data = cv2.imencode(".png", image)[1].tobytes()
+    with pytest.raises(ImageLoadError, match=rf"\({mib} MiB\) exceeds the {mib - 1} MiB memory budget"):
+        decode_image(data, "deep.png", max_decoded_bytes=(mib - 1) << 20)
+    decoded = decode_image(data, "deep.png", max_decoded_bytes=mib << 20)
+    assert decoded.shape == (1024, 1024, 3) and tuple(decoded[0, 0]) == (255,) * 3
+
+
 def test_a_jpeg_counts_at_the_reduced_size_it_is_decoded_at():
     data = cv2.imencode(".jpg", np.zeros((4000, 4000, 3), np.uint8))[1].tobytes()  # 46 MiB at full size
     with pytest.raises(ImageLoadError, match="memory budget"):

@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from revsearch.cli.display import json_path, printable
 from revsearch.cli.mosaic import make_mosaic, save_mosaic
@@ -22,6 +24,9 @@ from revsearch.retrieval.options import MODES, RetrievalOptions
 
 #: Milvus index types (the same as :data:`revsearch.index.milvus.INDEX_TYPES`, without importing pymilvus).
 MILVUS_INDEX_TYPES = ["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"]
+#: Largest CNN input side: at 4096 one image's first activations already take a GiB. The
+#: smallest is 32, the CNN's total stride (a smaller input leaves no feature map to pool).
+MAX_IMAGE_SIZE = 4096
 
 
 def _print_report(report: IndexReport, total: int) -> None:
@@ -38,6 +43,11 @@ def _index_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    side = round(args.image_size * max(args.scales))
+    if side > MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"--image-size times the largest of --scales gives a {side}-pixel input: at most {MAX_IMAGE_SIZE}"
+        )
     paths, unreadable = scan_images(args.folders)
     index_dir = _index_dir(args)
     roots = sorted({os.path.abspath(f) for f in args.folders})
@@ -60,12 +70,12 @@ def cmd_index(args: argparse.Namespace) -> int:
                 "image_size": args.image_size,
                 "batch_size": args.batch_size,
                 "runtime": args.runtime,
-                "scales": parse_scales(args.scales),
+                "scales": args.scales,
             }
         )
         names = ("n_clusters", "nprobe", "uri", "index_type", "token", "db_name")
         options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-        pca_dim = args.pca_dim if args.pca_dim == "auto" else (int(args.pca_dim) or None)
+        pca_dim = args.pca_dim or None  # 0: none
         index, report = SearchIndex.build(
             paths,
             index_dir,
@@ -110,14 +120,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.out:
         _check_writable(args.out)
     index = SearchIndex.load(_index_dir(args), token=os.environ.get("MILVUS_TOKEN", ""))
-    hits = index.query(args.image, k=args.k, allow_private_urls=args.allow_private_urls, mode=args.mode)
+    # read (a URL fetched) once: the search and the mosaic use the same decoded image
+    image = load_query_image(args.image, index.extractor.min_side, args.allow_private_urls)
+    hits = index.query(image, k=args.k, mode=args.mode)
     if args.json:
         print(json.dumps([{**json_path(h.key), "distance": h.distance} for h in hits], indent=1))
     else:
         for rank, hit in enumerate(hits, 1):
             print(f"{rank:3d}  {hit.distance:10.4f}  {printable(hit.key)}")
     if args.out:
-        save_mosaic(args.out, make_mosaic(load_query_image(args.image, 256, args.allow_private_urls), hits))
+        save_mosaic(args.out, make_mosaic(image, hits))
         print(f"mosaic written to {printable(args.out)}")
     return 0
 
@@ -175,15 +187,45 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if value < low else f"at most {high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _pca_dim(text: str) -> str | int:
+    return text if text == "auto" else _whole(0)(text)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not all(0 < s <= 4 for s in scales) or len(set(scales)) != len(scales):
+        raise argparse.ArgumentTypeError(f"scales must be distinct numbers in (0, 4], got {text!r}")
+    return scales
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"revsearch: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="revsearch", description="Reverse image search over folders.")
+    parser = _Parser(prog="revsearch", description="Reverse image search over folders.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index (or update the index of) image folders")
@@ -206,20 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--backbone", default="resnet50", choices=["resnet50", "resnet18", "mobilenet_v2"])
     arg("--weights", default="DEFAULT", help="DEFAULT, a torchvision enum name, a .pth file, or none")
     arg("--pooling", default="gem", choices=["gem", "avg"])
-    arg("--image-size", type=int, default=224)
-    arg("--batch-size", type=int, default=32)
+    size_help = f"CNN input side, 32 to {MAX_IMAGE_SIZE} (default %(default)s)"
+    arg("--image-size", type=_whole(32, MAX_IMAGE_SIZE), default=224, help=size_help)
+    arg("--batch-size", type=_whole(1, 1024), default=32, help="images per CNN batch, 1 to 1024")
     runtime_help = "run the CNN with torch or ONNX Runtime (same vectors; default $REVSEARCH_RUNTIME or %(default)s)"
     arg("--runtime", choices=list(RUNTIMES), default=EmbedderConfig().runtime, help=runtime_help)
-    arg("--pca-dim", default="auto", help="PCA dimension, 0 for none; default auto = 128 from 1,000 images up")
+    pca_help = "PCA dimension, 0 for none (at most the images and the features' dimension); default auto = 128 "
+    pca_help += "from 1,000 images up"
+    arg("--pca-dim", type=_pca_dim, default="auto", help=pca_help)
     arg("--whiten", action="store_true", help="whiten with PCA (needs --pca-dim)")
-    arg("--scales", default="1", help="input scales pooled and averaged, e.g. 1,0.707,0.5 (default %(default)s)")
-    arg("--qe-n", type=int, help=f"alpha-QE neighbours, 0 = off (default {defaults.qe_n})")
-    arg("--dba-n", type=int, help=f"alpha-DBA neighbours, 0 = off (default {defaults.dba_n})")
-    arg("--copy-pixels", type=int, help=f"thumbnail side for --mode copy, 0 = none (default {defaults.copy_pixels})")
-    arg("--n-clusters", type=int, help="K-means clusters for --backend kmeans")
-    arg("--nprobe", type=int, help="clusters searched per query for --backend kmeans")
-    arg("--pixel-size", type=int, default=32, help="thumbnail side for --features pixel")
-    arg("--chunk-size", type=int, default=1024, help="checkpoint every N images, to resume (default %(default)s)")
+    arg("--scales", type=_scales, default="1", help="input scales in (0, 4], pooled and averaged, e.g. 1,0.707,0.5")
+    # neighbours: n = 1 to 10 were measured, 3 chosen (bench/results/retrieval_options.md); DBA keeps n ids per image
+    arg("--qe-n", type=_whole(0, 100), help=f"alpha-QE neighbours, 0 = off, at most 100 (default {defaults.qe_n})")
+    arg("--dba-n", type=_whole(0, 100), help=f"alpha-DBA neighbours, 0 = off, at most 100 (default {defaults.dba_n})")
+    # each image keeps a side x side x 3 float32 thumbnail: 48 KB at 64
+    copy_help = f"thumbnail side for --mode copy, 0 = none, at most 64 (default {defaults.copy_pixels})"
+    arg("--copy-pixels", type=_whole(0, 64), help=copy_help)
+    arg("--n-clusters", type=_whole(1), help="K-means clusters for --backend kmeans (at most the images)")
+    arg("--nprobe", type=_whole(1), help="clusters searched per query for --backend kmeans")
+    # a 256-pixel thumbnail is already a 196,608-d float64 vector (1.5 MB per image)
+    arg("--pixel-size", type=_whole(1, 256), default=32, help="thumbnail side for --features pixel, 1 to 256")
+    arg("--chunk-size", type=_whole(1), default=1024, help="checkpoint every N images, to resume (default %(default)s)")
     arg("--rebuild", action="store_true", help="discard an existing index and build anew")
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--add", action="store_true", help="add these folders to an index built from other folders")
@@ -229,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="find the indexed images most similar to an image")
     q.add_argument("image", help="image file path or http(s) URL")
-    q.add_argument("-k", type=_positive_int, default=10, help="number of results (default %(default)s)")
+    q.add_argument("-k", type=_whole(1), default=10, help="number of results (default %(default)s)")
     q.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
     q.add_argument("--out", help="write a mosaic of the query and its hits to this .jpg/.png")
     q.add_argument("--json", action="store_true", help="print results as JSON")

@@ -35,6 +35,7 @@ _FLATTEN_ROWS = 256
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _JPEG_EOI = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 Image.MAX_IMAGE_PIXELS = None  # we apply our own, configurable limit from the header
 
@@ -73,6 +74,9 @@ class ImageHeader:
     height: int
     mode: str
     has_alpha: bool
+    #: Bytes per decoded sample: 2 for 16-bit images (a PNG's IHDR says so where Pillow's mode does
+    #: not: it opens a 16-bit RGB or RGBA PNG as "RGB" or "RGBA").
+    depth: int = 1
 
 
 def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -108,7 +112,9 @@ def read_header(data: bytes, source: str = "<bytes>") -> ImageHeader:
     try:
         with Image.open(io.BytesIO(data)) as im:
             has_alpha = im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)
-            return ImageHeader(im.format or "unknown", im.width, im.height, im.mode, has_alpha)
+            png16 = data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24] == 16
+            depth = 2 if png16 or "16" in im.mode or im.mode in ("I", "F") else 1
+            return ImageHeader(im.format or "unknown", im.width, im.height, im.mode, has_alpha, depth)
     except Image.UnidentifiedImageError:
         raise ImageLoadError(source, "not a recognised image format") from None
     except Exception as exc:  # Pillow raises many types on malformed headers
@@ -185,12 +191,10 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def decoded_size(header: ImageHeader, min_side: int | None = None) -> int:
     """Bytes the decoded pixels will take (before any is allocated): reduced JPEG size, 4 channels
-    and 16-bit samples where the image has them."""
+    where the image has alpha, and 2 bytes a sample for 16-bit images (decoded at full depth first)."""
     factor = _reduction_factor(header, min_side) if not header.has_alpha else 1
     width, height = -(-header.width // factor), -(-header.height // factor)
-    channels = 4 if header.has_alpha else 3
-    depth = 2 if header.has_alpha and ("16" in header.mode or header.mode in ("I", "F")) else 1
-    return width * height * channels * depth
+    return width * height * (4 if header.has_alpha else 3) * header.depth
 
 
 def decode_image(

@@ -44,26 +44,27 @@ def generation_dir(directory: Path, generation: int) -> Path:
     return directory / f"gen-{generation}"
 
 
+def damaged(path: Path, why: str) -> IndexCorruptError:
+    """The error for a damaged index file: names the file and the fix."""
+    return IndexCorruptError(f"{path} is damaged ({why}); rebuild the index with revsearch index FOLDER --rebuild")
+
+
 def read_manifest(directory: Path) -> dict:
     """The committed manifest, checked for the keys every index needs; errors name the file and the fix."""
     path = directory / MANIFEST
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         raise IndexNotFoundError(f"no revsearch index in {directory} (missing {MANIFEST})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RevsearchError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except OSError as exc:
+        raise RevsearchError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        manifest = json.loads(text)
-    except ValueError as exc:
-        raise IndexCorruptError(
-            f"{path} is damaged (not valid JSON: {exc}); rebuild the index with revsearch index FOLDER --rebuild"
-        ) from None
+        manifest = json.loads(data)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise damaged(path, f"not valid JSON: {exc}") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(manifest, dict) or k not in manifest]
     if missing:
-        raise IndexCorruptError(
-            f"{path} is damaged (no {', '.join(missing)}); rebuild the index with revsearch index FOLDER --rebuild"
-        )
+        raise damaged(path, f"no {', '.join(missing)}")
     return manifest
 
 
@@ -96,15 +97,19 @@ def settle_pending(directory: Path, committed_generation: int, token: str = "") 
     path = directory / PENDING
     if not path.exists():
         return
-    pending = json.loads(path.read_text())
-    committed = pending["generation"] == committed_generation
+    try:
+        pending = json.loads(path.read_bytes())
+        generation, new, old = pending["generation"], pending["new"], pending["old"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise damaged(path, f"not a build record: {type(exc).__name__}: {exc}") from None
+    committed = generation == committed_generation
     if committed and (directory / CHECKPOINT).exists():
         shutil.rmtree(directory / CHECKPOINT)
         write_point("checkpoint cleared")
     if committed:  # the old collection goes, never the one the manifest now names
-        drop = pending["old"] if pending["old"] != pending["new"] else None
+        drop = old if old != new else None
     else:
-        drop = pending["new"]
+        drop = new
     if drop is not None:
         from revsearch.index.milvus import drop_collection  # pymilvus only when there is a collection to drop
 

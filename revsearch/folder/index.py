@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from revsearch.crashpoints import write_point
-from revsearch.errors import IndexBusyError, IndexMismatchError, RevsearchError
+from revsearch.errors import IndexBusyError, IndexCorruptError, IndexMismatchError, RevsearchError
 from revsearch.features.factory import make_extractor
 from revsearch.features.pca import PCAReducer
 from revsearch.features.pipeline import FeatureExtractor
@@ -143,6 +143,8 @@ class SearchIndex:
         self.failures: dict[str, str] = failures or {}
         self.generation = generation
         self.roots = roots
+        #: What opening the index set right (an interrupted update finished); the next sync reports it.
+        self.notes: list[str] = []
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
@@ -179,14 +181,23 @@ class SearchIndex:
         extractor = extractor or make_extractor("cnn")
         directory = Path(os.path.abspath(directory))
         paths = sorted({os.path.abspath(p) for p in paths})
+        limits = {
+            "pca_dim": (pca_dim, min(len(paths), extractor.dim)),
+            "n_clusters": (backend_options.get("n_clusters"), len(paths)),
+        }
+        for name, (value, limit) in limits.items():  # checked before anything is embedded or written
+            if paths and isinstance(value, int) and value > limit:
+                raise ValueError(
+                    f"{name} must be at most {limit} ({len(paths)} files, {extractor.dim}-d features), got {value}"
+                )
         with IndexLock(directory):
-            recover(directory, backend_options.get("token", ""))
+            recovered = recover(directory, backend_options.get("token", ""))
             previous = read_manifest(directory) if (directory / MANIFEST).exists() else None
             generation = (previous.get("generation", 0) if previous else 0) + 1
             current = {p: file_signature(p) for p in paths}
             checkpoint = EmbeddingCheckpoint(directory / CHECKPOINT, extractor.describe(), current)
             done = checkpoint.done()
-            report = IndexReport(resumed=len(done), notes=list(checkpoint.notes))
+            report = IndexReport(resumed=len(done), notes=recovered + checkpoint.notes)
             report.failures = _embed_to_checkpoint(
                 extractor, [p for p in paths if p not in done], checkpoint, chunk_size, progress
             )
@@ -249,7 +260,7 @@ class SearchIndex:
         wanted = {os.path.abspath(p) for p in paths}
         scope = None if scope is None else [os.path.abspath(s) for s in scope]
         in_scope = (lambda k: True) if scope is None else (lambda k: _under(k, scope))
-        report = IndexReport()
+        report, self.notes = IndexReport(notes=self.notes), []
         todo, current = [], {}
         for p in sorted(wanted):
             signature, item = file_signature(p), self.items.get(p)
@@ -467,13 +478,18 @@ class SearchIndex:
         A change interrupted by a crash is finished or undone first, when this process may write
         the index (a read-only index directory is opened as last committed)."""
         directory = Path(os.path.abspath(directory))
+        notes: list[str] = []
         if needs_recovery(directory):
             try:
                 with IndexLock(directory):
-                    recover(directory, token)
+                    notes = recover(directory, token)
+            except IndexCorruptError:
+                raise  # a damaged journal or build record: say so rather than open past it
             except RevsearchError:
                 pass  # read-only, or another live run is updating it: open what is committed
-        return _open(cls, directory, read_manifest(directory), token)
+        index = _open(cls, directory, read_manifest(directory), token)
+        index.notes = notes
+        return index
 
 
 def check_k(k: int, size: int) -> int:
@@ -508,8 +524,10 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     return index
 
 
-def recover(directory: Path, token: str = "") -> None:
-    """Finish or undo whatever a crashed run left half done (caller holds the index lock)."""
+def recover(directory: Path, token: str = "") -> list[str]:
+    """Finish or undo whatever a crashed run left half done (caller holds the index lock); returns
+    notes on what it finished."""
+    notes: list[str] = []
     committed = read_manifest(directory) if (directory / MANIFEST).exists() else None
     generation = committed.get("generation", 0) if committed else 0
     settle_pending(directory, generation, token)
@@ -522,8 +540,10 @@ def recover(directory: Path, token: str = "") -> None:
             finally:
                 index.backend.close()
             generation = index.generation
+            notes.append(f"finished an interrupted update: {len(update.keys)} indexed, {len(update.remove)} removed")
         clear_journal(directory)
     remove_old_generations(directory, generation)
+    return notes
 
 
 def _record_pending(directory: Path, generation: int, previous: dict | None, backend: str, options: dict) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from revsearch.crashpoints import write_point
 from revsearch.folder.atomic import fsync_dir, write_atomic
-from revsearch.folder.generations import JOURNAL
+from revsearch.folder.generations import JOURNAL, damaged
 
 
 @dataclass
@@ -57,8 +57,11 @@ def read_journal(directory: Path) -> Update | None:
     path = directory / JOURNAL
     if not path.exists():
         return None
-    with np.load(path) as data:
-        return Update(vectors=data["vectors"], **json.loads(str(data["meta"])))
+    try:
+        with np.load(path) as data:
+            return Update(vectors=data["vectors"], **json.loads(str(data["meta"])))
+    except Exception as exc:  # empty, garbage, or not an update record
+        raise damaged(path, f"not an update record: {type(exc).__name__}: {exc}") from None
 
 
 def clear_journal(directory: Path) -> None:
