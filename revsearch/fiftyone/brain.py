@@ -8,14 +8,15 @@ Importing this module registers the backend, so afterwards::
     dataset.sort_by_similarity(sample_id, k=10, brain_key="rev")
 
 A run is re-opened in any later process from its stored config (class path + parameters), so
-only ``revsearch`` needs to be importable there. Distances are squared L2 (for unit vectors, twice
-the cosine distance: fob's default near-duplicate threshold 0.2 corresponds to 0.4 here).
+only ``revsearch`` needs to be importable there. Distances and thresholds are in the run's ``metric``
+(:data:`METRICS`; default and runs saved before it: squared L2); every index kind searches squared L2.
 
 Queries on a view search only the view's samples (the view's keys are pushed down into the index),
 so their results equal an exact search of the view. Least-similar queries (``reverse=True``) work on
-exact and kmeans indexes. The index is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset,
-similarity_index=brain_key, threshold=...)``, ``find_duplicates``, ``find_unique`` and
-``duplicates_view`` run range searches in the index.
+exact and kmeans indexes, and on Milvus with ``metric="cosine"``. Several queries are averaged
+(``aggregation="mean"``) or aggregated per sample (``post-mean``, ``post-min``, ``post-max``). The index
+is a ``DuplicatesMixin``: ``fob.compute_near_duplicates(dataset, similarity_index=brain_key,
+threshold=...)``, ``find_duplicates``, ``find_unique`` and ``duplicates_view`` run range searches in the index.
 
 The retrieval options of :mod:`revsearch.retrieval.options` are config options, off by default:
 alpha-QE (``qe_n``), alpha-DBA (``dba_n``: the store holds augmented vectors, the run keeps the DBA
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import eta.core.utils as etau
@@ -35,14 +37,14 @@ import numpy as np
 from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
 
 from revsearch.features.factory import make_extractor
-from revsearch.features.pca import PCAReducer
+from revsearch.features.pca import PCAReducer, l2_normalize
 from revsearch.features.pipeline import FeatureExtractor
 from revsearch.features.query_source import ImageQuery, load_query_image
 from revsearch.fiftyone import index_cache
 from revsearch.fiftyone.index_handle import IndexHandle
 from revsearch.fiftyone.run_store import META_FIELD, RunStore, names_in, unpack
 from revsearch.files import file_signature, stale_files
-from revsearch.index.hits import Hit
+from revsearch.index.hits import Hit, squared_l2
 from revsearch.index.registry import check_kind, collection_name
 from revsearch.retrieval.options import IndexExtras, RetrievalOptions, copy_query_images
 from revsearch.retrieval.query_expansion import expanded_search
@@ -53,6 +55,21 @@ BACKEND_NAME = "revsearch"
 MILVUS_MAX_K = 16384
 #: Milvus Lite file used when no ``uri`` is given (overridable with the brain config / env).
 DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch", "milvus.db")
+#: ``metric`` values: the units of distances in results, ``dist_field`` and thresholds. ``cosine``
+#: (1 - cos) indexes hold unit vectors (squared L2 / 2); ``dotproduct`` cannot be ranked by an L2 index.
+METRICS = ("sqeuclidean", "euclidean", "cosine")
+#: ``mean`` averages the queries before searching; ``post-*`` aggregate each sample's distances to them.
+AGGREGATIONS = {"mean": None, "post-mean": np.nanmean, "post-min": np.nanmin, "post-max": np.nanmax}
+
+
+def to_metric(squared: np.ndarray | float, metric: str) -> np.ndarray | float:
+    """Squared L2 distances (the index's) in ``metric``'s units."""
+    return np.sqrt(squared) if metric == "euclidean" else squared / 2 if metric == "cosine" else squared
+
+
+def to_squared(thresh: float, metric: str) -> float:
+    """A distance in ``metric``'s units as the squared L2 radius of the index."""
+    return thresh**2 if metric == "euclidean" else 2 * thresh if metric == "cosine" else thresh
 
 
 class RevsearchSimilarityConfig(SimilarityConfig):
@@ -61,6 +78,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
     Args:
         index_kind: ``milvus`` (Milvus Lite file or server), ``kmeans`` (IVF) or ``exact``; ``pixel``
             (runs made before the index core) is read as ``exact``
+        metric: one of :data:`METRICS`; None (also runs saved before it): ``sqeuclidean``. With
+            ``cosine``, vectors are L2-normalised when added and queried (``get_embeddings`` returns them so)
         extractor: ``describe()`` of the feature extractor (CNN or pixel), so image queries can be embedded
         collection_name, uri, db_name, index_type: Milvus options (``uri`` defaults to a Lite file)
         token: Milvus token (never stored in the database)
@@ -78,6 +97,7 @@ class RevsearchSimilarityConfig(SimilarityConfig):
     def __init__(
         self,
         index_kind: str = "milvus",
+        metric: str | None = None,
         extractor: dict | None = None,
         collection_name: str | None = None,
         uri: str | None = None,
@@ -96,8 +116,17 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         **kwargs,
     ):
         index_kind = check_kind(index_kind)
+        if metric not in (None, *METRICS):
+            raise ValueError(f"unsupported metric {metric!r}: revsearch supports {METRICS}")
+        if kwargs.get("patches_field") is not None:
+            raise ValueError("revsearch indexes whole samples: patch similarity (patches_field) is not supported")
+        if index_kind == "milvus":
+            from revsearch.index.milvus import INDEX_TYPES
+
+            if index_type not in INDEX_TYPES:
+                raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
         super().__init__(**kwargs)
-        self.index_kind, self.extractor = index_kind, extractor
+        self.index_kind, self.metric, self.extractor = index_kind, metric or "sqeuclidean", extractor
         self.collection_name, self.uri, self.db_name = collection_name, uri, db_name
         self.index_type, self.n_clusters, self.nprobe = index_type, n_clusters, nprobe
         self.pca_components, self.whiten = pca_components, whiten
@@ -129,12 +158,13 @@ class RevsearchSimilarityConfig(SimilarityConfig):
 
     @property
     def supports_least_similarity(self) -> bool:
-        """Exact and IVF indexes can rank farthest first; Milvus searches return nearest only."""
-        return self.index_kind != "milvus"
+        """Exact and IVF indexes rank farthest first; Milvus only with unit vectors (cosine), by the
+        nearest to the negated query."""
+        return self.index_kind != "milvus" or self.metric == "cosine"
 
     @property
     def supported_aggregations(self) -> tuple:
-        return ("mean",)
+        return tuple(AGGREGATIONS)
 
     def load_credentials(self, token: str | None = None, uri: str | None = None) -> None:
         """Token from the argument or brain config; ``uri`` only if the run stored none."""
@@ -149,6 +179,13 @@ class RevsearchSimilarity(Similarity):
     def initialize(self, samples, brain_key):
         return RevsearchSimilarityIndex(samples, self.config, brain_key, backend=self)
 
+    def register_run(self, samples, key, overwrite=True, cleanup=True):
+        """Check the key now, register the run when its results are first saved: a ``compute_similarity``
+        that fails on the way (adding the vectors) leaves no run behind."""
+        if key is not None:
+            self.validate_run(samples, key, overwrite=overwrite)
+            self.pending = (samples, key, overwrite, cleanup)
+
     def cleanup(self, samples, key):
         """Drop the vectors (Milvus collection) when the brain run is deleted, and the stored arrays
         that no other run (e.g. of a clone) lists."""
@@ -159,6 +196,11 @@ class RevsearchSimilarity(Similarity):
         """FiftyOne's save (``results.save()`` and ``compute_similarity`` call it), the results' arrays
         stored first (:meth:`RunStore.save`); an in-memory index is then kept for this process."""
         save = super().save_run_results
+        backend = getattr(run_results, "_backend", None)
+        pending = getattr(backend, "pending", None)
+        if pending and key is not None and pending[1] == key:
+            Similarity.register_run(backend, *pending)
+            backend.pending = None
         if key is None or run_results is None:
             return save(samples, key, run_results, overwrite=overwrite, cache=cache)
         run_results._run.save(samples, key, lambda: save(samples, key, run_results, overwrite=overwrite, cache=cache))
@@ -223,8 +265,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._extras = IndexExtras.from_state(unpack(retrieval_state), config.options, self._handle.dim or 0)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
-        if filled and brain_key is not None:
-            self.save_config()
+        if filled and brain_key is not None and not getattr(backend, "pending", None):
+            self.save_config()  # (a run not registered yet is registered with this config)
 
     # ---- sizes and ids -------------------------------------------------------------------
     @property
@@ -249,13 +291,17 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     # ---- updates -------------------------------------------------------------------------
     def _reduce(self, vectors: np.ndarray, fit: bool = False) -> np.ndarray:
-        """Apply the index's PCA (fitted here on the first vectors if configured)."""
+        """(n, d) vectors in index space: the index's PCA (fitted here on the first vectors if
+        configured), then unit length for ``cosine``."""
         vectors = np.asarray(vectors)
         if self._pca is None and fit and self.config.pca_components:
             self._pca = PCAReducer.fit(vectors, self.config.pca_components, self.config.whiten)
         if self._pca is not None and vectors.shape[-1] == self._pca.input_dim:
-            return self._pca.transform(vectors.reshape(-1, self._pca.input_dim))
-        return vectors
+            vectors = self._pca.transform(vectors.reshape(-1, self._pca.input_dim))
+        return self._unit(vectors)
+
+    def _unit(self, vectors: np.ndarray) -> np.ndarray:
+        return l2_normalize(vectors) if self.config.metric == "cosine" else vectors
 
     def add_to_index(
         self,
@@ -340,6 +386,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             self.reload()
 
     def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False):
+        """The vectors as indexed: PCA-reduced when PCA is on, unit length with ``cosine`` (the run keeps
+        no other copy); the originals, not the augmented ones, with alpha-DBA."""
         if label_ids is not None:
             raise ValueError("This index does not support label IDs")
         if sample_ids is None:
@@ -427,8 +475,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             "('revsearch: build index', Copy-mode thumbnails 16; or build_index(..., copy_pixels=16))"
         )
 
-    def _query_vectors(self, query) -> tuple[np.ndarray, bool]:
-        """Query vectors (in index space) and whether a single query was given."""
+    def _query_vectors(self, query) -> tuple[np.ndarray, bool, list[str] | None]:
+        """Query vectors (in index space), whether a single query was given, and the query ids (if ids)."""
         if isinstance(query, str):
             query = [query]
             single = True
@@ -436,10 +484,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             query = np.asarray(query)
             if np.issubdtype(query.dtype, np.number):
                 single = query.ndim == 1
-                return self._reduce(query.reshape(-1, query.shape[-1])), single
+                return self._reduce(query.reshape(-1, query.shape[-1])), single, None
             query, single = [str(q) for q in query], False
         try:
-            return self._original_vectors(query), single
+            return self._original_vectors(query), single, query
         except KeyError:
             missing = sorted(set(query) - self._handle.contains(query))
             raise ValueError(f"Query IDs {missing} are not in the index") from None
@@ -456,30 +504,68 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if not total:
             return [[] for _ in range(len(vectors))]
         limit = min(total, self.config.max_k or total)
-        return self._handle.search(vectors, min(k or limit, limit), allowed=allowed, reverse=reverse)
+        k = min(k or limit, limit)
+        if reverse and self._handle.kind == "milvus" and self.config.metric == "cosine":
+            # unit vectors: the farthest from q are the nearest to -q, and |q - x|^2 = 4 - |-q - x|^2
+            hits = self._handle.search(-vectors, k, allowed=allowed)
+            return [[Hit(h.key, max(4.0 - h.distance, 0.0)) for h in row] for row in hits]
+        return self._handle.search(vectors, k, allowed=allowed, reverse=reverse)
 
     def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
-        if aggregation not in (None, "mean"):
-            raise ValueError(f"Unsupported aggregation {aggregation!r}; use 'mean'")
+        if aggregation is not None and aggregation not in AGGREGATIONS:
+            raise ValueError(f"Unsupported aggregation {aggregation!r}; supported: {tuple(AGGREGATIONS)}")
         if query is None:
             if aggregation is not None:
                 raise ValueError("Full index queries do not support aggregation")
             return self._full_index_neighbours(k or 1, return_dists)
         with self._handle.hold():
-            vectors, single = self._query_vectors(query)
+            vectors, single, query_ids = self._query_vectors(query)
+            if aggregation not in (None, "mean"):
+                ids, dists = self._post_aggregate(vectors, query_ids, k, reverse, aggregation)
+                return (ids, None, dists) if return_dists else (ids, None)
             if aggregation == "mean":
-                vectors, single = vectors.mean(axis=0, keepdims=True), True
-            if reverse or not self.config.qe_n or self.config.index_kind == "pixel":
+                vectors, single = self._unit(vectors.mean(axis=0, keepdims=True)), True
+            if reverse and not self.config.supports_least_similarity:
+                raise ValueError(
+                    "Milvus searches for nearest neighbours only: least-similar queries (reverse=True) "
+                    "need metric='cosine' or an exact or kmeans index"
+                )
+            if reverse or not self.config.qe_n:
                 hits = self.search(vectors, k, reverse=reverse)
             else:  # alpha-QE with the view's own vectors
                 hits = expanded_search(
                     self.search, self._handle.vectors, vectors, k, self.config.qe_n, self.config.qe_alpha
                 )
-        ids = [[h.key for h in row] for row in hits]
-        dists = [[h.distance for h in row] for row in hits]
-        if single:
-            ids, dists = ids[0], dists[0]
+        ids, dists = self._columns(hits, single)
         return (ids, None, dists) if return_dists else (ids, None)
+
+    def _columns(self, hits: list[list[Hit]], single: bool) -> tuple[list, list]:
+        """Ids and distances (in the run's metric) of each query's hits; the first query's if ``single``."""
+        ids = [[h.key for h in row] for row in hits]
+        dists = [[float(to_metric(h.distance, self.config.metric)) for h in row] for row in hits]
+        return (ids[0], dists[0]) if single else (ids, dists)
+
+    def _post_aggregate(
+        self, vectors: np.ndarray, query_ids: list[str] | None, k: int | None, reverse: bool, aggregation: str
+    ) -> tuple[list[str], list[float]]:
+        """``post-*`` aggregation, as fob's sklearn backend: each query's distance to each sample of the
+        view, aggregated per sample ignoring NaN (a query sample's distance to itself is NaN; a sample
+        left without distances gets 0), sorted. Exact on every kind: reads the view's vectors and
+        computes n_queries x n_view distances (time and memory grow with the view)."""
+        ids = self.current_sample_ids
+        if not len(ids):
+            return [], []
+        stored = self._handle.vectors(ids.tolist()).astype(np.float64)
+        squared = squared_l2(vectors.astype(np.float64), stored, np.einsum("ij,ij->i", stored, stored))
+        dists = to_metric(squared, self.config.metric)
+        if query_ids is not None:
+            dists[np.asarray(query_ids)[:, None] == ids[None, :]] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            dists = np.nan_to_num(AGGREGATIONS[aggregation](dists, axis=0))
+        order = np.argsort(dists, kind="stable")
+        order = (order[::-1] if reverse else order)[:k]
+        return ids[order].tolist(), dists[order].tolist()
 
     def _full_index_neighbours(self, k: int, return_dists: bool):
         """The ``k`` nearest other samples of every sample of the view, as indexes into
@@ -492,32 +578,31 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             hits = self._handle.search(vectors, k + 1, allowed=ids) if len(ids) else []
         rows = [[h for h in row if h.key != key][:k] for key, row in zip(ids.tolist(), hits)]
         inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in rows]
-        dists = [np.array([h.distance for h in row]) for row in rows]
+        dists = [to_metric(np.array([h.distance for h in row]), self.config.metric) for row in rows]
         return (inds, dists) if return_dists else inds
 
     def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
-        """Indexed samples of the view within squared L2 distance ``thresh`` (range search in the index).
+        """Indexed samples of the view within distance ``thresh`` (in the run's metric; a range search
+        in the index, in squared L2).
 
         ``query=None``: for every sample of the view, integer indexes into ``current_sample_ids``
         (itself included), as fob's ``DuplicatesMixin`` expects; else ids as for :meth:`_kneighbors`.
         """
         if thresh is None:
-            raise ValueError("a distance threshold is needed (squared L2; for unit vectors 2x cosine distance)")
+            raise ValueError(f"a distance threshold ({self.config.metric}) is needed")
+        radius = float(to_squared(float(thresh), self.config.metric))
         with self._handle.hold():
             if query is None:
                 ids = self.current_sample_ids.tolist()
                 vectors = self._handle.vectors(ids) if ids else np.empty((0, 0), np.float32)
-                hits = self._handle.range_search(vectors, float(thresh), allowed=self._allowed()) if ids else []
+                hits = self._handle.range_search(vectors, radius, allowed=self._allowed()) if ids else []
                 position = {key: i for i, key in enumerate(ids)}
                 inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in hits]
-                dists = [np.array([h.distance for h in row]) for row in hits]
+                dists = [to_metric(np.array([h.distance for h in row]), self.config.metric) for row in hits]
                 return (inds, dists) if return_dists else inds
-            vectors, single = self._query_vectors(query)
-            hits = self._handle.range_search(vectors, float(thresh), allowed=self._allowed())
-        ids = [[h.key for h in row] for row in hits]
-        dists = [[h.distance for h in row] for row in hits]
-        if single:
-            ids, dists = ids[0], dists[0]
+            vectors, single, _ = self._query_vectors(query)
+            hits = self._handle.range_search(vectors, radius, allowed=self._allowed())
+        ids, dists = self._columns(hits, single)
         return (ids, None, dists) if return_dists else (ids, None)
 
     # ---- persistence (pure: arrays are stored by a save only, see RunStore) ----------------
@@ -535,7 +620,12 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return self._pca.state() if self._pca is not None else None
 
     def attributes(self) -> list[str]:
-        return super().attributes() + ["index_state", "pca_state", "file_signatures", "retrieval_state"]
+        return super().attributes() + ["index_state", "pca_state", "file_signatures", "retrieval_state", "index_metric"]
+
+    @property
+    def index_metric(self) -> str:
+        """The metric the vectors were indexed for, saved with them (a run saved before has none)."""
+        return self.config.metric
 
     @property
     def retrieval_state(self) -> dict:
@@ -545,6 +635,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):
         pca = PCAReducer.from_state(d["pca_state"]) if d.get("pca_state") else None
+        # runs saved before metrics were honoured searched squared L2, whatever ``metric`` they stored
+        config.metric = d.get("index_metric") or "sqeuclidean"
         return cls(
             samples,
             config,

@@ -29,7 +29,7 @@ SOURCE_INFO = "revsearch_brain_key"
 def nearest_neighbour_distances(
     results: RevsearchSimilarityIndex, samples, dist_field: str = "nn_dist", id_field: str = "nn_id"
 ) -> np.ndarray:
-    """Store each sample's nearest other sample (id, squared L2 distance) of ``samples``; returns the
+    """Store each sample's nearest other sample (id, distance in the index's metric) of ``samples``; returns the
     distances, whose distribution is what a near-duplicate threshold is chosen from."""
     with results.use_view(samples):
         ids = results.current_sample_ids
@@ -104,7 +104,7 @@ def near_duplicate_groups(
     group_field: str = "dup_group",
     drop_tag: str = "duplicate",
 ) -> int:
-    """Group the samples lying within squared distance ``threshold`` of one another (transitively);
+    """Group the samples lying within distance ``threshold`` (the index's metric) of one another (transitively);
     tag all but one sample of each group with ``drop_tag``. Returns the number of groups."""
     with results.use_view(samples):
         ids = results.current_sample_ids.tolist()

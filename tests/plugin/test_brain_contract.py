@@ -1,0 +1,193 @@
+"""The FiftyOne Brain similarity contract, compared with fob's ``sklearn`` backend on the same vectors:
+metrics, aggregations, least similar, k beyond the view, thresholds, and options refused up front.
+
+Vectors come in antipodal pairs, so their mean is zero: the sklearn backend centres the indexed vectors
+but not query vectors, which changes nothing then.
+"""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import fiftyone.brain as fob
+import numpy as np
+import pytest
+
+from plugin_helpers import unique_name
+from revsearch.fiftyone.brain import RevsearchSimilarityIndex
+
+KINDS = ("exact", "kmeans", "milvus")
+METRICS = ("euclidean", "cosine")
+AGGREGATIONS = ("mean", "post-mean", "post-min", "post-max")
+N, DIM = 40, 16
+QUERIES = (0, 5, 11)
+
+
+def embeddings(metric: str) -> np.ndarray:
+    """N vectors (unit vectors for cosine) in antipodal pairs."""
+    x = np.random.default_rng(len(metric)).normal(size=(N // 2, DIM))
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.concatenate([x, -x]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A dataset of N dummy samples with, per metric, a sklearn run and a revsearch run of each kind."""
+    ds = fo.Dataset(unique_name("brain-contract"))
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(N)])
+    uri = str(tmp_path_factory.mktemp("milvus") / "contract.db")
+    options = {"exact": {}, "kmeans": {"n_clusters": 4, "nprobe": 4}, "milvus": {"uri": uri}}
+    for metric in METRICS:
+        vectors = embeddings(metric)
+        fob.compute_similarity(ds, embeddings=vectors, backend="sklearn", metric=metric, brain_key=f"sklearn_{metric}")
+        for kind in KINDS:
+            key = f"{kind}_{metric}"
+            fob.compute_similarity(
+                ds,
+                embeddings=vectors,
+                backend="revsearch",
+                index_kind=kind,
+                metric=metric,
+                brain_key=key,
+                **options[kind],
+            )
+    yield ds, ds.values("id")
+    ds.delete()
+
+
+def assert_as_sklearn(samples, kind: str, metric: str, query, **kwargs) -> list[str]:
+    """``sort_by_similarity`` on ``samples`` gives the same ids and distances on the revsearch and sklearn runs."""
+    found = []
+    for key in (f"{kind}_{metric}", f"sklearn_{metric}"):
+        with samples.load_brain_results(key).use_view(samples) as results:
+            view = results.sort_by_similarity(query, dist_field="dist", **kwargs)
+        found.append((view.values("id"), view.values("dist")))
+    (got_ids, got), (ids, dists) = found
+    np.testing.assert_allclose(got, dists, rtol=1e-4, atol=1e-6)
+    # equal distances (two query samples each other's farthest: post-max) come in either order
+    assert sorted(zip(np.round(got, 4), got_ids)) == sorted(zip(np.round(dists, 4), ids))
+    return got_ids
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_single_queries_as_sklearn(runs, kind, metric):
+    ds, ids = runs
+    assert_as_sklearn(ds.exclude(ids[:1]), kind, metric, ids[0], k=10)
+    query = embeddings(metric)[3] + 0.1 * np.random.default_rng(3).normal(size=DIM).astype(np.float32)
+    assert_as_sklearn(ds, kind, metric, query, k=10)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_aggregations_of_three_query_ids_as_sklearn(runs, kind, metric, aggregation):
+    ds, ids = runs
+    assert_as_sklearn(ds, kind, metric, [ids[q] for q in QUERIES], k=10, aggregation=aggregation)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_least_similar_as_sklearn(runs, kind, metric):
+    ds, ids = runs
+    assert_as_sklearn(ds, kind, metric, [ids[q] for q in QUERIES], k=10, reverse=True, aggregation="post-max")
+    if kind == "milvus" and metric != "cosine":
+        assert not ds.load_brain_results(f"{kind}_{metric}").config.supports_least_similarity
+        with pytest.raises(ValueError, match="need metric='cosine' or an exact or kmeans index"):
+            ds.sort_by_similarity(ids[0], k=5, reverse=True, brain_key=f"{kind}_{metric}")
+        return
+    assert ds.load_brain_results(f"{kind}_{metric}").config.supports_least_similarity
+    assert len(assert_as_sklearn(ds.exclude(ids[:1]), kind, metric, ids[0], k=10, reverse=True)) == 10
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_k_larger_than_the_view(runs, kind, metric):
+    ds, ids = runs
+    view = ds.select(ids[12:27])
+    assert len(assert_as_sklearn(view, kind, metric, ids[0], k=100)) == 15
+    assert len(assert_as_sklearn(view, kind, metric, [ids[q] for q in (0, 5, 30)], k=100, aggregation="post-min")) == 15
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_radius_thresholds_are_in_the_metric_units(runs, kind, metric):
+    ds, _ = runs
+    x = embeddings(metric).astype(np.float64)
+    squared = ((x[:, None] - x[None]) ** 2).sum(-1)[np.triu_indices(N, 1)]
+    d = np.unique(np.round(np.sqrt(squared) if metric == "euclidean" else squared / 2, 6))
+    thresh = float(d[len(d) // 20] + d[len(d) // 20 + 1]) / 2  # ~5% of the pairs, far from any pair
+    pairs = {}
+    for key in (f"{kind}_{metric}", f"sklearn_{metric}"):
+        index = ds.load_brain_results(key)
+        order = index.current_sample_ids
+        inds, dists = index._radius_neighbors(thresh=thresh, return_dists=True)
+        pairs[key] = {
+            (order[i], order[j]): dist
+            for i, (row, drow) in enumerate(zip(inds, dists))
+            for j, dist in zip(row, drow)
+            if i != j
+        }
+    got, expected = pairs.values()
+    assert got.keys() == expected.keys() and got
+    np.testing.assert_allclose([got[p] for p in expected], list(expected.values()), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"metric": "dotproduct"}, "unsupported metric 'dotproduct'.*sqeuclidean.*euclidean.*cosine"),
+        ({"index_kind": "faiss"}, "unknown index kind 'faiss'"),
+        ({"patches_field": "ground_truth"}, "patches_field"),
+        ({"index_kind": "milvus", "index_type": "ANNOY"}, "index_type must be one of"),
+    ],
+)
+def test_bad_options_are_refused_before_the_run_is_registered(runs, options, message):
+    ds, _ = runs
+    before = ds.list_brain_runs()
+    with pytest.raises(ValueError, match=message):
+        fob.compute_similarity(
+            ds,
+            embeddings=embeddings("cosine"),
+            backend="revsearch",
+            brain_key=unique_name("bad").replace("-", "_"),
+            **options,
+        )
+    assert ds.list_brain_runs() == before
+
+
+def test_unsupported_aggregation_names_the_supported_ones(runs):
+    ds, ids = runs
+    results = ds.load_brain_results("exact_cosine")
+    assert results.config.supported_aggregations == AGGREGATIONS
+    with pytest.raises(ValueError, match="'median'.*'mean', 'post-mean', 'post-min', 'post-max'"):
+        results.sort_by_similarity(ids[:3], k=3, aggregation="median")
+
+
+def test_runs_saved_before_metrics_keep_squared_l2(runs):
+    """A run saved before ``metric`` was honoured (no ``index_metric`` with its results) searched squared
+    L2 whatever metric its config recorded, and still does."""
+    ds, ids = runs
+    results = ds.load_brain_results("exact_euclidean")
+    saved = results.serialize()
+    assert saved.pop("index_metric") == "euclidean"
+    old = RevsearchSimilarityIndex._from_dict(saved, ds, ds.get_brain_info("exact_euclidean").config, None)
+    assert old.config.metric == "sqeuclidean"
+    vectors = embeddings("euclidean")
+    _, _, dists = old._kneighbors(vectors[1], k=2, return_dists=True)
+    expected = np.sort(((vectors - vectors[1]) ** 2).sum(axis=1))[:2]
+    np.testing.assert_allclose(dists, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_compute_similarity_failing_while_adding_leaves_no_run(runs):
+    ds, _ = runs
+    before = ds.list_brain_runs()
+    vectors = embeddings("euclidean")
+    bad = vectors.copy()
+    bad[0, 0] = np.nan  # K-means refuses it when the index is made, on the first add
+    with pytest.raises(ValueError, match="NaN"):
+        fob.compute_similarity(ds, embeddings=bad, backend="revsearch", index_kind="kmeans", brain_key="retry")
+    assert ds.list_brain_runs() == before
+    fob.compute_similarity(ds, embeddings=vectors, backend="revsearch", index_kind="kmeans", brain_key="retry")
+    assert ds.load_brain_results("retry", cache=False).total_index_size == N
+    ds.delete_brain_run("retry")
