@@ -109,14 +109,8 @@ def radio_input(
 
 def target_input(inputs: types.Object) -> None:
     """Whether to search the whole dataset or only the current view."""
-    radio_input(
-        inputs,
-        "target",
-        TARGETS,
-        "dataset",
-        "Search in",
-        "the whole dataset, or only the samples in the view shown now (e.g. the previous result)",
-    )
+    description = "the whole dataset, or only the samples in the view shown now (e.g. the previous result)"
+    radio_input(inputs, "target", TARGETS, "dataset", "Search in", description)
 
 
 def target_samples(ctx):

@@ -1,8 +1,5 @@
-"""The one JSON-able form of a numpy array: ``.npy`` bytes, zlib-compressed, base64 (eta's format).
-
-Brain runs, field info and folder indexes all store arrays this way; ``decode_array`` also reads
-plain nested lists (how field info held PCA before).
-"""
+"""The one JSON-able form of a numpy array: ``.npy`` bytes, zlib-compressed, base64 (eta's format), used
+by brain runs, field info and folder indexes; ``decode_array`` also reads plain nested lists (older PCA)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,7 @@ class ImageLoadError(RevsearchError):
 
     def __init__(self, source: str, reason: str):
         super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
+        self.source, self.reason = source, reason
 
 
 class PrivateURLError(ImageLoadError):

@@ -10,11 +10,8 @@ IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .gif .webp .tif .tiff .heic .
 
 
 def list_images(roots: Iterable[str | os.PathLike]) -> list[str]:
-    """Absolute paths of files with an image extension under ``roots`` (recursive, sorted).
-
-    Symlinked folders are not followed (no loops); hidden folders are skipped. Entries that merely
-    look like images (directories, broken links) are returned so that indexing reports them.
-    """
+    """Absolute paths of files with an image extension under ``roots`` (recursive, sorted; no symlinked or
+    hidden folders). Entries that only look like images (broken links...) are returned, to be reported."""
     return scan_images(roots)[0]
 
 

@@ -18,13 +18,9 @@ _locks_mutex = threading.Lock()
 
 
 def process_lock(path: Path, holder: Callable[[], str] = lambda: f"process {os.getpid()}") -> FileLock:
-    """This process's one re-entrant, non-blocking ``flock`` on ``path``; ``holder()`` is written
-    into the file on each acquisition, for the error another process shows when refused.
-
-    One instance per path and process: a second descriptor on the same file would conflict with
-    the first. The kernel drops the lock when the process dies (even by SIGKILL), and the file is
-    never deleted, so a process that fails to get it cannot remove the holder's lock.
-    """
+    """This process's one re-entrant, non-blocking ``flock`` on ``path`` (a second descriptor would
+    conflict); ``holder()`` is written into the file on each acquisition, for others' errors. The
+    kernel drops it when the process dies; the file is never deleted."""
 
     def write_holder(fd: int) -> None:
         os.ftruncate(fd, 0)
@@ -49,11 +45,8 @@ def read_holder(path: Path) -> str:
 
 
 class IndexLock:
-    """Held while a build / sync / remove / move changes an index; re-entrant within one process.
-
-    A crashed run never leaves the index locked; a second live writer is refused with a clear
-    error instead of mixing its checkpoint and vectors with the first one's.
-    """
+    """Held while a build / sync / remove / move changes an index; re-entrant within one process,
+    never left behind by a crash; a second live writer is refused with a clear error."""
 
     def __init__(self, directory: Path):
         self.path = Path(directory) / LOCK_FILE

@@ -60,19 +60,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         report = index.sync(paths, progress=not args.quiet, scope=scope, roots=new_roots)
     else:
         features = "pixel" if args.backend == LEGACY_PIXEL else args.features
-        extractor = make_extractor(
-            {
-                "type": features,
-                "size": args.pixel_size,
-                "backbone": args.backbone,
-                "weights": None if args.weights == "none" else args.weights,
-                "pooling": args.pooling,
-                "image_size": args.image_size,
-                "batch_size": args.batch_size,
-                "runtime": args.runtime,
-                "scales": args.scales,
-            }
-        )
+        cnn = {k: getattr(args, k) for k in ("backbone", "pooling", "image_size", "batch_size", "runtime", "scales")}
+        weights = None if args.weights == "none" else args.weights
+        extractor = make_extractor({"type": features, "size": args.pixel_size, "weights": weights, **cnn})
         names = ("n_clusters", "nprobe", "uri", "index_type", "token", "db_name")
         options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         pca_dim = args.pca_dim or None  # 0: none

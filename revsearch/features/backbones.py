@@ -35,12 +35,8 @@ def _weights_help(name: str, member) -> str:
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = "DEFAULT"):
-    """Build the trunk of a torchvision classifier in eval mode.
-
-    ``weights``: ``"DEFAULT"`` or an enum member name such as ``"IMAGENET1K_V2"`` (downloaded and
-    cached by torchvision as usual), a path to a local state-dict file, or ``None`` for random
-    weights (only when asked for explicitly). Never falls back to random weights on failure.
-    """
+    """Build the trunk of a torchvision classifier in eval mode. ``weights``: ``"DEFAULT"`` or an enum member
+    name (e.g. ``"IMAGENET1K_V2"``), a local state-dict file, or ``None`` for random (never a fallback)."""
     import torch
     import torchvision
 

@@ -1,9 +1,7 @@
 """CNN global descriptors: torchvision trunk, average or GeM pooling, L2-normalised.
 
-Pre- and post-processing are NumPy; only the trunk differs between runtimes. An embedder rebuilt
-from an index's description runs the cached ONNX export named by the recorded weights hash,
-without importing torch or torchvision.
-"""
+Pre- and post-processing are NumPy; only the trunk differs between runtimes (an index's recorded weights
+hash names a cached ONNX export, run without torch)."""
 
 from __future__ import annotations
 
@@ -41,9 +39,7 @@ class EmbedderConfig:
 
 
 def gem_pool(features, p: float):
-    """Generalised-mean pooling over the spatial dimensions (p=1 is average pooling).
-
-    Takes a NumPy array or a torch tensor (B, C, h, w) and returns the same kind (B, C)."""
+    """Generalised-mean pooling (p=1: average) of a NumPy array or torch tensor (B, C, h, w) -> (B, C)."""
     if isinstance(features, np.ndarray):
         return np.power(np.power(np.maximum(features, 1e-6), p).mean(axis=(2, 3)), 1.0 / p)
     return features.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)

@@ -1,9 +1,7 @@
 """Decode image files to RGB uint8 arrays, with a per-file reason when that fails.
 
-OpenCV does the decoding (EXIF orientation honoured, grayscale / CMYK / 16-bit / palette converted
-to 8-bit colour, large JPEGs decoded at a reduced size when the caller needs a small image).
-Pillow, which torchvision already depends on, reads the header first: it tells the format and the
-declared size without decoding pixels, so decompression bombs and non-images are refused cheaply.
+OpenCV decodes (EXIF orientation, any depth / colour model to 8-bit RGB, large JPEGs at reduced size);
+Pillow reads the header first, so decompression bombs and non-images are refused cheaply.
 """
 
 from __future__ import annotations
@@ -41,9 +39,8 @@ Image.MAX_IMAGE_PIXELS = None  # we apply our own, configurable limit from the h
 
 
 class _DecodeBudget:
-    """Decoded bytes in flight across the process's decoding threads: a decode that would push the
-    total over the limit waits for others to finish (one alone always proceeds), so indexing a
-    folder of huge images decodes them one at a time instead of all at once."""
+    """Decoded bytes in flight across decoding threads: a decode that would go over the limit waits for
+    others to finish (one alone always proceeds), so huge images are decoded one at a time."""
 
     def __init__(self, limit: int):
         self.limit, self.in_use = limit, 0
@@ -204,12 +201,8 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
-
-    ``min_side``: the short side the caller needs; JPEGs are then decoded at 1/2, 1/4 or 1/8 size
-    (several times faster on large photos). Images whose header declares more than ``max_pixels``
-    or ``max_decoded_bytes`` of pixels are refused before anything is decoded.
-    """
+    """Decode encoded image bytes to an RGB uint8 array (H, W, 3). ``min_side``: the short side needed
+    (JPEGs are then decoded at 1/2, 1/4 or 1/8 size); over ``max_pixels`` / ``max_decoded_bytes``: refused."""
     header = read_header(data, source)
     if header.width < 1 or header.height < 1:
         raise ImageLoadError(source, f"invalid dimensions {header.width}x{header.height}")

@@ -1,8 +1,5 @@
-"""Multi-scale CNN descriptors: the image pooled at several input scales, averaged, L2-normalised.
-
-Radenović et al. 2018 (scales 1, 1/sqrt(2), 1/2 of the input size). Each scale's descriptor is
-pooled and L2-normalised as in :class:`~revsearch.features.cnn.Embedder`; their mean is normalised again.
-"""
+"""Multi-scale CNN descriptors (Radenović et al. 2018): the image pooled and L2-normalised at several
+input scales as in :class:`~revsearch.features.cnn.Embedder`; their mean is normalised again."""
 
 from __future__ import annotations
 
@@ -25,11 +22,8 @@ def scale_sizes(image_size: int, scales: tuple[float, ...]) -> list[int]:
 
 
 class MultiScaleEmbedder(Embedder):
-    """An :class:`Embedder` whose descriptor is the mean over ``scales`` (1.0 = ``image_size``).
-
-    The decoded image is resized to each scale's side (area interpolation, as the single-scale
-    embedder does), so the scale-1 descriptor equals :class:`Embedder`'s.
-    """
+    """An :class:`Embedder` whose descriptor is the mean over ``scales`` (1.0 = ``image_size``); images are
+    resized as the single-scale embedder does, so the scale-1 descriptor equals :class:`Embedder`'s."""
 
     def __init__(self, config: EmbedderConfig | None = None, scales: tuple[float, ...] = DEFAULT_SCALES, **overrides):
         super().__init__(config, **overrides)
@@ -58,17 +52,13 @@ class MultiScaleEmbedder(Embedder):
 
     def _unpack(self, batch: np.ndarray) -> list[np.ndarray]:
         """(B, sum of s*s*3) uint8 rows from :meth:`prepare` -> one (B, s, s, 3) array per scale."""
-        out, start = [], 0
-        for s in self.sizes:
-            out.append(batch[:, start : start + s * s * 3].reshape(len(batch), s, s, 3))
-            start += s * s * 3
-        return out
+        parts = np.split(batch, np.cumsum([s * s * 3 for s in self.sizes])[:-1], axis=1)
+        return [part.reshape(len(batch), s, s, 3) for s, part in zip(self.sizes, parts)]
 
     def per_scale(self, batch: np.ndarray) -> np.ndarray:
         """Rows from :meth:`prepare` -> (n_scales, B, dim) unit vectors, one per scale."""
-        out = []
-        for size, images in zip(self.sizes, self._unpack(batch)):
-            out.append(self.pool(self.trunks[size](self.network_input(np.ascontiguousarray(images)))))
+        scales = zip(self.sizes, self._unpack(batch))
+        out = [self.pool(self.trunks[s](self.network_input(np.ascontiguousarray(images)))) for s, images in scales]
         return np.stack(out).astype(np.float32)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

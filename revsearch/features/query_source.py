@@ -142,12 +142,8 @@ def _deadline_handlers(deadline: _Deadline) -> list[urllib.request.BaseHandler]:
 def fetch_url(
     url: str, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TIMEOUT_S, allow_private: bool = False
 ) -> bytes:
-    """Download an image over http(s) with size and time limits; redirects are checked too.
-
-    ``timeout`` is one wall-clock deadline for the whole fetch: name resolution, connecting, the
-    response headers, every redirect and the body. A server that trickles its headers or chains
-    slow redirects cannot hold the caller longer.
-    """
+    """Download an image over http(s) with size and time limits; redirects are checked too. ``timeout``
+    is one deadline for the whole fetch (name resolution, connecting, headers, redirects, body)."""
     deadline = _Deadline(timeout)
     outcome: dict[str, object] = {}
 

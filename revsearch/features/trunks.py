@@ -1,8 +1,7 @@
 """Run a torchvision trunk with ONNX Runtime: the same vectors (to ~1e-5), faster on CPU.
 
-The trunk is exported to ONNX once and cached under ``$REVSEARCH_CACHE`` (default
-``~/.cache/revsearch``), keyed by a hash of its weights. An index records that hash, so a query
-opens the cached file directly: no torch, no torchvision.
+The trunk is exported once, cached under ``$REVSEARCH_CACHE`` (default ``~/.cache/revsearch``) by a hash
+of its weights, which an index records: a query opens the cached file without torch.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ from pathlib import Path
 from revsearch.crashpoints import write_point
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make renames and new entries in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_dir(path: Path) -> None:
+    """fsync a file, or a folder (making renames and new entries in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -21,11 +21,7 @@ def fsync_tree(directory: Path) -> None:
     """fsync every file in ``directory`` (not recursive), then the folder itself."""
     for entry in directory.iterdir():
         if entry.is_file():
-            fd = os.open(entry, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(entry)
     fsync_dir(directory)
 
 

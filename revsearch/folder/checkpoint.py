@@ -1,9 +1,7 @@
 """Embeddings written to disk chunk by chunk while indexing, so a killed run resumes where it stopped.
 
-Each chunk is an ``.npz`` (keys, vectors, each file's signature when read), written atomically. The
-folder is tied to the extractor that produced it (another one discards it), and an embedding is
-reused only if its file still has the same signature; failures are never reused. The index
-directory's lock (:mod:`revsearch.locks`) keeps the folder private to one run.
+Each chunk is an ``.npz`` (keys, vectors, file signatures), written atomically. The folder is tied to
+its extractor, and an embedding is reused only if its file's signature is unchanged.
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@
     partial/        the embedding checkpoint of a build (see :mod:`revsearch.folder.checkpoint`)
     .lock           held by the one process updating the index (see :mod:`revsearch.locks`)
 
-A build writes ``pending.json`` before it creates its collection. If the process dies before the
-manifest names the new generation, the next run drops the half-filled collection; if it dies
-after, the next run drops the old one. Either way nothing is orphaned and nothing is lost.
+A build writes ``pending.json`` before it creates its collection: after a crash, the next run drops
+the half-filled collection (not committed) or the old one (committed), so nothing is orphaned.
 """
 
 from __future__ import annotations
@@ -106,10 +105,7 @@ def settle_pending(directory: Path, committed_generation: int, token: str = "") 
     if committed and (directory / CHECKPOINT).exists():
         shutil.rmtree(directory / CHECKPOINT)
         write_point("checkpoint cleared")
-    if committed:  # the old collection goes, never the one the manifest now names
-        drop = old if old != new else None
-    else:
-        drop = new
+    drop = (old if old != new else None) if committed else new  # never the collection the manifest names
     if drop is not None:
         from revsearch.index.milvus import drop_collection  # pymilvus only when there is a collection to drop
 

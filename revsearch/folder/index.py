@@ -60,10 +60,7 @@ PCA_FILE = "pca.json"
 
 @dataclass
 class IndexReport:
-    """What an indexing run did: keys added, removed, skipped as unchanged, and failures by path.
-
-    ``notes`` says what was found and set right on the way (e.g. a stale checkpoint discarded).
-    """
+    """What an indexing run did: keys added, removed, unchanged, failures by path; ``notes`` on what was set right."""
 
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -117,11 +114,9 @@ def _auto_pca_dim(n_vectors: int, dim: int, extractor: FeatureExtractor) -> int 
 class SearchIndex:
     """Extractor + optional PCA + vector backend, persisted in a directory (``manifest.json``).
 
-    Every change is a transaction (see :mod:`revsearch.folder.generations` for the layout): a build
-    fills a new generation (files in ``gen-<n>/``, or a new Milvus collection) and switches the
-    manifest to it atomically; an update writes a redo journal before it touches the store. A crash
-    at any point leaves the last committed index usable, and the next run finishes or undoes the
-    interrupted change before anything else, so the manifest and the store always agree.
+    Every change is a transaction (layout: :mod:`revsearch.folder.generations`): a build fills a new
+    generation and switches the manifest to it atomically; an update writes a redo journal first. After
+    a crash the last committed index stays usable and the next run finishes or undoes the change.
     """
 
     def __init__(
@@ -163,17 +158,14 @@ class SearchIndex:
         options: RetrievalOptions | None = None,
         **backend_options,
     ) -> tuple[SearchIndex, IndexReport]:
-        """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index.
+        """Embed ``paths``, fit PCA / K-means if asked, fill the backend and save the index (a new generation).
 
         ``backend``: ``exact``, ``kmeans`` (``n_clusters``, ``nprobe``) or ``milvus`` (``uri``, default
-        the Lite file ``<directory>/revsearch.db``; ``collection``, ``index_type``...); ``pixel`` is the
-        older name of pixel features in an exact index. ``pca_dim="auto"``: PCA-128 for CNN features
-        from 1,000 images up (the best measured trade-off), none below; a number forces it, None
-        disables it. Embeddings are checkpointed every ``chunk_size`` images, so a killed run resumes;
-        PCA and K-means are fitted on at most ``fit_sample`` vectors. The index is a new generation:
-        an existing one stays usable until the manifest switches atomically. ``roots``: the folders
-        the paths came from. ``options``: alpha-QE / alpha-DBA / copy-mode thumbnails, applied to every
-        query and update (default :class:`RetrievalOptions`; all off for pixel features).
+        ``<directory>/revsearch.db``; ``collection``, ``index_type``...); ``pixel``: pixel features, exact.
+        ``pca_dim="auto"``: PCA-128 for CNN features from 1,000 images up (the best measured trade-off).
+        Embeddings are checkpointed every ``chunk_size`` images (a killed run resumes); PCA and K-means
+        are fitted on at most ``fit_sample`` vectors. ``roots``: the folders the paths came from.
+        ``options``: alpha-QE / alpha-DBA / copy mode (default :class:`RetrievalOptions`; off for pixels).
         """
         if backend == LEGACY_PIXEL:
             extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
@@ -253,9 +245,8 @@ class SearchIndex:
     ) -> IndexReport:
         """Make the index match ``paths``: add new / changed files, remove the ones gone or now unreadable.
 
-        ``scope``: only indexed files below these folders may be removed as gone (None: all of them),
-        which is how ``revsearch index --add`` adds a folder without touching the rest. ``roots``: the
-        folders the index covers from now on (stored in the manifest; None keeps them).
+        ``scope``: only indexed files below these folders may be removed as gone (None: all; ``--add``).
+        ``roots``: the folders the index covers from now on (None keeps them).
         """
         wanted = {os.path.abspath(p) for p in paths}
         scope = None if scope is None else [os.path.abspath(s) for s in scope]
@@ -341,8 +332,7 @@ class SearchIndex:
 
     def check(self) -> dict:
         """Compare the manifest with the vector store: counts, and keys only on one side."""
-        stored = set(self.backend.keys())
-        listed = set(self.items)
+        stored, listed = set(self.backend.keys()), set(self.items)
         return {
             "manifest_items": len(listed),
             "store_vectors": len(self.backend),
@@ -369,9 +359,8 @@ class SearchIndex:
     ) -> list[Hit]:
         """The ``k`` indexed images nearest to the query image, nearest first (all of them if fewer).
 
-        ``mode="similar"`` applies the index's stored options (alpha-QE); ``mode="copy"`` looks for
-        edited copies of the query: the CNN ranking fused with the thumbnail ranking (distances are
-        then relative distances, see :func:`~revsearch.retrieval.fusion.ratio_fusion`)."""
+        ``mode="similar"`` applies the stored options (alpha-QE); ``mode="copy"`` finds edited copies: CNN
+        and thumbnail rankings fused (relative distances, :func:`~revsearch.retrieval.fusion.ratio_fusion`)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         k = check_k(k, len(self))
@@ -402,10 +391,9 @@ class SearchIndex:
         bulk_storage: BulkStorage | None = None,
         progress: bool = True,
     ) -> None:
-        """Move a Milvus-backed index to another Milvus (e.g. its Lite file to ``http://host:19530``)
-        without re-embedding: vectors are copied (bulk import where ``bulk_storage`` is given and the
-        server has it), counts checked, then the manifest points at the new URI. The source collection
-        is left as it was; a failed copy leaves the index on the source."""
+        """Move a Milvus-backed index to another Milvus (e.g. Lite file to server) without re-embedding:
+        vectors copied (bulk import with ``bulk_storage``), counts checked, manifest switched; the source
+        collection is left as it was."""
         from revsearch.index.milvus import MilvusIndex  # pymilvus: only Milvus-backed indexes need it
         from revsearch.index.milvus_move import copy_collection, same_collection_place
 
@@ -473,10 +461,8 @@ class SearchIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, token: str = "") -> SearchIndex:
-        """Re-open a saved index (its Milvus collection is reconnected from the stored URI).
-
-        A change interrupted by a crash is finished or undone first, when this process may write
-        the index (a read-only index directory is opened as last committed)."""
+        """Re-open a saved index; a change interrupted by a crash is finished or undone first, when this
+        process may write the index (a read-only one is opened as last committed)."""
         directory = Path(os.path.abspath(directory))
         notes: list[str] = []
         if needs_recovery(directory):
@@ -525,8 +511,7 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
 
 
 def recover(directory: Path, token: str = "") -> list[str]:
-    """Finish or undo whatever a crashed run left half done (caller holds the index lock); returns
-    notes on what it finished."""
+    """Finish or undo what a crashed run left half done (caller holds the lock); returns notes."""
     notes: list[str] = []
     committed = read_manifest(directory) if (directory / MANIFEST).exists() else None
     generation = committed.get("generation", 0) if committed else 0
@@ -549,21 +534,19 @@ def recover(directory: Path, token: str = "") -> list[str]:
 def _record_pending(directory: Path, generation: int, previous: dict | None, backend: str, options: dict) -> None:
     """Name the new generation's Milvus collection (if any) and record the build as pending before
     the store is touched, with the previous index's collection (if any) to drop once it commits."""
+
+    def place(config: dict) -> dict:
+        return {"collection": config["collection"], "uri": config["uri"], "db_name": config.get("db_name", "")}
+
     new = None
     if backend == "milvus":
         base = options.get("collection") or collection_name(Path(directory).resolve().name)
         options["collection"] = f"{base}_g{generation}"
         uri = options.get("uri") or str(directory / DEFAULT_URI)
         options["uri"] = os.path.abspath(uri) if is_lite_uri(uri) else uri
-        new = {"collection": options["collection"], "uri": options["uri"], "db_name": options.get("db_name", "")}
+        new = place(options)
     old = previous["backend"] if previous and previous["backend"]["kind"] == "milvus" else None
-    if old is not None:
-        old = {
-            "collection": old["collection"],
-            "uri": resolve_lite_uri(directory, old)["uri"],
-            "db_name": old.get("db_name", ""),
-        }
-    write_pending(directory, generation, new, old)
+    write_pending(directory, generation, new, old and place(resolve_lite_uri(directory, old)))
 
 
 def _create_backend(kind: str, sample: np.ndarray, dtype: np.dtype, options: dict):

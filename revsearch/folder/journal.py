@@ -1,9 +1,7 @@
 """The redo record of an incremental update, written before the vector store is touched.
 
-An update (sync, remove) records everything it is about to do (keys to delete, keys and vectors to
-upsert, their manifest entries), changes the store, commits a new manifest, then deletes the
-record. A run killed in between leaves the record, which the next run replays first (deletes and
-upserts are idempotent), so the store and the manifest always end up agreeing.
+An update records what it is about to do, changes the store, commits a new manifest, then deletes
+the record; a run killed in between leaves it, and the next run replays it first (idempotent).
 """
 
 from __future__ import annotations

@@ -34,45 +34,33 @@ class ExactIndex(InMemoryIndex):
     def remove(self, keys: list[str]) -> None:
         self.store.remove(keys)
 
-    def _candidates(self, allowed: Collection[str] | None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """Rows searched (None: all), their vectors and squared norms."""
-        if allowed is None:
-            return None, self.store.vectors, self.store.sq_norms
-        rows = self.store.rows_in(allowed)
-        return rows, self.store.vectors[rows], self.store.sq_norms[rows]
-
-    def _distance_chunks(self, queries: np.ndarray, allowed: Collection[str] | None):
-        """(rows or None, distance matrix) for successive chunks of ``queries``."""
-        q = self.store.check_dim(queries)
-        rows, vectors, norms = self._candidates(allowed)
+    def _select(self, queries: np.ndarray, allowed: Collection[str] | None, pick) -> list[list[Hit]]:
+        """Per query, the hits at the positions ``pick(distances)`` returns (queries in chunks: bounded memory)."""
+        q, keys = self.store.check_dim(queries), self.store.keys
+        rows, vectors, norms = None, self.store.vectors, self.store.sq_norms
+        if allowed is not None:
+            rows = self.store.rows_in(allowed)
+            vectors, norms = vectors[rows], norms[rows]
         step = max(1, _CHUNK_CELLS // max(len(vectors), 1))
-        for start in range(0, q.shape[0], step):
-            yield rows, squared_l2(q[start : start + step], vectors, norms)
+        return [
+            [Hit(keys[i if rows is None else rows[i]], float(row[i])) for i in pick(row)]
+            for start in range(0, q.shape[0], step)
+            for row in squared_l2(q[start : start + step], vectors, norms)
+        ]
 
     def search(
         self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None, reverse: bool = False
     ) -> list[list[Hit]]:
         """The ``k`` nearest (``reverse``: farthest) stored vectors among the ``allowed`` keys (None: all)."""
-        keys = self.store.keys
-        results: list[list[Hit]] = []
-        for rows, dist in self._distance_chunks(queries, allowed):
-            for row in dist:
-                idx = top_k(-row if reverse else row, k)
-                results.append([Hit(keys[i if rows is None else rows[i]], float(row[i])) for i in idx])
-        return results
+        return self._select(queries, allowed, lambda row: top_k(-row if reverse else row, k))
 
     def range_search(
         self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None
     ) -> list[list[Hit]]:
         """Every stored vector (among ``allowed``) within squared distance ``radius``, nearest first."""
-        keys = self.store.keys
-        results: list[list[Hit]] = []
-        for rows, dist in self._distance_chunks(queries, allowed):
-            for row in dist:
-                idx = np.flatnonzero(row <= radius)
-                idx = idx[np.argsort(row[idx], kind="stable")]
-                results.append([Hit(keys[i if rows is None else rows[i]], float(row[i])) for i in idx])
-        return results
+        return self._select(
+            queries, allowed, lambda row: (i := np.flatnonzero(row <= radius))[np.argsort(row[i], kind="stable")]
+        )
 
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "dtype": self.store.dtype.name}

@@ -16,21 +16,13 @@ class Hit:
 
 
 def top_k(distances: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` smallest values, ascending; ties keep index order (stable).
-
-    Equal to ``np.argsort(distances, kind="stable")[:k]`` but O(n) for large inputs.
-    """
+    """``np.argsort(distances, kind="stable")[:k]`` (ties in index order), but O(n) for large inputs."""
     n = distances.shape[0]
     k = min(k, n)
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    if k < n:
-        kth = np.partition(distances, k - 1)[k - 1]
-        candidates = np.flatnonzero(distances <= kth)
-    else:
-        candidates = np.arange(n)
-    order = np.argsort(distances[candidates], kind="stable")
-    return candidates[order[:k]]
+    candidates = np.flatnonzero(distances <= np.partition(distances, k - 1)[k - 1]) if k < n else np.arange(n)
+    return candidates[np.argsort(distances[candidates], kind="stable")[:k]]
 
 
 def nearest_of(hit_lists: list[list[Hit]], k: int) -> list[Hit]:

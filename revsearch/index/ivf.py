@@ -44,11 +44,8 @@ _LIST_ARRAYS = ("assignments", "center_distances", "sequence")
 
 
 class IVFIndex(InMemoryIndex):
-    """Vectors grouped by nearest K-means centre; each vector's cluster id and distance are kept.
-
-    Rows are kept sorted by cluster (re-sorted lazily after updates), so probing a cluster reads one
-    contiguous block; results break distance ties by insertion order, as exact search does.
-    """
+    """Vectors grouped by nearest K-means centre (cluster id and distance kept), rows sorted by cluster
+    (lazily after updates) so a probe reads one block; ties break by insertion order, as exact search does."""
 
     kind = "kmeans"
 
@@ -185,17 +182,12 @@ class IVFIndex(InMemoryIndex):
     ) -> list[list[Hit]]:
         """Every stored vector (among ``allowed``) within squared distance ``radius``, nearest first.
 
-        Exact by default: a list is scanned only if the query's distance to the list's Voronoi cell
-        (the bisector bound) is within ``radius``, so small radii scan few lists. With ``nprobe``,
-        at most the ``nprobe`` lists of smallest bound are scanned (approximate; for self-joins of
-        high-dimensional data, where the bound reaches many lists).
+        Exact by default: only lists whose Voronoi cell (bisector bound) is within ``radius`` are scanned.
+        ``nprobe``: at most that many lists of smallest bound (approximate; for high-dimensional self-joins).
         """
         q = self.store.check_dim(queries)
         self._sort_lists()
-        keep = None
-        if allowed is not None:
-            keep = np.zeros(len(self.store), dtype=bool)
-            keep[self.store.rows_in(allowed)] = True
+        keep = None if allowed is None else self._row_mask(self.store.rows_in(allowed))
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         order = np.argsort(self.assign(q)[0], kind="stable")  # queries of one list together
         step = max(1, _BOUND_CELLS // self.n_clusters)
@@ -244,11 +236,8 @@ class IVFIndex(InMemoryIndex):
         return results
 
     def _cell_gaps(self, q: np.ndarray, d2: np.ndarray | None = None) -> np.ndarray:
-        """Lower bound of the squared distance from each query to any vector of each list.
-
-        A vector of list B is nearer to centre B than to the query's nearest centre A, so it lies
-        beyond the A|B bisector: at least (|q-cB|^2 - |q-cA|^2) / (2 |cA-cB|) from the query.
-        """
+        """Lower bound of the squared distance from each query to any vector of each list: a vector of
+        list B lies beyond the A|B bisector (A: the query's nearest centre), (|q-cB|^2 - |q-cA|^2) / (2 |cA-cB|)."""
         if d2 is None:  # squared distances from the queries to the centres
             d2 = squared_l2(q, self.centroids, self._centroid_norms).astype(np.float64)
         own = d2.argmin(axis=1)
@@ -279,11 +268,7 @@ class IVFIndex(InMemoryIndex):
         then twice as many each round, until no unscanned list can hold a nearer vector."""
         starts = np.searchsorted(rows, self._offsets)  # rows are sorted, so grouped by list
         lists = np.flatnonzero(starts[1:] > starts[:-1])
-        dense = len(rows) >= _DENSE_FRACTION * len(self.store)
-        keep = None
-        if dense:
-            keep = np.zeros(len(self.store), dtype=bool)
-            keep[rows] = True
+        keep = self._row_mask(rows) if len(rows) >= _DENSE_FRACTION * len(self.store) else None
         step = max(1, _BOUND_CELLS // self.n_clusters)
         for start in range(0, len(q), step):
             gaps = self._cell_gaps(q[start : start + step])[:, lists]
@@ -313,6 +298,11 @@ class IVFIndex(InMemoryIndex):
             if len(best_rows) >= k and pos < len(lists) and best_dist[-1] < gaps[pos]:
                 break
         return best_rows, best_dist, self._nearest(best_rows, best_dist, k)
+
+    def _row_mask(self, rows: np.ndarray) -> np.ndarray:
+        keep = np.zeros(len(self.store), dtype=bool)
+        keep[rows] = True
+        return keep
 
     def _hits(self, rows: np.ndarray, dist: np.ndarray, nearest: list[tuple[int, int]]) -> list[Hit]:
         return [Hit(self.store.keys[r], float(dist[i])) for i, r in nearest]

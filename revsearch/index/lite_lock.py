@@ -1,12 +1,9 @@
 """One process at a time on a Milvus Lite file, handed over when another process asks for it.
 
-The lock is ``<file>.revsearch.lock`` (an ``flock``): milvus-lite's own lock is not dependable (a
-second process that fails to open the file deletes that lock on exit). The holder keeps the file
-and its Lite server open between operations. A long-lived process (the App, a notebook) registers
-a release callback with :func:`hand_over_on_request`, which the lock file then advertises; another
-process that wants the file writes ``<file>.revsearch.request``, and the holder's watcher thread
-releases the file after its current operation. A holder that does not hand over (a CLI run), or
-does not within ``HANDOVER_WAIT_S``, gets the asker a clear busy error.
+The lock is ``<file>.revsearch.lock`` (an ``flock``; milvus-lite's own lock is deleted by a second
+process that fails to open the file). A long-lived holder (the App, a notebook) registers a release
+callback with :func:`hand_over_on_request`; another process that wants the file writes
+``<file>.revsearch.request`` and the holder's watcher releases it, else the asker gets a busy error.
 """
 
 from __future__ import annotations
@@ -88,11 +85,8 @@ def _watch() -> None:
 
 
 class LiteFileLock:
-    """An exclusive, process-wide lock on a Milvus Lite file while it is open.
-
-    Within one process, indexes on the same file share the lock (reference count), and the Lite
-    server is stopped when the last of them closes.
-    """
+    """An exclusive, process-wide lock on an open Milvus Lite file, shared (reference count) by the
+    process's indexes on it; the Lite server is stopped when the last of them closes."""
 
     def __init__(self, db_path: Path):
         self.db_path = str(db_path)
@@ -135,9 +129,7 @@ class LiteFileLock:
 
 
 def stop_lite_server(db_path: str | os.PathLike) -> None:
-    """Stop this process's Milvus Lite server for ``db_path``, if it runs: pymilvus starts it through
-    milvus-lite's ``server_manager_instance`` and never stops it before exit; its ``release_server``
-    is the one call that does."""
+    """Stop this process's Milvus Lite server for ``db_path``, if it runs (pymilvus never stops it)."""
     manager = sys.modules.get("milvus_lite.server_manager")
     if manager is not None:  # not imported: no Lite server was started in this process
         manager.server_manager_instance.release_server(str(db_path))

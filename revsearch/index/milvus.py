@@ -1,8 +1,5 @@
-"""Vectors in Milvus through pymilvus's ``MilvusClient``: Milvus Lite file or server, same code.
-
-The connection is the only difference between Milvus Lite (``uri="revsearch.db"``, a local file)
-and a Milvus server or cluster (``uri="http://host:19530"``, plus ``token`` / ``db_name``).
-"""
+"""Vectors in Milvus through pymilvus's ``MilvusClient``: a Milvus Lite file (``uri="revsearch.db"``)
+or a server (``uri="http://host:19530"``, plus ``token`` / ``db_name``), same code."""
 
 from __future__ import annotations
 
@@ -63,9 +60,8 @@ FILTER_CHUNK_KEYS = 50_000
 #: A view with at least this fraction of the collection is first searched unfiltered with a larger
 #: limit; queries that then have k hits from the view are exact, the others fall back to filters.
 DENSE_VIEW_FRACTION = 0.5
-#: gRPC channel options for a Milvus Lite (local socket) connection: no client keepalive pings.
-#: pymilvus pings every 10 s even when idle; a gRPC server with default settings (Milvus Lite)
-#: answers pings more often than every 5 minutes with GOAWAY "too_many_pings" and closes the channel.
+#: gRPC options for Milvus Lite: no keepalive pings (pymilvus pings every 10 s; Lite's gRPC server
+#: answers pings more often than every 5 minutes with GOAWAY "too_many_pings" and closes the channel).
 LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 #: Parts of a Milvus error message that mean the channel dropped (worth one retry on a new client).
 _DROPPED_CHANNEL = ("closed channel", "UNAVAILABLE", "GOAWAY", "Socket closed", "Connection reset")
@@ -76,13 +72,14 @@ INDEX_TYPES = {
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 64}),
     "AUTOINDEX": ({}, {}),
 }
-#: Milvus read consistency: Strong = every search sees all earlier writes (revsearch's default, needed
-#: for "add then query" in one process); Bounded / Session / Eventually trade that for latency on a
-#: busy cluster (Milvus Lite behaves as Strong whatever is asked).
+#: Milvus read consistency: Strong (default: "add then query" needs it) or weaker, for latency on a busy
+#: cluster (Milvus Lite behaves as Strong whatever is asked).
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
 #: Connecting to a Lite file is tried this often, this many seconds apart: the server of a process
 #: that was just killed may still hold the file (it stops once it sees its parent gone).
 START_ATTEMPTS, RETRY_WAIT_S = 5, 2.0
+#: Collection settings kept in ``config()`` (besides where the collection is).
+_SETTINGS = ("metric", "index_type", "index_params", "search_params", "consistency_level")
 
 
 #: Keys that are not valid UTF-8 (file names with undecodable bytes) are stored base64-escaped.
@@ -123,21 +120,19 @@ def connect(uri: str = DEFAULT_URI, token: str = "", db_name: str = "", fresh: b
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser().resolve())
         options["grpc_options"] = LITE_GRPC_OPTIONS
-    for _ in range(START_ATTEMPTS - 1 if is_lite_uri(uri) else 0):
+    attempts = START_ATTEMPTS if is_lite_uri(uri) else 1
+    for attempt in range(attempts):
         try:
             return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
-        except Exception:
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise RevsearchError(f"cannot connect to Milvus at {uri!r}: {exc}") from exc
             stop_lite_server(uri)  # start ours afresh and try again
             time.sleep(RETRY_WAIT_S)
-    try:
-        return MilvusClient(uri=uri, token=token, db_name=db_name, dedicated=fresh, **options)
-    except Exception as exc:
-        raise RevsearchError(f"cannot connect to Milvus at {uri!r}: {exc}") from exc
 
 
 def open_lite(uri: str) -> LiteFileLock | None:
-    """This process's lock on the Lite file ``uri`` (None for a server URI); a busy file raises
-    :class:`LiteFileBusyError` after any hand-over wait."""
+    """This process's lock on the Lite file ``uri`` (None for a server URI); :class:`LiteFileBusyError` if busy."""
     if not is_lite_uri(uri):
         return None
     path = Path(uri).expanduser().resolve()
@@ -220,15 +215,14 @@ class MilvusIndex:
             raise
 
     def _open_collection(self, create: bool, overwrite: bool) -> None:
-        collection, uri = self.collection, self.uri
-        if overwrite and self.client.has_collection(collection):
-            self.client.drop_collection(collection)
-        if self.client.has_collection(collection):
+        if overwrite and self.client.has_collection(self.collection):
+            self.client.drop_collection(self.collection)
+        if self.client.has_collection(self.collection):
             self._check_existing()
         elif create:
             self._create()
         else:
-            raise IndexNotFoundError(f"Milvus collection {collection!r} does not exist at {uri!r}")
+            raise IndexNotFoundError(f"Milvus collection {self.collection!r} does not exist at {self.uri!r}")
 
     def _create(self) -> None:
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -315,11 +309,8 @@ class MilvusIndex:
         return arr
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
-        """Upsert: re-adding a key replaces its vector, so re-runs never duplicate.
-
-        With ``bulk_storage`` set and at least ``bulk_min_rows`` rows, this is :meth:`bulk_add` where
-        the server offers bulk import; where it does not, upserts (logged once per index).
-        """
+        """Upsert (re-runs never duplicate); :meth:`bulk_add` from ``bulk_min_rows`` rows with ``bulk_storage``
+        where the server offers bulk import."""
         arr = self._check_vectors(keys, vectors)
         if self.bulk_storage is not None and len(keys) >= self.bulk_min_rows:
             if self.supports_bulk_import:
@@ -344,11 +335,9 @@ class MilvusIndex:
         rows_per_file: int = ROWS_PER_FILE,
         timeout: float = IMPORT_TIMEOUT,
     ) -> None:
-        """Add by server-side bulk import through ``storage`` (default: ``bulk_storage``) with upsert
-        semantics (existing rows with these keys are deleted first; a repeated key keeps its last
-        vector), one import task per ``rows_per_file`` rows, each given ``timeout`` seconds. Raises
-        :class:`BulkImportUnsupportedError` where the server has none, :class:`BulkImportError` with
-        the server's reason if a task fails (its keys may then be missing: add them again)."""
+        """Upsert by server-side bulk import through ``storage`` (default: ``bulk_storage``), one task per
+        ``rows_per_file`` rows, ``timeout`` s each. :class:`BulkImportUnsupportedError` where the server
+        has none; :class:`BulkImportError` if a task fails (its keys may then be missing: add them again)."""
         storage = storage or self.bulk_storage
         if storage is None:
             raise ValueError("bulk_add needs a BulkStorage: pass storage= or set bulk_storage")
@@ -417,7 +406,7 @@ class MilvusIndex:
         if reverse:
             raise ValueError(
                 "Milvus searches for nearest neighbours only (no farthest-first search): "
-                "use a kmeans or pixel index for least-similar queries"
+                "use an exact or kmeans index for least-similar queries"
             )
         q = self._check_queries(queries)
         if allowed is None:
@@ -501,8 +490,7 @@ class MilvusIndex:
         self.client.drop_collection(self.collection)
 
     def close(self) -> None:
-        """Close the connection; for Milvus Lite also stop this process's server for the file and
-        release the lock, so another process can open it."""
+        """Close the connection; for Milvus Lite also stop its server and release the file's lock."""
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
@@ -512,18 +500,8 @@ class MilvusIndex:
             self._lite = None
 
     def config(self) -> dict:
-        return {
-            "kind": self.kind,
-            "dim": self.dim,
-            "collection": self.collection,
-            "uri": self.uri,
-            "db_name": self.db_name,
-            "metric": self.metric,
-            "index_type": self.index_type,
-            "index_params": self.index_params,
-            "search_params": self.search_params,
-            "consistency_level": self.consistency_level,
-        }
+        names = ("dim", "collection", "uri", "db_name", *_SETTINGS)
+        return {"kind": self.kind, **{name: getattr(self, name) for name in names}}
 
     def save(self, directory: Path) -> None:
         """Nothing to write: the vectors live in Milvus (the config goes in the manifest)."""
@@ -541,8 +519,7 @@ class MilvusIndex:
         uri = config["uri"]
         if is_lite_uri(uri) and not os.access(Path(uri).expanduser().parent, os.W_OK):
             uri = _read_only_copy(uri)
-        names = ("metric", "index_type", "index_params", "search_params", "consistency_level")
-        settings = {k: config[k] for k in names if config.get(k) is not None}
+        settings = {k: config[k] for k in _SETTINGS if config.get(k) is not None}
         return cls(
             config["dim"], config["collection"], uri, token, config.get("db_name") or "", create=False, **settings
         )
@@ -566,8 +543,8 @@ def drop_collection(uri: str, collection: str, token: str = "", db_name: str = "
 
 
 def _read_only_copy(uri: str) -> str:
-    """A private copy of a Lite file in a read-only folder (milvus-lite must write lock files next to
-    the file it serves): queries answer from the copy, which is deleted when the process exits."""
+    """A private copy, deleted at exit, of a Lite file in a read-only folder (milvus-lite writes lock files
+    next to the file it serves)."""
     folder = tempfile.mkdtemp(prefix="revsearch-readonly-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     copy = str(Path(folder) / Path(uri).name)

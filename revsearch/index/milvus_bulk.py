@@ -1,11 +1,8 @@
 """Server-side bulk import for :class:`~revsearch.index.milvus.MilvusIndex`.
 
-Vectors are written as numpy column files (``key.npy``, ``vector.npy``) where the server can read
-them (a :class:`BulkStorage`: a shared directory, or the S3 / MinIO bucket the server keeps its data
-in), imported by the gRPC ``Import`` API (pymilvus's ``utility.do_bulk_insert``, through a
-short-lived connection alias: ``MilvusClient`` has no such call), then loaded (``refresh_load``).
-Whether a server has bulk import is learnt from its answer, never from the URI: Milvus Lite answers
-``UNIMPLEMENTED``.
+Vectors are written as numpy column files where the server reads them (a :class:`BulkStorage`: a
+shared directory, or the server's S3 / MinIO bucket), imported with ``utility.do_bulk_insert`` (no
+``MilvusClient`` call yet), then loaded. Support is learnt from the server (Lite: ``UNIMPLEMENTED``).
 """
 
 from __future__ import annotations
@@ -48,9 +45,8 @@ class BulkStorage:
 
 
 class LocalBulkStorage(BulkStorage):
-    """A directory shared by this process and the server: ``directory`` as this process sees it,
-    ``server_directory`` as the server does (default: the same path; for a container, where the
-    directory is mounted inside it)."""
+    """A directory shared with the server: ``directory`` as this process sees it, ``server_directory``
+    as the server does (default: the same path; for a container, where it is mounted)."""
 
     def __init__(self, directory: str | Path, server_directory: str | None = None):
         self.directory = Path(directory).expanduser().resolve()
@@ -71,9 +67,8 @@ class LocalBulkStorage(BulkStorage):
 
 
 class S3BulkStorage(BulkStorage):
-    """The S3 / MinIO bucket the Milvus server keeps its data in (its ``minio.bucketName``, e.g.
-    ``a-bucket`` in Milvus's docker-compose); files are uploaded under ``prefix`` and deleted after
-    the import. Needs boto3. The keys are never stored in the index manifest."""
+    """The S3 / MinIO bucket the Milvus server keeps its data in (``minio.bucketName``, e.g. ``a-bucket``);
+    files go under ``prefix`` and are deleted after the import. Needs boto3; keys are never saved."""
 
     def __init__(
         self,
@@ -150,11 +145,7 @@ def supports_bulk_import(using: str, collection: str) -> bool:
     """Whether the server on connection ``using`` answers a read-only import call (listing the import
     tasks of ``collection``): False if it says the API is unimplemented (Milvus Lite)."""
     rpc_log = logging.getLogger("pymilvus.decorators")  # pymilvus logs every failed RPC at ERROR
-
-    def quiet(record: logging.LogRecord) -> bool:
-        return False
-
-    rpc_log.addFilter(quiet)
+    rpc_log.addFilter(quiet := lambda record: False)
     try:
         utility.list_bulk_insert_tasks(1, collection, using=using)
     except Exception as exc:
@@ -184,9 +175,8 @@ def run_import(
     timeout: float = IMPORT_TIMEOUT,
     poll: float = 0.5,
 ) -> int:
-    """Import ``files`` (server paths) on connection ``using`` in one task and wait for it; returns
-    its id. :class:`BulkImportError` with the server's reason if the task fails, imports another
-    number of rows than ``expected_rows``, or is not done after ``timeout`` seconds."""
+    """Import ``files`` (server paths) on connection ``using`` in one task and wait for it; returns its id.
+    :class:`BulkImportError` if it fails, imports other than ``expected_rows`` rows, or outlasts ``timeout``."""
     try:
         task = utility.do_bulk_insert(collection, files, using=using)
     except Exception as exc:

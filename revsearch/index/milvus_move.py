@@ -45,9 +45,8 @@ def iter_rows(source: MilvusIndex, batch_size: int) -> Iterator[tuple[list[str],
 
 
 def copy_collection(source: MilvusIndex, target: MilvusIndex, progress: bool = True) -> int:
-    """Add every row of ``source`` to ``target`` in batches: by server-side bulk import where
-    ``target`` has ``bulk_storage`` and its server offers it, by upserts otherwise. Checks the
-    counts; returns the number of rows copied."""
+    """Add every row of ``source`` to ``target`` (bulk import where ``target`` can, else upserts), counts
+    checked; returns the number of rows copied."""
     if target.dim != source.dim:
         raise RevsearchError(f"target holds {target.dim}-d vectors, source {source.dim}-d")
     total = len(source)

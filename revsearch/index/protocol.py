@@ -1,7 +1,6 @@
-"""The one index interface: what exact, K-means IVF and Milvus indexes all offer.
+"""The one index interface of the exact, K-means IVF and Milvus indexes (made by :mod:`revsearch.index.registry`).
 
-Keys are strings (file paths, sample ids); distances are squared L2. Indexes are made and
-re-opened by kind in :mod:`revsearch.index.registry`.
+Keys are strings (file paths, sample ids); distances are squared L2.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Make and re-open vector indexes by kind: the one factory behind folder indexes and brain runs.
-
-Kinds: ``exact`` (numpy), ``kmeans`` (K-means IVF) and ``milvus`` (Milvus Lite file or server). Which
-features go in (CNN or pixel) is a separate choice; ``pixel`` as an index kind is the older name of
-pixel features in an exact index, still accepted.
-"""
+"""Make and re-open vector indexes by kind (``exact``, ``kmeans``, ``milvus``): the one factory behind
+folder indexes and brain runs; ``pixel``, the older name of pixel features in an exact index, is accepted."""
 
 from __future__ import annotations
 
@@ -20,18 +16,8 @@ INDEX_KINDS = ("exact", "kmeans", "milvus")
 #: The older index kind that meant pixel features in an exact index.
 LEGACY_PIXEL = "pixel"
 #: Options a Milvus index takes (everything else belongs to other kinds).
-MILVUS_OPTIONS = (
-    "collection",
-    "uri",
-    "token",
-    "db_name",
-    "metric",
-    "index_type",
-    "index_params",
-    "search_params",
-    "consistency_level",
-    "bulk_storage",
-)
+MILVUS_OPTIONS = ("collection", "uri", "token", "db_name", "metric", "index_type", "index_params", "search_params")
+MILVUS_OPTIONS += ("consistency_level", "bulk_storage")
 
 
 def check_kind(kind: str, accept_legacy: bool = True) -> str:
@@ -53,12 +39,8 @@ def create_index(
     overwrite: bool = False,
     **milvus_options,
 ) -> VectorIndex:
-    """A new, empty index of ``kind`` for vectors like ``sample`` (K-means is fitted on it).
-
-    ``dtype``: an exact index's storage type (default: the sample's; float64 keeps pixel distances
-    exact). ``n_clusters`` (at most the sample size) and ``nprobe`` for kmeans; ``overwrite`` and
-    :data:`MILVUS_OPTIONS` for milvus.
-    """
+    """A new, empty index of ``kind`` for vectors like ``sample`` (K-means is fitted on it). ``dtype``: an exact
+    index's (default: the sample's); ``n_clusters``, ``nprobe``: kmeans; ``overwrite``, :data:`MILVUS_OPTIONS`."""
     kind = check_kind(kind)
     sample = np.asarray(sample)
     if kind == "exact":

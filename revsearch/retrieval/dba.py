@@ -1,11 +1,8 @@
 """Database-side augmentation (alpha-DBA, Radenović et al. 2018), kept consistent under updates.
 
 Each stored unit vector ``x`` is replaced by the normalised sum of itself and its top-``n`` nearest
-other vectors ``x_i``, weighted by ``max(x . x_i, 0) ** alpha``. :class:`DBAGraph` keeps the original
-vectors and each one's neighbour list, so that adding or removing vectors recomputes exactly the
-augmented vectors that change: the new ones, those whose neighbour list gains a new vector, and
-those whose list loses a removed one. (An augmented vector depends only on original vectors, so no
-other one changes.)
+other vectors ``x_i``, weighted by ``max(x . x_i, 0) ** alpha``. :class:`DBAGraph` keeps the originals
+and neighbour lists, so an update recomputes exactly the augmented vectors that change.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""Reciprocal-rank fusion (Cormack et al. 2009) of several rankings of the same items.
-
-Used by the copy mode: the CNN ranking (robust to crops, flips, rotations, borders) fused with the
-pixel-thumbnail ranking (exact under resizing, JPEG, blur and overlays).
-"""
+"""Fusion of several rankings of the same items (the copy mode: CNN ranking + pixel-thumbnail ranking)."""
 
 from __future__ import annotations
 
@@ -42,11 +38,9 @@ def fuse_hits(hit_lists: Sequence[list[Hit]], top: int, k: int = RRF_K) -> list[
 def ratio_fusion(
     hit_lists: Sequence[list[Hit]], top: int, ref_rank: int = 5, weights: Sequence[float] | None = None
 ) -> list[Hit]:
-    """Fuse per-feature hit lists (each nearest first) by each item's smallest *relative* distance:
-    its distance in a list divided by that list's ``ref_rank``-th distance (times the list's weight:
-    above 1 a list must be more sure to win). An item a list does not hold gets that list's last
-    relative distance (a lower bound). Unlike rank fusion this keeps how much closer the best hit is
-    than the rest, which is what marks a copy."""
+    """Fuse hit lists (each nearest first) by each item's smallest *relative* distance: its distance over
+    the list's ``ref_rank``-th distance, times the list's weight; an item a list lacks gets the list's last
+    one. Unlike rank fusion this keeps how much closer the best hit is, which is what marks a copy."""
     weights = [1.0] * len(hit_lists) if weights is None else list(weights)
     if len(weights) != len(hit_lists):
         raise ValueError(f"{len(weights)} weights for {len(hit_lists)} hit lists")

@@ -1,8 +1,7 @@
 """Retrieval options stored with an index and applied at query time: alpha-QE, alpha-DBA, copy mode.
 
-:class:`RetrievalOptions` is what the user chooses (saved in the manifest / brain config);
-:class:`IndexExtras` is the state it needs beside the vector store (the DBA graph, the copy mode's
-thumbnails), saved and updated with the index.
+:class:`RetrievalOptions`: the user's choice (saved in the manifest / brain config); :class:`IndexExtras`:
+the state it needs beside the vector store (DBA graph, thumbnails), saved and updated with the index.
 """
 
 from __future__ import annotations
@@ -30,10 +29,8 @@ COPY_TOP, COPY_REF_RANK, COPY_PIXEL_WEIGHT = 100, 5, 1.5
 
 
 def copy_query_images(image: np.ndarray) -> list[np.ndarray]:
-    """The images the copy mode embeds for one query: the image, and the image turned 180 degrees
-    (an upside-down copy; strong edits' mean R@1 0.785 -> 0.803, chosen on half A of the sources,
-    0.780 -> 0.793 on half B: bench/copy_augmentation.py). Mirroring is not added: the CNN already
-    finds mirrored copies (R@1 0.98) and it measured no gain."""
+    """The images the copy mode embeds for one query: the image, and turned 180 degrees (strong edits' R@1
+    0.785 -> 0.803 on half A, 0.780 -> 0.793 on half B: bench/copy_augmentation.py; mirroring gained nothing)."""
     return [image, np.ascontiguousarray(image[::-1, ::-1])]
 
 
@@ -141,11 +138,9 @@ class IndexExtras:
         k: int,
         allowed: Collection[str] | None = None,
     ) -> list[Hit]:
-        """The copy mode's fusion of the CNN ranking, without alpha-QE and DBA (DBA blurs an image with
-        its look-alikes: measured, it loses copies), and the ranking by the thumbnail of ``image``,
-        top COPY_TOP of each, among ``allowed`` (None: all). ``vectors``: the embeddings of
-        :func:`copy_query_images`, each key ranked by the nearest of them. ``cnn_search(vectors, top)``:
-        the backend's search, used when the index has no DBA."""
+        """The copy mode's fusion of the CNN ranking (no alpha-QE or DBA: measured, DBA loses copies) of
+        ``vectors`` (:func:`copy_query_images`' embeddings) and the ranking by ``image``'s thumbnail, top
+        COPY_TOP of each, among ``allowed``. ``cnn_search(vectors, top)``: the backend's search, without DBA."""
         self._require_pixels()
         from revsearch.features.pixel import PixelFeatures
 

@@ -1,8 +1,7 @@
 """alpha-weighted query expansion (alpha-QE, Radenović et al. 2018).
 
-The query is replaced by the normalised sum of itself and its top-``n`` neighbours, neighbour ``i``
-weighted by ``max(q . x_i, 0) ** alpha`` (the query's own weight is 1), and searched again. Vectors
-are unit vectors, so ``q . x = 1 - d / 2`` for the squared L2 distance ``d`` the indexes return.
+The query is replaced by the normalised sum of itself (weight 1) and its top-``n`` neighbours ``x_i``
+(weights ``max(q . x_i, 0) ** alpha``), and searched again.
 """
 
 from __future__ import annotations
@@ -38,15 +37,11 @@ def expanded_search(
     n: int,
     alpha: float,
 ) -> list[list[Hit]]:
-    """Search, expand each query with its top-``n`` hits (``fetch``: stored vectors by key), search again.
-
-    ``search(queries, k)`` is an index's search; ``n <= 0`` is a plain search.
-    """
+    """``search(queries, k)``, each query expanded with its top-``n`` hits (``fetch``: stored vectors by key)."""
     if n <= 0:
         return search(queries, k)
     first = search(queries, max(n, 1))
-    dim = queries.shape[1]
-    neighbours = np.zeros((len(first), n, dim), dtype=np.float32)  # zero rows: fewer than n hits
+    neighbours = np.zeros((len(first), n, queries.shape[1]), dtype=np.float32)  # zero rows: fewer than n hits
     for i, hits in enumerate(first):
         if hits:
             neighbours[i, : len(hits[:n])] = fetch([h.key for h in hits[:n]])
