@@ -17,6 +17,7 @@ from helpers import MOBILENET_FILE, caltech_subset
 SLOW_MODULES = {
     "test_crash_safety.py",
     "test_index_properties.py",
+    "test_index_safety.py",
     "test_install.py",
     "test_lazy_imports.py",
     "test_lite_handover.py",
