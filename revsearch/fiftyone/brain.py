@@ -33,9 +33,13 @@ from pathlib import Path
 
 import eta.core.utils as etau
 import fiftyone.brain as fb
+import fiftyone.brain.internal.core.utils as fbu
+import fiftyone.core.labels as fol
+import fiftyone.core.validation as fova
 import numpy as np
 from fiftyone.brain.similarity import DuplicatesMixin, Similarity, SimilarityConfig, SimilarityIndex
 
+from revsearch.array_codec import decode_array
 from revsearch.features.factory import make_extractor
 from revsearch.features.pca import PCAReducer, l2_normalize
 from revsearch.features.pipeline import FeatureExtractor
@@ -44,6 +48,7 @@ from revsearch.fiftyone import index_cache
 from revsearch.fiftyone.index_handle import IndexHandle
 from revsearch.fiftyone.run_store import META_FIELD, RunStore, names_in, unpack
 from revsearch.files import file_signature, stale_files
+from revsearch.index.exact import ExactIndex
 from revsearch.index.hits import Hit, squared_l2
 from revsearch.index.registry import check_kind, collection_name
 from revsearch.retrieval.options import IndexExtras, RetrievalOptions, copy_query_images
@@ -60,6 +65,10 @@ DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch
 METRICS = ("sqeuclidean", "euclidean", "cosine")
 #: ``mean`` averages the queries before searching; ``post-*`` aggregate each sample's distances to them.
 AGGREGATIONS = {"mean": None, "post-mean": np.nanmean, "post-min": np.nanmin, "post-max": np.nanmax}
+#: A patch index's saved label ids and the sample id of each.
+PATCH_KEYS = ("label_ids", "sample_ids")
+#: Label types whose objects can be indexed as patches (``patches_field``).
+PATCH_LABEL_TYPES = (fol.Detection, fol.Detections, fol.Polyline, fol.Polylines)
 
 
 def to_metric(squared: np.ndarray | float, metric: str) -> np.ndarray | float:
@@ -118,8 +127,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         index_kind = check_kind(index_kind)
         if metric not in (None, *METRICS):
             raise ValueError(f"unsupported metric {metric!r}: revsearch supports {METRICS}")
-        if kwargs.get("patches_field") is not None:
-            raise ValueError("revsearch indexes whole samples: patch similarity (patches_field) is not supported")
+        if kwargs.get("patches_field") is not None and copy_pixels:
+            raise ValueError("the copy mode (copy_pixels) compares whole images: it cannot index patches_field")
         if index_kind == "milvus":
             from revsearch.index.milvus import INDEX_TYPES
 
@@ -177,6 +186,13 @@ class RevsearchSimilarity(Similarity):
     """Factory of :class:`RevsearchSimilarityIndex` (FiftyOne finds it by the config's name)."""
 
     def initialize(self, samples, brain_key):
+        field = self.config.patches_field
+        if field is not None:
+            try:
+                fova.validate_collection_label_fields(samples, field, PATCH_LABEL_TYPES)
+            except ValueError as e:
+                kinds = ", ".join(t.__name__ for t in PATCH_LABEL_TYPES)
+                raise ValueError(f"patches_field {field!r} must be a label field of type {kinds}: {e}") from None
         return RevsearchSimilarityIndex(samples, self.config, brain_key, backend=self)
 
     def register_run(self, samples, key, overwrite=True, cleanup=True):
@@ -251,11 +267,26 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         backend=None,
         signatures: dict | None = None,
         retrieval_state: dict | None = None,
+        patch_state: dict | None = None,
+        added_state: dict | None = None,
     ):
         self._pca = pca
+        self._added = ExactIndex.from_state(unpack(added_state)) if added_state else None
         self._ids: np.ndarray | None = None
+        owners = {k: decode_array(v) for k, v in unpack(patch_state or {}).items()}
+        #: patch indexes: label id (the index key) -> id of the sample holding the label
+        self._owners: dict[str, str] = dict(zip(*(owners.get(k, np.empty(0, str)).tolist() for k in PATCH_KEYS)))
         self._signatures: dict[str, list[float]] = dict(signatures or {})
-        saved = {"index_state": state, "retrieval_state": retrieval_state} if state is not None else None
+        saved = (
+            {
+                "index_state": state,
+                "retrieval_state": retrieval_state,
+                "patch_state": patch_state,
+                "added_state": added_state,
+            }
+            if state is not None
+            else None
+        )
         self._run = RunStore(self._array_states, saved)
         filled = _fill_milvus_defaults(config, samples._root_dataset.name, brain_key)
         if state and config.index_kind != "milvus" and brain_key is not None:  # loaded: kept per process
@@ -270,10 +301,33 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     # ---- sizes and ids -------------------------------------------------------------------
     @property
-    def sample_ids(self) -> np.ndarray:
+    def has_patches(self) -> bool:
+        """Whether the index holds labels' patches (keyed by label id) rather than whole samples."""
+        return self.config.patches_field is not None
+
+    @property
+    def keys(self) -> np.ndarray:
+        """The index's keys: sample ids, or label ids for a patch index."""
         if self._ids is None:
             self._ids = np.array(self._handle.keys(), dtype=str)
         return self._ids
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        """The sample of each indexed vector (patch index: the sample holding each label)."""
+        return self._owner_ids(self.keys) if self.has_patches else self.keys
+
+    @property
+    def label_ids(self) -> np.ndarray | None:
+        return self.keys if self.has_patches else None
+
+    def _owner_ids(self, keys) -> np.ndarray:
+        return np.array([self._owners[k] for k in keys], dtype=str)
+
+    @property
+    def current_keys(self) -> np.ndarray:
+        """The keys of the current view's indexed samples (label ids for a patch index)."""
+        return self.current_label_ids if self.has_patches else self.current_sample_ids
 
     @property
     def total_index_size(self) -> int:
@@ -313,10 +367,9 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         warn_existing=False,
         reload=True,
     ):
-        if label_ids is not None:
-            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
-        ids = [str(i) for i in sample_ids]
-        vectors = self._reduce(np.asarray(embeddings), fit=True)
+        ids, owners = self._keys_of(sample_ids, label_ids)
+        embeddings = np.asarray(embeddings)
+        vectors = self._reduce(embeddings, fit=True)
         existing = self._handle.contains(ids) if (warn_existing or not overwrite) else set()
         if existing and not allow_existing and not overwrite:
             raise ValueError(f"{len(existing)} IDs (eg {next(iter(existing))}) already exist in the index")
@@ -326,16 +379,47 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             )
         if existing and not overwrite:
             keep = [i for i, _id in enumerate(ids) if _id not in existing]
-            ids, vectors = [ids[i] for i in keep], vectors[keep]
+            ids, owners, vectors, embeddings = (
+                [ids[i] for i in keep],
+                [owners[i] for i in keep],
+                vectors[keep],
+                embeddings[keep],
+            )
         if ids:
             self._changing()
-            paths = self._filepaths(ids)
+            paths = self._filepaths(sorted(set(owners)))
+            if self.has_patches:
+                self._owners.update(zip(ids, owners))
             self._handle.add(*self._extras.store_vectors([], ids, vectors))
+            self._keep_added(ids, embeddings)
             self._extras.update_pixels([], paths)
             self._record_signatures(paths)
+            if self.config.embeddings_field is not None:
+                fbu.add_embeddings(
+                    self._samples,
+                    embeddings,
+                    owners,
+                    ids if self.has_patches else None,
+                    self.config.embeddings_field,
+                    patches_field=self.config.patches_field,
+                )
         self._ids = None
         if reload:
             self.reload()
+
+    def _keys_of(self, sample_ids, label_ids) -> tuple[list[str], list[str]]:
+        """The index keys of added vectors and the sample of each (the keys themselves for a sample index)."""
+        owners = [str(i) for i in sample_ids]
+        if not self.has_patches:
+            if label_ids is not None:
+                raise ValueError("This index holds whole samples, not patches: it takes no label IDs")
+            return owners, owners
+        if label_ids is None:
+            raise ValueError(f"This index holds patches of {self.config.patches_field!r}: label IDs are needed")
+        keys = [str(i) for i in label_ids]
+        if len(keys) != len(owners):
+            raise ValueError(f"{len(keys)} label IDs for {len(owners)} sample IDs")
+        return keys, owners
 
     def _filepaths(self, ids: list[str]) -> dict[str, str]:
         """Sample id -> file path for ``ids`` (one query; a full scan when asked for many)."""
@@ -363,9 +447,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return self._signatures
 
     def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False, reload=True):
-        if label_ids is not None:
-            raise ValueError("revsearch indexes whole samples; patch (label) indexes are not supported")
-        ids = [str(i) for i in ([sample_ids] if isinstance(sample_ids, str) else sample_ids or [])]
+        ids = self._keys_to_remove(sample_ids, label_ids)
         missing = set(ids) - self._handle.contains(ids) if (warn_missing or not allow_missing) else set()
         if missing and not allow_missing:
             raise ValueError(f"{len(missing)} IDs (eg {next(iter(missing))}) are not in the index")
@@ -379,29 +461,82 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             if keys:  # DBA: the augmented vectors that had a removed neighbour
                 self._handle.add(keys, vectors)
             self._extras.update_pixels(present, {})
-            for sample_id in present:
+            if self._added is not None:
+                self._added.remove([k for k in present if k in self._added.store])
+            removed_owners = {self._owners.pop(k) for k in present} if self.has_patches else set(present)
+            for sample_id in removed_owners - set(self._owners.values()):
                 self._signatures.pop(sample_id, None)
+            if self.config.embeddings_field is not None:
+                fbu.remove_embeddings(
+                    self._samples,
+                    self.config.embeddings_field,
+                    sample_ids=None if self.has_patches else present,
+                    label_ids=present if self.has_patches else None,
+                    patches_field=self.config.patches_field,
+                )
         self._ids = None
         if reload:
             self.reload()
 
+    def _keys_to_remove(self, sample_ids, label_ids) -> list[str]:
+        """Keys named by ``label_ids`` and, for a patch index, every patch of the ``sample_ids``."""
+        as_list = lambda ids: [str(i) for i in ([ids] if isinstance(ids, str) else ids or [])]  # noqa: E731
+        if not self.has_patches:
+            if label_ids is not None:
+                raise ValueError("This index holds whole samples, not patches: it takes no label IDs")
+            return as_list(sample_ids)
+        samples = set(as_list(sample_ids))
+        return as_list(label_ids) + [k for k, owner in self._owners.items() if owner in samples]
+
     def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False):
-        """The vectors as indexed: PCA-reduced when PCA is on, unit length with ``cosine`` (the run keeps
-        no other copy); the originals, not the augmented ones, with alpha-DBA."""
-        if label_ids is not None:
+        """The vectors as they were added (before the run's PCA or ``cosine`` normalisation; the augmented
+        ones with alpha-DBA are not returned), with their sample ids and (patch index) label ids.
+
+        A patch index takes ``label_ids``, or ``sample_ids`` for all patches of those samples."""
+        if label_ids is not None and not self.has_patches:
             raise ValueError("This index does not support label IDs")
-        if sample_ids is None:
-            ids = self.sample_ids.tolist()
+        if self.has_patches and label_ids is None and sample_ids is not None:
+            wanted_samples = {sample_ids} if isinstance(sample_ids, str) else {str(i) for i in sample_ids}
+            keys = [k for k in self.keys.tolist() if self._owners[k] in wanted_samples]
+        elif label_ids is None and sample_ids is None:
+            keys = self.keys.tolist()
         else:
-            wanted = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids)
+            wanted = label_ids if label_ids is not None else sample_ids
+            wanted = [wanted] if isinstance(wanted, str) else [str(i) for i in wanted]
             present = self._handle.contains(wanted)
-            ids = [i for i in wanted if i in present]
-            if len(ids) < len(wanted) and not allow_missing:
-                raise ValueError(f"{len(wanted) - len(ids)} IDs are not in the index")
-            if len(ids) < len(wanted) and warn_missing:
-                logger.warning("Skipping %d IDs that are not in the index", len(wanted) - len(ids))
-        vectors = self._original_vectors(ids) if ids else np.empty((0, 0), np.float32)
-        return vectors, np.array(ids, dtype=str), None
+            keys = [i for i in wanted if i in present]
+            if len(keys) < len(wanted) and not allow_missing:
+                raise ValueError(f"{len(wanted) - len(keys)} IDs are not in the index")
+            if len(keys) < len(wanted) and warn_missing:
+                logger.warning("Skipping %d IDs that are not in the index", len(wanted) - len(keys))
+        vectors = self._added_vectors(keys) if keys else np.empty((0, 0), np.float32)
+        if not self.has_patches:
+            return vectors, np.array(keys, dtype=str), None
+        return vectors, self._owner_ids(keys), np.array(keys, dtype=str)
+
+    def reduced_embeddings(self, keys: list[str]) -> np.ndarray:
+        """The vectors the index searches for ``keys`` (after PCA / ``cosine`` normalisation, before DBA)."""
+        return self._original_vectors(keys)
+
+    def _keep_added(self, keys: list[str], embeddings: np.ndarray) -> None:
+        """Keep what :meth:`get_embeddings` needs where the index stores other vectors: the added ones
+        when the run's PCA reduces them, their lengths when ``cosine`` normalises them."""
+        full = self._pca is not None and embeddings.shape[-1] == self._pca.input_dim
+        if not full and self.config.metric != "cosine":
+            return
+        kept = embeddings if full else np.linalg.norm(embeddings, axis=1, keepdims=True)
+        if self._added is None:
+            self._added = ExactIndex(kept.shape[1])
+        if self._added.dim == kept.shape[1]:  # (else those keys fall back to the stored vectors)
+            self._added.add(keys, kept.astype(np.float32))
+
+    def _added_vectors(self, keys: list[str]) -> np.ndarray:
+        """The vectors added for ``keys`` (see :meth:`_keep_added`; runs saved before keep none)."""
+        stored = self._original_vectors(keys)
+        if self._added is None or not all(k in self._added.store for k in keys):
+            return stored
+        kept = self._added.store.vectors[self._added.store.rows_of(keys)]
+        return stored * kept if self._added.dim == 1 else kept
 
     def _original_vectors(self, keys: list[str]) -> np.ndarray:
         """The vectors added for ``keys`` (not the DBA-augmented ones the store holds); KeyError if one is missing."""
@@ -425,7 +560,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._changing()
         self._handle.drop()
         self._extras = IndexExtras(self.config.options, 0)
-        self._ids = None
+        self._added, self._owners, self._ids = None, {}, None
 
     # ---- queries -------------------------------------------------------------------------
     def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
@@ -493,13 +628,31 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             raise ValueError(f"Query IDs {missing} are not in the index") from None
 
     def _allowed(self) -> np.ndarray | None:
-        """The keys a query may return: the current view's indexed samples, or None for all."""
-        return self.current_sample_ids if self.has_view else None
+        """The keys a query may return: the current view's indexed samples (or patches), or None for all."""
+        return self.current_keys if self.has_view else None
 
     def search(self, vectors: np.ndarray, k: int | None, reverse: bool = False) -> list[list[Hit]]:
         """Nearest (``reverse``: farthest) indexed samples of the current view for each vector
-        (squared L2, ascending; descending if ``reverse``)."""
-        allowed = self._allowed()
+        (squared L2, ascending; descending if ``reverse``). Samples (labels) deleted from the dataset
+        since they were indexed are never returned: a search that hits one searches again without them."""
+        hits = self._search(vectors, k, reverse, self._allowed())
+        if self.has_view:
+            return hits
+        found = {h.key for row in hits for h in row}
+        if found <= self._present(found):
+            return hits
+        return self._search(vectors, k, reverse, self._present(set(self.keys.tolist())))
+
+    def _present(self, keys: set[str]) -> set[str]:
+        """Those of ``keys`` whose sample (label) is still in the dataset."""
+        dataset = self._samples._root_dataset
+        owners = sorted({self._owners[k] for k in keys} if self.has_patches else keys)
+        if not self.has_patches:
+            return set(dataset.select(owners).values("id"))
+        _, path = dataset._get_label_field_path(self.config.patches_field, "id")
+        return keys & set(dataset.select(owners).values(path, unwind=True))
+
+    def _search(self, vectors: np.ndarray, k: int | None, reverse: bool, allowed) -> list[list[Hit]]:
         total = self.total_index_size if allowed is None else len(allowed)
         if not total:
             return [[] for _ in range(len(vectors))]
@@ -521,10 +674,11 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         with self._handle.hold():
             vectors, single, query_ids = self._query_vectors(query)
             if aggregation not in (None, "mean"):
-                ids, dists = self._post_aggregate(vectors, query_ids, k, reverse, aggregation)
-                return (ids, None, dists) if return_dists else (ids, None)
-            if aggregation == "mean":
-                vectors, single = self._unit(vectors.mean(axis=0, keepdims=True)), True
+                keys, dists = self._post_aggregate(vectors, query_ids, k, reverse, aggregation)
+                return self._columns([keys], [dists], True, return_dists)
+            if aggregation == "mean":  # the mean of the vectors as added (cosine: before normalising)
+                added = self._added_vectors(query_ids) if query_ids is not None else vectors
+                vectors, single = self._reduce(added.mean(axis=0, keepdims=True)), True
             if reverse and not self.config.supports_least_similarity:
                 raise ValueError(
                     "Milvus searches for nearest neighbours only: least-similar queries (reverse=True) "
@@ -536,14 +690,22 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 hits = expanded_search(
                     self.search, self._handle.vectors, vectors, k, self.config.qe_n, self.config.qe_alpha
                 )
-        ids, dists = self._columns(hits, single)
-        return (ids, None, dists) if return_dists else (ids, None)
+        return self._hit_columns(hits, single, return_dists)
 
-    def _columns(self, hits: list[list[Hit]], single: bool) -> tuple[list, list]:
-        """Ids and distances (in the run's metric) of each query's hits; the first query's if ``single``."""
-        ids = [[h.key for h in row] for row in hits]
+    def _hit_columns(self, hits: list[list[Hit]], single: bool, return_dists: bool) -> tuple:
+        """:meth:`_columns` of each query's hits, distances in the run's metric."""
+        keys = [[h.key for h in row] for row in hits]
         dists = [[float(to_metric(h.distance, self.config.metric)) for h in row] for row in hits]
-        return (ids[0], dists[0]) if single else (ids, dists)
+        return self._columns(keys, dists, single, return_dists)
+
+    def _columns(self, keys: list[list[str]], dists: list[list[float]], single: bool, return_dists: bool) -> tuple:
+        """``(sample_ids, label_ids[, dists])`` of each query's keys (the first query's if ``single``), as
+        ``_kneighbors`` returns them; label ids None for a sample index."""
+        sample_ids = [self._owner_ids(row).tolist() for row in keys] if self.has_patches else keys
+        label_ids = keys if self.has_patches else None
+        if single:
+            sample_ids, label_ids, dists = sample_ids[0], label_ids[0] if label_ids else None, dists[0]
+        return (sample_ids, label_ids, dists) if return_dists else (sample_ids, label_ids)
 
     def _post_aggregate(
         self, vectors: np.ndarray, query_ids: list[str] | None, k: int | None, reverse: bool, aggregation: str
@@ -552,7 +714,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         view, aggregated per sample ignoring NaN (a query sample's distance to itself is NaN; a sample
         left without distances gets 0), sorted. Exact on every kind: reads the view's vectors and
         computes n_queries x n_view distances (time and memory grow with the view)."""
-        ids = self.current_sample_ids
+        ids = self.current_keys
         if not len(ids):
             return [], []
         stored = self._handle.vectors(ids.tolist()).astype(np.float64)
@@ -568,10 +730,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return ids[order].tolist(), dists[order].tolist()
 
     def _full_index_neighbours(self, k: int, return_dists: bool):
-        """The ``k`` nearest other samples of every sample of the view, as indexes into
-        ``current_sample_ids`` (as fob's sklearn backend returns them). Exact on every kind: the
+        """The ``k`` nearest other samples (patches) of every one of the view, as indexes into
+        :attr:`current_keys` (as fob's sklearn backend returns them). Exact on every kind: the
         view's keys are always pushed down, which makes the IVF search exact."""
-        ids = self.current_sample_ids
+        ids = self.current_keys
         position = {key: i for i, key in enumerate(ids.tolist())}
         with self._handle.hold():
             vectors = self._handle.vectors(ids.tolist()) if len(ids) else np.empty((0, 0), np.float32)
@@ -585,7 +747,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """Indexed samples of the view within distance ``thresh`` (in the run's metric; a range search
         in the index, in squared L2).
 
-        ``query=None``: for every sample of the view, integer indexes into ``current_sample_ids``
+        ``query=None``: for every sample (patch) of the view, integer indexes into :attr:`current_keys`
         (itself included), as fob's ``DuplicatesMixin`` expects; else ids as for :meth:`_kneighbors`.
         """
         if thresh is None:
@@ -593,7 +755,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         radius = float(to_squared(float(thresh), self.config.metric))
         with self._handle.hold():
             if query is None:
-                ids = self.current_sample_ids.tolist()
+                ids = self.current_keys.tolist()
                 vectors = self._handle.vectors(ids) if ids else np.empty((0, 0), np.float32)
                 hits = self._handle.range_search(vectors, radius, allowed=self._allowed()) if ids else []
                 position = {key: i for i, key in enumerate(ids)}
@@ -602,8 +764,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 return (inds, dists) if return_dists else inds
             vectors, single, _ = self._query_vectors(query)
             hits = self._handle.range_search(vectors, radius, allowed=self._allowed())
-        ids, dists = self._columns(hits, single)
-        return (ids, None, dists) if return_dists else (ids, None)
+        return self._hit_columns(hits, single, return_dists)
 
     # ---- persistence (pure: arrays are stored by a save only, see RunStore) ----------------
     @property
@@ -613,19 +774,43 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _array_states(self) -> dict:
         """What :class:`RunStore` stores: the index and the retrieval extras (arrays as they are)."""
-        return {"index_state": self._handle.arrays_state(), "retrieval_state": self._extras.arrays_state()}
+        keys = list(self._owners)
+        return {
+            "index_state": self._handle.arrays_state(),
+            "retrieval_state": self._extras.arrays_state(),
+            "patch_state": dict(zip(PATCH_KEYS, (np.array(keys, str), self._owner_ids(keys)))) if keys else {},
+            "added_state": self._added.arrays_state() if self._added is not None else {},
+        }
 
     @property
     def pca_state(self) -> dict | None:
         return self._pca.state() if self._pca is not None else None
 
     def attributes(self) -> list[str]:
-        return super().attributes() + ["index_state", "pca_state", "file_signatures", "retrieval_state", "index_metric"]
+        return super().attributes() + [
+            "index_state",
+            "pca_state",
+            "file_signatures",
+            "retrieval_state",
+            "index_metric",
+            "patch_state",
+            "added_state",
+        ]
 
     @property
     def index_metric(self) -> str:
         """The metric the vectors were indexed for, saved with them (a run saved before has none)."""
         return self.config.metric
+
+    @property
+    def patch_state(self) -> dict:
+        """Patch index: the sample holding each indexed label (label ids, sample ids), like :attr:`index_state`."""
+        return self._run.packed["patch_state"]
+
+    @property
+    def added_state(self) -> dict:
+        """What :meth:`get_embeddings` needs beside the index (see :meth:`_keep_added`), like :attr:`index_state`."""
+        return self._run.packed["added_state"]
 
     @property
     def retrieval_state(self) -> dict:
@@ -645,6 +830,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             pca=pca,
             signatures=d.get("file_signatures"),
             retrieval_state=d.get("retrieval_state"),
+            patch_state=d.get("patch_state"),
+            added_state=d.get("added_state"),
         )
 
 

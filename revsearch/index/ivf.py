@@ -39,6 +39,11 @@ def default_nprobe(n_clusters: int) -> int:
     return max(1, math.ceil(n_clusters / 20))
 
 
+#: Indexes of at most this many vector components (N x dim) are searched exactly: at 10k 128-d vectors
+#: (1.3M) exact search took 0.19 ms per query and the default probes 0.16 ms (docs/benchmarks.md,
+#: vector search), so below this size exact results cost nothing measurable.
+EXACT_CELLS = 1 << 21
+
 #: The arrays of :meth:`IVFIndex.lists_state`.
 _LIST_ARRAYS = ("assignments", "center_distances", "sequence")
 
@@ -146,9 +151,10 @@ class IVFIndex(InMemoryIndex):
         reverse: bool = False,
         nprobe: int | None = None,
     ) -> list[list[Hit]]:
-        """The ``k`` nearest stored vectors: approximate (``nprobe`` lists) over the whole index, exact
-        among the ``allowed`` keys when given; ``reverse`` (farthest first) scans every vector."""
-        if allowed is None and not reverse:
+        """The ``k`` nearest stored vectors: approximate (``nprobe`` lists) over the whole index above
+        :data:`EXACT_CELLS`, else exact; exact among the ``allowed`` keys when given; ``reverse``
+        (farthest first) scans every vector."""
+        if allowed is None and not reverse and len(self.store) * self.dim > EXACT_CELLS:
             return self.search_with_stats(queries, k, nprobe)[0]
         q = self.store.check_dim(queries)
         self._sort_lists()

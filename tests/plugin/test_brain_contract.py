@@ -138,7 +138,9 @@ def test_radius_thresholds_are_in_the_metric_units(runs, kind, metric):
     [
         ({"metric": "dotproduct"}, "unsupported metric 'dotproduct'.*sqeuclidean.*euclidean.*cosine"),
         ({"index_kind": "faiss"}, "unknown index kind 'faiss'"),
-        ({"patches_field": "ground_truth"}, "patches_field"),
+        ({"patches_field": "ground_truth"}, "patches_field 'ground_truth' must be a label field.*no sample field"),
+        ({"patches_field": "filepath"}, "patches_field 'filepath' must be a label field of type Detection, Detections"),
+        ({"patches_field": "ground_truth", "copy_pixels": 16}, "copy mode .* cannot index patches_field"),
         ({"index_kind": "milvus", "index_type": "ANNOY"}, "index_type must be one of"),
     ],
 )
@@ -191,3 +193,41 @@ def test_compute_similarity_failing_while_adding_leaves_no_run(runs):
     fob.compute_similarity(ds, embeddings=vectors, backend="revsearch", index_kind="kmeans", brain_key="retry")
     assert ds.load_brain_results("retry", cache=False).total_index_size == N
     ds.delete_brain_run("retry")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_embeddings_returns_the_vectors_added(runs, kind, tmp_path):
+    """Also when the index stores other vectors: unit vectors (cosine) or the run's PCA reduction."""
+    ds, ids = runs
+    vectors = embeddings("euclidean") * 3.0
+    options = {"uri": str(tmp_path / "e.db")} if kind == "milvus" else {}
+    for extra in ({"metric": "cosine"}, {"pca_components": 4}):
+        results = fob.compute_similarity(
+            ds, embeddings=vectors, backend="revsearch", index_kind=kind, **extra, **options
+        )
+        got, got_ids, _ = results.get_embeddings(sample_ids=ids[3:6])
+        np.testing.assert_allclose(got, vectors[3:6], rtol=1e-5, atol=1e-5)
+        assert got_ids.tolist() == ids[3:6]
+        assert results.reduced_embeddings(ids[3:4]).shape[1] == (4 if "pca_components" in extra else DIM)
+        results.cleanup()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deleted_samples_take_no_result_slots_and_k_none_sorts_the_view(runs, kind, tmp_path):
+    ds = fo.Dataset(unique_name("deleted"))
+    try:
+        ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(N)])
+        vectors = embeddings("euclidean")
+        options = {"uri": str(tmp_path / "d.db")} if kind == "milvus" else {}
+        results = fob.compute_similarity(
+            ds, embeddings=vectors, backend="revsearch", index_kind=kind, brain_key="d", **options
+        )
+        ids = ds.values("id")
+        nearest = results.sort_by_similarity(ids[0], k=10).values("id")
+        ds.delete_samples(nearest[1:6])
+        results = ds.load_brain_results("d", cache=False)
+        view = results.sort_by_similarity(ids[0], k=10)
+        assert len(view) == 10 and not set(view.values("id")) & set(nearest[1:6])
+        assert len(results.sort_by_similarity(ids[0])) == N - 5
+    finally:
+        ds.delete()
