@@ -6,9 +6,11 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from revsearch.errors import WeightsUnavailableError
 from revsearch.features.backbones import DEFAULT_BACKBONE, FEATURE_DIMS
 from revsearch.features.factory import FEATURES, make_extractor
 from revsearch.features.pipeline import FeatureExtractor
+from revsearch.fiftyone import tools
 from revsearch.fiftyone.brain import BACKEND_NAME
 
 DEFAULT_EMBEDDINGS_FIELD = "revsearch_embedding"
@@ -19,6 +21,9 @@ TARGETS = {"dataset": "Whole dataset", "view": "Current view only"}
 IMAGE_SUFFIXES = [
     s for ext in ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp") for s in (f".{ext}", f".{ext.upper()}")
 ]
+#: Up to this many samples to embed, the forms tick "Update the index first" by default.
+SMALL_UPDATE = 200
+WORKER_HINT = "Schedule (the arrow beside Execute) needs a worker: start one with 'fiftyone delegated launch'"
 
 
 def long_running_config(name: str, label: str, description: str) -> foo.OperatorConfig:
@@ -26,7 +31,7 @@ def long_running_config(name: str, label: str, description: str) -> foo.Operator
     return foo.OperatorConfig(
         name=name,
         label=f"revsearch: {label}",
-        description=description,
+        description=f"{description}. {WORKER_HINT}",
         dynamic=True,
         allow_immediate_execution=True,
         allow_delegated_execution=True,
@@ -58,23 +63,34 @@ def dropdown_input(
     description: str = "",
     required: bool = True,
     default: str | None = None,
+    preselect: bool = True,
+    shown: dict[str, str] | None = None,
 ) -> None:
-    """A dropdown over ``choices`` (free text allowed when there are none yet)."""
+    """A dropdown over ``choices`` (free text allowed when there are none yet); ``shown``: labels by choice."""
     if not choices:
         inputs.str(name, label=label, description=description, required=required, default=default)
         return
     dropdown = types.DropdownView()
     for choice in choices:
-        dropdown.add_choice(choice, label=choice)
+        dropdown.add_choice(choice, label=(shown or {}).get(choice, choice))
     inputs.enum(
         name,
         dropdown.values(),
         label=label,
         description=description,
         required=required,
-        default=default if default in choices else choices[0] if required else None,
+        default=default if default in choices else choices[0] if required and preselect else None,
         view=dropdown,
     )
+
+
+def count_input(ctx, inputs: types.Object, name: str, minimum: int, **kwargs) -> None:
+    """An integer box flagged in the form when below ``minimum`` (FiftyOne's own ``min`` says "greater
+    than" although it accepts the bound itself)."""
+    prop = inputs.int(name, **kwargs)
+    value = ctx.params.get(name)
+    if isinstance(value, (int, float)) and value < minimum:
+        prop.invalid, prop.error_message = True, f"Must be at least {minimum}"
 
 
 def new_brain_key_input(ctx, inputs: types.Object, default: str = "revsearch") -> None:
@@ -118,8 +134,9 @@ def target_samples(ctx):
     return ctx.view if ctx.params.get("target", "dataset") == "view" else ctx.dataset
 
 
-def embeddings_field_input(ctx, inputs: types.Object, name: str = "embeddings_field") -> bool:
-    """An existing embeddings field; False (with a notice) when the dataset has none yet."""
+def embeddings_field_input(ctx, inputs: types.Object, name: str = "embeddings_field") -> str | None:
+    """An existing embeddings field, with which index and features it holds and how many samples of the
+    view lack it; None (with a notice) when the dataset has none yet."""
     fields = vector_fields(ctx)
     if not fields:
         inputs.view(
@@ -130,22 +147,61 @@ def embeddings_field_input(ctx, inputs: types.Object, name: str = "embeddings_fi
                 "'Keep embeddings in field' filled in).",
             ),
         )
-        return False
-    dropdown_input(inputs, name, fields, "Embeddings field", default=DEFAULT_EMBEDDINGS_FIELD)
-    return True
+        return None
+    default = DEFAULT_EMBEDDINGS_FIELD if DEFAULT_EMBEDDINGS_FIELD in fields else fields[0]
+    dropdown_input(inputs, name, fields, "Embeddings field", default=default)
+    field = ctx.params.get(name) or default
+    if field in fields:
+        missing = len(ctx.view) - len(ctx.view.exists(field))
+        note = f" {missing} samples of the view have no vector there and are left out." if missing else ""
+        inputs.view(f"{name}_info", types.Notice(label=tools.describe_field(ctx.dataset, field) + "." + note))
+    return field
 
 
-def brain_key_input(ctx, inputs: types.Object) -> bool:
-    """The index (brain key) selector; False (with a notice) when the dataset has no index."""
+def brain_key_input(ctx, inputs: types.Object, preselect: bool = True) -> str | None:
+    """The index (brain key) selector; the chosen key, or None (with a notice) when the dataset has no
+    index (or, without ``preselect``, none is chosen yet)."""
     keys = revsearch_keys(ctx)
     if not keys:
         inputs.view(
             "none",
             types.Warning(label="No revsearch index yet", description="Build one first with 'revsearch: build index'."),
         )
-        return False
-    dropdown_input(inputs, "brain_key", keys, "Index (brain key)")
-    return True
+        return None
+    dropdown_input(inputs, "brain_key", keys, "Index (brain key)", preselect=preselect)
+    key = ctx.params.get("brain_key") or (keys[0] if preselect else None)
+    return key if key in keys else None
+
+
+def stale_index_input(ctx, inputs: types.Object, key: str | None) -> None:
+    """Says how far index ``key`` is behind the dataset and offers to update it first (ticked when
+    few samples are to embed). Cheap: compares ids, does not look at the files."""
+    if not key:
+        return
+    status = tools.index_status(ctx.dataset.load_brain_results(key), check_files=False)
+    missing, deleted = len(status["not_indexed"]), len(status["deleted"])
+    if not (missing or deleted):
+        return
+    inputs.view(
+        "stale",
+        types.Warning(
+            label=f"Index '{key}' is out of date: {missing} samples not indexed, {deleted} indexed samples deleted",
+            description="samples not indexed are never found; tick 'Update the index first' "
+            "(or run 'revsearch: update index')",
+        ),
+    )
+    inputs.bool(
+        "update_first",
+        default=missing <= SMALL_UPDATE,
+        label="Update the index first",
+        description=f"embed the {missing} new samples and drop the {deleted} deleted ones, then run",
+    )
+
+
+def update_if_asked(ctx, results) -> None:
+    """Run ``tools.sync_index`` on ``results`` when the form's 'Update the index first' is ticked."""
+    if ctx.params.get("update_first"):
+        tools.sync_index(results, progress_callback(ctx))
 
 
 def copy_mode_error(ctx, brain_key: str | None) -> str | None:
@@ -156,6 +212,8 @@ def copy_mode_error(ctx, brain_key: str | None) -> str | None:
         or ctx.dataset.get_brain_info(brain_key).config.copy_pixels
     ):
         return None
+    if (ctx.dataset.get_brain_info(brain_key).config.extractor or {}).get("type") == "pixel":
+        return f"Index '{brain_key}' holds pixel features: build an index with Features = cnn to search edited copies"
     return f"Index '{brain_key}' keeps no thumbnails: rebuild it with 'Copy-mode thumbnails' above 0"
 
 
@@ -171,14 +229,19 @@ def extractor_inputs(ctx, inputs: types.Object) -> None:
     )
     if ctx.params.get("features", "cnn") != "cnn":
         return
-    inputs.enum("backbone", sorted(FEATURE_DIMS), default=DEFAULT_BACKBONE, label="Backbone")
+    present = {name: tools.present_weights(name) for name in sorted(FEATURE_DIMS)}
+    offline = next((b for b in [DEFAULT_BACKBONE, *present] if present[b]), DEFAULT_BACKBONE)
+    shown = {b: f"{b} (weights present)" if w else f"{b} (weights will be downloaded)" for b, w in present.items()}
+    dropdown_input(inputs, "backbone", list(present), "Backbone", default=offline, shown=shown)
+    backbone = ctx.params.get("backbone") or offline
+    here = present.get(backbone) or []
     inputs.str(
         "weights",
-        default="DEFAULT",
+        default=here[0] if here else "DEFAULT",
         label="Weights",
-        description="DEFAULT (also when empty): the backbone's ImageNet weights; a torchvision "
-        "weights name (e.g. IMAGENET1K_V1), a local .pth file, or 'random' "
-        "(untrained, for tests only)",
+        description=(f"present here: {', '.join(here)}" if here else "none present here: downloaded on first use")
+        + ". DEFAULT (also when empty): the backbone's ImageNet weights; a torchvision weights name "
+        "(e.g. IMAGENET1K_V1), a local .pth file, or 'random' (untrained, for tests only)",
     )
     inputs.enum(
         "pooling",
@@ -187,7 +250,7 @@ def extractor_inputs(ctx, inputs: types.Object) -> None:
         label="Pooling",
         description="GeM (generalised mean, p=3) or average pooling of the last feature map",
     )
-    inputs.int("batch_size", default=32, min=1, label="Batch size")
+    count_input(ctx, inputs, "batch_size", 1, default=32, label="Batch size")
 
 
 def weights_from_form(value: str | None) -> str | None:
@@ -196,16 +259,32 @@ def weights_from_form(value: str | None) -> str | None:
     return None if weights.lower() == "random" else weights
 
 
+def weights_error(params: dict) -> ValueError:
+    """Weights that could not be loaded, said in the build form's words."""
+    import torch
+
+    backbone = params.get("backbone", DEFAULT_BACKBONE)
+    return ValueError(
+        f"The {backbone} weights '{(params.get('weights') or 'DEFAULT').strip()}' are not on this machine "
+        f"and could not be downloaded. Choose a backbone marked 'weights present', put the weight file in "
+        f"{torch.hub.get_dir()}/checkpoints, or type a local .pth file in Weights "
+        "('random': untrained weights, for tests only)."
+    )
+
+
 def extractor_from_params(params: dict) -> FeatureExtractor:
     """The extractor described by :func:`extractor_inputs` values."""
     if params.get("features", "cnn") == "pixel":
         return make_extractor("pixel")
-    return make_extractor(
-        {
-            "type": "cnn",
-            "backbone": params.get("backbone", DEFAULT_BACKBONE),
-            "weights": weights_from_form(params.get("weights")),
-            "pooling": params.get("pooling", "gem"),
-            "batch_size": int(params.get("batch_size", 32)),
-        }
-    )
+    try:
+        return make_extractor(
+            {
+                "type": "cnn",
+                "backbone": params.get("backbone", DEFAULT_BACKBONE),
+                "weights": weights_from_form(params.get("weights")),
+                "pooling": params.get("pooling", "gem"),
+                "batch_size": int(params.get("batch_size", 32)),
+            }
+        )
+    except WeightsUnavailableError:
+        raise weights_error(params) from None

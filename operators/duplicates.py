@@ -10,7 +10,14 @@ import fiftyone.operators.types as types
 
 from revsearch.fiftyone import duplicates
 
-from .common import brain_key_input, copy_mode_error, long_running_config, radio_input
+from .common import (
+    brain_key_input,
+    copy_mode_error,
+    long_running_config,
+    radio_input,
+    stale_index_input,
+    update_if_asked,
+)
 
 MODES = {
     "near": "Near-duplicates (distance in the index)",
@@ -88,8 +95,10 @@ class FindNearDuplicates(foo.Operator):
         radio_input(inputs, "mode", MODES, "near", "Find")
         mode = ctx.params.get("mode", "near")
         if mode in THRESHOLDS:
-            if not brain_key_input(ctx, inputs):
+            key = brain_key_input(ctx, inputs)
+            if not key:
                 return types.Property(inputs)
+            stale_index_input(ctx, inputs, key)
             self._threshold_inputs(ctx, inputs, mode)
         inputs.str(
             "drop_tag",
@@ -131,12 +140,14 @@ class FindNearDuplicates(foo.Operator):
             groups = duplicates.exact_duplicate_groups(ctx.view, GROUP_FIELDS["exact"], drop_tag)
         elif mode == "copy":
             results = ctx.dataset.load_brain_results(p["brain_key"])
+            update_if_asked(ctx, results)
             threshold = float(p.get("copy_threshold", duplicates.COPY_THRESHOLD))
             groups = duplicates.copy_duplicate_groups(
                 results, ctx.view, threshold, GROUP_FIELDS["copy"], drop_tag, COPY_DIST_FIELD, COPY_ID_FIELD
             )
         else:
             results = ctx.dataset.load_brain_results(p["brain_key"])
+            update_if_asked(ctx, results)
             duplicates.nearest_neighbour_distances(results, ctx.view, DIST_FIELD, ID_FIELD)
             groups = duplicates.near_duplicate_groups(
                 results, ctx.view, float(p.get("threshold", 0.05)), GROUP_FIELDS["near"], drop_tag

@@ -9,6 +9,7 @@ from revsearch.fiftyone import tools
 
 from .common import (
     DEFAULT_EMBEDDINGS_FIELD,
+    count_input,
     embeddings_field_input,
     extractor_from_params,
     extractor_inputs,
@@ -70,11 +71,12 @@ class FitPCA(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if not embeddings_field_input(ctx, inputs):
+        field = embeddings_field_input(ctx, inputs)
+        if not field:
             return types.Property(inputs)
-        inputs.int("n_components", default=128, min=1, required=True, label="Components")
+        count_input(ctx, inputs, "n_components", 1, default=128, required=True, label="Components")
         inputs.bool("whiten", default=False, label="Whiten")
-        inputs.str("out_field", default=f"{DEFAULT_EMBEDDINGS_FIELD}_pca", required=True, label="Output field")
+        inputs.str("out_field", default=f"{field}_pca", required=True, label="Output field")
         return types.Property(inputs, view=types.View(label="Fit PCA", description=_on_view(ctx)))
 
     def execute(self, ctx):
@@ -108,7 +110,7 @@ class FitKMeans(foo.Operator):
         inputs = types.Object()
         if not embeddings_field_input(ctx, inputs):
             return types.Property(inputs)
-        inputs.int("n_clusters", default=16, min=1, required=True, label="Clusters")
+        count_input(ctx, inputs, "n_clusters", 1, default=16, required=True, label="Clusters")
         inputs.str("cluster_field", default="revsearch_cluster", required=True, label="Cluster id field")
         inputs.str(
             "distance_field",
@@ -125,9 +127,12 @@ class FitKMeans(foo.Operator):
             ctx.view, _embeddings_field(ctx), int(p["n_clusters"]), p["cluster_field"], p["distance_field"]
         )
         ctx.ops.reload_dataset()
-        return {"cluster_sizes": {str(i): n for i, n in enumerate(sizes)}, "n_clusters": len(sizes)}
+        return {"cluster_sizes": [{"cluster": i, "samples": n} for i, n in enumerate(sizes)], "n_clusters": len(sizes)}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.obj("cluster_sizes", label="Cluster sizes (cluster id: samples)", view=types.JSONView())
+        table = types.TableView()
+        table.add_column("cluster", label="Cluster id")
+        table.add_column("samples", label="Samples")
+        outputs.list("cluster_sizes", types.Object(), label="Cluster sizes", view=table)
         return types.Property(outputs)

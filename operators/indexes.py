@@ -10,8 +10,8 @@ from revsearch.index.registry import INDEX_KINDS
 from revsearch.retrieval.options import RetrievalOptions
 
 from .common import (
-    DEFAULT_EMBEDDINGS_FIELD,
     brain_key_input,
+    count_input,
     dropdown_input,
     extractor_from_params,
     extractor_inputs,
@@ -73,8 +73,10 @@ class BuildIndex(foo.Operator):
             )
             inputs.enum("index_type", ["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"], default="FLAT", label="Index type")
         elif kind == "kmeans":
-            inputs.int("n_clusters", label="Clusters", description="empty: about 4 x sqrt(N)")
-            inputs.int("nprobe", label="Clusters probed per query", description="empty: 1/20 of the clusters")
+            count_input(ctx, inputs, "n_clusters", 1, label="Clusters", description="empty: about 4 x sqrt(N)")
+            count_input(
+                ctx, inputs, "nprobe", 1, label="Clusters probed per query", description="empty: 1/20 of the clusters"
+            )
         dropdown_input(
             inputs,
             "embeddings_field",
@@ -88,17 +90,19 @@ class BuildIndex(foo.Operator):
             extractor_inputs(ctx, inputs)
             inputs.str(
                 "keep_field",
-                default=DEFAULT_EMBEDDINGS_FIELD,
+                default=tools.kept_field_name(ctx.params.get("brain_key") or "revsearch"),
                 label="Keep embeddings in field",
                 description="the computed vectors are also stored in this sample field (for "
-                "'fit PCA' and 'fit K-means'); empty: do not keep them",
+                "'fit PCA' and 'fit K-means'), one field per index; empty: do not keep them",
             )
         if ctx.params.get("features", "cnn") != "pixel":
-            inputs.int("pca_components", label="PCA components", description="empty: no PCA")
-            inputs.int(
+            count_input(ctx, inputs, "pca_components", 1, label="PCA components", description="empty: no PCA")
+            count_input(
+                ctx,
+                inputs,
                 "copy_pixels",
+                0,
                 default=DEFAULT_COPY_PIXELS,
-                min=0,
                 label="Copy-mode thumbnails",
                 description="side (pixels) of the thumbnails kept for searching edited copies; 0: no copy mode",
             )
@@ -110,7 +114,7 @@ class BuildIndex(foo.Operator):
         field = p.get("embeddings_field")
         field = None if field in (None, "", _NO_FIELD) else field
         extractor = None if field else extractor_from_params(p)
-        keep_field = (p.get("keep_field") or None) if extractor is not None else None
+        keep_field = p.get("keep_field", tools.kept_field_name(p["brain_key"])) if extractor is not None else None
         results, failures = tools.build_index(
             ctx.view,
             p["brain_key"],
@@ -121,12 +125,20 @@ class BuildIndex(foo.Operator):
             progress=progress_callback(ctx),
             **_index_options(p),
         )
+        if keep_field:
+            tools.set_field_info(ctx.dataset, keep_field, {tools.INDEX_INFO: p["brain_key"]})
         ctx.ops.reload_dataset()
-        return {"brain_key": p["brain_key"], "indexed": results.total_index_size, "failures": failures}
+        return {
+            "brain_key": p["brain_key"],
+            "indexed": results.total_index_size,
+            "keep_field": keep_field,
+            "failures": failures,
+        }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.int("indexed", label="Samples indexed")
+        outputs.str("keep_field", label="Embeddings kept in field")
         outputs.obj("failures", label="Images skipped (sample id: reason)", view=types.JSONView())
         return types.Property(outputs)
 
@@ -140,6 +152,7 @@ def _describe(ctx, key: str) -> dict:
         "brain_key": key,
         "index_kind": config.index_kind,
         "extractor": config.extractor,
+        "features": tools.describe_extractor(config.extractor),
         "indexed": status["indexed"],
         "stale": status["stale"],
         "not_indexed": len(status["not_indexed"]),
@@ -152,19 +165,35 @@ def _describe(ctx, key: str) -> dict:
     }
 
 
+#: The columns of the list of indexes: key in :func:`_describe`'s rows, header.
+LIST_COLUMNS = {
+    "brain_key": "Index (brain key)",
+    "index_kind": "Kind",
+    "features": "Features",
+    "indexed": "Samples indexed",
+    "not_indexed": "Not indexed",
+    "deleted": "Deleted since",
+    "changed": "Files changed",
+}
+
+
 class ListIndexes(foo.Operator):
-    """List the dataset's revsearch indexes."""
+    """List the dataset's revsearch indexes as a table."""
 
     @property
     def config(self):
         return foo.OperatorConfig(name="list_indexes", label="revsearch: list indexes")
 
     def execute(self, ctx):
-        return {"indexes": [_describe(ctx, key) for key in revsearch_keys(ctx)]}
+        rows = [_describe(ctx, key) for key in revsearch_keys(ctx)]
+        return {"indexes": [{c: row[c] for c in LIST_COLUMNS} for row in rows]}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.list("indexes", types.Object(), label="Indexes", view=types.JSONView())
+        table = types.TableView()
+        for key, header in LIST_COLUMNS.items():
+            table.add_column(key, label=header)
+        outputs.list("indexes", types.Object(), label="Indexes", view=table)
         return types.Property(outputs)
 
 
@@ -218,15 +247,37 @@ class UpdateIndex(_OneIndexOperator):
         return types.Property(outputs)
 
 
-class DeleteIndex(_OneIndexOperator):
-    """Delete an index: the brain run and its vectors (Milvus collection)."""
+class DeleteIndex(foo.Operator):
+    """Delete an index (the brain run and its vectors), chosen and confirmed in the form."""
 
     @property
     def config(self):
         return foo.OperatorConfig(name="delete_index", label="revsearch: delete index", dynamic=True)
 
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = brain_key_input(ctx, inputs, preselect=False)
+        if key:
+            prop = inputs.bool("confirm", default=False, label=f"Yes, delete {_what(ctx, key)}")
+            if not ctx.params.get("confirm"):
+                prop.invalid, prop.error_message = True, "Tick to confirm: this cannot be undone"
+        return types.Property(inputs, view=types.View(label="Delete a revsearch index"))
+
     def execute(self, ctx):
         key = ctx.params["brain_key"]
+        what = _what(ctx, key)
         ctx.dataset.delete_brain_run(key)
         ctx.ops.reload_dataset()
-        return {"deleted": key}
+        return {"deleted": key, "message": f"Deleted {what}"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("message", label="Done")
+        return types.Property(outputs)
+
+
+def _what(ctx, key: str) -> str:
+    """Index ``key`` named with its kind, features and size, as the delete form confirms it."""
+    results = ctx.dataset.load_brain_results(key)
+    features = tools.describe_extractor(results.config.extractor)
+    return f"index '{key}' ({results.config.index_kind}, {features}, {results.total_index_size} samples)"

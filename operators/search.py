@@ -10,7 +10,17 @@ import fiftyone.operators.types as types
 from revsearch.errors import ImageLoadError, PrivateURLError
 from revsearch.fiftyone import tools
 
-from .common import IMAGE_SUFFIXES, brain_key_input, copy_mode_error, radio_input, target_input, target_samples
+from .common import (
+    IMAGE_SUFFIXES,
+    brain_key_input,
+    copy_mode_error,
+    count_input,
+    radio_input,
+    stale_index_input,
+    target_input,
+    target_samples,
+    update_if_asked,
+)
 
 SOURCES = {
     "selected": "Selected sample(s)",
@@ -77,8 +87,10 @@ class SearchByImage(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if not brain_key_input(ctx, inputs):
+        key = brain_key_input(ctx, inputs)
+        if not key:
             return types.Property(inputs)
+        stale_index_input(ctx, inputs, key)
         default = "selected" if ctx.selected else "upload"
         radio_input(inputs, "source", SOURCES, default, "Query")
         source = ctx.params.get("source", default)
@@ -95,7 +107,7 @@ class SearchByImage(foo.Operator):
             inputs.str("url", required=True, label="Image URL (http or https)")
             inputs.bool("allow_private_urls", default=False, label="Allow private-network URLs")
         _mode_input(ctx, inputs)
-        inputs.int("k", default=25, min=1, label="Number of results")
+        count_input(ctx, inputs, "k", 1, default=25, label="Number of results")
         target_input(inputs)
         inputs.str(
             "dist_field",
@@ -109,6 +121,7 @@ class SearchByImage(foo.Operator):
     def execute(self, ctx):
         p = ctx.params
         results = ctx.dataset.load_brain_results(p["brain_key"])
+        update_if_asked(ctx, results)
         try:
             view = tools.query_view(
                 results,

@@ -212,12 +212,12 @@ def build_index(
     return results, failures
 
 
-def index_status(results: RevsearchSimilarityIndex) -> dict:
+def index_status(results: RevsearchSimilarityIndex, check_files: bool = True) -> dict:
     """Size of the index and how it differs from its dataset: samples added, deleted, or whose file
-    changed (size or modification time) since indexing."""
+    changed (size or modification time) since indexing (not looked at, cheaper, without ``check_files``)."""
     indexed = set(results.sample_ids.tolist())
     current = set(results.samples._root_dataset.values("id"))
-    changed = sorted(set(results.changed_sample_ids()) & current)
+    changed = sorted(set(results.changed_sample_ids()) & current) if check_files else []
     return {
         "indexed": len(indexed),
         "not_indexed": sorted(current - indexed),
@@ -305,3 +305,46 @@ def _clear_outside(dataset, field: str, ids: list[str]) -> None:
     stale = dataset.exists(field).exclude(ids)
     if len(stale):
         stale.set_values(field, [None] * len(stale))
+
+
+#: Field ``info`` key naming the index whose build kept its vectors in that field.
+INDEX_INFO = "revsearch_brain_key"
+
+
+def kept_field_name(brain_key: str) -> str:
+    """The field a build under ``brain_key`` keeps its vectors in by default: one field per index."""
+    return f"{brain_key}_embedding"
+
+
+def describe_extractor(description: dict | None) -> str:
+    """An extractor description (as stored with an index or field) in a few words."""
+    if not description:
+        return "unknown features"
+    if description.get("type") == "pixel":
+        return f"pixel {description.get('size')}x{description.get('size')} thumbnails, {description.get('dim')}-d"
+    weights = description.get("weights") or "random"
+    return f"cnn {description.get('backbone')} ({weights}, {description.get('pooling')}), {description.get('dim')}-d"
+
+
+def describe_field(samples, field: str) -> str:
+    """Which index kept the vectors of ``field`` (if one did) and the features they are."""
+    info = _field_info(samples, field)
+    features = describe_extractor(info.get(EXTRACTOR_INFO))
+    if info.get(PCA_INFO):
+        features += f", reduced by PCA to {PCAReducer.from_state(info[PCA_INFO]).output_dim}-d"
+    key = info.get(INDEX_INFO)
+    return f"'{field}' holds {features}" + (f", kept by the build of index '{key}'" if key else "")
+
+
+def present_weights(backbone: str) -> list[str]:
+    """Names of the backbone's torchvision weights whose file is in torch's cache (usable offline);
+    ``DEFAULT`` first when the default weights are there."""
+    from pathlib import Path
+
+    import torch
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(backbone)
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    present = [m.name for m in enum if (folder / m.url.rsplit("/", 1)[-1]).is_file()]
+    return (["DEFAULT"] if enum.DEFAULT.name in present else []) + present

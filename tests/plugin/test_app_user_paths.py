@@ -72,9 +72,9 @@ def indexes(dataset, tmp_path_factory) -> None:
     if "cnn" not in runs:
         uri = str(tmp_path_factory.mktemp("milvus") / "tour.db")
         cnn = make_extractor({"type": "cnn", **MODEL})
-        tools.build_index(dataset, "cnn", "milvus", cnn, keep_field="revsearch_embedding", uri=uri)
+        tools.build_index(dataset, "cnn", "milvus", cnn, keep_field="cnn_embedding", uri=uri)
     if "ivf" not in runs:
-        tools.build_index(dataset, "ivf", "kmeans", embeddings_field="revsearch_embedding", n_clusters=4)
+        tools.build_index(dataset, "ivf", "kmeans", embeddings_field="cnn_embedding", n_clusters=4)
     if "px" not in runs:
         tools.build_index(dataset, "px", "exact", make_extractor("pixel"))
 
@@ -112,7 +112,7 @@ def test_build_milvus_with_cnn_keeps_embeddings(app, dataset, tmp_path_factory):
     app.fill("Brain key", "cnn")
     app.choose("Index", "milvus")
     app.fill("Milvus URI", uri)
-    app.choose("Backbone", MODEL["backbone"])
+    app.choose("Backbone", f"{MODEL['backbone']} (weights present)")
     app.fill("Weights", MODEL["weights"])
     app.screenshot("app_build_form")
     out = app.execute()
@@ -120,7 +120,7 @@ def test_build_milvus_with_cnn_keeps_embeddings(app, dataset, tmp_path_factory):
     dataset.reload()
     assert dataset.get_brain_info("cnn").config.index_kind == "milvus"
     assert dataset.load_brain_results("cnn").config.extractor["weights"] == MODEL["weights"]
-    assert len(dataset.exists("revsearch_embedding")) == len(dataset)
+    assert len(dataset.exists("cnn_embedding")) == len(dataset)  # the field named after the index
 
 
 def test_build_kmeans_and_pixel_indexes(app, dataset):
@@ -128,7 +128,7 @@ def test_build_kmeans_and_pixel_indexes(app, dataset):
     app.fill("Brain key", "ivf")
     app.choose("Index", "kmeans")
     app.fill("Clusters", 4)
-    app.choose("Embeddings", "revsearch_embedding")
+    app.choose("Embeddings", "cnn_embedding")
     out = app.execute()
     assert re.search(rf"Samples indexed:?\s+{len(dataset)}", out), out
     app.close_prompt()
@@ -288,13 +288,13 @@ def test_second_search_covers_the_dataset_unless_told_the_view(indexes, app, dat
 def test_pca_and_kmeans_right_after_build_then_filter_by_cluster(indexes, app, dataset):
     app.clear_view()  # these work on the current view: show the whole dataset first
     app.open_operator("revsearch: fit PCA")
-    app.choose("Embeddings field", "revsearch_embedding")
+    app.choose("Embeddings field", "cnn_embedding")
     app.fill("Components", 8)
     out = app.execute()
     assert "Fraction of variance kept" in out, out
     app.close_prompt()
     app.open_operator("revsearch: fit K-means")
-    app.choose("Embeddings field", "revsearch_embedding_pca")
+    app.choose("Embeddings field", "cnn_embedding_pca")
     app.fill("Clusters", 4)
     out = app.execute()
     assert "Cluster sizes" in out, out
@@ -399,6 +399,8 @@ def test_list_inspect_update_delete(indexes, app, dataset, caltech_files):
 
     app.open_operator("revsearch: delete index")
     app.choose("Index (brain key)", "ivf")
+    app.page.locator(PROMPT).get_by_role("checkbox").check(force=True)  # the confirmation
+    app.settle()
     app.execute()
     deadline = time.monotonic() + 10
     while "ivf" in dataset.list_brain_runs() and time.monotonic() < deadline:

@@ -101,7 +101,8 @@ def test_fit_kmeans_clusters_follow_the_classes(dataset, run, embedded):
         "fit_kmeans", embeddings_field=embedded, n_clusters=4, cluster_field="cluster", distance_field="cluster_dist"
     )
     clusters = dataset.values("cluster")
-    sizes = {int(k): v for k, v in out["cluster_sizes"].items()}
+    assert [row["cluster"] for row in out["cluster_sizes"]] == list(range(4))  # numeric order
+    sizes = {row["cluster"]: row["samples"] for row in out["cluster_sizes"]}
     assert sizes == {c: clusters.count(c) for c in range(4)}
     assert sum(sizes.values()) == len(dataset)
     assert adjusted_rand_score(dataset.values("ground_truth.label"), clusters) > 0.6
@@ -240,7 +241,9 @@ def test_exact_copies_by_file_hash_from_the_operator(run, caltech_files, tmp_pat
 
 def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
     listed = {i["brain_key"]: i for i in run("list_indexes")["indexes"]}
-    assert listed[milvus_index]["indexed"] == len(dataset) and not listed[milvus_index]["stale"]
+    row = listed[milvus_index]
+    assert (row["indexed"], row["not_indexed"], row["deleted"], row["changed"]) == (len(dataset), 0, 0, 0)
+    assert (row["index_kind"], row["features"]) == ("milvus", "cnn mobilenet_v2 (IMAGENET1K_V1, gem), 1280-d")
 
     extra = fo.Sample(filepath=caltech_files[0])
     dataset.add_sample(extra)
@@ -252,7 +255,8 @@ def test_list_inspect_update_delete(dataset, run, milvus_index, caltech_files):
     finally:
         dataset.delete_samples(extra)
     run("build_index", brain_key="tmp_px", index_kind="exact", features="pixel")
-    assert run("delete_index", brain_key="tmp_px") == {"deleted": "tmp_px"}
+    out = run("delete_index", brain_key="tmp_px", confirm=True)
+    assert out["message"] == f"Deleted index 'tmp_px' (exact, pixel 32x32 thumbnails, 3072-d, {len(dataset)} samples)"
     assert "tmp_px" not in dataset.list_brain_runs()
 
 

@@ -1,0 +1,141 @@
+"""Keeping indexes in shape, clicked in the real App (headless Debian Chromium via Playwright): stale
+indexes announced and updated before a search, one embeddings field per index, weights present
+offline by default, tables for cluster sizes and the index list, confirmed deletes, form checks.
+Screenshots go to ``test-artifacts/app_upkeep_*.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+
+from app_driver import CHROMIUM, PROMPT, App, app_server, browser_page
+from plugin_helpers import unique_name
+from revsearch.features.factory import make_extractor
+from revsearch.fiftyone import tools
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip package 'playwright' not installed")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} absent: .ci/plugin_setup.sh could not install Debian's chromium", allow_module_level=True)
+pytestmark = pytest.mark.slow
+
+
+def label_of(path: str) -> str:
+    return f"{Path(path).parent.name}/{Path(path).stem}"
+
+
+@pytest.fixture(scope="module")
+def dataset(caltech_files):
+    """12 Caltech photos, each tile labelled by name, in a pixel index 'px'."""
+    ds = fo.Dataset(unique_name("upkeep"))
+    ds.add_samples([fo.Sample(filepath=f, name=fo.Classification(label=label_of(f))) for f in caltech_files[:12]])
+    tools.build_index(ds, "px", "exact", make_extractor("pixel"))
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture(scope="module")
+def server(dataset, plugins_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with app_server(log, {"FIFTYONE_PLUGINS_DIR": str(plugins_dir)}) as (base, _):
+        yield base
+
+
+@pytest.fixture
+def app(server, dataset):
+    with browser_page(playwright_api) as page:
+        yield App(page, f"{server}/datasets/{dataset.name}").open()
+
+
+def rows(app: App) -> list[list[str]]:
+    """The cells of the table in the prompt's output, row by row."""
+    table = app.page.locator(PROMPT).locator("table tbody tr")
+    table.first.wait_for(timeout=30_000)
+    return [[c.strip() for c in r.locator("td").all_inner_texts()] for r in table.all()]
+
+
+def test_search_says_the_index_is_stale_and_updates_it_first(app, dataset, caltech_files):
+    added = fo.Sample(filepath=caltech_files[20], name=fo.Classification(label=label_of(caltech_files[20])))
+    dataset.add_sample(added)
+    dataset.delete_samples(dataset.first())
+    app.open_operator("revsearch: search by image")
+    app.choose("Index (brain key)", "px")
+    app.page.get_by_text("1 samples not indexed, 1 indexed samples deleted", exact=False).wait_for(timeout=20_000)
+    assert app.field("Update the index first").get_by_role("checkbox").is_checked()  # 1 to embed: ticked
+    app.choose("Query", "Local file path")
+    app.fill("Image path on the server", caltech_files[20])
+    app.fill("Number of results", 3)
+    app.screenshot("app_upkeep_stale_search")
+    app.execute()
+    assert app.wait_for_labels([added.name.label])[0] == added.name.label
+    dataset.reload()
+    assert not tools.index_status(dataset.load_brain_results("px", cache=False))["stale"]
+
+
+def test_default_build_runs_offline_keeps_its_own_field_and_fit_kmeans_shows_a_table(app, dataset):
+    app.clear_view()  # the build indexes the current view: show the whole dataset first
+    app.open_operator("revsearch: build index")
+    app.fill("Brain key", "mine")
+    app.choose("Index", "exact")
+    field = app.field("Backbone")
+    assert "mobilenet_v2 (weights present)" in field.inner_text(), field.inner_text()
+    assert app.field("Weights").locator("input").input_value() == "IMAGENET1K_V1"
+    assert app.field("Keep embeddings in field").locator("input").input_value() == "mine_embedding"
+    app.screenshot("app_upkeep_build_form")
+    out = app.execute()
+    assert re.search(rf"Samples indexed:?\s+{len(dataset)}", out), out
+    app.close_prompt()
+
+    app.clear_view()
+    app.open_operator("revsearch: fit K-means")
+    app.choose("Embeddings field", "mine_embedding")
+    app.page.get_by_text("kept by the build of index 'mine'", exact=False).wait_for(timeout=20_000)
+    app.fill("Clusters", 11)
+    app.execute()
+    shown = rows(app)
+    app.screenshot("app_upkeep_kmeans_table")
+    assert [r[0] for r in shown] == [str(i) for i in range(11)]  # numeric order: 10 after 9
+    assert sum(int(r[1]) for r in shown) == len(dataset)
+    app.close_prompt()
+
+    app.open_operator("revsearch: list indexes")
+    app.execute()
+    listed = {r[0]: r for r in rows(app)}
+    app.screenshot("app_upkeep_list_table")
+    assert {"px", "mine"} <= set(listed) and listed["mine"][1] == "exact", listed
+
+
+def test_delete_asks_to_confirm_naming_the_index_and_says_what_it_deleted(app, dataset):
+    tools.build_index(dataset, "gone", "exact", make_extractor("pixel"))
+    app.open_operator("revsearch: delete index")
+    execute = app.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True)
+    app.settle()
+    assert execute.is_disabled() and "Yes, delete" not in app.prompt_text()  # nothing chosen for the user
+    app.choose("Index (brain key)", "gone")
+    question = f"Yes, delete index 'gone' (exact, pixel 32x32 thumbnails, 3072-d, {len(dataset)} samples)"
+    app.page.get_by_text(question).wait_for(timeout=20_000)
+    assert execute.is_disabled()
+    app.screenshot("app_upkeep_delete_confirm")
+    app.page.locator(PROMPT).get_by_role("checkbox").check(force=True)
+    app.settle()
+    out = app.execute()
+    assert "Deleted index 'gone'" in out, out
+    dataset.reload()
+    assert "gone" not in dataset.list_brain_runs()
+
+
+def test_forms_check_bounds_and_copy_mode_advice_before_execute(app, dataset):
+    app.open_operator("revsearch: search by image")
+    app.choose("Index (brain key)", "px")
+    app.choose("Mode", "Edited copies (CNN + pixel fusion)")
+    app.page.get_by_text("build an index with Features = cnn", exact=False).wait_for(timeout=20_000)
+    assert "Copy-mode thumbnails" not in app.prompt_text()
+    app.choose("Mode", "Similar images")
+    app.fill("Number of results", 1)
+    assert "greater than" not in app.prompt_text() and "Must be at least" not in app.prompt_text()
+    app.fill("Number of results", 0)
+    app.page.get_by_text("Must be at least 1").wait_for(timeout=20_000)
+    app.screenshot("app_upkeep_bounds")
