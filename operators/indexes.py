@@ -23,6 +23,7 @@ from .common import (
 )
 
 _NO_FIELD = "(compute now)"
+_WHOLE_IMAGES = "(whole images)"
 #: Thumbnail side kept for the search's "edited copies" mode (the library's brain backend defaults to none).
 DEFAULT_COPY_PIXELS = RetrievalOptions().copy_pixels
 
@@ -39,8 +40,42 @@ def _index_options(params: dict) -> dict:
     if params.get("features", "cnn") != "pixel":
         if params.get("pca_components"):
             opts["pca_components"] = int(params["pca_components"])
-        opts["copy_pixels"] = int(params.get("copy_pixels", DEFAULT_COPY_PIXELS) or 0)
+        if not _patches_field(params):
+            opts["copy_pixels"] = int(params.get("copy_pixels", DEFAULT_COPY_PIXELS) or 0)
+    if _patches_field(params):
+        opts.update(
+            patches_field=_patches_field(params),
+            force_square=bool(params.get("force_square", False)),
+            alpha=params.get("alpha") or None,
+        )
     return {k: v for k, v in opts.items() if v is not None}
+
+
+def _patches_field(params: dict) -> str | None:
+    """The label field whose objects the form indexes; None for whole images."""
+    field = params.get("patches_field")
+    return None if field in (None, "", _WHOLE_IMAGES) else field
+
+
+def _objects_inputs(ctx, inputs: types.Object) -> bool:
+    """What to index: whole images, or the objects of a detections / polylines field (and how to crop
+    them); True when objects were chosen."""
+    fields = sorted(tools.object_fields(ctx.dataset)) if ctx.dataset is not None else []
+    if not fields:
+        return False
+    dropdown_input(
+        inputs,
+        "patches_field",
+        [_WHOLE_IMAGES, *fields],
+        "What to index",
+        description="whole images, or each object of a label field (search and sort its patches view)",
+        default=_WHOLE_IMAGES,
+    )
+    if not _patches_field(ctx.params):
+        return False
+    inputs.bool("force_square", default=False, label="Square crops", description="grow each box into a square")
+    inputs.float("alpha", label="Grow boxes by", description="e.g. 0.1 = 10% larger on each side; empty: as drawn")
+    return True
 
 
 class BuildIndex(foo.Operator):
@@ -77,16 +112,20 @@ class BuildIndex(foo.Operator):
             count_input(
                 ctx, inputs, "nprobe", 1, label="Clusters probed per query", description="empty: 1/20 of the clusters"
             )
-        dropdown_input(
-            inputs,
-            "embeddings_field",
-            [_NO_FIELD] + vector_fields(ctx),
-            "Embeddings",
-            required=False,
-            description="an existing embeddings field, or compute embeddings now",
-            default=_NO_FIELD,
-        )
-        if ctx.params.get("embeddings_field", _NO_FIELD) == _NO_FIELD:
+        objects = _objects_inputs(ctx, inputs)
+        if not objects:
+            dropdown_input(
+                inputs,
+                "embeddings_field",
+                [_NO_FIELD] + vector_fields(ctx),
+                "Embeddings",
+                required=False,
+                description="an existing embeddings field, or compute embeddings now",
+                default=_NO_FIELD,
+            )
+        if objects:
+            extractor_inputs(ctx, inputs)
+        elif ctx.params.get("embeddings_field", _NO_FIELD) == _NO_FIELD:
             extractor_inputs(ctx, inputs)
             inputs.str(
                 "keep_field",
@@ -97,6 +136,7 @@ class BuildIndex(foo.Operator):
             )
         if ctx.params.get("features", "cnn") != "pixel":
             count_input(ctx, inputs, "pca_components", 1, label="PCA components", description="empty: no PCA")
+        if ctx.params.get("features", "cnn") != "pixel" and not objects:
             count_input(
                 ctx,
                 inputs,
@@ -112,9 +152,10 @@ class BuildIndex(foo.Operator):
         p = ctx.params
         kind = p.get("index_kind", "milvus")
         field = p.get("embeddings_field")
-        field = None if field in (None, "", _NO_FIELD) else field
+        field = None if field in (None, "", _NO_FIELD) or _patches_field(p) else field
         extractor = None if field else extractor_from_params(p)
         keep_field = p.get("keep_field", tools.kept_field_name(p["brain_key"])) if extractor is not None else None
+        keep_field = None if _patches_field(p) else keep_field
         results, failures = tools.build_index(
             ctx.view,
             p["brain_key"],

@@ -101,6 +101,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
             default 0 = off, for the same reason; ``get_embeddings`` still returns the originals)
         copy_pixels: side of the pixel thumbnails kept for the copy mode (:meth:`RevsearchSimilarityIndex.copy_search`);
             default 0 = no copy mode (the plugin's build operator turns it on)
+        force_square, alpha: how the objects of ``patches_field`` were cropped (FiftyOne's patch options),
+            recorded so that updates crop new objects the same way
     """
 
     def __init__(
@@ -122,6 +124,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         dba_n: int = 0,
         dba_alpha: float = RetrievalOptions().dba_alpha,
         copy_pixels: int = 0,
+        force_square: bool = False,
+        alpha: float | None = None,
         **kwargs,
     ):
         index_kind = check_kind(index_kind)
@@ -142,6 +146,7 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         RetrievalOptions(qe_n, qe_alpha, dba_n, dba_alpha, copy_pixels)  # validates
         self.qe_n, self.qe_alpha = qe_n, qe_alpha
         self.dba_n, self.dba_alpha, self.copy_pixels = dba_n, dba_alpha, copy_pixels
+        self.force_square, self.alpha = force_square, alpha
         self._token = token
 
     @property

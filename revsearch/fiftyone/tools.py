@@ -15,7 +15,8 @@ from revsearch.features.factory import make_extractor
 from revsearch.features.pca import PCAReducer
 from revsearch.features.pipeline import FeatureExtractor
 from revsearch.features.query_source import ImageQuery
-from revsearch.fiftyone.brain import BACKEND_NAME, RevsearchSimilarityIndex
+from revsearch.fiftyone.brain import BACKEND_NAME, PATCH_LABEL_TYPES, RevsearchSimilarityIndex
+from revsearch.fiftyone.patches import embed_patches, labelled_samples
 from revsearch.index.ivf import IVFIndex
 from revsearch.index.registry import LEGACY_PIXEL, check_kind
 from revsearch.retrieval.options import MODES
@@ -167,6 +168,9 @@ def build_index(
     embeddings_field: str | None = None,
     progress: Progress = None,
     keep_field: str | None = None,
+    patches_field: str | None = None,
+    force_square: bool = False,
+    alpha: float | None = None,
     **options,
 ) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
     """Index the samples under ``brain_key``; returns the index and failures by sample id.
@@ -174,7 +178,9 @@ def build_index(
     ``index_kind``: ``exact``, ``kmeans`` or ``milvus`` (``pixel``: pixel features in an exact index).
     Vectors come from ``embeddings_field`` (made by :func:`compute_embeddings` / :func:`fit_pca`) or
     are computed with ``extractor`` (default: the CNN), then also stored in ``keep_field`` if given.
-    ``options`` go to :class:`~revsearch.fiftyone.brain.RevsearchSimilarityConfig`.
+    ``patches_field``: index the objects of that label field instead (crops embedded with ``extractor``,
+    boxes squared / grown by ``alpha`` as FiftyOne's ``compute_patch_embeddings``), searchable on
+    patches views. ``options`` go to :class:`~revsearch.fiftyone.brain.RevsearchSimilarityConfig`.
     """
     if brain_key in samples._root_dataset.list_brain_runs():
         raise ValueError(
@@ -183,8 +189,14 @@ def build_index(
     if index_kind == LEGACY_PIXEL:
         extractor = extractor or make_extractor("pixel")
     index_kind = check_kind(index_kind)
-    pca = None
-    if embeddings_field:
+    pca, label_ids = None, None
+    if patches_field:
+        extractor = extractor or make_extractor("cnn")
+        found = embed_patches(samples, patches_field, extractor, force_square, alpha, progress)
+        ids, label_ids, vectors, failures = found.sample_ids, found.label_ids, found.stacked(extractor), found.failures
+        description = extractor.describe()
+        options = {**options, "patches_field": patches_field}
+    elif embeddings_field:
         ids, vectors = field_vectors(samples, embeddings_field)
         info, failures = _field_info(samples, embeddings_field), {}
         description = info.get(EXTRACTOR_INFO)
@@ -206,17 +218,36 @@ def build_index(
         **options,
     )
     results.set_pca(pca)
+    if patches_field:  # (compute_similarity keeps its own force_square / alpha out of the config)
+        results.config.force_square, results.config.alpha = force_square, alpha
+        results.save_config()
     if ids:
-        results.add_to_index(vectors, ids)
+        results.add_to_index(vectors, ids, label_ids=label_ids)
     results.save()
     return results, failures
 
 
 def index_status(results: RevsearchSimilarityIndex, check_files: bool = True) -> dict:
     """Size of the index and how it differs from its dataset: samples added, deleted, or whose file
-    changed (size or modification time) since indexing (not looked at, cheaper, without ``check_files``)."""
+    changed (size or modification time) since indexing (not looked at, cheaper, without ``check_files``).
+    A patch index: ``not_indexed`` are the samples holding objects not indexed, ``deleted`` the objects
+    (label ids) indexed but gone."""
+    dataset = results.samples._root_dataset
+    if results.has_patches:
+        objects = {
+            box.id: i for i, _, boxes in labelled_samples(dataset, results.config.patches_field) for box in boxes
+        }
+        indexed_objects = set(results.label_ids.tolist())
+        changed = sorted(set(results.changed_sample_ids()) & set(objects.values())) if check_files else []
+        return {
+            "indexed": len(indexed_objects),
+            "not_indexed": sorted({objects[i] for i in objects.keys() - indexed_objects}),
+            "deleted": sorted(indexed_objects - objects.keys()),
+            "changed": changed,
+            "stale": indexed_objects != objects.keys() or bool(changed),
+        }
     indexed = set(results.sample_ids.tolist())
-    current = set(results.samples._root_dataset.values("id"))
+    current = set(dataset.values("id"))
     changed = sorted(set(results.changed_sample_ids()) & current) if check_files else []
     return {
         "indexed": len(indexed),
@@ -230,6 +261,8 @@ def index_status(results: RevsearchSimilarityIndex, check_files: bool = True) ->
 def sync_index(results: RevsearchSimilarityIndex, progress: Progress = None) -> dict:
     """Add the dataset's unindexed samples, re-embed changed ones, remove deleted ones, in place."""
     status = index_status(results)
+    if results.has_patches:
+        return _sync_patches(results, status, progress)
     if status["deleted"]:
         results.remove_from_index(status["deleted"])
     failures = {}
@@ -247,6 +280,37 @@ def sync_index(results: RevsearchSimilarityIndex, progress: Progress = None) -> 
     results.save()
     return {
         "added": len(status["not_indexed"]) - len(set(failures) - set(status["changed"])),
+        "updated": len(status["changed"]),
+        "removed": len(status["deleted"]),
+        "failures": failures,
+    }
+
+
+def object_fields(samples) -> list[str]:
+    """Label fields whose objects can be indexed as patches (detections, polylines)."""
+    return [
+        name
+        for name, f in samples.get_field_schema(embedded_doc_type=PATCH_LABEL_TYPES).items()
+        if not name.startswith("_")
+    ]
+
+
+def _sync_patches(results: RevsearchSimilarityIndex, status: dict, progress: Progress) -> dict:
+    """:func:`sync_index` of a patch index: the objects of new or changed samples embedded anew."""
+    results.remove_from_index(label_ids=status["deleted"])
+    todo_ids = status["not_indexed"] + status["changed"]
+    failures = {}
+    if todo_ids:
+        todo = results.samples._root_dataset.select(todo_ids)
+        extractor, config = make_extractor(results.config.extractor), results.config
+        found = embed_patches(todo, config.patches_field, extractor, config.force_square, config.alpha, progress)
+        results.remove_from_index(sample_ids=todo_ids)
+        if found.label_ids:
+            results.add_to_index(found.stacked(extractor), found.sample_ids, label_ids=found.label_ids)
+        failures = found.failures
+    results.save()
+    return {
+        "added": len(status["not_indexed"]),
         "updated": len(status["changed"]),
         "removed": len(status["deleted"]),
         "failures": failures,
@@ -271,15 +335,27 @@ def query_view(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "copy":
         return _copy_view(results, samples, query, k, dist_field, allow_private_urls)
-    if isinstance(query, list) or (isinstance(query, str) and query in set(results.sample_ids.tolist())):
+    if results.has_patches:  # objects: their patches, sorted; a sample id stands for its objects
+        samples = samples if samples._is_patches else samples.to_patches(results.config.patches_field)
+        query = _objects_of(results, query) if isinstance(query, list) else query
+    if isinstance(query, list) or (isinstance(query, str) and query in set(results.keys.tolist())):
         vector = query
     else:
         vector = results.embed_query(query, allow_private_urls)
     results.use_view(samples)
     view = results.sort_by_similarity(vector, k=k, dist_field=dist_field)
-    if dist_field:
+    if dist_field and not results.has_patches:
         _clear_outside(samples._root_dataset, dist_field, view.values("id"))
     return view
+
+
+def _objects_of(results: RevsearchSimilarityIndex, ids: list[str]) -> list[str]:
+    """Query ids for a patch index: label ids as they are, each sample id replaced by its objects' ids."""
+    keys = set(results.keys.tolist())
+    samples = {i for i in ids if i not in keys}
+    return [i for i in ids if i in keys] + [
+        k for k, s in zip(results.keys.tolist(), results.sample_ids.tolist()) if s in samples
+    ]
 
 
 def _copy_view(results: RevsearchSimilarityIndex, samples, query, k: int, dist_field: str | None, allow_private: bool):

@@ -213,3 +213,39 @@ def test_a_patch_index_skips_samples_without_labels_and_tells_label_fields_apart
         fob.compute_similarity(patches, embeddings=False, backend="revsearch", index_kind="exact").add_to_index(
             np.zeros((1, 4), np.float32), [first], label_ids=["x"]
         )
+
+
+@pytest.mark.parametrize("kind", ("exact", "milvus"))
+def test_build_sync_and_query_a_patch_index_with_the_plugin_tools(patches, kind, tmp_path):
+    """``tools.build_index(patches_field=...)``: each image decoded once, crops batched across images;
+    an unreadable image is reported, not fatal; sync follows added and deleted objects."""
+    from revsearch.fiftyone import tools
+
+    ds = patches.clone()
+    try:
+        broken = ds.skip(3).first()
+        broken.filepath = str(tmp_path / "missing.jpg")
+        broken.save()
+        options = {"uri": str(tmp_path / "b.db")} if kind == "milvus" else {}
+        results, failures = tools.build_index(
+            ds, "b", kind, extractor=PixelFeatures(8), patches_field="gt", force_square=True, **options
+        )
+        assert set(failures) == {broken.id}
+        expected = set(label_ids(ds.exclude(broken.id)))
+        assert set(results.label_ids.tolist()) == expected
+        assert results.config.force_square is True
+
+        sample = ds.skip(5).first()  # one object more, one less
+        sample.gt.detections = sample.gt.detections[1:] + boxes(np.random.default_rng(1), 1)
+        sample.save()
+        status = tools.index_status(results)
+        assert broken.id in status["not_indexed"] and sample.id in status["not_indexed"]
+        assert len(status["deleted"]) == 1
+        tools.sync_index(results)
+        assert set(results.label_ids.tolist()) == set(label_ids(ds.exclude(broken.id)))
+
+        query = sample.gt.detections[-1].id
+        view = tools.query_view(results, ds.to_patches("gt"), query, k=3)
+        assert view.values("id")[0] == query and len(view) == 3
+    finally:
+        ds.delete()
