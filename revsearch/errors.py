@@ -51,3 +51,15 @@ class IndexBusyError(RevsearchError):
 
 class IndexCorruptError(RevsearchError):
     """An index file is damaged (e.g. a truncated or hand-edited manifest)."""
+
+
+class DamagedFileError(IndexCorruptError):
+    """One file of an index folder is damaged or missing; ``path`` names it (``--rebuild`` moves it aside)."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path} is damaged ({reason}); rebuild the index with revsearch index FOLDER --rebuild")
+        self.path, self.reason = path, reason
+
+
+class DiskFullError(RevsearchError):
+    """A write found no space left on the disk; nothing was committed."""

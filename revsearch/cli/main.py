@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # names are escaped by printable(); never fail on output
         stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    # pymilvus logs each failed call with its traceback; the error is reported below in one line
+    logging.getLogger("pymilvus.decorators").disabled = True
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -314,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         where = f" ({printable(str(exc.filename))})" if exc.filename else ""
         print(f"revsearch: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug or a dependency's error: still one line, never a traceback
+        print(f"revsearch: error: unexpected {type(exc).__name__}: {printable(str(exc))}", file=sys.stderr)
         return 2
 
 

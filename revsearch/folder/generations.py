@@ -8,6 +8,7 @@
     journal.npz     an update in progress (see :mod:`revsearch.folder.journal`)
     partial/        the embedding checkpoint of a build (see :mod:`revsearch.folder.checkpoint`)
     .lock           held by the one process updating the index (see :mod:`revsearch.locks`)
+    damaged-<time>/ parts a ``--rebuild`` found damaged and moved aside (never deleted)
 
 A build writes ``pending.json`` before it creates its collection: after a crash, the next run drops
 the half-filled collection (not committed) or the old one (committed), so nothing is orphaned.
@@ -18,11 +19,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from revsearch.crashpoints import write_point
-from revsearch.errors import IndexCorruptError, IndexNotFoundError, RevsearchError
-from revsearch.folder.atomic import fsync_dir, write_atomic
+from revsearch.errors import DamagedFileError, IndexNotFoundError, RevsearchError
+from revsearch.folder.atomic import checksum, fsync_dir, write_atomic
 from revsearch.index.milvus_uri import is_lite_uri
 
 MANIFEST = "manifest.json"
@@ -43,9 +45,47 @@ def generation_dir(directory: Path, generation: int) -> Path:
     return directory / f"gen-{generation}"
 
 
-def damaged(path: Path, why: str) -> IndexCorruptError:
+def damaged(path: Path, why: str) -> DamagedFileError:
     """The error for a damaged index file: names the file and the fix."""
-    return IndexCorruptError(f"{path} is damaged ({why}); rebuild the index with revsearch index FOLDER --rebuild")
+    return DamagedFileError(path, why)
+
+
+def verify_files(folder: Path, checksums: dict[str, str]) -> None:
+    """Raise :class:`DamagedFileError` for the first file of ``folder`` missing or unlike its checksum."""
+    for name, digest in checksums.items():
+        path = folder / name
+        if not path.is_file():
+            raise damaged(path, "missing")
+        if checksum(path) != digest:
+            raise damaged(path, "its bytes changed since it was written: checksum mismatch")
+
+
+def lite_file_problem(path: Path) -> str | None:
+    """Why a Milvus Lite file (an SQLite database) is damaged, from its header and size, or None if it looks
+    sound or is absent (cheap: nothing but the first 100 bytes is read)."""
+    try:
+        with open(path, "rb") as f:
+            header, size = f.read(100), os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return None
+    if not size:
+        return "empty"
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return "not a Milvus Lite file"
+    page = int.from_bytes(header[16:18], "big")
+    expected = (65536 if page == 1 else page) * int.from_bytes(header[28:32], "big")
+    return f"truncated: {size} of {expected} bytes" if size < expected else None
+
+
+def set_aside(directory: Path, path: Path, reason: str) -> str:
+    """Move a damaged file or folder into ``damaged-<time>/`` in ``directory`` (never deleted); returns a note."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    place = Path(path).relative_to(directory) if Path(path).is_relative_to(directory) else Path(Path(path).name)
+    target = directory / f"damaged-{stamp}" / place
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, target)
+    fsync_dir(directory)
+    return f"moved the damaged {path} ({reason}) to {target}"
 
 
 def read_manifest(directory: Path) -> dict:
@@ -107,6 +147,9 @@ def settle_pending(directory: Path, committed_generation: int, token: str = "") 
         write_point("checkpoint cleared")
     drop = (old if old != new else None) if committed else new  # never the collection the manifest names
     if drop is not None:
+        lite = Path(drop["uri"]) if is_lite_uri(drop["uri"]) else None
+        if lite is not None and (problem := lite_file_problem(lite)):
+            raise damaged(lite, problem)
         from revsearch.index.milvus import drop_collection  # pymilvus only when there is a collection to drop
 
         drop_collection(drop["uri"], drop["collection"], token, drop.get("db_name", ""))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,25 +20,38 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from revsearch.crashpoints import write_point
-from revsearch.errors import IndexBusyError, IndexCorruptError, IndexMismatchError, RevsearchError
+from revsearch.errors import (
+    DamagedFileError,
+    IndexBusyError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    RevsearchError,
+)
 from revsearch.features.factory import make_extractor
 from revsearch.features.pca import PCAReducer
 from revsearch.features.pipeline import FeatureExtractor
 from revsearch.features.pixel import PixelFeatures
 from revsearch.features.query_source import ImageQuery, load_query_image
 from revsearch.files import file_signature, stale_files
-from revsearch.folder.atomic import fsync_tree, write_atomic
+from revsearch.folder.atomic import check_space, disk_full, disk_full_as_error, seal_tree, write_atomic
 from revsearch.folder.checkpoint import EmbeddingCheckpoint
 from revsearch.folder.generations import (
     CHECKPOINT,
     FORMAT_VERSION,
+    JOURNAL,
     MANIFEST,
+    PENDING,
+    damaged,
     generation_dir,
+    lite_file_problem,
     needs_recovery,
     read_manifest,
     remove_old_generations,
     resolve_lite_uri,
+    set_aside,
     settle_pending,
+    verify_files,
     write_pending,
 )
 from revsearch.folder.journal import Update, clear_journal, read_journal, write_journal
@@ -56,6 +70,9 @@ if TYPE_CHECKING:
 BACKENDS = (*INDEX_KINDS, LEGACY_PIXEL)
 #: The PCA of a generation (format 3; format 2 wrote ``pca.npz``).
 PCA_FILE = "pca.json"
+#: Bytes a Milvus Lite file grows by per float of vector added, with room to spare (measured: 680 bytes per
+#: 128-d vector), and a margin for its metadata: checked before writing, as Lite retries a full disk for minutes.
+LITE_BYTES_PER_FLOAT, LITE_MARGIN = 6, 4 * 2**20
 
 
 @dataclass
@@ -138,6 +155,8 @@ class SearchIndex:
         self.failures: dict[str, str] = failures or {}
         self.generation = generation
         self.roots = roots
+        #: SHA-256 of each file of the committed generation (None: saved before checksums, not checked).
+        self.checksums: dict[str, str] | None = None
         #: What opening the index set right (an interrupted update finished); the next sync reports it.
         self.notes: list[str] = []
 
@@ -182,8 +201,8 @@ class SearchIndex:
                 raise ValueError(
                     f"{name} must be at most {limit} ({len(paths)} files, {extractor.dim}-d features), got {value}"
                 )
-        with IndexLock(directory):
-            recovered = recover(directory, backend_options.get("token", ""))
+        with IndexLock(directory), disk_full_as_error(directory):
+            recovered = _recover_for_build(directory, _lite_path(backend, backend_options, directory), backend_options)
             previous = read_manifest(directory) if (directory / MANIFEST).exists() else None
             generation = (previous.get("generation", 0) if previous else 0) + 1
             current = {p: file_signature(p) for p in paths}
@@ -212,16 +231,17 @@ class SearchIndex:
             )
             items: dict[str, dict] = {}
             try:
-                for keys, vectors, signatures in checkpoint.chunks():
-                    vectors = reducer.transform(vectors) if reducer else vectors
-                    if extras.dba is None:
-                        store.add(keys, vectors)
-                    else:
-                        held.append((keys, vectors))  # DBA needs every vector first
-                    items.update((k, {"path": k, "signature": s}) for k, s in zip(keys, signatures))
-                    bar.update(len(keys))
-                bar.close()
-                extras.finish_build(store, held, chunk_size)  # DBA, thumbnails
+                with _lite_space(store, len(paths) - len(report.failures)):
+                    for keys, vectors, signatures in checkpoint.chunks():
+                        vectors = reducer.transform(vectors) if reducer else vectors
+                        if extras.dba is None:
+                            store.add(keys, vectors)
+                        else:
+                            held.append((keys, vectors))  # DBA needs every vector first
+                        items.update((k, {"path": k, "signature": s}) for k, s in zip(keys, signatures))
+                        bar.update(len(keys))
+                    bar.close()
+                    extras.finish_build(store, held, chunk_size)  # DBA, thumbnails
                 extras.update_pixels([], {k: k for k in items})
                 root_list = sorted({os.path.abspath(r) for r in roots}) if roots is not None else None
                 index = cls(
@@ -304,7 +324,8 @@ class SearchIndex:
                 raise IndexBusyError(
                     f"the index in {self.directory} was changed by another run since it was opened; open it again"
                 )
-            write_journal(self.directory, update)
+            with disk_full_as_error(self.directory):
+                write_journal(self.directory, update)
             self.apply(update)
             clear_journal(self.directory)
 
@@ -314,7 +335,8 @@ class SearchIndex:
             self.backend.remove(update.remove)
         keys, vectors = self.extras.store_vectors(update.remove, update.keys, update.vectors)
         if keys:
-            self.backend.add(keys, vectors)
+            with _lite_space(self.backend, len(keys)):
+                self.backend.add(keys, vectors)
         self.extras.update_pixels(update.remove, {k: update.items[k]["path"] for k in update.keys})
         for k in update.remove:
             self.items.pop(k, None)
@@ -435,6 +457,7 @@ class SearchIndex:
             "backend": self.backend.config(),
             "items": self.items,
             "failures": self.failures,
+            "checksums": self.checksums,
         }
 
     def _commit(self) -> None:
@@ -443,15 +466,23 @@ class SearchIndex:
         folder = generation_dir(self.directory, generation)
         if folder.exists():
             shutil.rmtree(folder)  # left by a run that died before committing it
-        folder.mkdir(parents=True)
-        self.backend.save(folder)
-        if self.reducer:
-            (folder / PCA_FILE).write_text(json.dumps(self.reducer.state()))
-        self.extras.save(folder)
-        fsync_tree(folder)
+        current = generation_dir(self.directory, self.generation)
+        check_space(self.directory, sum(f.stat().st_size for f in current.rglob("*") if f.is_file()))  # about as big
+        try:
+            with disk_full_as_error(folder):
+                folder.mkdir(parents=True)
+                self.backend.save(folder)
+                if self.reducer:
+                    (folder / PCA_FILE).write_text(json.dumps(self.reducer.state()))
+                self.extras.save(folder)
+                checksums = seal_tree(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # not committed: give its space back
+            raise
         write_point("generation files written")
-        self.generation = generation
-        write_atomic(self.directory / MANIFEST, json.dumps(self.manifest(), indent=1).encode())
+        self.generation, self.checksums = generation, checksums
+        with disk_full_as_error(self.directory / MANIFEST):
+            write_atomic(self.directory / MANIFEST, json.dumps(self.manifest(), indent=1).encode())
         remove_old_generations(self.directory, generation)
 
     def save(self) -> None:
@@ -491,6 +522,22 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     config = manifest["backend"]
     if config["kind"] == "milvus":
         config = resolve_lite_uri(directory, config)
+        lite = Path(config["uri"]) if is_lite_uri(config["uri"]) else None
+        if lite is not None and (problem := lite_file_problem(lite)):
+            raise damaged(lite, problem)
+    verify_files(folder, manifest.get("checksums") or {})
+    try:
+        return _open_verified(cls, directory, manifest, token, folder, config)
+    except (RevsearchError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a file saved before checksums, damaged: numpy / JSON errors
+        if config["kind"] == "milvus":
+            raise  # a Milvus error, not a file's
+        raise damaged(folder, f"cannot load its files: {type(exc).__name__}: {exc}") from None
+
+
+def _open_verified(cls, directory: Path, manifest: dict, token: str, folder: Path, config: dict) -> SearchIndex:
+    """The index a manifest describes, its files checked."""
     with ThreadPoolExecutor(1, thread_name_prefix="revsearch-open") as pool:  # the model loads meanwhile
         opening = pool.submit(load_index, config, folder if config["kind"] != "milvus" else directory, token)
         try:
@@ -507,6 +554,7 @@ def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
     extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
     index = cls(directory, extractor, backend, reducer, manifest["items"], manifest["failures"], extras=extras)
     index.generation, index.roots = manifest.get("generation", 0), manifest.get("roots")
+    index.checksums = manifest.get("checksums")
     return index
 
 
@@ -529,6 +577,65 @@ def recover(directory: Path, token: str = "") -> list[str]:
         clear_journal(directory)
     remove_old_generations(directory, generation)
     return notes
+
+
+def _recover_for_build(directory: Path, lite: Path | None, options: dict) -> list[str]:
+    """:func:`recover` for a build, which replaces the index: what stops it (a damaged manifest, build
+    record, journal, Lite file, or a committed index that cannot be opened) is moved aside, with notes."""
+    notes: list[str] = []
+    while True:
+        try:
+            if lite is not None and (problem := lite_file_problem(lite)):
+                raise damaged(lite, problem)
+            recovered = recover(directory, options.get("token", ""))
+            if (directory / MANIFEST).exists():  # damaged files of the generation the build replaces: moved aside
+                manifest = read_manifest(directory)
+                verify_files(generation_dir(directory, manifest.get("generation", 0)), manifest.get("checksums") or {})
+            return notes + recovered
+        except DamagedFileError as exc:
+            path = Path(exc.path)
+            in_generation = path.is_relative_to(directory) and path.relative_to(directory).parts[0].startswith("gen-")
+            if path.is_file() and not in_generation and path.name != MANIFEST:
+                notes.append(set_aside(directory, path, exc.reason))  # a build record, a journal, a Lite file
+            else:  # the manifest or a generation's file: the committed index is unusable
+                notes += _set_aside_index(directory, f"has a damaged file, {path}: {exc.reason}", exc)
+        except Exception as exc:  # the committed index cannot be opened to finish its update
+            if isinstance(exc, RevsearchError) and not isinstance(exc, IndexNotFoundError):
+                raise  # busy, disk full, a server out of reach: nothing damaged
+            notes += _set_aside_index(directory, f"cannot be opened: {type(exc).__name__}: {exc}", exc)
+
+
+def _set_aside_index(directory: Path, reason: str, error: Exception) -> list[str]:
+    """Move the committed index's records and generations aside (``error`` is raised if there are none)."""
+    parts = [directory / n for n in (MANIFEST, PENDING, JOURNAL) if (directory / n).exists()]
+    parts += sorted(directory.glob("gen-*"))
+    if not parts:
+        raise error
+    return [set_aside(directory, part, f"the index {reason}") for part in parts]
+
+
+def _lite_path(kind: str, options: dict, directory: Path) -> Path | None:
+    """The Milvus Lite file a build of ``kind`` writes, if any."""
+    uri = options.get("uri") or str(directory / DEFAULT_URI)
+    return Path(os.path.abspath(uri)) if kind == "milvus" and is_lite_uri(uri) else None
+
+
+@contextmanager
+def _lite_space(backend, n_vectors: int) -> Iterator[None]:
+    """Refuse, before writing, ``n_vectors`` more vectors in a Milvus Lite file whose disk cannot take them;
+    a Lite write that failed on a full disk (after Lite's retries) says so."""
+    uri = backend.config().get("uri", "") if backend.kind == "milvus" else ""
+    if not (uri and is_lite_uri(uri)):
+        yield
+        return
+    folder = Path(uri).parent
+    check_space(folder, n_vectors * backend.dim * LITE_BYTES_PER_FLOAT + LITE_MARGIN)
+    try:
+        yield
+    except Exception:
+        if shutil.disk_usage(folder).free < LITE_MARGIN:
+            raise disk_full(folder) from None
+        raise
 
 
 def _record_pending(directory: Path, generation: int, previous: dict | None, backend: str, options: dict) -> None:
