@@ -7,7 +7,7 @@ from revsearch.features.pipeline import FeatureExtractor
 #: The kinds of features: a torchvision CNN's pooled descriptor, or pixel thumbnails (the baseline).
 FEATURES = ("cnn", "pixel")
 #: Settings of a CNN extractor that a description may carry (see ``Embedder.describe``).
-_CNN_SETTINGS = ("backbone", "weights", "pooling", "gem_p", "image_size", "batch_size", "runtime")
+CNN_SETTINGS = ("backbone", "weights", "pooling", "gem_p", "image_size", "batch_size", "runtime")
 
 
 def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
@@ -23,9 +23,13 @@ def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
         return PixelFeatures(description.get("size", 32))
     if kind != "cnn":
         raise ValueError(f"features must be one of {FEATURES}, got {kind!r}")
-    from revsearch.features.cnn import Embedder, EmbedderConfig
+    from revsearch.features.cnn import Embedder
 
-    config = EmbedderConfig(**{k: description[k] for k in _CNN_SETTINGS if k in description})
+    config = cnn_config(description)
+    if description.get("regions"):  # whole-image vector + region vectors from one pass
+        from revsearch.features.regions import RegionEmbedder
+
+        return RegionEmbedder(config, digest=description.get("weights_digest"), model_id=description.get("model_id"))
     scales = tuple(description.get("scales") or (1.0,))
     if scales != (1.0,):  # multi-scale descriptors (pooled at several input sizes, averaged)
         from revsearch.features.multiscale import MultiScaleEmbedder
@@ -33,6 +37,13 @@ def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
         return MultiScaleEmbedder(config, scales)
     # a stored description names the weights' hash: a query then opens the cached ONNX export directly
     return Embedder(config, digest=description.get("weights_digest"), model_id=description.get("model_id"))
+
+
+def cnn_config(description: dict):
+    """The CNN settings of an extractor ``describe()`` (those not given: their defaults)."""
+    from revsearch.features.cnn import EmbedderConfig
+
+    return EmbedderConfig(**{k: description[k] for k in CNN_SETTINGS if k in description})
 
 
 def parse_scales(text: str) -> tuple[float, ...]:

@@ -53,6 +53,7 @@ from revsearch.index.hits import Hit, squared_l2
 from revsearch.index.registry import check_kind, collection_name
 from revsearch.retrieval.options import IndexExtras, RetrievalOptions, copy_query_images
 from revsearch.retrieval.query_expansion import expanded_search
+from revsearch.retrieval.regions import best_over_queries, region_keys
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch
 METRICS = ("sqeuclidean", "euclidean", "cosine")
 #: ``mean`` averages the queries before searching; ``post-*`` aggregate each sample's distances to them.
 AGGREGATIONS = {"mean": None, "post-mean": np.nanmean, "post-min": np.nanmin, "post-max": np.nanmax}
+#: Milvus collection suffix of a run's region vectors.
+REGIONS_SUFFIX = "_regions"
 #: A patch index's saved label ids and the sample id of each.
 PATCH_KEYS = ("label_ids", "sample_ids")
 #: Label types whose objects can be indexed as patches (``patches_field``).
@@ -103,6 +106,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
             default 0 = no copy mode (the plugin's build operator turns it on)
         force_square, alpha: how the objects of ``patches_field`` were cropped (FiftyOne's patch options),
             recorded so that updates crop new objects the same way
+        regions: also index each image's regions (:mod:`revsearch.features.regions`), for
+            :meth:`RevsearchSimilarityIndex.region_search`; ``region_dim``: their whitened-PCA size
     """
 
     def __init__(
@@ -126,11 +131,15 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         copy_pixels: int = 0,
         force_square: bool = False,
         alpha: float | None = None,
+        regions: bool = False,
+        region_dim: int = 256,
         **kwargs,
     ):
         index_kind = check_kind(index_kind)
         if metric not in (None, *METRICS):
             raise ValueError(f"unsupported metric {metric!r}: revsearch supports {METRICS}")
+        if regions and kwargs.get("patches_field") is not None:
+            raise ValueError("regions are indexed per image: they cannot be combined with patches_field")
         if kwargs.get("patches_field") is not None and copy_pixels:
             raise ValueError("the copy mode (copy_pixels) compares whole images: it cannot index patches_field")
         if index_kind == "milvus":
@@ -147,6 +156,7 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         self.qe_n, self.qe_alpha = qe_n, qe_alpha
         self.dba_n, self.dba_alpha, self.copy_pixels = dba_n, dba_alpha, copy_pixels
         self.force_square, self.alpha = force_square, alpha
+        self.regions, self.region_dim = bool(regions), int(region_dim)
         self._token = token
 
     @property
@@ -238,8 +248,9 @@ def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, 
     return True
 
 
-def _make_handle(config: RevsearchSimilarityConfig, state: dict) -> IndexHandle:
-    """The run's index: its stored ``state``, made (when first added to) with the config's options."""
+def _make_handle(config: RevsearchSimilarityConfig, state: dict, suffix: str = "") -> IndexHandle:
+    """The run's index: its stored ``state``, made (when first added to) with the config's options;
+    ``suffix``: of the Milvus collection of a second index of the run (its regions)."""
     if config.index_kind != "milvus":
         return IndexHandle(
             {**state, "kind": config.index_kind}, {"n_clusters": config.n_clusters, "nprobe": config.nprobe}
@@ -250,7 +261,7 @@ def _make_handle(config: RevsearchSimilarityConfig, state: dict) -> IndexHandle:
     return IndexHandle(
         {**state, "kind": "milvus"},
         {
-            "collection": config.collection_name,
+            "collection": config.collection_name + suffix,
             "uri": uri,
             "token": config.token or "",
             "db_name": config.db_name or "",
@@ -274,6 +285,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         retrieval_state: dict | None = None,
         patch_state: dict | None = None,
         added_state: dict | None = None,
+        region_state: dict | None = None,
     ):
         self._pca = pca
         self._added = ExactIndex.from_state(unpack(added_state)) if added_state else None
@@ -288,6 +300,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "retrieval_state": retrieval_state,
                 "patch_state": patch_state,
                 "added_state": added_state,
+                "region_state": region_state,
             }
             if state is not None
             else None
@@ -299,6 +312,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         else:
             self._handle = _make_handle(config, unpack(state or {}))
         self._extras = IndexExtras.from_state(unpack(retrieval_state), config.options, self._handle.dim or 0)
+        regions = unpack(region_state or {})
+        self._regions = _make_handle(config, regions.get("index") or {}, REGIONS_SUFFIX) if config.regions else None
+        self._region_pca = PCAReducer.from_state(regions["pca"]) if regions.get("pca") else None
+        self._per_image: int = regions.get("per_image") or 0
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None and not getattr(backend, "pending", None):
@@ -469,6 +486,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             if self._added is not None:
                 self._added.remove([k for k in present if k in self._added.store])
             removed_owners = {self._owners.pop(k) for k in present} if self.has_patches else set(present)
+            if self._regions is not None and self._per_image:
+                self._regions.remove([key for i in present for key in region_keys(i, self._per_image)])
             for sample_id in removed_owners - set(self._owners.values()):
                 self._signatures.pop(sample_id, None)
             if self.config.embeddings_field is not None:
@@ -564,8 +583,47 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def cleanup(self):
         self._changing()
         self._handle.drop()
+        if self._regions is not None:
+            self._regions.drop()
+            self._region_pca, self._per_image = None, 0
         self._extras = IndexExtras(self.config.options, 0)
         self._added, self._owners, self._ids = None, {}, None
+
+    # ---- regions -------------------------------------------------------------------------
+    @property
+    def has_regions(self) -> bool:
+        return self._regions is not None
+
+    def add_regions(self, sample_ids, vectors: np.ndarray) -> None:
+        """Index each sample's region vectors ``(n, regions per image, dim)`` (the first: the whole image),
+        reduced by a whitened PCA fitted on the first ones added."""
+        if self._regions is None:
+            raise ValueError(f"index {self.key!r} was built without regions (regions=True)")
+        ids = [str(i) for i in sample_ids]
+        if not ids:
+            return
+        n, per_image, dim = vectors.shape
+        flat = vectors.reshape(-1, dim)
+        if self._region_pca is None:
+            self._region_pca = PCAReducer.fit(flat, min(self.config.region_dim, len(flat), dim), whiten=True)
+            self._per_image = per_image
+        if per_image != self._per_image:
+            raise ValueError(f"{per_image} regions per image, the index has {self._per_image}")
+        self._changing()
+        keys = [key for i in ids for key in region_keys(i, per_image)]
+        self._regions.remove(keys)
+        self._regions.add(keys, self._region_pca.transform(flat))
+
+    def region_search(self, vectors: np.ndarray, k: int) -> list[tuple[str, int, float]]:
+        """The ``k`` samples of the current view whose best region is nearest to any of the query's
+        ``vectors`` (one per scale): (sample id, region, squared L2 distance), nearest first."""
+        if self._regions is None or self._region_pca is None:
+            raise ValueError(f"index {self.key!r} holds no regions: build it with regions on")
+        allowed = None
+        if self.has_view:
+            allowed = [key for i in self.current_sample_ids.tolist() for key in region_keys(i, self._per_image)]
+        hits = self._regions.search(self._region_pca.transform(vectors), k * self._per_image, allowed=allowed)
+        return best_over_queries(hits)[:k]
 
     # ---- queries -------------------------------------------------------------------------
     def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
@@ -785,7 +843,13 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             "retrieval_state": self._extras.arrays_state(),
             "patch_state": dict(zip(PATCH_KEYS, (np.array(keys, str), self._owner_ids(keys)))) if keys else {},
             "added_state": self._added.arrays_state() if self._added is not None else {},
+            "region_state": self._region_arrays(),
         }
+
+    def _region_arrays(self) -> dict:
+        if self._regions is None or self._region_pca is None:
+            return {}
+        return {"index": self._regions.arrays_state(), "pca": self._region_pca.state(), "per_image": self._per_image}
 
     @property
     def pca_state(self) -> dict | None:
@@ -800,6 +864,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             "index_metric",
             "patch_state",
             "added_state",
+            "region_state",
         ]
 
     @property
@@ -811,6 +876,11 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def patch_state(self) -> dict:
         """Patch index: the sample holding each indexed label (label ids, sample ids), like :attr:`index_state`."""
         return self._run.packed["patch_state"]
+
+    @property
+    def region_state(self) -> dict:
+        """The region index (in-memory kinds: whole), its PCA and regions per image, like :attr:`index_state`."""
+        return self._run.packed["region_state"]
 
     @property
     def added_state(self) -> dict:
@@ -837,6 +907,7 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             retrieval_state=d.get("retrieval_state"),
             patch_state=d.get("patch_state"),
             added_state=d.get("added_state"),
+            region_state=d.get("region_state"),
         )
 
 

@@ -171,6 +171,7 @@ def build_index(
     patches_field: str | None = None,
     force_square: bool = False,
     alpha: float | None = None,
+    regions: bool = False,
     **options,
 ) -> tuple[RevsearchSimilarityIndex, dict[str, str]]:
     """Index the samples under ``brain_key``; returns the index and failures by sample id.
@@ -180,7 +181,9 @@ def build_index(
     are computed with ``extractor`` (default: the CNN), then also stored in ``keep_field`` if given.
     ``patches_field``: index the objects of that label field instead (crops embedded with ``extractor``,
     boxes squared / grown by ``alpha`` as FiftyOne's ``compute_patch_embeddings``), searchable on
-    patches views. ``options`` go to :class:`~revsearch.fiftyone.brain.RevsearchSimilarityConfig`.
+    patches views. ``regions``: also index each image's regions (CNN features computed now), for
+    :func:`~revsearch.fiftyone.region_query.region_view`. ``options`` go to
+    :class:`~revsearch.fiftyone.brain.RevsearchSimilarityConfig`.
     """
     if brain_key in samples._root_dataset.list_brain_runs():
         raise ValueError(
@@ -203,11 +206,12 @@ def build_index(
         if info.get(PCA_INFO):
             pca = PCAReducer.from_state(info[PCA_INFO])
     else:
-        extractor = extractor or make_extractor("cnn")
+        extractor = region_extractor(extractor) if regions else extractor or make_extractor("cnn")
+        options = {**options, "regions": True} if regions else options
         ids, vectors, failures = embed_samples(samples, extractor, progress)
         description = extractor.describe()
         if keep_field:
-            _store_vectors(samples, keep_field, ids, vectors, description)
+            _store_vectors(samples, keep_field, ids, whole_image(vectors), description)
     results = fob.compute_similarity(
         samples,
         embeddings=False,
@@ -222,9 +226,34 @@ def build_index(
         results.config.force_square, results.config.alpha = force_square, alpha
         results.save_config()
     if ids:
-        results.add_to_index(vectors, ids, label_ids=label_ids)
+        _index_vectors(results, vectors, ids, label_ids)
     results.save()
     return results, failures
+
+
+def region_extractor(extractor: FeatureExtractor | None) -> FeatureExtractor:
+    """The region-pooling version of a CNN extractor (regions need CNN feature maps)."""
+    from revsearch.features.cnn import Embedder
+    from revsearch.features.multiscale import MultiScaleEmbedder
+    from revsearch.features.regions import RegionEmbedder
+
+    if extractor is None:
+        return RegionEmbedder()
+    if not isinstance(extractor, Embedder) or isinstance(extractor, MultiScaleEmbedder):
+        raise ValueError("regions are pooled from a single-scale CNN's feature map: choose cnn features")
+    return RegionEmbedder(extractor.config)
+
+
+def whole_image(vectors: np.ndarray) -> np.ndarray:
+    """The whole-image vectors of an extractor's output (with regions: its first entry per image)."""
+    return vectors[:, 0] if vectors.ndim == 3 else vectors
+
+
+def _index_vectors(results: RevsearchSimilarityIndex, vectors: np.ndarray, ids: list[str], label_ids=None) -> None:
+    """Add vectors (with regions: the whole-image ones, and all to the region index)."""
+    results.add_to_index(whole_image(vectors), ids, label_ids=label_ids)
+    if vectors.ndim == 3:
+        results.add_regions(ids, vectors)
 
 
 def index_status(results: RevsearchSimilarityIndex, check_files: bool = True) -> dict:
@@ -276,7 +305,7 @@ def sync_index(results: RevsearchSimilarityIndex, progress: Progress = None) -> 
         if broken:  # a file that changed into something unreadable leaves the index
             results.remove_from_index(broken)
         if ids:
-            results.add_to_index(vectors, ids)
+            _index_vectors(results, vectors, ids)
     results.save()
     return {
         "added": len(status["not_indexed"]) - len(set(failures) - set(status["changed"])),
@@ -424,3 +453,22 @@ def present_weights(backbone: str) -> list[str]:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     present = [m.name for m in enum if (folder / m.url.rsplit("/", 1)[-1]).is_file()]
     return (["DEFAULT"] if enum.DEFAULT.name in present else []) + present
+
+
+def pixel_distance_scale(results: RevsearchSimilarityIndex) -> float | None:
+    """What divides a pixel index's squared L2 distances into the mean squared difference per pixel
+    value, values scaled to [0, 1] (0: identical thumbnails, 1: black against white): ``dim`` x 255²;
+    None for other features or metrics."""
+    extractor = results.config.extractor or {}
+    if extractor.get("type") != "pixel" or results.config.metric != "sqeuclidean":
+        return None
+    return float(extractor["dim"]) * 255.0**2
+
+
+def per_pixel_distances(results: RevsearchSimilarityIndex, view, dist_field: str | None) -> None:
+    """Rewrite ``dist_field`` of a :func:`query_view` result on a pixel index on the scale of
+    :func:`pixel_distance_scale` (the view's order is its own, not this field's)."""
+    scale = pixel_distance_scale(results)
+    if scale is None or not dist_field:
+        return
+    view.set_values(dist_field, [None if d is None else d / scale for d in view.values(dist_field)])

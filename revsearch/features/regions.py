@@ -1,0 +1,85 @@
+"""Region descriptors (R-MAC grid, Tolias et al. 2016) pooled from the CNN's one forward pass, so an
+object can be found inside an image: per image the whole-image vector plus one vector per region.
+
+Every image is resized to the same square network input, so the regions are the same for every image:
+:data:`REGION_LEVELS` scales of square windows (side ``2 * map / (level + 1)`` cells, overlapping
+about 40 %), each pooled as the whole image is (GeM or average) and L2-normalised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from revsearch.features.cnn import Embedder, EmbedderConfig
+from revsearch.features.decode import as_rgb_array
+from revsearch.features.multiscale import MultiScaleEmbedder
+from revsearch.features.pca import l2_normalize
+
+#: R-MAC levels below the whole image (level 1): 2 -> 2 x 2 windows, 3 -> 3 x 3 (13 regions).
+REGION_LEVELS = (2, 3)
+#: A region query (a crop) is embedded at these fractions of the input side (the sides the region
+#: windows have in the network input, and one step smaller), each scale searched, best kept per image.
+QUERY_SCALES = (0.71, 0.5, 0.36)
+
+
+def region_windows(side: int, levels: tuple[int, ...] = REGION_LEVELS) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) feature-map cells of each region of a ``side`` x ``side`` map, level by level."""
+    windows = []
+    for level in levels:
+        size = max(1, round(2 * side / (level + 1)))
+        starts = np.unique(np.round(np.linspace(0, side - size, level)).astype(int))
+        windows += [(y, x, y + size, x + size) for y in starts for x in starts]
+    return windows
+
+
+def region_boxes(side: int, levels: tuple[int, ...] = REGION_LEVELS) -> np.ndarray:
+    """Each region as a relative ``[x, y, width, height]`` box in the image (FiftyOne's convention)."""
+    return np.array([[x0, y0, x1 - x0, y1 - y0] for y0, x0, y1, x1 in region_windows(side, levels)]) / side
+
+
+def entry_boxes(image_size: int) -> np.ndarray:
+    """The box of each of an image's entries in a region index: the whole image, then its regions
+    (the feature map's side is the input side over the trunk's total stride, 32)."""
+    return np.vstack([[0.0, 0.0, 1.0, 1.0], region_boxes(image_size // 32)])
+
+
+class RegionEmbedder(Embedder):
+    """An :class:`Embedder` whose ``forward`` gives, per image, the whole-image vector then one per
+    region: ``(B, 1 + n_regions, dim)`` unit vectors from one pass of the trunk."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label = f"embed {self.config.backbone} + regions"
+        self._windows: list[tuple[int, int, int, int]] | None = None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "regions": list(REGION_LEVELS)}
+
+    def windows(self, side: int) -> list[tuple[int, int, int, int]]:
+        if self._windows is None:
+            self._windows = region_windows(side)
+        return self._windows
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        maps = self.feature_maps(batch)
+        p = self.config.gem_p if self.config.pooling == "gem" else 1.0
+        powered = np.power(np.maximum(maps, 1e-6), p) if p != 1.0 else maps
+        # summed-area table: every window's sum from four corners (one pass over the map for all regions)
+        table = np.pad(powered.cumsum(axis=2).cumsum(axis=3), ((0, 0), (0, 0), (1, 0), (1, 0)))
+        pooled = [table[:, :, -1, -1] / (maps.shape[2] * maps.shape[3])]
+        for y0, x0, y1, x1 in self.windows(maps.shape[-1]):
+            total = table[:, :, y1, x1] - table[:, :, y0, x1] - table[:, :, y1, x0] + table[:, :, y0, x0]
+            pooled.append(total / ((y1 - y0) * (x1 - x0)))
+        means = np.maximum(np.stack(pooled, axis=1), 1e-18)
+        return l2_normalize((means ** (1.0 / p)).reshape(-1, maps.shape[1])).reshape(means.shape).astype(np.float32)
+
+
+class RegionQueryEmbedder(MultiScaleEmbedder):
+    """Embeds a crop at :data:`QUERY_SCALES`: one vector per scale, to search region vectors with."""
+
+    def __init__(self, config: EmbedderConfig, **kwargs):
+        super().__init__(config, QUERY_SCALES, **kwargs)
+
+    def embed_scales(self, image: np.ndarray) -> np.ndarray:
+        """(n_scales, dim) unit vectors of one RGB image."""
+        return self.per_scale(self.prepare(as_rgb_array(image))[None])[:, 0]
