@@ -320,6 +320,9 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None and not getattr(backend, "pending", None):
             self.save_config()  # (a run not registered yet is registered with this config)
+        if filled and getattr(backend, "pending", None):
+            # a new run's default-named collection can only hold what a failed compute_similarity left
+            self._handle.options["overwrite"] = True
 
     # ---- sizes and ids -------------------------------------------------------------------
     @property

@@ -32,7 +32,8 @@ class IndexHandle:
 
     ``state``: the run's stored index state (``kind`` plus, for in-memory kinds, keys and vectors;
     for milvus, ``dim``); ``options``: how to make it (``n_clusters`` / ``nprobe``; Milvus
-    connection: ``collection``, ``uri``, ``db_name``, ``index_type``, ``token``).
+    connection: ``collection``, ``uri``, ``db_name``, ``index_type``, ``token``; ``overwrite``: a collection
+    of that name is dropped when the index is made).
     """
 
     def __init__(self, state: dict, options: dict):
@@ -53,7 +54,8 @@ class IndexHandle:
                 self.kind, sample, n_clusters=self.options.get("n_clusters"), nprobe=self.options.get("nprobe")
             )
         milvus = {k: v for k, v in self.options.items() if k in MILVUS_OPTIONS}
-        return self._retry_lite(lambda: create_index("milvus", sample, **milvus))
+        overwrite = bool(self.options.get("overwrite"))
+        return self._retry_lite(lambda: create_index("milvus", sample, overwrite=overwrite, **milvus))
 
     def _reopen(self) -> VectorIndex:
         milvus = {k: v for k, v in self.options.items() if k in MILVUS_OPTIONS and k != "token"}

@@ -231,3 +231,34 @@ def test_deleted_samples_take_no_result_slots_and_k_none_sorts_the_view(runs, ki
         assert len(results.sort_by_similarity(ids[0])) == N - 5
     finally:
         ds.delete()
+
+
+def test_a_compute_killed_while_filling_milvus_leaves_nothing_a_retry_reuses(runs, tmp_path):
+    """Killed after its vectors reached the (default-named) collection but before the run was saved:
+    the retry under the same key indexes its own vectors, not the leftovers."""
+    import subprocess
+    import sys
+
+    from plugin_helpers import subprocess_env
+
+    ds, _ = runs
+    uri = str(tmp_path / "killed.db")
+    script = (
+        "import fiftyone as fo, fiftyone.brain as fob, numpy as np, revsearch.fiftyone.brain\n"
+        f"ds = fo.load_dataset({ds.name!r})\n"
+        "v = np.ones((len(ds), 16), np.float32)\n"
+        f"fob.compute_similarity(ds, embeddings=v, backend='revsearch', index_kind='milvus', uri={uri!r}, brain_key='k')\n"
+    )
+    env = {**subprocess_env(), "REVSEARCH_CRASH_AT": "2"}  # 1: collection created, 2: vectors upserted
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert "k" not in ds.list_brain_runs()
+    half = ds.limit(N // 2)  # the retry indexes other samples: none of the leftovers may stay
+    vectors = embeddings("euclidean")[: N // 2]
+    results = fob.compute_similarity(
+        half, embeddings=vectors, backend="revsearch", index_kind="milvus", uri=uri, brain_key="k"
+    )
+    assert sorted(results.sample_ids.tolist()) == sorted(half.values("id"))
+    got, _, _ = results.get_embeddings(sample_ids=half.values("id")[:4])
+    np.testing.assert_allclose(got, vectors[:4], rtol=1e-5)
+    ds.delete_brain_run("k")
