@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from revsearch.crashpoints import write_point
@@ -26,6 +28,7 @@ from revsearch.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
+    LiteFileBusyError,
     RevsearchError,
 )
 from revsearch.features.factory import make_extractor
@@ -57,6 +60,7 @@ from revsearch.folder.generations import (
 from revsearch.folder.journal import Update, clear_journal, read_journal, write_journal
 from revsearch.index.hits import Hit
 from revsearch.index.ivf import default_n_clusters
+from revsearch.index.lite_lock import POLL_S, LiteFileLock
 from revsearch.index.milvus_uri import DEFAULT_URI, is_lite_uri
 from revsearch.index.registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
 from revsearch.locks import IndexLock
@@ -73,6 +77,10 @@ PCA_FILE = "pca.json"
 #: Bytes a Milvus Lite file grows by per float of vector added, with room to spare (measured: 680 bytes per
 #: 128-d vector), and a margin for its metadata: checked before writing, as Lite retries a full disk for minutes.
 LITE_BYTES_PER_FLOAT, LITE_MARGIN = 6, 4 * 2**20
+#: How long a command waits for the Milvus Lite file another command holds (a query, or an update) before
+#: its busy error; and how often a reader opens the index again when updates delete the generation it opens.
+BUSY_WAIT_S = float(os.environ.get("REVSEARCH_BUSY_WAIT_S", "10"))
+OPEN_ATTEMPTS = 5
 
 
 @dataclass
@@ -202,7 +210,9 @@ class SearchIndex:
                     f"{name} must be at most {limit} ({len(paths)} files, {extractor.dim}-d features), got {value}"
                 )
         with IndexLock(directory), disk_full_as_error(directory):
-            recovered = _recover_for_build(directory, _lite_path(backend, backend_options, directory), backend_options)
+            lite = _lite_path(backend, backend_options, directory)
+            with _lite_turn(lite):
+                recovered = _recover_for_build(directory, lite, backend_options)
             previous = read_manifest(directory) if (directory / MANIFEST).exists() else None
             generation = (previous.get("generation", 0) if previous else 0) + 1
             current = {p: file_signature(p) for p in paths}
@@ -222,7 +232,8 @@ class SearchIndex:
             _record_pending(directory, generation, previous, backend, backend_options)
             if backend == "kmeans" and not backend_options.get("n_clusters"):
                 backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
-            store = _create_backend(backend, sample, extractor.dtype, backend_options)
+            with _lite_turn(lite):  # the store holds the file from here until it is closed
+                store = _create_backend(backend, sample, extractor.dtype, backend_options)
             if options is None:
                 options = RetrievalOptions.off() if isinstance(extractor, PixelFeatures) else RetrievalOptions()
             extras, held = IndexExtras(options, sample.shape[1]), []
@@ -332,7 +343,8 @@ class SearchIndex:
     def apply(self, update: Update) -> None:
         """Apply a journalled update (idempotent: replaying it after a crash gives the same index)."""
         if update.remove:
-            self.backend.remove(update.remove)
+            with _lite_space(self.backend, 0):  # a Milvus Lite delete writes too
+                self.backend.remove(update.remove)
         keys, vectors = self.extras.store_vectors(update.remove, update.keys, update.vectors)
         if keys:
             with _lite_space(self.backend, len(keys)):
@@ -492,8 +504,8 @@ class SearchIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, token: str = "") -> SearchIndex:
-        """Re-open a saved index; a change interrupted by a crash is finished or undone first, when this
-        process may write the index (a read-only one is opened as last committed)."""
+        """Re-open a saved index as last committed, whole, even while another process updates it; a change
+        interrupted by a crash is finished or undone first, when this process may write the index."""
         directory = Path(os.path.abspath(directory))
         notes: list[str] = []
         if needs_recovery(directory):
@@ -504,7 +516,7 @@ class SearchIndex:
                 raise  # a damaged journal or build record: say so rather than open past it
             except RevsearchError:
                 pass  # read-only, or another live run is updating it: open what is committed
-        index = _open(cls, directory, read_manifest(directory), token)
+        index = _open_committed(cls, directory, token)
         index.notes = notes
         return index
 
@@ -514,6 +526,65 @@ def check_k(k: int, size: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a whole number of at least 1, got {k!r}")
     return min(int(k), size)
+
+
+def _open_committed(cls, directory: Path, token: str) -> SearchIndex:
+    """The committed index, whole, while other processes may update it. An update of a Milvus Lite index
+    holds the Lite file from before it changes the collection until it has committed and deleted the old
+    generation, so the manifest is read again once this process holds the file. Other kinds write a new
+    generation and delete the old one after the commit: a generation deleted while it was being opened is
+    opened again at the new one (its files are read whole when opened, so nothing else can vanish)."""
+    for _ in range(OPEN_ATTEMPTS):
+        manifest = read_manifest(directory)
+        lite = _lite_of(directory, manifest)
+        with _lite_turn(lite):
+            if lite is not None:
+                manifest = read_manifest(directory)  # what the last update committed
+                if _lite_of(directory, manifest) != lite:
+                    continue  # moved to another Milvus meanwhile
+            try:
+                return _open(cls, directory, manifest, token)
+            except (DamagedFileError, IndexNotFoundError):
+                if read_manifest(directory).get("generation") == manifest.get("generation"):
+                    raise  # damaged or lost, not replaced
+    raise IndexBusyError(f"the index in {directory} changed {OPEN_ATTEMPTS} times while it was being opened; try again")
+
+
+def _lite_of(directory: Path, manifest: dict) -> Path | None:
+    """The Milvus Lite file a manifest's index uses (None: not a Lite index)."""
+    config = manifest["backend"]
+    uri = resolve_lite_uri(directory, config)["uri"] if config["kind"] == "milvus" else ""
+    return Path(uri) if uri and is_lite_uri(uri) else None
+
+
+@contextmanager
+def _lite_turn(lite: Path | None) -> Iterator[None]:
+    """Hold this process's lock on the Milvus Lite file ``lite`` for the block, waiting up to
+    ``BUSY_WAIT_S`` while another command holds it; what opens the file inside takes its own hold.
+    Waiters queue on ``<file>.revsearch.queue``: a command that loops on the file cannot starve another."""
+    if lite is None or not os.access(lite.expanduser().parent, os.W_OK):  # read-only: served from a copy
+        yield
+        return
+    lite = lite.expanduser().resolve()
+    lock, deadline = LiteFileLock(lite), time.monotonic() + BUSY_WAIT_S
+    try:
+        with FileLock(f"{lite}.revsearch.queue", timeout=BUSY_WAIT_S):
+            while True:
+                try:
+                    lock.acquire()
+                    break
+                except LiteFileBusyError as exc:
+                    if time.monotonic() > deadline:
+                        raise LiteFileBusyError(f"{exc}; waited {BUSY_WAIT_S:g} s for it") from None
+                    time.sleep(POLL_S)
+    except Timeout:
+        raise LiteFileBusyError(
+            f"Milvus Lite file {lite} is busy: other commands waited for it for over {BUSY_WAIT_S:g} s"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _open(cls, directory: Path, manifest: dict, token: str) -> SearchIndex:
@@ -563,18 +634,21 @@ def recover(directory: Path, token: str = "") -> list[str]:
     notes: list[str] = []
     committed = read_manifest(directory) if (directory / MANIFEST).exists() else None
     generation = committed.get("generation", 0) if committed else 0
-    settle_pending(directory, generation, token)
-    update = read_journal(directory)
-    if update is not None:
-        if committed is not None and update.base_generation == generation:
-            index = _open(SearchIndex, directory, committed, token)
-            try:
-                index.apply(update)  # commits (and cleans up) the next generation
-            finally:
-                index.backend.close()
-            generation = index.generation
-            notes.append(f"finished an interrupted update: {len(update.keys)} indexed, {len(update.remove)} removed")
-        clear_journal(directory)
+    with _lite_turn(_lite_of(directory, committed)) if committed else nullcontext():
+        settle_pending(directory, generation, token)
+        update = read_journal(directory)
+        if update is not None:
+            if committed is not None and update.base_generation == generation:
+                index = _open(SearchIndex, directory, committed, token)
+                try:
+                    index.apply(update)  # commits (and cleans up) the next generation
+                finally:
+                    index.backend.close()
+                generation = index.generation
+                notes.append(
+                    f"finished an interrupted update: {len(update.keys)} indexed, {len(update.remove)} removed"
+                )
+            clear_journal(directory)
     remove_old_generations(directory, generation)
     return notes
 

@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 KEY_FIELD, VECTOR_FIELD = "key", "vector"
 MAX_KEY_LENGTH = 4096
 INSERT_BATCH = 2000
+#: Seconds a write (upsert, delete) may take, pymilvus's retries included: pymilvus retries a failing write
+#: 75 times by default (minutes on a full disk); a batch takes well under a second when all is well.
+WRITE_TIMEOUT_S = 30.0
 #: ``add`` uses server-side bulk import (when ``bulk_storage`` is set and the server has it) from this
 #: many rows up; below it, upserts are as fast or faster (an import task + reload costs ~10 s whatever
 #: its size; docs/scale-out.md has the measurements).
@@ -324,7 +327,7 @@ class MilvusIndex:
                 {KEY_FIELD: to_milvus_key(k), VECTOR_FIELD: v.tolist()}
                 for k, v in zip(keys[start : start + INSERT_BATCH], arr[start : start + INSERT_BATCH])
             ]
-            self._rpc("upsert", self.collection, rows)
+            self._rpc("upsert", self.collection, rows, timeout=WRITE_TIMEOUT_S)
             write_point("vectors upserted")
 
     def bulk_add(
@@ -351,7 +354,7 @@ class MilvusIndex:
 
         def delete_existing(chunk: list[str]) -> None:  # import inserts: never leave a second row per key
             for start in range(0, len(chunk), INSERT_BATCH):
-                self.client.delete(self.collection, ids=chunk[start : start + INSERT_BATCH])
+                self.client.delete(self.collection, ids=chunk[start : start + INSERT_BATCH], timeout=WRITE_TIMEOUT_S)
 
         with self._import_connection() as using:
             bulk_import(
@@ -371,7 +374,8 @@ class MilvusIndex:
     def remove(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for start in range(0, len(keys), INSERT_BATCH):
-            self._rpc("delete", self.collection, ids=[to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]])
+            ids = [to_milvus_key(k) for k in keys[start : start + INSERT_BATCH]]
+            self._rpc("delete", self.collection, ids=ids, timeout=WRITE_TIMEOUT_S)
             write_point("vectors deleted")
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:

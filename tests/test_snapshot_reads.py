@@ -1,0 +1,85 @@
+"""Snapshot reads: queries that run while another process syncs or rebuilds the index answer from the
+last committed state or the new one, whole (never a mix of the two, never a missing file), on every kind.
+
+A writer process after another runs ``revsearch index`` on a folder that switches between two states
+(two images removed and four added, and back; every third run a ``--rebuild``), while a reader process
+loops ``SearchIndex.load(...).query(...)`` and writes down the keys each query returns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from test_no_traceback import OPTIONS
+
+from helpers import caltech_subset
+
+#: Seconds of updates per kind.
+UPDATING_S = 20
+
+READER = """
+import json, os, sys
+from revsearch import SearchIndex
+
+directory, query, stop = sys.argv[1:4]
+while not os.path.exists(stop):
+    try:
+        index = SearchIndex.load(directory)
+        try:
+            print(json.dumps(sorted(hit.key for hit in index.query(query, k=1000))), flush=True)
+        finally:
+            index.backend.close()
+    except Exception as exc:
+        print(json.dumps(f"{type(exc).__name__}: {exc}"), flush=True)
+"""
+
+
+def revsearch(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "revsearch", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["exact", "kmeans", "milvus"])
+def test_queries_during_syncs_and_rebuilds_see_one_committed_state_whole(kind, tmp_path):
+    files = caltech_subset()[:14]
+    folder, index_dir, stop = tmp_path / "img", tmp_path / "idx", tmp_path / "stop"
+    folder.mkdir()
+    names = [folder / f"{i:02d}_{p.parent.name}_{p.name}" for i, p in enumerate(files)]
+    for src, dst in zip(files[:10], names[:10]):
+        shutil.copy(src, dst)
+    states = [sorted(map(str, names[:10])), sorted(map(str, names[:8] + names[10:]))]
+    build = ["index", folder, "--index-dir", index_dir, "--backend", kind, *OPTIONS, "--pca-dim", "0"]
+    build += ["--n-clusters", "2"] if kind == "kmeans" else []
+    done = revsearch(*build)
+    assert done.returncode == 0, done.stderr
+
+    log = tmp_path / "answers.jsonl"
+    with open(log, "w") as out:
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(index_dir), str(names[0]), str(stop)], stdout=out)
+    runs, writer_errors = 0, []
+    deadline = time.monotonic() + UPDATING_S
+    while time.monotonic() < deadline:
+        runs += 1
+        new = runs % 2  # the folder switches to states[new]
+        for path in names[8:10]:
+            path.unlink() if new else shutil.copy(files[names.index(path)], path)
+        for path in names[10:]:
+            shutil.copy(files[names.index(path)], path) if new else path.unlink()
+        done = revsearch(*build, "--rebuild") if runs % 3 == 0 else revsearch("index", folder, "--index-dir", index_dir)
+        if done.returncode:
+            writer_errors.append(done.stderr.strip())
+    stop.touch()
+    reader.wait(timeout=120)
+    answers = [json.loads(line) for line in log.read_text().splitlines()]
+
+    errors = [a for a in answers if isinstance(a, str)]
+    mixed = [a for a in answers if not isinstance(a, str) and a not in states]
+    seen = {i for i, state in enumerate(states) if state in answers}
+    assert not writer_errors and not errors and not mixed, (writer_errors, errors, [len(m) for m in mixed])
+    assert runs >= 4 and seen == {0, 1}, (runs, len(answers), seen)  # the queries did run during updates
