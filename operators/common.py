@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.message import GeneratedMessage
 
 from revsearch.errors import WeightsUnavailableError
 from revsearch.features.backbones import DEFAULT_BACKBONE, FEATURE_DIMS
@@ -24,23 +31,107 @@ IMAGE_SUFFIXES = [
 #: Up to this many samples to embed, the forms tick "Update the index first" by default.
 SMALL_UPDATE = 200
 WORKER_HINT = "Schedule (the arrow beside Execute) needs a worker: start one with 'fiftyone delegated launch'"
+#: A scheduled operation still queued after this long means that no worker is taking them.
+WORKER_WAIT = timedelta(seconds=30)
 
 
-def long_running_config(name: str, label: str, description: str) -> foo.OperatorConfig:
-    """The config of an operator that may run for minutes: in the App, or delegated to a worker."""
+def long_running_config(name: str, label: str, description: str, streams: bool = False) -> foo.OperatorConfig:
+    """The config of an operator that may run for minutes: in the App, or delegated to a worker;
+    ``streams``: its ``execute`` returns :func:`with_progress`."""
     return foo.OperatorConfig(
         name=name,
         label=f"revsearch: {label}",
         description=f"{description}. {WORKER_HINT}",
         dynamic=True,
+        execute_as_generator=streams,
         allow_immediate_execution=True,
         allow_delegated_execution=True,
+    )
+
+
+def worker_notice(inputs: types.Object) -> None:
+    """The form's last line: Schedule needs a worker, said as a warning when scheduled operations already
+    wait for one (FiftyOne records no running workers: operations left queued are the sign that none runs)."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    cutoff = datetime.utcnow() - WORKER_WAIT
+    waiting = [op.queued_at for op in DelegatedOperationService().get_queued_operations() if op.queued_at]
+    waiting = [t for t in waiting if t < cutoff]
+    if not waiting:
+        inputs.view("worker", types.Notice(label=WORKER_HINT))
+        return
+    minutes = (datetime.utcnow() - min(waiting)).total_seconds() / 60
+    inputs.view(
+        "no_worker",
+        types.Warning(
+            label=f"No worker is running: {len(waiting)} scheduled operations wait, the oldest for {minutes:.0f} min",
+            description="Schedule (the arrow beside Execute) only queues the operation: start a worker with "
+            "'fiftyone delegated launch' in a terminal, or click Execute to run it now",
+        ),
     )
 
 
 def progress_callback(ctx):
     """A ``progress(fraction, label)`` callback reporting through ``ctx.set_progress``."""
     return lambda fraction, label: ctx.set_progress(progress=fraction, label=label)
+
+
+def with_time_left(report: Callable[[float, str], None]) -> Callable[[float, str], None]:
+    """A ``progress(fraction, label)`` callback passing ``label`` on with the time left, estimated from
+    the pace so far: "embedded 120/300 images, ~40 s left"."""
+    start = time.monotonic()
+
+    def progress(fraction: float, label: str) -> None:
+        if 0 < fraction < 1:
+            left = (time.monotonic() - start) * (1 - fraction) / fraction
+            label += f", ~{left:.0f} s left" if left < 90 else f", ~{left / 60:.0f} min left"
+        report(fraction, label)
+
+    return progress
+
+
+def with_progress(ctx, work: Callable[[Callable[[float, str], None]], dict], outputs: types.Property, reload=False):
+    """Run ``work(progress)`` and return its result. In an App prompt (executed now) this is a generator
+    streaming each progress label (with the time left), then the result shown as ``outputs``, in the App's
+    output dialog: FiftyOne shows progress only from generator operators (their ``resolve_output`` is then
+    :func:`prompt_output`). Elsewhere (SDK, scheduled run) progress goes to ``ctx.set_progress``.
+    ``reload``: reload the dataset in the App afterwards."""
+    if ctx.delegated or "spaces" not in ctx.request_params:  # the App sends its layout with each request
+        result = work(with_time_left(progress_callback(ctx)))
+        if reload:
+            ctx.ops.reload_dataset()
+        return result
+    return _streamed(ctx, work, outputs, reload)
+
+
+def prompt_output(ctx, outputs: types.Property) -> types.Property | None:
+    """The prompt's output of a :func:`with_progress` operator: none after a streamed run (its result is
+    in the output dialog already, so the prompt closes), else ``outputs``."""
+    return outputs if ctx.results else None
+
+
+def _streamed(ctx, work, outputs: types.Property, reload: bool) -> Iterator[GeneratedMessage]:
+    """:func:`with_progress` in an App prompt: ``work`` runs in a thread while its progress is yielded."""
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work(with_time_left(lambda fraction, label: updates.put((fraction, label))))
+        except Exception as exc:  # noqa: BLE001  (shown in the prompt, as FiftyOne shows an operator's error)
+            outcome["error"] = str(exc) or type(exc).__name__
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=run, name=f"revsearch-{ctx.operator_uri}", daemon=True).start()
+    while (update := updates.get()) is not None:
+        yield ctx.ops.set_progress(label=update[1], progress=update[0])
+    if "error" in outcome:  # (a generator operator cannot raise to the App: its stream just ends)
+        yield ctx.ops.notify(outcome["error"], variant="error")
+        return
+    if reload:
+        yield ctx.ops.reload_dataset()
+    yield ctx.ops.show_output(outputs.to_json(), outcome["result"])
 
 
 def revsearch_keys(ctx) -> list[str]:

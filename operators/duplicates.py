@@ -17,6 +17,7 @@ from .common import (
     radio_input,
     stale_index_input,
     update_if_asked,
+    worker_notice,
 )
 
 MODES = {
@@ -106,6 +107,7 @@ class FindNearDuplicates(foo.Operator):
             label="Tag all but one per group with",
             description="keep one sample per group: the others get this tag (filter them out with the sidebar's tags)",
         )
+        worker_notice(inputs)
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
     @staticmethod

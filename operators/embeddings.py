@@ -14,7 +14,9 @@ from .common import (
     extractor_from_params,
     extractor_inputs,
     long_running_config,
-    progress_callback,
+    prompt_output,
+    with_progress,
+    worker_notice,
 )
 
 
@@ -41,25 +43,33 @@ class ComputeEmbeddings(foo.Operator):
             "compute_embeddings",
             "compute embeddings",
             "Embed the current view's images with a CNN (or pixel thumbnails)",
+            streams=True,
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.str("embeddings_field", default=DEFAULT_EMBEDDINGS_FIELD, required=True, label="Embeddings field")
         extractor_inputs(ctx, inputs)
+        worker_notice(inputs)
         return types.Property(inputs, view=types.View(label="Compute embeddings", description=_on_view(ctx)))
 
     def execute(self, ctx):
+        return with_progress(ctx, lambda progress: self._embed(ctx, progress), _embed_outputs(), reload=True)
+
+    def _embed(self, ctx, progress) -> dict:
         field = ctx.params.get("embeddings_field", DEFAULT_EMBEDDINGS_FIELD)
-        failures = tools.compute_embeddings(ctx.view, field, extractor_from_params(ctx.params), progress_callback(ctx))
-        ctx.ops.reload_dataset()
+        failures = tools.compute_embeddings(ctx.view, field, extractor_from_params(ctx.params), progress)
         return {"embeddings_field": field, "embedded": len(ctx.view) - len(failures), "failures": failures}
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.int("embedded", label="Images embedded")
-        outputs.obj("failures", label="Images skipped (sample id: reason)", view=types.JSONView())
-        return types.Property(outputs)
+        return prompt_output(ctx, _embed_outputs())
+
+
+def _embed_outputs() -> types.Property:
+    outputs = types.Object()
+    outputs.int("embedded", label="Images embedded")
+    outputs.obj("failures", label="Images skipped (sample id: reason)", view=types.JSONView())
+    return types.Property(outputs)
 
 
 class FitPCA(foo.Operator):

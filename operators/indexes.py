@@ -17,9 +17,11 @@ from .common import (
     extractor_inputs,
     long_running_config,
     new_brain_key_input,
-    progress_callback,
+    prompt_output,
     revsearch_keys,
     vector_fields,
+    with_progress,
+    worker_notice,
 )
 
 _NO_FIELD = "(compute now)"
@@ -84,7 +86,10 @@ class BuildIndex(foo.Operator):
     @property
     def config(self):
         return long_running_config(
-            "build_index", "build index", "Index the current view for search by image and the App's sort by similarity"
+            "build_index",
+            "build index",
+            "Index the current view for search by image and the App's sort by similarity",
+            streams=True,
         )
 
     def resolve_input(self, ctx):
@@ -146,9 +151,13 @@ class BuildIndex(foo.Operator):
                 label="Copy-mode thumbnails",
                 description="side (pixels) of the thumbnails kept for searching edited copies; 0: no copy mode",
             )
+        worker_notice(inputs)
         return types.Property(inputs, view=types.View(label="Build a revsearch index"))
 
     def execute(self, ctx):
+        return with_progress(ctx, lambda progress: self._build(ctx, progress), _build_outputs(), reload=True)
+
+    def _build(self, ctx, progress) -> dict:
         p = ctx.params
         kind = p.get("index_kind", "milvus")
         field = p.get("embeddings_field")
@@ -163,12 +172,11 @@ class BuildIndex(foo.Operator):
             extractor=extractor,
             embeddings_field=field,
             keep_field=keep_field,
-            progress=progress_callback(ctx),
+            progress=progress,
             **_index_options(p),
         )
         if keep_field:
             tools.set_field_info(ctx.dataset, keep_field, {tools.INDEX_INFO: p["brain_key"]})
-        ctx.ops.reload_dataset()
         return {
             "brain_key": p["brain_key"],
             "indexed": results.total_index_size,
@@ -177,11 +185,15 @@ class BuildIndex(foo.Operator):
         }
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.int("indexed", label="Samples indexed")
-        outputs.str("keep_field", label="Embeddings kept in field")
-        outputs.obj("failures", label="Images skipped (sample id: reason)", view=types.JSONView())
-        return types.Property(outputs)
+        return prompt_output(ctx, _build_outputs())
+
+
+def _build_outputs() -> types.Property:
+    outputs = types.Object()
+    outputs.int("indexed", label="Samples indexed")
+    outputs.str("keep_field", label="Embeddings kept in field")
+    outputs.obj("failures", label="Images skipped (sample id: reason)", view=types.JSONView())
+    return types.Property(outputs)
 
 
 def _describe(ctx, key: str) -> dict:
@@ -273,19 +285,32 @@ class UpdateIndex(_OneIndexOperator):
     @property
     def config(self):
         return long_running_config(
-            "update_index", "update index", "Add new samples, re-embed changed files, remove deleted samples"
+            "update_index",
+            "update index",
+            "Add new samples, re-embed changed files, remove deleted samples",
+            streams=True,
         )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        brain_key_input(ctx, inputs)
+        worker_notice(inputs)
+        return types.Property(inputs)
 
     def execute(self, ctx):
         results = ctx.dataset.load_brain_results(ctx.params["brain_key"])
-        return tools.sync_index(results, progress_callback(ctx))
+        return with_progress(ctx, lambda progress: tools.sync_index(results, progress), _update_outputs())
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.int("added", label="Samples added")
-        outputs.int("updated", label="Samples re-embedded (file changed)")
-        outputs.int("removed", label="Samples removed")
-        return types.Property(outputs)
+        return prompt_output(ctx, _update_outputs())
+
+
+def _update_outputs() -> types.Property:
+    outputs = types.Object()
+    outputs.int("added", label="Samples added")
+    outputs.int("updated", label="Samples re-embedded (file changed)")
+    outputs.int("removed", label="Samples removed")
+    return types.Property(outputs)
 
 
 class DeleteIndex(foo.Operator):

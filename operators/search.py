@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -78,6 +79,34 @@ def _mode_input(ctx, inputs: types.Object) -> None:
         prop.invalid, prop.error_message = True, error
 
 
+def _source_error(source: str, value) -> str | None:
+    """What is wrong with the query filled in so far (None when nothing is, or nothing is filled in)."""
+    if source == "upload" and value and not str(value.get("type") or "image/").startswith("image/"):
+        return f"'{value.get('name')}' is not an image ({value.get('type')}): choose a JPEG, PNG, ... file"
+    if source == "path" and (value or "").strip() and not os.path.isfile(value.strip()):
+        return f"No file at {value.strip()} on the server"
+    if source == "url" and (value or "").strip() and not value.strip().lower().startswith(("http://", "https://")):
+        return "Give an http:// or https:// address"
+    return None
+
+
+def _source_input(ctx, inputs: types.Object, source: str) -> None:
+    """The query image box for ``source``, flagged in the form when :func:`_source_error` finds a mistake."""
+    if source == "upload":
+        view = types.FileView(label="Image", types=",".join(IMAGE_SUFFIXES))
+        prop = inputs.uploaded_file("upload", required=True, label="Image", view=view)
+    elif source == "path":
+        prop = inputs.str("path", required=True, label="Image path on the server")
+    elif source == "url":
+        prop = inputs.str("url", required=True, label="Image URL (http or https)")
+        inputs.bool("allow_private_urls", default=False, label="Allow private-network URLs")
+    else:
+        return
+    error = _source_error(source, ctx.params.get(source))
+    if error:
+        prop.invalid, prop.error_message = True, error
+
+
 class SearchByImage(foo.Operator):
     """Sort the view by similarity to an image; the distance is stored in a field."""
 
@@ -94,27 +123,21 @@ class SearchByImage(foo.Operator):
         default = "selected" if ctx.selected else "upload"
         radio_input(inputs, "source", SOURCES, default, "Query")
         source = ctx.params.get("source", default)
-        if source == "upload":
-            inputs.uploaded_file(
-                "upload",
-                required=True,
-                label="Image",
-                view=types.FileView(label="Image", types=",".join(IMAGE_SUFFIXES)),
-            )
-        elif source == "path":
-            inputs.str("path", required=True, label="Image path on the server")
-        elif source == "url":
-            inputs.str("url", required=True, label="Image URL (http or https)")
-            inputs.bool("allow_private_urls", default=False, label="Allow private-network URLs")
+        _source_input(ctx, inputs, source)
         _mode_input(ctx, inputs)
         count_input(ctx, inputs, "k", 1, default=25, label="Number of results")
         target_input(inputs)
+        k, searched = ctx.params.get("k", 25), len(target_samples(ctx))
+        if isinstance(k, (int, float)) and k > searched:
+            inputs.view("all", types.Notice(label=f"Only {searched} samples are searched: all of them are shown"))
         inputs.str(
             "dist_field",
             default="revsearch_dist",
             label="Distance field",
-            description="each result's squared L2 distance to the query is stored here (edited copies: "
-            "its relative distance, 0 = identical, below 1 = nearer than the 5th hit)",
+            description="each result's distance to the query is stored here: squared L2 on CNN features; "
+            "on pixel indexes the mean squared difference per pixel value, scaled to [0, 1] (0 = identical "
+            "thumbnails, 1 = black against white); edited copies: the relative distance, 0 = identical, "
+            "below 1 = nearer than the 5th hit",
         )
         return types.Property(inputs, view=types.View(label="Search by image"))
 
@@ -134,5 +157,6 @@ class SearchByImage(foo.Operator):
             )
         except ImageLoadError as exc:
             raise _in_form_terms(exc) from None
+        tools.per_pixel_distances(results, view, p.get("dist_field", "revsearch_dist"))
         ctx.ops.set_view(view)
         return {"ids": view.values("id"), "distances": view.values(p.get("dist_field", "revsearch_dist"))}

@@ -30,6 +30,8 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO / "test-artifacts"
 PROMPT = '[data-cy="operators-prompt-modal"]'
+#: The dialog where operators that report progress show it, then their result (the prompt closes).
+OUTPUT = '[role="dialog"]:not([data-cy="operators-prompt-modal"])'
 TILE, TILE_TAG = '[data-cy="looker"]', '[data-cy="tag-name"]'
 
 
@@ -199,14 +201,15 @@ class App:
         return self.wait_done(timeout_s)
 
     def wait_done(self, timeout_s: float) -> str:
-        """Either the prompt closes (no output) or it shows the output with a Done/Close button."""
+        """Either the prompt closes (no output, or the output in the progress dialog) or it shows the output
+        with a Done/Close button."""
         deadline = time.monotonic() + timeout_s
         prompt = self.page.locator(PROMPT)
         previous = None
         while time.monotonic() < deadline:
             texts = prompt.all_inner_texts()  # no waiting: the prompt may close at any moment
             if not texts:
-                return ""
+                return "\n".join(self.page.locator(OUTPUT).all_inner_texts())
             text = texts[0]
             finished = re.search(r"\bDone\b|\bClose\b", text) and "Execute" not in text
             if finished and "Error occurred during operator execution" in text:
@@ -220,7 +223,8 @@ class App:
         raise TimeoutError(f"operator did not finish in {timeout_s} s: {prompt.inner_text()[-1500:]}")
 
     def close_prompt(self) -> None:
-        prompt = self.page.locator(PROMPT)
+        """Close the prompt, or the dialog holding the output of an operator that reported progress."""
+        prompt = self.page.locator(f"{PROMPT}, {OUTPUT}").first
         for name in ("Done", "Close", "Cancel"):
             button = prompt.get_by_role("button", name=name, exact=True)
             if button.count():

@@ -13,7 +13,7 @@ import fiftyone as fo
 import pytest
 
 from app_driver import CHROMIUM, PROMPT, App, app_server, browser_page
-from plugin_helpers import unique_name
+from plugin_helpers import CALTECH, unique_name
 from revsearch.features.factory import make_extractor
 from revsearch.fiftyone import tools
 
@@ -139,3 +139,52 @@ def test_forms_check_bounds_and_copy_mode_advice_before_execute(app, dataset):
     app.fill("Number of results", 0)
     app.page.get_by_text("Must be at least 1").wait_for(timeout=20_000)
     app.screenshot("app_upkeep_bounds")
+
+
+def test_build_shows_counts_and_time_left_while_it_runs(server):
+    """A CNN build of 60 photos in small batches: the App shows how many are embedded and the time left."""
+    files = sorted(str(p) for p in (CALTECH / "Motorbikes").glob("image_*.jpg"))[:60]
+    ds = fo.Dataset(unique_name("progress"))
+    ds.add_samples([fo.Sample(filepath=f, name=fo.Classification(label=label_of(f))) for f in files])
+    try:
+        with browser_page(playwright_api) as page:
+            app = App(page, f"{server}/datasets/{ds.name}").open()
+            app.open_operator("revsearch: build index")
+            app.fill("Brain key", "big")
+            app.choose("Index", "exact")
+            app.fill("Batch size", 2)
+            page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).click()
+            shown = page.wait_for_function(  # read in the page: the next batch replaces it within a second
+                r"() => (document.body.innerText.match(/embedded \d+\/60 images, ~\d+ (s|min) left/) || [null])[0]",
+                timeout=120_000,
+                polling="raf",
+            ).json_value()
+            app.screenshot("app_upkeep_build_progress")
+            out = app.wait_done(300)
+        assert int(re.search(r"embedded (\d+)/60", shown).group(1)) < 60, shown
+        assert re.search(r"Samples indexed:?\s+60", out), out
+        ds.reload()
+        assert ds.load_brain_results("big").total_index_size == 60
+    finally:
+        ds.delete()
+
+
+def test_search_flags_a_missing_path_then_shows_pixel_distances_per_pixel_value(app, dataset, caltech_files):
+    app.open_operator("revsearch: search by image")
+    app.choose("Index (brain key)", "px")
+    app.choose("Query", "Local file path")
+    app.fill("Image path on the server", "/no/such/photo.jpg")
+    app.page.get_by_text("No file at /no/such/photo.jpg on the server").wait_for(timeout=20_000)
+    assert app.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).is_disabled()
+    app.fill("Image path on the server", caltech_files[3])
+    app.fill("Number of results", 4)
+    app.execute()
+    app.wait_for_labels([label_of(caltech_files[3])])
+    app.show_field("revsearch_dist")
+    app.page.wait_for_function("() => document.querySelectorAll('[data-cy=\"tag-revsearch_dist\"]').length >= 4")
+    shown = [float(drawn["revsearch_dist"]) for drawn in app.grid()]
+    app.screenshot("app_upkeep_pixel_distances")
+    dataset.reload()
+    stored = dict(zip(dataset.values("name.label"), dataset.values("revsearch_dist")))
+    assert shown[0] == 0 and all(0 < d < 1 for d in shown[1:]), shown
+    assert shown == pytest.approx([stored[label] for label in app.labels()], abs=1e-3)

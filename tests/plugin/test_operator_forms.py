@@ -4,14 +4,16 @@ copy-mode advice, the bounds of number boxes."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+from datetime import timedelta
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
-from fiftyone.operators.executor import ExecutionContext
+from fiftyone.operators.executor import ExecutionContext, execute_or_delegate_operator
 
-from plugin_helpers import make_dataset
+from plugin_helpers import MODEL, make_dataset
 from revsearch.fiftyone import tools
 
 URI = "@revsearch/revsearch/"
@@ -38,9 +40,10 @@ def form(dataset, name: str, **params) -> dict:
     return foo.get_operator(URI + name).resolve_input(ctx).to_json()["type"]["properties"]
 
 
-def output(dataset, name: str) -> dict:
+def output(dataset, name: str) -> dict | None:
     ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": {}})
-    return foo.get_operator(URI + name).resolve_output(ctx).to_json()["type"]["properties"]
+    shown = foo.get_operator(URI + name).resolve_output(ctx)
+    return shown.to_json()["type"]["properties"] if shown is not None else None
 
 
 def test_search_and_duplicates_forms_announce_a_stale_index_and_update_it_first(dataset, caltech_files):
@@ -158,3 +161,81 @@ def test_number_boxes_accept_their_bound_and_say_so(dataset, name, box, minimum)
 def test_long_operators_say_scheduling_needs_a_worker_and_how_to_start_one(plugins_dir):
     for name in ("build_index", "update_index", "compute_embeddings", "find_near_duplicates"):
         assert "start one with 'fiftyone delegated launch'" in foo.get_operator(URI + name).config.description
+
+
+def streamed(dataset, name: str, **params) -> list[dict]:
+    """The lines an operator streams to the App (which sends its layout, ``spaces``, with each request)."""
+    request = {"dataset_name": dataset.name, "view": dataset.view()._serialize(), "params": params, "spaces": None}
+    result = asyncio.run(execute_or_delegate_operator(URI + name, request, exhaust=False))
+    result.raise_exceptions()
+    return [message.to_json() for message in result.result]
+
+
+def test_build_and_update_stream_counts_and_time_left_to_the_app_and_then_the_result(dataset, caltech_files):
+    lines = streamed(dataset, "build_index", brain_key="cnn", index_kind="exact", batch_size=4, **MODEL)
+    asks = [line["body"] for line in lines]
+    said = [ask["params"]["label"] for ask in asks if ask["operator_uri"] == "set_progress"]
+    assert said[0].startswith("embedded 4/12 images, ~") and said[0].endswith(" s left"), said
+    assert said[-1] == "embedded 12/12 images"
+    assert [ask["operator_uri"] for ask in asks[-2:]] == ["reload_dataset", "show_output"]
+    assert asks[-1]["params"]["results"]["indexed"] == 12
+    assert "indexed" in asks[-1]["params"]["outputs"]["type"]["properties"]
+    dataset.add_samples([fo.Sample(filepath=f) for f in caltech_files[12:20]])
+    asks = [line["body"] for line in streamed(dataset, "update_index", brain_key="cnn")]
+    assert asks[-2]["params"]["label"] == "embedded 8/8 images" and asks[-1]["params"]["results"]["added"] == 8
+    assert output(dataset, "update_index") is None  # the prompt closes: the result is in the output dialog
+
+
+def test_an_error_while_streaming_reaches_the_app_as_an_error_notice(dataset):
+    lines = streamed(dataset, "build_index", brain_key="r18", features="cnn", backbone="resnet18", weights="")
+    ask = lines[-1]["body"]
+    assert ask["operator_uri"] == "notify" and ask["params"]["variant"] == "error", lines
+    assert "weights present" in ask["params"]["message"]
+
+
+def test_pixel_distances_are_the_mean_squared_difference_per_pixel_value(dataset, caltech_files):
+    out = execute(dataset, "search_by_image", brain_key="px", source="path", path=caltech_files[3], k=12)
+    results = dataset.load_brain_results("px")
+    ids, _, raw = results._kneighbors(results.embed_query(caltech_files[3]), k=12, return_dists=True)
+    assert out["ids"] == list(ids) and out["distances"][0] == pytest.approx(0, abs=1e-9)
+    assert out["distances"] == pytest.approx([d / (3072 * 255**2) for d in raw])
+    assert 0 < out["distances"][-1] < 1 and dataset.values("revsearch_dist") is not None
+    said = form(dataset, "search_by_image", brain_key="px")["dist_field"]["view"]["description"]
+    assert "mean squared difference per pixel value" in said
+
+
+def test_long_forms_warn_when_scheduled_operations_wait_for_a_worker(dataset, monkeypatch):
+    common = importlib.import_module(foo.get_operator(URI + "build_index").__module__.rsplit(".", 1)[0] + ".common")
+    shown = form(dataset, "build_index", brain_key="b")
+    assert "no_worker" not in shown and "'fiftyone delegated launch'" in shown["worker"]["view"]["label"]
+    request = {"dataset": dataset, "request_delegation": True, "params": {"brain_key": "later", "features": "pixel"}}
+    assert foo.execute_operator(URI + "build_index", ctx=request).delegated  # queued: no worker takes it
+    service = foo.delegated.DelegatedOperationService()
+    try:
+        assert "no_worker" not in form(dataset, "build_index", brain_key="b")  # just queued: not yet a sign
+        monkeypatch.setattr(common, "WORKER_WAIT", timedelta(0))
+        for name in ("build_index", "update_index", "compute_embeddings", "find_near_duplicates"):
+            said = form(dataset, name, brain_key="px")["no_worker"]["view"]
+            assert said["label"].startswith("No worker is running: 1 scheduled operations wait"), said
+            assert "'fiftyone delegated launch'" in said["description"]
+    finally:
+        for op in service.list_operations(dataset_name=dataset.name):
+            service.delete_operation(op.id)
+
+
+def test_search_form_flags_query_mistakes_before_execute(dataset, caltech_files, tmp_path):
+    def error(**params) -> str | None:
+        shown = form(dataset, "search_by_image", brain_key="px", **params)
+        box = shown[params["source"]]
+        return box["error_message"] if box.get("invalid") else None
+
+    assert error(source="path", path=caltech_files[0]) is None
+    assert error(source="path", path=str(tmp_path / "gone.jpg")) == f"No file at {tmp_path / 'gone.jpg'} on the server"
+    assert error(source="url", url="https://example.com/a.jpg") is None
+    assert error(source="url", url="ftp://example.com/a.jpg") == "Give an http:// or https:// address"
+    assert error(source="upload", upload={"name": "a.png", "type": "image/png", "content": ""}) is None
+    said = error(source="upload", upload={"name": "notes.pdf", "type": "application/pdf", "content": ""})
+    assert said.startswith("'notes.pdf' is not an image"), said
+    assert "all" not in form(dataset, "search_by_image", brain_key="px", source="path", k=12)
+    shown = form(dataset, "search_by_image", brain_key="px", source="path", k=13)
+    assert shown["all"]["view"]["label"] == "Only 12 samples are searched: all of them are shown"
