@@ -44,6 +44,9 @@ def _index_options(params: dict) -> dict:
             opts["pca_components"] = int(params["pca_components"])
         if not _patches_field(params):
             opts["copy_pixels"] = int(params.get("copy_pixels", DEFAULT_COPY_PIXELS) or 0)
+    computed_now = params.get("embeddings_field") in (None, "", _NO_FIELD)
+    if params.get("regions") and computed_now and params.get("features", "cnn") == "cnn" and not _patches_field(params):
+        opts["regions"] = True
     if _patches_field(params):
         opts.update(
             patches_field=_patches_field(params),
@@ -132,6 +135,14 @@ class BuildIndex(foo.Operator):
             extractor_inputs(ctx, inputs)
         elif ctx.params.get("embeddings_field", _NO_FIELD) == _NO_FIELD:
             extractor_inputs(ctx, inputs)
+            if ctx.params.get("features", "cnn") == "cnn":
+                inputs.bool(
+                    "regions",
+                    default=False,
+                    label="Also index regions",
+                    description="13 regions per image from the same pass (14x the vectors): search by image "
+                    "then finds the images that contain a crop, and boxes where",
+                )
             inputs.str(
                 "keep_field",
                 default=tools.kept_field_name(ctx.params.get("brain_key") or "revsearch"),

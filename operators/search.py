@@ -10,6 +10,7 @@ import fiftyone.operators.types as types
 
 from revsearch.errors import ImageLoadError, PrivateURLError
 from revsearch.fiftyone import tools
+from revsearch.fiftyone.region_query import region_view
 
 from .common import (
     IMAGE_SUFFIXES,
@@ -30,6 +31,8 @@ SOURCES = {
     "url": "http(s) URL",
 }
 MODES = {"similar": "Similar images", "copy": "Edited copies (CNN + pixel fusion)"}
+#: Offered when the index holds regions.
+REGIONS_MODE = {"regions": "Images that contain it (regions)"}
 
 
 def _uploaded_bytes(upload: dict) -> bytes:
@@ -43,7 +46,7 @@ def _query(ctx):
     p = ctx.params
     source = p.get("source", "selected")
     if source == "selected":
-        if not ctx.selected:
+        if not ctx.selected and not ctx.selected_labels:
             raise ValueError("select one or more samples in the grid first")
         return list(ctx.selected)
     if source == "upload":
@@ -64,19 +67,82 @@ def _in_form_terms(exc: ImageLoadError) -> ValueError:
     return ValueError(str(exc))
 
 
-def _mode_input(ctx, inputs: types.Object) -> None:
-    """Similar images or edited copies; flagged when the chosen index keeps no thumbnails for copies."""
+def _has_regions(ctx, key: str) -> bool:
+    return bool(getattr(ctx.dataset.get_brain_info(key).config, "regions", False))
+
+
+def _mode_input(ctx, inputs: types.Object, key: str) -> None:
+    """Similar images, edited copies, or (index with regions) images that contain the query; flagged
+    when the chosen index keeps no thumbnails for copies."""
+    regions = _has_regions(ctx, key)
     prop = radio_input(
         inputs,
         "mode",
-        MODES,
+        {**MODES, **REGIONS_MODE} if regions else MODES,
         "similar",
         "Mode",
-        "edited copies: resized, blurred, re-encoded, cropped or upside-down versions of the query image",
+        "edited copies: resized, blurred, re-encoded, cropped or upside-down versions of the query image"
+        + ("; contain it: the query (or a box of it) anywhere in an image, the match boxed" if regions else ""),
     )
     error = copy_mode_error(ctx, ctx.params.get("brain_key")) if ctx.params.get("mode") == "copy" else None
     if error:
         prop.invalid, prop.error_message = True, error
+    if regions and ctx.params.get("mode") == "regions":
+        _box_input(ctx, inputs)
+
+
+def _box_input(ctx, inputs: types.Object) -> None:
+    """The box of the query image to search with (a selected object's box by default)."""
+    selected = _selected_box(ctx)
+    prop = inputs.str(
+        "box",
+        default=", ".join(f"{v:.3f}" for v in selected[1]) if selected else None,
+        label="Box (x, y, width, height)",
+        description="relative to the query image (0-1); empty: the whole image",
+    )
+    try:
+        _parse_box(ctx.params.get("box"))
+    except ValueError as exc:
+        prop.invalid, prop.error_message = True, str(exc)
+
+
+def _parse_box(text: str | None) -> list[float] | None:
+    if not (text or "").strip():
+        return None
+    try:
+        box = [float(v) for v in text.replace(";", ",").split(",")]
+    except ValueError:
+        raise ValueError("Give four numbers: x, y, width, height (e.g. 0.4, 0.3, 0.25, 0.25)") from None
+    if len(box) != 4:
+        raise ValueError("Give four numbers: x, y, width, height (e.g. 0.4, 0.3, 0.25, 0.25)")
+    return box
+
+
+def _selected_box(ctx) -> tuple[str, list[float]] | None:
+    """(sample id, box) of the object selected in the sample view, if one is."""
+    for label in ctx.selected_labels or []:
+        value = ctx.dataset[label["sample_id"]][label["field"]]
+        for obj in getattr(value, "detections", None) or [value]:
+            if getattr(obj, "id", None) == label["label_id"] and getattr(obj, "bounding_box", None):
+                return label["sample_id"], list(obj.bounding_box)
+    return None
+
+
+def _region_view(ctx, results):
+    """The samples that contain the query: a box of the selected sample (or object), or of an image."""
+    p = ctx.params
+    box = _parse_box(p.get("box"))
+    query = _query(ctx)
+    if isinstance(query, list):
+        selected = _selected_box(ctx)
+        if selected and not ctx.selected:
+            query = [selected[0]]
+        if len(query) != 1:
+            raise ValueError(f"search inside images takes one query image, got {len(query)}: select a single sample")
+        query = query[0]
+    return region_view(
+        results, target_samples(ctx), query, int(p.get("k", 25)), box, p.get("dist_field", "revsearch_dist")
+    )
 
 
 def _source_error(source: str, value) -> str | None:
@@ -124,7 +190,7 @@ class SearchByImage(foo.Operator):
         radio_input(inputs, "source", SOURCES, default, "Query")
         source = ctx.params.get("source", default)
         _source_input(ctx, inputs, source)
-        _mode_input(ctx, inputs)
+        _mode_input(ctx, inputs, key)
         count_input(ctx, inputs, "k", 1, default=25, label="Number of results")
         target_input(inputs)
         k, searched = ctx.params.get("k", 25), len(target_samples(ctx))
@@ -146,6 +212,10 @@ class SearchByImage(foo.Operator):
         results = ctx.dataset.load_brain_results(p["brain_key"])
         update_if_asked(ctx, results)
         try:
+            if p.get("mode") == "regions":
+                view = _region_view(ctx, results)
+                ctx.ops.set_view(view)
+                return {"ids": view.values("id"), "distances": view.values(p.get("dist_field", "revsearch_dist"))}
             view = tools.query_view(
                 results,
                 target_samples(ctx),
