@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -90,12 +94,113 @@ def with_time_left(report: Callable[[float, str], None]) -> Callable[[float, str
     return progress
 
 
-def with_progress(ctx, work: Callable[[Callable[[float, str], None]], dict], outputs: types.Property, reload=False):
+#: Dataset ``info`` key holding a marker per build / update running now, by brain key (see
+#: :func:`running_marker`): what *list indexes* shows of a run started in another tab or before a reload.
+RUNNING_INFO = "revsearch_building"
+#: Seconds between two writes of a running build's marker.
+MARKER_EVERY = 2.0
+
+
+def _marker_update(dataset, key: str, marker: dict | None, only_if: dict | None = None) -> None:
+    """Set (``marker``) or remove (None) the marker of ``key`` in ``dataset.info[RUNNING_INFO]``, as one
+    atomic update of that key in the database: runs of other keys, in other processes too, never erase
+    each other's markers (no read-modify-write). ``only_if``: remove it only while it still has these
+    values (not a newer run's marker)."""
+    doc = dataset._root_dataset._doc
+    path = f"info.{RUNNING_INFO}.{key}"
+    query = {"_id": doc.id, **{f"{path}.{k}": v for k, v in (only_if or {}).items()}}
+    update = {"$set": {path: marker}} if marker is not None else {"$unset": {path: ""}}
+    type(doc)._get_collection().update_one(query, update)
+
+
+def running_markers(dataset) -> dict[str, dict]:
+    """The markers of the builds / updates running on ``dataset`` now (or interrupted), by brain key, as
+    stored now (read from the database, not from this process's copy of ``dataset.info``)."""
+    doc = dataset._root_dataset._doc
+    found = type(doc)._get_collection().find_one({"_id": doc.id}, {f"info.{RUNNING_INFO}": 1}) or {}
+    return dict((found.get("info") or {}).get(RUNNING_INFO) or {})
+
+
+def marker_process_ended(marker: dict) -> bool:
+    """Whether the process that wrote ``marker`` ran on this host and has ended (the run was killed)."""
+    if marker.get("host") != socket.gethostname() or not marker.get("pid"):
+        return False
+    try:
+        os.kill(int(marker["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: alive
+        return False
+    return False
+
+
+def remove_marker(dataset, key: str, marker: dict) -> None:
+    """Remove the marker ``marker`` of ``key`` (left by an interrupted run), unless a new run replaced it."""
+    _marker_update(dataset, key, None, only_if={"pid": marker.get("pid"), "started": marker.get("started")})
+
+
+@contextmanager
+def running_marker(dataset, key: str, action: str, **about):
+    """Record in ``dataset.info[RUNNING_INFO][key]`` that ``action`` ("build", "update") runs on index
+    ``key`` in this process, and remove it when the run ends, also when it fails. Yields a
+    ``progress(fraction, label)`` callback that updates the counts, at most every :data:`MARKER_EVERY` s.
+    ``about``: more to record (e.g. the index kind)."""
+    marker = {
+        "action": action,
+        "done": 0,
+        "total": None,
+        "unit": "images",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        **about,
+    }
+    _marker_update(dataset, key, marker)
+    last = time.monotonic()
+
+    def progress(fraction: float, label: str) -> None:
+        nonlocal last
+        if time.monotonic() - last < MARKER_EVERY:
+            return
+        last = time.monotonic()
+        counts = re.search(r"(\d+)/(\d+) (\w+)", label)
+        if counts:
+            marker.update(done=int(counts[1]), total=int(counts[2]), unit=counts[3])
+        marker["fraction"] = round(float(fraction), 4)
+        _marker_update(dataset, key, marker)
+
+    try:
+        yield progress
+    finally:
+        remove_marker(dataset, key, marker)
+
+
+def _marked(ctx, work: Callable, marker: tuple[str, str, dict]) -> Callable:
+    """``work`` run under :func:`running_marker` ``(action, brain key, about)``, its progress also noted there."""
+    action, key, about = marker
+
+    def run(progress):
+        with running_marker(ctx.dataset, key, action, **about) as note:
+            return work(lambda fraction, label: (note(fraction, label), progress(fraction, label)))
+
+    return run
+
+
+def with_progress(
+    ctx,
+    work: Callable[[Callable[[float, str], None]], dict],
+    outputs: types.Property,
+    reload=False,
+    marker: tuple[str, str, dict] | None = None,
+):
     """Run ``work(progress)`` and return its result. In an App prompt (executed now) this is a generator
     streaming each progress label (with the time left), then the result shown as ``outputs``, in the App's
     output dialog: FiftyOne shows progress only from generator operators (their ``resolve_output`` is then
     :func:`prompt_output`). Elsewhere (SDK, scheduled run) progress goes to ``ctx.set_progress``.
-    ``reload``: reload the dataset in the App afterwards."""
+    ``reload``: reload the dataset in the App afterwards. ``marker``: ``(action, brain key, about)``, to
+    record the run in the dataset while it lasts (:func:`running_marker`), for *list indexes*."""
+    if marker is not None:
+        work = _marked(ctx, work, marker)
     if ctx.delegated or "spaces" not in ctx.request_params:  # the App sends its layout with each request
         result = work(with_time_left(progress_callback(ctx)))
         if reload:

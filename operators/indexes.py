@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from datetime import datetime, timezone
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -16,9 +19,12 @@ from .common import (
     extractor_from_params,
     extractor_inputs,
     long_running_config,
+    marker_process_ended,
     new_brain_key_input,
     prompt_output,
+    remove_marker,
     revsearch_keys,
+    running_markers,
     vector_fields,
     with_progress,
     worker_notice,
@@ -166,7 +172,10 @@ class BuildIndex(foo.Operator):
         return types.Property(inputs, view=types.View(label="Build a revsearch index"))
 
     def execute(self, ctx):
-        return with_progress(ctx, lambda progress: self._build(ctx, progress), _build_outputs(), reload=True)
+        marker = ("build", ctx.params["brain_key"], {"index_kind": ctx.params.get("index_kind", "milvus")})
+        return with_progress(
+            ctx, lambda progress: self._build(ctx, progress), _build_outputs(), reload=True, marker=marker
+        )
 
     def _build(self, ctx, progress) -> dict:
         p = ctx.params
@@ -214,6 +223,7 @@ def _describe(ctx, key: str) -> dict:
     status = tools.index_status(results)
     return {
         "brain_key": key,
+        "status": "out of date" if status["stale"] else "ready",
         "index_kind": config.index_kind,
         "extractor": config.extractor,
         "features": tools.describe_extractor(config.extractor),
@@ -232,6 +242,7 @@ def _describe(ctx, key: str) -> dict:
 #: The columns of the list of indexes: key in :func:`_describe`'s rows, header.
 LIST_COLUMNS = {
     "brain_key": "Index (brain key)",
+    "status": "Status",
     "index_kind": "Kind",
     "features": "Features",
     "indexed": "Samples indexed",
@@ -249,8 +260,20 @@ class ListIndexes(foo.Operator):
         return foo.OperatorConfig(name="list_indexes", label="revsearch: list indexes")
 
     def execute(self, ctx):
-        rows = [_describe(ctx, key) for key in revsearch_keys(ctx)]
-        return {"indexes": [{c: row[c] for c in LIST_COLUMNS} for row in rows]}
+        markers = running_markers(ctx.dataset) if ctx.dataset is not None else {}
+        rows = {}
+        for key in revsearch_keys(ctx):
+            try:
+                rows[key] = _describe(ctx, key)
+            except Exception:  # noqa: BLE001  (a build registers its run before it stores the vectors)
+                if key not in markers:
+                    raise
+        for key, marker in markers.items():
+            row = rows.setdefault(key, {"brain_key": key, "index_kind": marker.get("index_kind", "")})
+            row["status"] = _running_status(marker)
+            if marker_process_ended(marker):
+                remove_marker(ctx.dataset, key, marker)
+        return {"indexes": [{c: row.get(c, "") for c in LIST_COLUMNS} for row in rows.values()]}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -259,6 +282,32 @@ class ListIndexes(foo.Operator):
             table.add_column(key, label=header)
         outputs.list("indexes", types.Object(), label="Indexes", view=table)
         return types.Property(outputs)
+
+
+def _running_status(marker: dict, now: datetime | None = None) -> str:
+    """The status of a build / update recorded by ``running_marker``: "building: 120/300 images, started
+    2 min ago"; for one whose process has ended, that it was interrupted (its marker is then removed)."""
+    action = marker.get("action", "build")
+    if marker_process_ended(marker):
+        again = "run the build again" if action == "build" else "run update index again"
+        return f"interrupted {action} (process {marker.get('pid')} ended): marker removed, {again}"
+    started = datetime.fromisoformat(marker["started"])
+    seconds = max(((now or datetime.now(timezone.utc)) - started).total_seconds(), 0)
+    said = "building" if action == "build" else "updating"
+    if marker.get("total"):
+        said += f": {marker['done']}/{marker['total']} {marker.get('unit', 'images')},"
+    said += f" started {_ago(seconds)}"
+    if marker.get("host") != socket.gethostname():
+        said += f" (on {marker.get('host')}, process {marker.get('pid')})"
+    return said
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
 
 
 class _OneIndexOperator(foo.Operator):
@@ -310,7 +359,10 @@ class UpdateIndex(_OneIndexOperator):
 
     def execute(self, ctx):
         results = ctx.dataset.load_brain_results(ctx.params["brain_key"])
-        return with_progress(ctx, lambda progress: tools.sync_index(results, progress), _update_outputs())
+        marker = ("update", ctx.params["brain_key"], {"index_kind": results.config.index_kind})
+        return with_progress(
+            ctx, lambda progress: tools.sync_index(results, progress), _update_outputs(), marker=marker
+        )
 
     def resolve_output(self, ctx):
         return prompt_output(ctx, _update_outputs())

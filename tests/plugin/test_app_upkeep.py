@@ -7,8 +7,10 @@ Screenshots go to ``test-artifacts/app_upkeep_*.png``.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
+import cv2
 import fiftyone as fo
 import pytest
 
@@ -105,7 +107,7 @@ def test_default_build_runs_offline_keeps_its_own_field_and_fit_kmeans_shows_a_t
     app.execute()
     listed = {r[0]: r for r in rows(app)}
     app.screenshot("app_upkeep_list_table")
-    assert {"px", "mine"} <= set(listed) and listed["mine"][1] == "exact", listed
+    assert {"px", "mine"} <= set(listed) and listed["mine"][1:3] == ["ready", "exact"], listed
 
 
 def test_delete_asks_to_confirm_naming_the_index_and_says_what_it_deleted(app, dataset):
@@ -164,6 +166,44 @@ def test_build_shows_counts_and_time_left_while_it_runs(server):
         assert int(re.search(r"embedded (\d+)/60", shown).group(1)) < 60, shown
         assert re.search(r"Samples indexed:?\s+60", out), out
         ds.reload()
+        assert ds.load_brain_results("big").total_index_size == 60
+    finally:
+        ds.delete()
+
+
+def test_a_build_still_running_after_a_reload_is_listed_with_its_progress(server, tmp_path):
+    """A CNN build goes on in the server when its tab reloads: *list indexes* shows it, "building:
+    24/60 images, started 9 s ago", until it ends. Its images are 12-megapixel PNGs (links to one file),
+    slow to decode whatever the CPU, so that the build still runs after the reload."""
+    photo = sorted((CALTECH / "Motorbikes").glob("image_*.jpg"))[0]
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(photo)), (4000, 3000)), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    files = [tmp_path / f"copy_{i:03d}.png" for i in range(60)]
+    for f in files:
+        f.symlink_to(big)
+    ds = fo.Dataset(unique_name("running"))
+    ds.add_samples([fo.Sample(filepath=str(f), name=fo.Classification(label=f.stem)) for f in files])
+    try:
+        with browser_page(playwright_api) as page:
+            app = App(page, f"{server}/datasets/{ds.name}").open()
+            app.open_operator("revsearch: build index")
+            app.fill("Brain key", "big")
+            app.choose("Index", "exact")
+            app.fill("Batch size", 4)
+            page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).click()
+            page.wait_for_function(r"() => /embedded \d+\/60 images/.test(document.body.innerText)", timeout=120_000)
+            app.open()  # the tab reloads: the build's dialog is gone, the build goes on in the server
+            app.open_operator("revsearch: list indexes")
+            app.execute()
+            listed = {r[0]: r for r in rows(app)}
+            app.screenshot("app_upkeep_running_build")
+        assert re.fullmatch(r"building: \d+/60 images, started \d+ s ago", listed["big"][1]), listed
+        assert listed["big"][2] == "exact", listed
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and ("big" not in ds.list_brain_runs() or ds.info.get("revsearch_building")):
+            time.sleep(1)
+            ds.reload()
+        assert not ds.info.get("revsearch_building")  # the build ended and took its marker away
         assert ds.load_brain_results("big").total_index_size == 60
     finally:
         ds.delete()

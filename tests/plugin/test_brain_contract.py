@@ -247,7 +247,8 @@ def test_a_compute_killed_while_filling_milvus_leaves_nothing_a_retry_reuses(run
         "import fiftyone as fo, fiftyone.brain as fob, numpy as np, revsearch.fiftyone.brain\n"
         f"ds = fo.load_dataset({ds.name!r})\n"
         "v = np.ones((len(ds), 16), np.float32)\n"
-        f"fob.compute_similarity(ds, embeddings=v, backend='revsearch', index_kind='milvus', uri={uri!r}, brain_key='k')\n"
+        "fob.compute_similarity(ds, embeddings=v, backend='revsearch', index_kind='milvus',"
+        f" uri={uri!r}, brain_key='k')\n"
     )
     env = {**subprocess_env(), "REVSEARCH_CRASH_AT": "2"}  # 1: collection created, 2: vectors upserted
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

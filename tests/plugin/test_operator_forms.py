@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
+import socket
+import subprocess
+import sys
+import threading
 from datetime import timedelta
 
 import fiftyone as fo
@@ -239,3 +244,51 @@ def test_search_form_flags_query_mistakes_before_execute(dataset, caltech_files,
     assert "all" not in form(dataset, "search_by_image", brain_key="px", source="path", k=12)
     shown = form(dataset, "search_by_image", brain_key="px", source="path", k=13)
     assert shown["all"]["view"]["label"] == "Only 12 samples are searched: all of them are shown"
+
+
+def test_list_indexes_shows_a_running_build_and_reports_one_whose_process_ended(dataset, monkeypatch):
+    """A build records a marker in the dataset while it runs (what a reloaded tab's *list indexes* shows);
+    the marker goes when it ends, also when it fails; one left by a killed process is reported and removed."""
+    common = importlib.import_module(foo.get_operator(URI + "build_index").__module__.rsplit(".", 1)[0] + ".common")
+    monkeypatch.setattr(common, "MARKER_EVERY", 0.0)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    dataset.reload()  # a marker as a build killed in another process left it (another key: kept apart)
+    dataset.info.setdefault(common.RUNNING_INFO, {})["killed"] = {
+        "action": "build", "done": 4, "total": 30, "unit": "images", "started": "2026-01-01T00:00:00+00:00",
+        "pid": dead.pid, "host": socket.gethostname(),
+    }  # fmt: skip
+    dataset.save()
+
+    written, release = threading.Event(), threading.Event()
+    record = common._marker_update
+
+    def held(ds, key, marker, only_if=None):  # the build waits, once it has noted 4 images, until listed
+        record(ds, key, marker, only_if)
+        if marker and marker["done"] == 4:
+            written.set()
+            release.wait(120)
+
+    monkeypatch.setattr(common, "_marker_update", held)
+    params = dict(brain_key="cnn", index_kind="exact", batch_size=4, **MODEL)
+    build = threading.Thread(target=execute, args=(dataset, "build_index"), kwargs=params)
+    build.start()
+    try:
+        assert written.wait(120)
+        rows = {row["brain_key"]: row for row in execute(dataset, "list_indexes")["indexes"]}
+    finally:
+        release.set()
+        build.join()
+    assert re.fullmatch(r"building: 4/12 images, started \d+ s ago", rows["cnn"]["status"]), rows["cnn"]
+    assert rows["cnn"]["index_kind"] == "exact" and rows["cnn"]["indexed"] == ""
+    assert rows["killed"]["status"] == (
+        f"interrupted build (process {dead.pid} ended): marker removed, run the build again"
+    ), rows["killed"]
+    assert rows["px"]["status"] == "ready" and rows["px"]["indexed"] == 12
+    rows = {row["brain_key"]: row for row in execute(dataset, "list_indexes")["indexes"]}
+    assert set(rows) == {"px", "cnn"} and rows["cnn"]["status"] == "ready" and rows["cnn"]["indexed"] == 12
+    assert common.running_markers(dataset) == {}  # the build's marker and the killed one are gone
+
+    with pytest.raises(Exception, match="weights present"):  # a failed build leaves no marker either
+        execute(dataset, "build_index", brain_key="r18", features="cnn", backbone="resnet18", weights="")
+    assert common.running_markers(dataset) == {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import cv2
 import fiftyone as fo
-import numpy as np
 import pytest
 
 from plugin_helpers import MODEL, unique_name
