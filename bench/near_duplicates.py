@@ -3,9 +3,10 @@
     cd bench && ../.venv/bin/python near_duplicates.py [--sizes 10000 100000 1000000] [--timeout-s 1800]
 
 For each size N, one FiftyOne dataset of N dummy samples gets synthetic clustered unit vectors
-(``synthetic()`` from vector_search.py, 64-d) in which the last 1% are planted near-duplicates:
+(``synthetic()`` from vector_search.py, 128-d) in which the last 1% are planted near-duplicates:
 copies of distinct earlier vectors plus noise far below the distance between distinct vectors.
-Each backend then runs, in a child process of its own (so its peak memory is its own):
+``--backends`` picks the backends; rows of earlier runs (same dimension) that a run does not redo
+are kept in the table. Each backend then runs, in a child process of its own (so its peak memory is its own):
 
 - ``fob.compute_similarity(dataset, embeddings=vectors, backend=...)`` (build time), then
 - ``fob.compute_near_duplicates(dataset, similarity_index=..., threshold=...)`` (find time: range
@@ -42,7 +43,7 @@ import psutil
 from common import RESULTS, ROOT, markdown_table
 from vector_search import synthetic
 
-DIM, DUP_FRACTION, COPY_NOISE, THRESH = 64, 0.01, 1e-3, 0.02
+DIM, DUP_FRACTION, COPY_NOISE, THRESH = 128, 0.01, 1e-3, 0.02
 BACKENDS = ("kmeans", "pixel", "milvus", "sklearn")
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -197,6 +198,14 @@ def write_doc(rows: list[dict], command: str, name: str = "near_duplicates") -> 
         "sklearn/this added MB",
         "note",
     ]
+    saved = RESULTS / f"{name}.json"
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    commands = [command]
+    if previous.get("dim") == DIM:  # keep earlier runs' rows (same vectors) this run did not redo
+        done = {(row["N"], row["backend"]) for row in rows}
+        rows = [row for row in previous["rows"] if (row["N"], row["backend"]) not in done] + rows
+        rows.sort(key=lambda row: (row["N"], row["backend"] == "sklearn"))
+        commands = [c for c in previous["commands"] if c != command] + commands
     for row in rows:
         ref = next((r for r in rows if r["N"] == row["N"] and r["backend"] == "sklearn" and "total s" in r), None)
         if ref and "total s" in row and row["backend"] != "sklearn":
@@ -204,12 +213,13 @@ def write_doc(rows: list[dict], command: str, name: str = "near_duplicates") -> 
             row["sklearn/this added MB"] = round(ref["added MB"] / max(row["added MB"], 1), 2)
     table = markdown_table(rows, columns)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    saved.write_text(json.dumps({"dim": DIM, "commands": commands, "rows": rows}, indent=1))
     (RESULTS / f"{name}.md").write_text(table + "\n")
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     text = DOC.read_text()
     head, rest = text.split(start, 1)
-    DOC.write_text(f"{head}{start}\nCommand: `{command}`\n\n{table}\n{end}{rest.split(end, 1)[1]}")
+    runs = "; ".join(f"`{c}`" for c in commands)
+    DOC.write_text(f"{head}{start}\nCommands ({DIM}-d vectors): {runs}\n\n{table}\n{end}{rest.split(end, 1)[1]}")
     print(table)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 import eta.core.utils as etau
@@ -808,6 +809,27 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         inds = [np.array([position[h.key] for h in row], dtype=np.int64) for row in rows]
         dists = [to_metric(np.array([h.distance for h in row]), self.config.metric) for row in rows]
         return (inds, dists) if return_dists else inds
+
+    def find_duplicates(self, thresh=None, fraction=None):
+        """FiftyOne's ``DuplicatesMixin.find_duplicates``, except that each duplicate's nearest kept
+        sample (patch) is searched with the kept keys pushed down into the index, not through a view
+        selecting them: at about 1M samples that view's query exceeds MongoDB's 16 MB command limit."""
+        keys = self.current_keys.tolist()
+        if fraction is not None:
+            keep = int(round(min(max(0, 1.0 - fraction), 1) * len(keys)))
+            unique, thresh = self._remove_duplicates_count(keep, keys, init_thresh=thresh)
+        else:
+            unique = self._remove_duplicates_thresh(thresh, keys)
+        kept = set(unique)
+        duplicates = [key for key in keys if key not in kept]
+        neighbours = defaultdict(list)
+        if unique and duplicates:
+            with self._handle.hold():
+                hits = self._handle.search(self._original_vectors(duplicates), 1, allowed=unique)
+            for key, row in zip(duplicates, hits):
+                neighbours[row[0].key].append((key, float(to_metric(row[0].distance, self.config.metric))))
+        self._thresh, self._unique_ids, self._duplicate_ids = thresh, unique, duplicates
+        self._neighbors_map = {key: sorted(found, key=lambda t: t[1]) for key, found in neighbours.items()}
 
     def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
         """Indexed samples of the view within distance ``thresh`` (in the run's metric; a range search

@@ -190,44 +190,56 @@ class IVFIndex(InMemoryIndex):
 
         Exact by default: only lists whose Voronoi cell (bisector bound) is within ``radius`` are scanned.
         ``nprobe``: at most that many lists of smallest bound (approximate; for high-dimensional self-joins).
+        Chunks of queries find their (query, list) pairs; every ~``_BOUND_CELLS`` pairs, each list is
+        scanned once for all its queries (one matrix product per list, bounded memory).
         """
         q = self.store.check_dim(queries)
         self._sort_lists()
         keep = None if allowed is None else self._row_mask(self.store.rows_in(allowed))
-        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        order = np.argsort(self.assign(q)[0], kind="stable")  # queries of one list together
+        between = squared_l2(self.centroids, self.centroids, self._centroid_norms)
+        bounds = np.sqrt(between, out=between) * np.float32(math.sqrt(radius))  # (K, K) float32
+        found, pairs, held = [], [], 0
         step = max(1, _BOUND_CELLS // self.n_clusters)
         for start in range(0, len(q), step):
-            chunk = order[start : start + step]
-            found.extend(self._range_chunk(q[chunk], chunk, radius, keep, nprobe))
+            query_ids, lists = self._reached_lists(q[start : start + step], bounds, nprobe)
+            pairs.append((query_ids + start, lists))
+            held += len(lists)
+            if held >= _BOUND_CELLS or start + step >= len(q):
+                found.extend(self._scan_lists(q, *(np.concatenate(p) for p in zip(*pairs)), radius, keep))
+                pairs, held = [], 0
         return self._group_hits(len(q), found)
 
-    def _range_chunk(
-        self, q: np.ndarray, query_ids: np.ndarray, radius: float, keep: np.ndarray | None, nprobe: int | None = None
-    ):
-        """(query ids, rows, distances) of the pairs within ``radius`` for one chunk of queries."""
-        d2 = squared_l2(q, self.centroids, self._centroid_norms).astype(np.float64)
-        reach = self._cell_gaps(q, d2) <= radius
+    def _reached_lists(self, q: np.ndarray, bounds: np.ndarray, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(query, list) pairs where the list may hold a vector within the radius: the query is within
+        sqrt(radius) of the A|B bisector (A: its nearest centre, B: the list), i.e. h_B - h_A <=
+        sqrt(radius) |cA - cB| (``bounds``) with h = |c|^2 / 2 - q.c, less a float32 slack (per query,
+        for the largest centre norm: looser, never tighter, than needed)."""
+        h = q @ self.centroids.T
+        np.subtract(0.5 * self._centroid_norms, h, out=h)
+        own = h.argmin(axis=1)
+        slack = 0.5 * _BOUND_SLACK * (np.einsum("ij,ij->i", q, q) + self._centroid_norms.max())
+        h -= (h[np.arange(len(q)), own] + slack)[:, None]
+        reach = h <= bounds[own]
         if nprobe is not None and nprobe < self.n_clusters:  # the nprobe nearest centres
-            nearest = np.argpartition(d2, nprobe - 1, axis=1)[:, :nprobe]
-            probed = np.zeros_like(reach)
-            np.put_along_axis(probed, nearest, True, axis=1)
-            reach &= probed
-        pairs_q, pairs_c = np.nonzero(reach)
-        by_cluster = np.argsort(pairs_c, kind="stable")
-        pairs_q, pairs_c = pairs_q[by_cluster], pairs_c[by_cluster]
-        bounds = np.flatnonzero(np.diff(pairs_c)) + 1
-        for members, cluster in zip(np.split(pairs_q, bounds), pairs_c[np.r_[0, bounds]] if len(pairs_c) else []):
+            reach &= h <= np.partition(h, nprobe - 1, axis=1)[:, nprobe - 1 : nprobe]
+        return np.divmod(np.flatnonzero(reach), self.n_clusters)  # flat: 15x faster than 2-d nonzero
+
+    def _scan_lists(self, q: np.ndarray, query_ids: np.ndarray, lists: np.ndarray, radius: float, keep):
+        """(query ids, rows, distances) within ``radius``: each list against all its queries at once."""
+        by_list = np.argsort(lists, kind="stable")
+        query_ids, lists = query_ids[by_list], lists[by_list]
+        splits = np.flatnonzero(np.diff(lists)) + 1
+        for members, cluster in zip(np.split(query_ids, splits), lists[np.r_[0, splits]] if len(lists) else []):
             lo, hi = self._offsets[cluster], self._offsets[cluster + 1]
-            rows = np.arange(lo, hi)
-            if keep is not None:
-                rows = rows[keep[lo:hi]]
+            rows = np.arange(lo, hi) if keep is None else lo + np.flatnonzero(keep[lo:hi])
             if not len(rows):
                 continue
-            dist = squared_l2(q[members], self.store.vectors[rows], self.store.sq_norms[rows])
-            qi, ri = np.nonzero(dist <= radius)
-            if len(qi):
-                yield query_ids[members[qi]], rows[ri], dist[qi, ri]
+            vectors, norms = self.store.vectors[rows], self.store.sq_norms[rows]
+            for part in np.array_split(members, -(-len(members) * len(rows) // _BOUND_CELLS)):
+                dist = squared_l2(q[part], vectors, norms)
+                qi, ri = np.divmod(np.flatnonzero(dist <= radius), len(rows))
+                if len(qi):
+                    yield part[qi], rows[ri], dist[qi, ri]
 
     def _group_hits(self, n_queries: int, found: list) -> list[list[Hit]]:
         """Per-query hit lists (nearest first, ties in insertion order) from (query, row, dist) arrays."""
