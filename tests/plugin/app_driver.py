@@ -33,6 +33,9 @@ PROMPT = '[data-cy="operators-prompt-modal"]'
 #: The dialog where operators that report progress show it, then their result (the prompt closes).
 OUTPUT = '[role="dialog"]:not([data-cy="operators-prompt-modal"])'
 TILE, TILE_TAG = '[data-cy="looker"]', '[data-cy="tag-name"]'
+#: How long a click or a fill waits for its element: a form being resolved again is not editable, and
+#: on a busy 2-core machine that can take longer than Playwright's default 30 s.
+UI_TIMEOUT_MS = 90_000
 
 
 def free_port() -> int:
@@ -76,7 +79,9 @@ def browser_page(playwright_api):
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            yield page
         finally:
             browser.close()
 
