@@ -27,8 +27,8 @@ PASTED = [0.45, 0.45, 0.5, 0.5]
 
 @pytest.fixture(scope="module")
 def scene(caltech_files, tmp_path_factory):
-    """A Leopards photo pasted into the bottom right of an airplane photo; the dataset holds the
-    composite and the other photos (not the leopard), each tile labelled by name."""
+    """A Leopards photo pasted into the bottom right of an airplane photo; the dataset holds the other
+    photos (not the leopard) and then the composite, each tile labelled by name."""
     folder = tmp_path_factory.mktemp("regions-app")
     leopard = next(f for f in caltech_files if "Leopards" in f)
     plane = next(f for f in caltech_files if "airplanes" in f)
@@ -40,7 +40,7 @@ def scene(caltech_files, tmp_path_factory):
     cv2.imwrite(str(composite), cv2.cvtColor(background, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(crop), cv2.cvtColor(obj, cv2.COLOR_RGB2BGR))
     ds = fo.Dataset(unique_name("regions-app"))
-    files = [str(composite)] + [f for f in caltech_files if f != leopard]
+    files = [f for f in caltech_files if f != leopard] + [str(composite)]  # last: first only when found
     ds.add_samples([fo.Sample(filepath=f, name=fo.Classification(label=Path(f).stem)) for f in files])
     yield ds, crop
     ds.delete()
@@ -51,6 +51,14 @@ def server(scene, plugins_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with app_server(log, {"FIFTYONE_PLUGINS_DIR": str(plugins_dir)}) as (base, _):
         yield base
+
+
+def results_grid(app: App, k: int, timeout_s: float = 90) -> list[str]:
+    """The grid's labels once it shows the ``k`` results of a search (not the whole dataset before it)."""
+    deadline = app.page.evaluate("Date.now()") + timeout_s * 1000
+    while len(app.labels()) != k and app.page.evaluate("Date.now()") < deadline:
+        app.page.wait_for_timeout(500)
+    return app.labels()
 
 
 def test_build_with_regions_then_find_the_photo_that_contains_an_uploaded_crop(scene, server):
@@ -75,7 +83,7 @@ def test_build_with_regions_then_find_the_photo_that_contains_an_uploaded_crop(s
         app.fill("Number of results", 5)
         app.screenshot("app_regions_form")
         app.execute()
-        labels = app.wait_for_labels(["composite"])
+        labels = results_grid(app, 5)
         box = page.get_by_text(REGION_FIELD, exact=True).first.locator(
             "xpath=ancestor::*[.//input[@type='checkbox']][1]//input[@type='checkbox']"
         )
@@ -98,4 +106,5 @@ def test_build_with_regions_then_find_the_photo_that_contains_an_uploaded_crop(s
         app.fill("Box (x, y, width, height)", ", ".join(map(str, PASTED)))
         app.fill("Number of results", 3)
         app.execute()
-        assert app.wait_for_labels(["composite"])[:1] == ["composite"]
+        labels = results_grid(app, 3)
+        assert labels[0] == "composite", labels
