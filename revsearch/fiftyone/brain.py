@@ -489,17 +489,19 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             self._extras.update_pixels(present, {})
             if self._added is not None:
                 self._added.remove([k for k in present if k in self._added.store])
+            still_there = self._present(set(present)) if self.config.embeddings_field is not None else set()
             removed_owners = {self._owners.pop(k) for k in present} if self.has_patches else set(present)
             if self._regions is not None and self._per_image:
                 self._regions.remove([key for i in present for key in region_keys(i, self._per_image)])
             for sample_id in removed_owners - set(self._owners.values()):
                 self._signatures.pop(sample_id, None)
-            if self.config.embeddings_field is not None:
+            if still_there:  # (the field of samples or labels deleted from the dataset went with them)
+                cleared = [k for k in present if k in still_there]
                 fbu.remove_embeddings(
                     self._samples,
                     self.config.embeddings_field,
-                    sample_ids=None if self.has_patches else present,
-                    label_ids=present if self.has_patches else None,
+                    sample_ids=None if self.has_patches else cleared,
+                    label_ids=cleared if self.has_patches else None,
                     patches_field=self.config.patches_field,
                 )
         self._ids = None
@@ -716,8 +718,14 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         owners = sorted({self._owners[k] for k in keys} if self.has_patches else keys)
         if not self.has_patches:
             return set(dataset.select(owners).values("id"))
-        _, path = dataset._get_label_field_path(self.config.patches_field, "id")
-        return keys & set(dataset.select(owners).values(path, unwind=True))
+        return keys & set(dataset.select(owners).values(self._label_id_path(), unwind=True))
+
+    def _label_id_path(self) -> str:
+        """The path of the patches field's label ids (``<field>.detections.id`` for detections)."""
+        field = self.config.patches_field
+        kind = self._samples._root_dataset.get_field(field).document_type
+        lists = {fol.Detections: "detections", fol.Polylines: "polylines"}
+        return f"{field}.{lists[kind]}.id" if kind in lists else f"{field}.id"
 
     def _search(self, vectors: np.ndarray, k: int | None, reverse: bool, allowed) -> list[list[Hit]]:
         total = self.total_index_size if allowed is None else len(allowed)

@@ -38,7 +38,8 @@ def _boxes(label) -> list[fol.Detection]:
     """The objects of one sample's label (None, a single object or a list) as detections."""
     if label is None:
         return []
-    objects = getattr(label, label._LABEL_LIST_FIELD) if hasattr(label, "_LABEL_LIST_FIELD") else [label]
+    objects = label.detections if isinstance(label, fol.Detections) else None
+    objects = label.polylines if isinstance(label, fol.Polylines) else objects if objects is not None else [label]
     return [o.to_detection() if isinstance(o, fol.Polyline) else o for o in objects]
 
 

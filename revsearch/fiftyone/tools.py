@@ -178,7 +178,8 @@ def build_index(
 
     ``index_kind``: ``exact``, ``kmeans`` or ``milvus`` (``pixel``: pixel features in an exact index).
     Vectors come from ``embeddings_field`` (made by :func:`compute_embeddings` / :func:`fit_pca`) or
-    are computed with ``extractor`` (default: the CNN), then also stored in ``keep_field`` if given.
+    are computed with ``extractor`` (default: the CNN), then also stored in ``keep_field`` if given
+    (for objects: on each label, kept up to date by later updates).
     ``patches_field``: index the objects of that label field instead (crops embedded with ``extractor``,
     boxes squared / grown by ``alpha`` as FiftyOne's ``compute_patch_embeddings``), searchable on
     patches views. ``regions``: also index each image's regions (CNN features computed now), for
@@ -224,6 +225,7 @@ def build_index(
     results.set_pca(pca)
     if patches_field:  # (compute_similarity keeps its own force_square / alpha out of the config)
         results.config.force_square, results.config.alpha = force_square, alpha
+        results.config.embeddings_field = keep_field  # objects' vectors kept on their labels
         results.save_config()
     if ids:
         _index_vectors(results, vectors, ids, label_ids)

@@ -228,12 +228,21 @@ def test_build_sync_and_query_a_patch_index_with_the_plugin_tools(patches, kind,
         broken.save()
         options = {"uri": str(tmp_path / "b.db")} if kind == "milvus" else {}
         results, failures = tools.build_index(
-            ds, "b", kind, extractor=PixelFeatures(8), patches_field="gt", force_square=True, **options
+            ds,
+            "b",
+            kind,
+            extractor=PixelFeatures(8),
+            patches_field="gt",
+            force_square=True,
+            keep_field="kept",
+            **options,
         )
         assert set(failures) == {broken.id}
         expected = set(label_ids(ds.exclude(broken.id)))
         assert set(results.label_ids.tolist()) == expected
         assert results.config.force_square is True
+        kept = patch_values(ds, "kept")[2]
+        assert {i for i, v in kept.items() if v.ndim == 1} == expected  # each object's vector on its label
 
         sample = ds.skip(5).first()  # one object more, one less
         sample.gt.detections = sample.gt.detections[1:] + boxes(np.random.default_rng(1), 1)
