@@ -12,6 +12,7 @@ from revsearch.features.factory import cnn_config
 from revsearch.features.query_source import ImageQuery, load_query_image
 from revsearch.features.regions import RegionQueryEmbedder, entry_boxes
 from revsearch.fiftyone.brain import RevsearchSimilarityIndex
+from revsearch.fiftyone.tools import clear_outside
 
 #: Sample field holding the best-matching region of each result.
 REGION_FIELD = "revsearch_region"
@@ -80,15 +81,8 @@ def region_view(
         for sample_id, region, dist in found
     }
     dataset.set_values(region_field, matches, key_field="id")
-    _clear_outside(dataset, region_field, ids)
+    clear_outside(dataset, region_field, ids)
     if dist_field:
         dataset.set_values(dist_field, {sample_id: float(dist) for sample_id, _, dist in found}, key_field="id")
-        _clear_outside(dataset, dist_field, ids)
+        clear_outside(dataset, dist_field, ids)
     return samples.select(ids, ordered=True)
-
-
-def _clear_outside(dataset, field: str, ids: list[str]) -> None:
-    """Unset ``field`` on the samples not in ``ids`` (values left there by earlier searches)."""
-    stale = dataset.exists(field).exclude(ids)
-    if len(stale):
-        stale.set_values(field, [None] * len(stale))

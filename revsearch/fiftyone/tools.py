@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import fiftyone.brain as fob
 import fiftyone.core.models as fom
+import fiftyone.core.patches as fop
 import numpy as np
 
 from revsearch.features.factory import make_extractor
@@ -367,7 +368,7 @@ def query_view(
     if mode == "copy":
         return _copy_view(results, samples, query, k, dist_field, allow_private_urls)
     if results.has_patches:  # objects: their patches, sorted; a sample id stands for its objects
-        samples = samples if samples._is_patches else samples.to_patches(results.config.patches_field)
+        samples = samples if isinstance(samples, fop.PatchesView) else samples.to_patches(results.config.patches_field)
         query = _objects_of(results, query) if isinstance(query, list) else query
     if isinstance(query, list) or (isinstance(query, str) and query in set(results.keys.tolist())):
         vector = query
@@ -376,7 +377,7 @@ def query_view(
     results.use_view(samples)
     view = results.sort_by_similarity(vector, k=k, dist_field=dist_field)
     if dist_field and not results.has_patches:
-        _clear_outside(samples._root_dataset, dist_field, view.values("id"))
+        clear_outside(samples._root_dataset, dist_field, view.values("id"))
     return view
 
 
@@ -403,11 +404,11 @@ def _copy_view(results: RevsearchSimilarityIndex, samples, query, k: int, dist_f
     ids = [h.key for h in hits]
     if dist_field:
         dataset.set_values(dist_field, {h.key: h.distance for h in hits}, key_field="id")
-        _clear_outside(dataset, dist_field, ids)
+        clear_outside(dataset, dist_field, ids)
     return samples.select(ids, ordered=True)
 
 
-def _clear_outside(dataset, field: str, ids: list[str]) -> None:
+def clear_outside(dataset, field: str, ids: list[str]) -> None:
     """Unset ``field`` on the samples not in ``ids`` (values left there by earlier searches)."""
     stale = dataset.exists(field).exclude(ids)
     if len(stale):
