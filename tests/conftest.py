@@ -1,8 +1,10 @@
 """Shared fixtures: real Caltech-101 images and real MobileNetV2 weights from ../shared; the test tiers.
 
-The fast tier (``pytest -m "not slow"``) is every unit and small integration test in this process.
-The slow tier adds kills at every write point, the random operation machines, real Milvus servers,
-the App in a browser, a fresh ``pip install`` and the checks made in fresh Python processes.
+The fast tier (``pytest -m "not slow"``) is every unit and small integration test in this process;
+a test run on every index kind runs its Milvus Lite case in the slow tier (each Lite file starts a
+server), while the Milvus modules themselves stay fast. The slow tier adds kills at every write point,
+the random operation machines, real Milvus servers, moves between Milvus instances, the ONNX
+export, the App in a browser, a fresh ``pip install`` and the checks made in fresh Python processes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ SLOW_MODULES = {
     "test_install.py",
     "test_lazy_imports.py",
     "test_lite_handover.py",
+    "test_move.py",
     "test_server.py",
     "test_resume.py",
     "test_app_browser.py",
@@ -29,9 +32,15 @@ SLOW_MODULES = {
 }
 
 
+def _milvus_case(item: pytest.Item) -> bool:
+    """A parametrised case whose parameters include the Milvus kind, e.g. ``[milvus-cosine]``."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "milvus" in callspec.id.split("-")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in SLOW_MODULES:
+        if item.path.name in SLOW_MODULES or _milvus_case(item):
             item.add_marker(pytest.mark.slow)
 
 

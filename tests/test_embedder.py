@@ -81,6 +81,7 @@ def test_pretrained_finds_edited_copies_and_same_class(pretrained_mobilenet, sub
     assert set(label.values()) == set(SUBSET_CLASSES)
 
 
+@pytest.mark.slow
 def test_onnxruntime_gives_the_torch_vectors_and_caches_the_export(subset_paths, tmp_path, monkeypatch):
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path))
     config = dict(backbone="resnet18", weights=None, batch_size=4)
@@ -98,6 +99,7 @@ def test_onnxruntime_gives_the_torch_vectors_and_caches_the_export(subset_paths,
     assert exported[0].stat().st_mtime_ns == mtime  # reused, not exported again
 
 
+@pytest.mark.slow
 def test_onnx_export_depends_on_the_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("REVSEARCH_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(1)

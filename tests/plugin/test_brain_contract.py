@@ -233,6 +233,7 @@ def test_deleted_samples_take_no_result_slots_and_k_none_sorts_the_view(runs, ki
         ds.delete()
 
 
+@pytest.mark.slow
 def test_a_compute_killed_while_filling_milvus_leaves_nothing_a_retry_reuses(runs, tmp_path):
     """Killed after its vectors reached the (default-named) collection but before the run was saved:
     the retry under the same key indexes its own vectors, not the leftovers."""
