@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import re
@@ -17,7 +18,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone.operators.message import GeneratedMessage
 
-from revsearch.errors import WeightsUnavailableError
+from revsearch.errors import RevsearchError, WeightsUnavailableError
 from revsearch.features.backbones import DEFAULT_BACKBONE, FEATURE_DIMS
 from revsearch.features.factory import FEATURES, make_extractor
 from revsearch.features.pipeline import FeatureExtractor
@@ -37,6 +38,36 @@ SMALL_UPDATE = 200
 WORKER_HINT = "Schedule (the arrow beside Execute) needs a worker: start one with 'fiftyone delegated launch'"
 #: A scheduled operation still queued after this long means that no worker is taking them.
 WORKER_WAIT = timedelta(seconds=30)
+#: Errors that are the user's to fix (input, files, a busy or damaged index): in the App, one line and
+#: the form again with the input kept; any other error is FiftyOne's error with its traceback.
+USER_ERRORS = (RevsearchError, ValueError)
+
+
+def in_app_prompt(ctx) -> bool:
+    """Whether the operator runs now in an App prompt (the App sends its layout with each request)."""
+    return not ctx.delegated and "spaces" in ctx.request_params
+
+
+def reopen_form(ctx) -> GeneratedMessage:
+    """Open the operator's form again with the values the user gave."""
+    return ctx.prompt(ctx.operator_uri, params=ctx.params)
+
+
+def reopen_on_error(execute: Callable) -> Callable:
+    """Decorate an operator's ``execute``: in an App prompt a :data:`USER_ERRORS` error is shown as an
+    error notice and the form opens again with the user's input (FiftyOne closes it on an error)."""
+
+    @functools.wraps(execute)
+    def run(self, ctx):
+        try:
+            return execute(self, ctx)
+        except USER_ERRORS as exc:
+            if not in_app_prompt(ctx):
+                raise
+            ctx.ops.notify(str(exc), variant="error")
+            reopen_form(ctx)
+
+    return run
 
 
 def long_running_config(name: str, label: str, description: str, streams: bool = False) -> foo.OperatorConfig:
@@ -201,7 +232,7 @@ def with_progress(
     record the run in the dataset while it lasts (:func:`running_marker`), for *list indexes*."""
     if marker is not None:
         work = _marked(ctx, work, marker)
-    if ctx.delegated or "spaces" not in ctx.request_params:  # the App sends its layout with each request
+    if not in_app_prompt(ctx):
         result = work(with_time_left(progress_callback(ctx)))
         if reload:
             ctx.ops.reload_dataset()
@@ -224,7 +255,7 @@ def _streamed(ctx, work, outputs: types.Property, reload: bool) -> Iterator[Gene
         try:
             outcome["result"] = work(with_time_left(lambda fraction, label: updates.put((fraction, label))))
         except Exception as exc:  # noqa: BLE001  (shown in the prompt, as FiftyOne shows an operator's error)
-            outcome["error"] = str(exc) or type(exc).__name__
+            outcome["error"] = exc
         finally:
             updates.put(None)
 
@@ -232,7 +263,9 @@ def _streamed(ctx, work, outputs: types.Property, reload: bool) -> Iterator[Gene
     while (update := updates.get()) is not None:
         yield ctx.ops.set_progress(label=update[1], progress=update[0])
     if "error" in outcome:  # (a generator operator cannot raise to the App: its stream just ends)
-        yield ctx.ops.notify(outcome["error"], variant="error")
+        yield ctx.ops.notify(str(outcome["error"]) or type(outcome["error"]).__name__, variant="error")
+        if isinstance(outcome["error"], USER_ERRORS):
+            yield reopen_form(ctx)
         return
     if reload:
         yield ctx.ops.reload_dataset()

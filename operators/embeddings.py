@@ -15,6 +15,7 @@ from .common import (
     extractor_inputs,
     long_running_config,
     prompt_output,
+    reopen_on_error,
     with_progress,
     worker_notice,
 )
@@ -53,6 +54,7 @@ class ComputeEmbeddings(foo.Operator):
         worker_notice(inputs)
         return types.Property(inputs, view=types.View(label="Compute embeddings", description=_on_view(ctx)))
 
+    @reopen_on_error
     def execute(self, ctx):
         return with_progress(ctx, lambda progress: self._embed(ctx, progress), _embed_outputs(), reload=True)
 
@@ -89,6 +91,7 @@ class FitPCA(foo.Operator):
         inputs.str("out_field", default=f"{field}_pca", required=True, label="Output field")
         return types.Property(inputs, view=types.View(label="Fit PCA", description=_on_view(ctx)))
 
+    @reopen_on_error
     def execute(self, ctx):
         p = ctx.params
         ratios = tools.fit_pca(
@@ -131,6 +134,7 @@ class FitKMeans(foo.Operator):
         )
         return types.Property(inputs, view=types.View(label="Fit K-means", description=_on_view(ctx)))
 
+    @reopen_on_error
     def execute(self, ctx):
         p = ctx.params
         sizes = tools.fit_kmeans(

@@ -18,6 +18,7 @@ from .common import (
     copy_mode_error,
     count_input,
     radio_input,
+    reopen_on_error,
     stale_index_input,
     target_input,
     target_samples,
@@ -207,6 +208,7 @@ class SearchByImage(foo.Operator):
         )
         return types.Property(inputs, view=types.View(label="Search by image"))
 
+    @reopen_on_error
     def execute(self, ctx):
         p = ctx.params
         results = ctx.dataset.load_brain_results(p["brain_key"])

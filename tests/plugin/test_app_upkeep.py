@@ -228,3 +228,23 @@ def test_search_flags_a_missing_path_then_shows_pixel_distances_per_pixel_value(
     stored = dict(zip(dataset.values("name.label"), dataset.values("revsearch_dist")))
     assert shown[0] == 0 and all(0 < d < 1 for d in shown[1:]), shown
     assert shown == pytest.approx([stored[label] for label in app.labels()], abs=1e-3)
+
+
+def test_an_error_is_one_line_and_the_form_reopens_with_the_input_kept(app, tmp_path):
+    """A file that exists but is no image passes the form's checks and fails in execute: one error
+    notice, and the form opens again with what the user typed."""
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("meeting notes, not a photo")
+    app.open_operator("revsearch: search by image")
+    app.choose("Index (brain key)", "px")
+    app.choose("Query", "Local file path")
+    app.fill("Image path on the server", str(bad))
+    app.fill("Number of results", 3)
+    app.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).click()
+    notice = app.wait_for_notice("notes.jpg", timeout_s=60)
+    assert "Traceback" not in notice and len(notice.splitlines()) == 1, notice
+    expect = playwright_api.expect
+    expect(app.field("Image path on the server").locator("input").first).to_have_value(str(bad), timeout=30_000)
+    expect(app.field("Number of results").locator("input").first).to_have_value("3")
+    assert app.field("Query").get_by_role("radio", name="Local file path", exact=True).is_checked()
+    app.screenshot("app_upkeep_error_reopens_the_form")
