@@ -17,6 +17,10 @@ class PrivateURLError(ImageLoadError):
     """A URL (or a redirect) points at a loopback / private / link-local address, refused unless allowed."""
 
 
+class QueryImageError(RevsearchError, ValueError):
+    """A query image the search cannot use (e.g. a region query's crop smaller than the network's stride)."""
+
+
 class WeightsUnavailableError(RevsearchError):
     """Pretrained weights could not be loaded (offline, missing file, bad file)."""
 

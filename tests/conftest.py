@@ -17,6 +17,7 @@ from helpers import MOBILENET_FILE, caltech_subset
 
 #: Test modules in the slow tier (single slow tests carry ``@pytest.mark.slow`` themselves).
 SLOW_MODULES = {
+    "test_cli_regions.py",
     "test_crash_safety.py",
     "test_index_properties.py",
     "test_index_safety.py",

@@ -18,8 +18,28 @@ def data():
     return [f"item-{i}" for i in range(3000)], vectors, queries
 
 
+@pytest.fixture(scope="module")
+def shared_lite_file(tmp_path_factory):
+    """One Lite file for the module's tests, its server kept running by an open index in between
+    (starting one takes about 0.5 s); each test gets a collection of its own."""
+    uri = str(tmp_path_factory.mktemp("lite") / "m.db")
+    keeper = MilvusIndex(48, collection="keeper", uri=uri)
+    yield uri
+    keeper.close()
+
+
 @pytest.fixture
-def milvus(tmp_path, data):
+def milvus(shared_lite_file, data, request):
+    index = MilvusIndex(48, collection=f"t{abs(hash(request.node.name))}", uri=shared_lite_file)
+    index.add(data[0], data[1])
+    yield index
+    index.client.drop_collection(index.collection)
+    index.close()
+
+
+@pytest.fixture
+def milvus_alone(tmp_path, data):
+    """An index on a Lite file of its own (held by no other index of this process)."""
     index = MilvusIndex(48, collection="t", uri=str(tmp_path / "m.db"))
     index.add(data[0], data[1])
     yield index
@@ -62,7 +82,7 @@ def test_errors_name_the_cause(milvus, tmp_path):
     with pytest.raises(IndexMismatchError, match="dimension 7"):
         milvus.search(np.zeros((1, 7), np.float32), 3)
     with pytest.raises(IndexMismatchError, match="48-d"):
-        MilvusIndex(64, collection="t", uri=milvus.uri)
+        MilvusIndex(64, collection=milvus.collection, uri=milvus.uri)
     with pytest.raises(IndexNotFoundError, match="does not exist"):
         MilvusIndex(48, collection="missing", uri=milvus.uri, create=False)
 
@@ -117,13 +137,13 @@ def _open_in_child(uri: str) -> str:
 
 
 @pytest.mark.slow
-def test_second_process_gets_a_clear_error_then_opens_after_close(milvus):
-    out = _open_in_child(milvus.uri)
+def test_second_process_gets_a_clear_error_then_opens_after_close(milvus_alone):
+    out = _open_in_child(milvus_alone.uri)
     assert out.startswith("BUSY") and "open in process" in out and "one process at a time" in out
-    assert _open_in_child(milvus.uri).startswith("BUSY")  # the lock holds after a failed attempt
-    assert len(milvus) == 3000  # the holder is unaffected
-    milvus.close()
-    assert _open_in_child(milvus.uri) == "OPEN 3000"
+    assert _open_in_child(milvus_alone.uri).startswith("BUSY")  # the lock holds after a failed attempt
+    assert len(milvus_alone) == 3000  # the holder is unaffected
+    milvus_alone.close()
+    assert _open_in_child(milvus_alone.uri) == "OPEN 3000"
 
 
 def test_lite_file_name_rule_is_checked(tmp_path):
@@ -164,20 +184,20 @@ def test_least_similar_is_refused_with_the_reason(milvus, data):
         milvus.search(data[2][:1], 5, reverse=True)
 
 
-def test_a_dropped_channel_is_retried_once_on_a_new_connection(milvus, data):
+def test_a_dropped_channel_is_retried_once_on_a_new_connection(milvus_alone, data):
     keys, vectors, _ = data
-    milvus.client._handler._channel.close()  # what a GOAWAY or a reset leaves behind
-    assert milvus.search(vectors[:1], 1)[0][0].key == keys[0]
-    assert len(milvus) == 3000
+    milvus_alone.client._handler._channel.close()  # what a GOAWAY or a reset leaves behind
+    assert milvus_alone.search(vectors[:1], 1)[0][0].key == keys[0]
+    assert len(milvus_alone) == 3000
 
 
-def test_lite_connections_send_no_idle_keepalive_pings(milvus):
+def test_lite_connections_send_no_idle_keepalive_pings(milvus_alone):
     """pymilvus pings every 10 s by default; Milvus Lite's gRPC server answers that with GOAWAY
     too_many_pings, so revsearch's Lite clients (first and retried) do not ping."""
-    assert milvus.client._handler._grpc_options == LITE_GRPC_OPTIONS
-    milvus.client._handler._channel.close()
-    milvus.search(np.zeros((1, 48), np.float32), 1)
-    assert milvus.client._handler._grpc_options == LITE_GRPC_OPTIONS
+    assert milvus_alone.client._handler._grpc_options == LITE_GRPC_OPTIONS
+    milvus_alone.client._handler._channel.close()
+    milvus_alone.search(np.zeros((1, 48), np.float32), 1)
+    assert milvus_alone.client._handler._grpc_options == LITE_GRPC_OPTIONS
 
 
 _LOAD_IN_CHILD = """

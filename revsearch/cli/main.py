@@ -20,8 +20,10 @@ from revsearch.features.query_source import load_query_image
 from revsearch.files import scan_images
 from revsearch.folder.generations import CHECKPOINT, DEFAULT_INDEX_DIR
 from revsearch.folder.index import BACKENDS, MANIFEST, IndexReport, SearchIndex
+from revsearch.index.hits import Hit
 from revsearch.index.registry import LEGACY_PIXEL
 from revsearch.retrieval.options import MODES, RetrievalOptions
+from revsearch.retrieval.regions import RegionHit
 
 #: Milvus index types (the same as :data:`revsearch.index.milvus.INDEX_TYPES`, without importing pymilvus).
 MILVUS_INDEX_TYPES = ["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"]
@@ -54,6 +56,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     roots = sorted({os.path.abspath(f) for f in args.folders})
     if (index_dir / MANIFEST).exists() and not args.rebuild:
         index = SearchIndex.load(index_dir, token=args.token or "")
+        if args.regions and index.regions is None:
+            raise RevsearchError(
+                f"the index in {printable(str(index_dir))} was built without regions: "
+                "add --rebuild to build it anew with --regions"
+            )
         scope, new_roots = _update_scope(index, roots, args)
         print(f"updating the existing index in {printable(str(index_dir))} (use --rebuild to start over)")
         if (index_dir / CHECKPOINT).exists():
@@ -63,7 +70,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         features = "pixel" if args.backend == LEGACY_PIXEL else args.features
         cnn = {k: getattr(args, k) for k in ("backbone", "pooling", "image_size", "batch_size", "runtime", "scales")}
         weights = None if args.weights == "none" else args.weights
-        extractor = make_extractor({"type": features, "size": args.pixel_size, "weights": weights, **cnn})
+        description = {"type": features, "size": args.pixel_size, "weights": weights, "regions": args.regions}
+        extractor = make_extractor({**description, **cnn})
         names = ("n_clusters", "nprobe", "uri", "index_type", "token", "db_name")
         options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         pca_dim = args.pca_dim or None  # 0: none
@@ -82,7 +90,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
     report.failures.update(unreadable)
     _print_report(report, len(paths))
-    print(f"index: {printable(str(index_dir))} ({len(index)} vectors, backend {index.backend.kind})")
+    regions = f", {len(index.regions.index)} region vectors" if index.regions is not None else ""
+    print(f"index: {printable(str(index_dir))} ({len(index)} vectors{regions}, backend {index.backend.kind})")
     return 0
 
 
@@ -108,21 +117,30 @@ def _update_scope(index: SearchIndex, roots: list[str], args: argparse.Namespace
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    if args.regions and args.mode != "similar":
+        raise RevsearchError("--regions finds the images that contain the query: it takes no --mode")
     if args.out:
         _check_writable(args.out)
     index = SearchIndex.load(_index_dir(args), token=os.environ.get("MILVUS_TOKEN", ""))
     # read (a URL fetched) once: the search and the mosaic use the same decoded image
     image = load_query_image(args.image, index.extractor.min_side, args.allow_private_urls)
-    hits = index.query(image, k=args.k, mode=args.mode)
+    hits = index.query_regions(image, k=args.k) if args.regions else index.query(image, k=args.k, mode=args.mode)
     if args.json:
-        print(json.dumps([{**json_path(h.key), "distance": h.distance} for h in hits], indent=1))
+        print(json.dumps([_json_hit(h) for h in hits], indent=1))
     else:
         for rank, hit in enumerate(hits, 1):
-            print(f"{rank:3d}  {hit.distance:10.4f}  {printable(hit.key)}")
+            box = f"box={','.join(f'{v:.3f}' for v in hit.box)}  " if isinstance(hit, RegionHit) else ""
+            print(f"{rank:3d}  {hit.distance:10.4f}  {box}{printable(hit.key)}")
     if args.out:
         save_mosaic(args.out, make_mosaic(image, hits))
         print(f"mosaic written to {printable(args.out)}")
     return 0
+
+
+def _json_hit(hit: Hit) -> dict:
+    """A hit as JSON: its path and distance, and a region hit's matched region and relative box."""
+    region = {"region": hit.region, "box": list(hit.box)} if isinstance(hit, RegionHit) else {}
+    return {**json_path(hit.key), "distance": hit.distance, **region}
 
 
 def _check_writable(out: str) -> None:
@@ -260,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     # a 256-pixel thumbnail is already a 196,608-d float64 vector (1.5 MB per image)
     arg("--pixel-size", type=_whole(1, 256), default=32, help="thumbnail side for --features pixel, 1 to 256")
     arg("--chunk-size", type=_whole(1), default=1024, help="checkpoint every N images, to resume (default %(default)s)")
+    regions_help = "also index 13 regions per image (same CNN pass; cnn features, one scale) for query --regions"
+    arg("--regions", action="store_true", help=regions_help)
     arg("--rebuild", action="store_true", help="discard an existing index and build anew")
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--add", action="store_true", help="add these folders to an index built from other folders")
@@ -276,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode_help = "similar: look-alikes (the index's options apply); copy: edited copies (CNN and thumbnails fused)"
     q.add_argument("--mode", choices=MODES, default="similar", help=mode_help)
     q.add_argument("--allow-private-urls", action="store_true", help="allow URLs on private/loopback hosts")
+    regions_help = "find the images that contain the query (a crop) anywhere: each ranked by its best-matching "
+    regions_help += "region, whose relative x,y,w,h box is printed and drawn (an index built with --regions)"
+    q.add_argument("--regions", action="store_true", help=regions_help)
     q.set_defaults(func=cmd_query)
 
     i = sub.add_parser("info", help="describe an index and check it against the files on disk")

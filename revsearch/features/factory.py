@@ -8,6 +8,8 @@ from revsearch.features.pipeline import FeatureExtractor
 FEATURES = ("cnn", "pixel")
 #: Settings of a CNN extractor that a description may carry (see ``Embedder.describe``).
 CNN_SETTINGS = ("backbone", "weights", "pooling", "gem_p", "image_size", "batch_size", "runtime")
+#: Why other extractors cannot index regions (:mod:`revsearch.features.regions`).
+REGIONS_NEED_CNN = "regions are pooled from a single-scale CNN's feature map: choose cnn features"
 
 
 def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
@@ -17,6 +19,9 @@ def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
     if description is None or isinstance(description, str):
         description = {"type": description or "cnn"}
     kind = description.get("type", "cnn")
+    scales = tuple(description.get("scales") or (1.0,))
+    if description.get("regions") and (kind != "cnn" or scales != (1.0,)):
+        raise ValueError(REGIONS_NEED_CNN)
     if kind == "pixel":
         from revsearch.features.pixel import PixelFeatures
 
@@ -30,7 +35,6 @@ def make_extractor(description: dict | str | None = None) -> FeatureExtractor:
         from revsearch.features.regions import RegionEmbedder
 
         return RegionEmbedder(config, digest=description.get("weights_digest"), model_id=description.get("model_id"))
-    scales = tuple(description.get("scales") or (1.0,))
     if scales != (1.0,):  # multi-scale descriptors (pooled at several input sizes, averaged)
         from revsearch.features.multiscale import MultiScaleEmbedder
 

@@ -43,6 +43,10 @@ class FeatureExtractor:
         """What determines the vectors; stored with an index, compared with the query side."""
         raise NotImplementedError
 
+    def no_vectors(self) -> np.ndarray:
+        """The vectors of no image, shaped as :meth:`forward`'s (so that batches concatenate)."""
+        return np.empty((0, self.dim), self.dtype)
+
     def _load_prepared(self, path: str | os.PathLike) -> np.ndarray:
         return self.prepare(load_image(path, min_side=self.min_side))
 
@@ -52,7 +56,7 @@ class FeatureExtractor:
         out = [
             self.forward(np.stack(prepared[i : i + self.batch_size])) for i in range(0, len(prepared), self.batch_size)
         ]
-        return np.concatenate(out) if out else np.empty((0, self.dim), self.dtype)
+        return np.concatenate(out) if out else self.no_vectors()
 
     def iter_batches(
         self, paths: Sequence[str | os.PathLike], progress: bool = True, workers: int = 2
@@ -84,7 +88,7 @@ class FeatureExtractor:
                 failures[start + offset] = exc.reason
             except Exception as exc:  # a decoder bug must not abort the run either
                 failures[start + offset] = f"unexpected decoding error: {exc!r}"
-        vectors = self.forward(np.stack(images)) if images else np.empty((0, self.dim), self.dtype)
+        vectors = self.forward(np.stack(images)) if images else self.no_vectors()
         return EmbedBatch(indices, vectors, failures)
 
     def embed_paths(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> EmbedBatch:
@@ -94,5 +98,5 @@ class FeatureExtractor:
             indices.extend(batch.indices)
             vectors.append(batch.vectors)
             failures.update(batch.failures)
-        stacked = np.concatenate(vectors) if vectors else np.empty((0, self.dim), self.dtype)
+        stacked = np.concatenate(vectors) if vectors else self.no_vectors()
         return EmbedBatch(indices, stacked, failures)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from revsearch.errors import QueryImageError
 from revsearch.features.cnn import Embedder, EmbedderConfig
 from revsearch.features.decode import as_rgb_array
+from revsearch.features.factory import cnn_config
 from revsearch.features.multiscale import MultiScaleEmbedder
 from revsearch.features.pca import l2_normalize
 
@@ -20,6 +22,8 @@ REGION_LEVELS = (2, 3)
 #: A region query (a crop) is embedded at these fractions of the input side (the sides the region
 #: windows have in the network input, and one step smaller), each scale searched, best kept per image.
 QUERY_SCALES = (0.71, 0.5, 0.36)
+#: Smallest crop side (pixels) a region query accepts: the network's total stride.
+MIN_CROP_SIDE = 32
 
 
 def region_windows(side: int, levels: tuple[int, ...] = REGION_LEVELS) -> list[tuple[int, int, int, int]]:
@@ -39,8 +43,28 @@ def region_boxes(side: int, levels: tuple[int, ...] = REGION_LEVELS) -> np.ndarr
 
 def entry_boxes(image_size: int) -> np.ndarray:
     """The box of each of an image's entries in a region index: the whole image, then its regions
-    (the feature map's side is the input side over the trunk's total stride, 32)."""
-    return np.vstack([[0.0, 0.0, 1.0, 1.0], region_boxes(image_size // 32)])
+    (the feature map's side is the input side over the trunk's total stride, 32, rounded up)."""
+    return np.vstack([[0.0, 0.0, 1.0, 1.0], region_boxes(-(-image_size // 32))])
+
+
+def whole_image(vectors: np.ndarray) -> np.ndarray:
+    """The whole-image vectors of an extractor's output (with regions: its first entry per image)."""
+    return vectors[:, 0] if vectors.ndim == 3 else vectors
+
+
+def check_crop(image: np.ndarray, what: str = "the query image") -> np.ndarray:
+    """``image`` if both its sides are at least :data:`MIN_CROP_SIDE` pixels; else a one-line error."""
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_CROP_SIDE:
+        raise QueryImageError(f"{what} is {width}x{height} px: at least {MIN_CROP_SIDE} px a side is needed")
+    return image
+
+
+def embed_crop(description: dict, image: np.ndarray) -> np.ndarray:
+    """A crop's region-query vectors, one per :data:`QUERY_SCALES`, with the CNN an index's extractor
+    ``description`` names (``describe()`` of its :class:`RegionEmbedder`)."""
+    embedder = RegionQueryEmbedder(cnn_config(description), digest=description.get("weights_digest"))
+    return embedder.embed_scales(check_crop(image))
 
 
 class RegionEmbedder(Embedder):
@@ -54,6 +78,14 @@ class RegionEmbedder(Embedder):
 
     def describe(self) -> dict:
         return {**super().describe(), "regions": list(REGION_LEVELS)}
+
+    @property
+    def per_image(self) -> int:
+        """Entries per image: the whole image, then its regions."""
+        return len(entry_boxes(self.config.image_size))
+
+    def no_vectors(self) -> np.ndarray:
+        return np.empty((0, self.per_image, self.dim), self.dtype)
 
     def windows(self, side: int) -> list[tuple[int, int, int, int]]:
         if self._windows is None:

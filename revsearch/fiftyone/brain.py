@@ -54,7 +54,7 @@ from revsearch.index.hits import Hit, squared_l2
 from revsearch.index.registry import check_kind, collection_name
 from revsearch.retrieval.options import IndexExtras, RetrievalOptions, copy_query_images
 from revsearch.retrieval.query_expansion import expanded_search
-from revsearch.retrieval.regions import best_over_queries, region_keys
+from revsearch.retrieval.regions import REGION_DIM, REGIONS_SUFFIX, RegionEntries
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,6 @@ DEFAULT_LITE_URI = os.path.join(os.path.expanduser("~"), ".fiftyone", "revsearch
 METRICS = ("sqeuclidean", "euclidean", "cosine")
 #: ``mean`` averages the queries before searching; ``post-*`` aggregate each sample's distances to them.
 AGGREGATIONS = {"mean": None, "post-mean": np.nanmean, "post-min": np.nanmin, "post-max": np.nanmax}
-#: Milvus collection suffix of a run's region vectors.
-REGIONS_SUFFIX = "_regions"
 #: A patch index's saved label ids and the sample id of each.
 PATCH_KEYS = ("label_ids", "sample_ids")
 #: Label types whose objects can be indexed as patches (``patches_field``).
@@ -133,7 +131,7 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         force_square: bool = False,
         alpha: float | None = None,
         regions: bool = False,
-        region_dim: int = 256,
+        region_dim: int = REGION_DIM,
         **kwargs,
     ):
         index_kind = check_kind(index_kind)
@@ -314,9 +312,11 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             self._handle = _make_handle(config, unpack(state or {}))
         self._extras = IndexExtras.from_state(unpack(retrieval_state), config.options, self._handle.dim or 0)
         regions = unpack(region_state or {})
-        self._regions = _make_handle(config, regions.get("index") or {}, REGIONS_SUFFIX) if config.regions else None
-        self._region_pca = PCAReducer.from_state(regions["pca"]) if regions.get("pca") else None
-        self._per_image: int = regions.get("per_image") or 0
+        self._regions: RegionEntries | None = None
+        if config.regions:
+            pca = PCAReducer.from_state(regions["pca"]) if regions.get("pca") else None
+            handle = _make_handle(config, regions.get("index") or {}, REGIONS_SUFFIX)
+            self._regions = RegionEntries(handle, pca, regions.get("per_image") or 0, config.region_dim)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         if filled and brain_key is not None and not getattr(backend, "pending", None):
@@ -491,8 +491,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 self._added.remove([k for k in present if k in self._added.store])
             still_there = self._present(set(present)) if self.config.embeddings_field is not None else set()
             removed_owners = {self._owners.pop(k) for k in present} if self.has_patches else set(present)
-            if self._regions is not None and self._per_image:
-                self._regions.remove([key for i in present for key in region_keys(i, self._per_image)])
+            if self._regions is not None:
+                self._regions.remove(present)
             for sample_id in removed_owners - set(self._owners.values()):
                 self._signatures.pop(sample_id, None)
             if still_there:  # (the field of samples or labels deleted from the dataset went with them)
@@ -590,8 +590,8 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._changing()
         self._handle.drop()
         if self._regions is not None:
-            self._regions.drop()
-            self._region_pca, self._per_image = None, 0
+            self._regions.index.drop()
+            self._regions.pca, self._regions.per_image = None, 0
         self._extras = IndexExtras(self.config.options, 0)
         self._added, self._owners, self._ids = None, {}, None
 
@@ -606,30 +606,16 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if self._regions is None:
             raise ValueError(f"index {self.key!r} was built without regions (regions=True)")
         ids = [str(i) for i in sample_ids]
-        if not ids:
-            return
-        n, per_image, dim = vectors.shape
-        flat = vectors.reshape(-1, dim)
-        if self._region_pca is None:
-            self._region_pca = PCAReducer.fit(flat, min(self.config.region_dim, len(flat), dim), whiten=True)
-            self._per_image = per_image
-        if per_image != self._per_image:
-            raise ValueError(f"{per_image} regions per image, the index has {self._per_image}")
-        self._changing()
-        keys = [key for i in ids for key in region_keys(i, per_image)]
-        self._regions.remove(keys)
-        self._regions.add(keys, self._region_pca.transform(flat))
+        if ids:
+            self._changing()
+            self._regions.add(ids, self._regions.reduce(vectors))
 
     def region_search(self, vectors: np.ndarray, k: int) -> list[tuple[str, int, float]]:
         """The ``k`` samples of the current view whose best region is nearest to any of the query's
         ``vectors`` (one per scale): (sample id, region, squared L2 distance), nearest first."""
-        if self._regions is None or self._region_pca is None:
+        if self._regions is None or self._regions.pca is None:
             raise ValueError(f"index {self.key!r} holds no regions: build it with regions on")
-        allowed = None
-        if self.has_view:
-            allowed = [key for i in self.current_sample_ids.tolist() for key in region_keys(i, self._per_image)]
-        hits = self._regions.search(self._region_pca.transform(vectors), k * self._per_image, allowed=allowed)
-        return best_over_queries(hits)[:k]
+        return self._regions.search(vectors, k, self.current_sample_ids.tolist() if self.has_view else None)
 
     # ---- queries -------------------------------------------------------------------------
     def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
@@ -880,9 +866,10 @@ class RevsearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         }
 
     def _region_arrays(self) -> dict:
-        if self._regions is None or self._region_pca is None:
+        regions = self._regions
+        if regions is None or regions.pca is None:
             return {}
-        return {"index": self._regions.arrays_state(), "pca": self._region_pca.state(), "per_image": self._per_image}
+        return {"index": regions.index.arrays_state(), "pca": regions.pca.state(), "per_image": regions.per_image}
 
     @property
     def pca_state(self) -> dict | None:

@@ -10,19 +10,18 @@ import numpy as np
 from revsearch.features.decode import load_image
 from revsearch.features.factory import cnn_config
 from revsearch.features.query_source import ImageQuery, load_query_image
-from revsearch.features.regions import RegionQueryEmbedder, entry_boxes
+from revsearch.features.regions import check_crop, embed_crop, entry_boxes
 from revsearch.fiftyone.brain import RevsearchSimilarityIndex
 from revsearch.fiftyone.tools import clear_outside
 
 #: Sample field holding the best-matching region of each result.
 REGION_FIELD = "revsearch_region"
-#: Smallest crop side (pixels) a region query accepts: the network's total stride.
-MIN_CROP_SIDE = 32
 
 
 def crop_box(image: np.ndarray, box: list[float], source: str) -> np.ndarray:
     """The relative ``[x, y, width, height]`` box of ``image``; ValueError (one line) for a box that is
-    outside the image, not positive, or smaller than :data:`MIN_CROP_SIDE` pixels."""
+    outside the image, not positive, or smaller than
+    :data:`~revsearch.features.regions.MIN_CROP_SIDE` pixels."""
     x, y, w, h = (float(v) for v in box)
     if w <= 0 or h <= 0:
         raise ValueError(f"box {list(box)} has no area: width and height must be positive (relative, 0-1)")
@@ -31,12 +30,7 @@ def crop_box(image: np.ndarray, box: list[float], source: str) -> np.ndarray:
     height, width = image.shape[:2]
     x0, y0 = round(x * width), round(y * height)
     crop = image[y0 : y0 + max(1, round(h * height)), x0 : x0 + max(1, round(w * width))]
-    if min(crop.shape[:2]) < MIN_CROP_SIDE:
-        raise ValueError(
-            f"box {list(box)} is {crop.shape[1]}x{crop.shape[0]} px of {source}: "
-            f"at least {MIN_CROP_SIDE} px a side is needed"
-        )
-    return crop
+    return check_crop(crop, f"box {list(box)} of {source}")
 
 
 def region_query_image(
@@ -67,13 +61,10 @@ def region_view(
     (written as a ``Detection`` in ``region_field``, its distance in ``dist_field`` if given)."""
     if not results.has_regions:
         raise ValueError(f"index {results.key!r} holds no regions: build it with regions on to search inside images")
-    image = region_query_image(results, query, box, allow_private_urls)
-    description = results.config.extractor
-    config = cnn_config(description)
-    vectors = RegionQueryEmbedder(config, digest=description.get("weights_digest")).embed_scales(image)
+    vectors = embed_crop(results.config.extractor, region_query_image(results, query, box, allow_private_urls))
     results.use_view(samples)
     found = results.region_search(vectors, k)
-    boxes = entry_boxes(config.image_size)
+    boxes = entry_boxes(cnn_config(results.config.extractor).image_size)
     dataset = samples._root_dataset
     ids = [sample_id for sample_id, _, _ in found]
     matches = {

@@ -12,10 +12,11 @@ import fiftyone.core.models as fom
 import fiftyone.core.patches as fop
 import numpy as np
 
-from revsearch.features.factory import make_extractor
+from revsearch.features.factory import REGIONS_NEED_CNN, make_extractor
 from revsearch.features.pca import PCAReducer
 from revsearch.features.pipeline import FeatureExtractor
 from revsearch.features.query_source import ImageQuery
+from revsearch.features.regions import whole_image
 from revsearch.fiftyone.brain import BACKEND_NAME, PATCH_LABEL_TYPES, RevsearchSimilarityIndex
 from revsearch.fiftyone.patches import embed_patches, labelled_samples
 from revsearch.index.ivf import IVFIndex
@@ -82,7 +83,7 @@ def embed_samples(
         done += len(batch.indices) + len(batch.failures)
         if progress:
             progress(done / max(len(paths), 1), f"embedded {done}/{len(paths)} images")
-    stacked = np.concatenate(vectors) if vectors else np.empty((0, extractor.dim), extractor.dtype)
+    stacked = np.concatenate(vectors) if vectors else extractor.no_vectors()
     mark_failures(samples, done_ids, failures)
     return done_ids, stacked, failures
 
@@ -243,13 +244,8 @@ def region_extractor(extractor: FeatureExtractor | None) -> FeatureExtractor:
     if extractor is None:
         return RegionEmbedder()
     if not isinstance(extractor, Embedder) or isinstance(extractor, MultiScaleEmbedder):
-        raise ValueError("regions are pooled from a single-scale CNN's feature map: choose cnn features")
+        raise ValueError(REGIONS_NEED_CNN)
     return RegionEmbedder(extractor.config)
-
-
-def whole_image(vectors: np.ndarray) -> np.ndarray:
-    """The whole-image vectors of an extractor's output (with regions: its first entry per image)."""
-    return vectors[:, 0] if vectors.ndim == 3 else vectors
 
 
 def _index_vectors(results: RevsearchSimilarityIndex, vectors: np.ndarray, ids: list[str], label_ids=None) -> None:

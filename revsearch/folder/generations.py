@@ -3,8 +3,10 @@
 ::
 
     manifest.json   the commit point: names the live generation, its files and its Milvus collection
-    gen-<n>/        the live generation's files (vectors, K-means lists, PCA); older ones are deleted
+    gen-<n>/        the live generation's files (vectors, K-means lists, PCA; regions/: those of the
+                    region entries); older ones are deleted
     pending.json    a build in progress: its new Milvus collection, and the old one to drop after it
+                    (each with its collection of region entries, in an index of regions)
     journal.npz     an update in progress (see :mod:`revsearch.folder.journal`)
     partial/        the embedding checkpoint of a build (see :mod:`revsearch.folder.checkpoint`)
     .lock           held by the one process updating the index (see :mod:`revsearch.locks`)
@@ -26,6 +28,7 @@ from revsearch.crashpoints import write_point
 from revsearch.errors import DamagedFileError, IndexNotFoundError, RevsearchError
 from revsearch.folder.atomic import checksum, fsync_dir, write_atomic
 from revsearch.index.milvus_uri import is_lite_uri
+from revsearch.retrieval.regions import REGIONS_SUFFIX
 
 MANIFEST = "manifest.json"
 #: Where the command line keeps an index unless told (``--index-dir``).
@@ -152,7 +155,9 @@ def settle_pending(directory: Path, committed_generation: int, token: str = "") 
             raise damaged(lite, problem)
         from revsearch.index.milvus import drop_collection  # pymilvus only when there is a collection to drop
 
-        drop_collection(drop["uri"], drop["collection"], token, drop.get("db_name", ""))
+        names = [drop["collection"]] + ([drop["collection"] + REGIONS_SUFFIX] if drop.get("regions") else [])
+        for name in names:
+            drop_collection(drop["uri"], name, token, drop.get("db_name", ""))
         write_point("collection of another generation dropped")
     path.unlink()
     fsync_dir(directory)

@@ -36,6 +36,7 @@ from revsearch.features.pca import PCAReducer
 from revsearch.features.pipeline import FeatureExtractor
 from revsearch.features.pixel import PixelFeatures
 from revsearch.features.query_source import ImageQuery, load_query_image
+from revsearch.features.regions import embed_crop, entry_boxes, whole_image
 from revsearch.files import file_signature, stale_files
 from revsearch.folder.atomic import check_space, disk_full, disk_full_as_error, seal_tree, write_atomic
 from revsearch.folder.checkpoint import EmbeddingCheckpoint
@@ -65,6 +66,7 @@ from revsearch.index.milvus_uri import DEFAULT_URI, is_lite_uri
 from revsearch.index.registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
 from revsearch.locks import IndexLock
 from revsearch.retrieval.options import MODES, IndexExtras, RetrievalOptions, copy_query_images
+from revsearch.retrieval.regions import REGIONS_SUFFIX, RegionEntries, RegionHit
 
 if TYPE_CHECKING:
     from revsearch.index.milvus_bulk import BulkStorage
@@ -74,6 +76,8 @@ if TYPE_CHECKING:
 BACKENDS = (*INDEX_KINDS, LEGACY_PIXEL)
 #: The PCA of a generation (format 3; format 2 wrote ``pca.npz``).
 PCA_FILE = "pca.json"
+#: A generation's folder of region entries (their index's files and their PCA), in an index of regions.
+REGIONS_DIR = "regions"
 #: Bytes a Milvus Lite file grows by per float of vector added, with room to spare (measured: 680 bytes per
 #: 128-d vector), and a margin for its metadata: checked before writing, as Lite retries a full disk for minutes.
 LITE_BYTES_PER_FLOAT, LITE_MARGIN = 6, 4 * 2**20
@@ -142,6 +146,8 @@ class SearchIndex:
     Every change is a transaction (layout: :mod:`revsearch.folder.generations`): a build fills a new
     generation and switches the manifest to it atomically; an update writes a redo journal first. After
     a crash the last committed index stays usable and the next run finishes or undoes the change.
+    ``regions``: each image's entries (whole image, then regions) in a second vector index of the same
+    kind, kept in step with the first, for :meth:`query_regions`.
     """
 
     def __init__(
@@ -155,10 +161,11 @@ class SearchIndex:
         generation: int = 0,
         roots: list[str] | None = None,
         extras: IndexExtras | None = None,
+        regions: RegionEntries | None = None,
     ):
         self.directory = Path(os.path.abspath(directory))
         self.extras = extras or IndexExtras(RetrievalOptions.off(), backend.dim)
-        self.extractor, self.backend, self.reducer = extractor, backend, reducer
+        self.extractor, self.backend, self.reducer, self.regions = extractor, backend, reducer, regions
         self.items: dict[str, dict] = items or {}
         self.failures: dict[str, str] = failures or {}
         self.generation = generation
@@ -193,6 +200,7 @@ class SearchIndex:
         Embeddings are checkpointed every ``chunk_size`` images (a killed run resumes); PCA and K-means
         are fitted on at most ``fit_sample`` vectors. ``roots``: the folders the paths came from.
         ``options``: alpha-QE / alpha-DBA / copy mode (default :class:`RetrievalOptions`; off for pixels).
+        A :class:`~revsearch.features.regions.RegionEmbedder` extractor also indexes every image's regions.
         """
         if backend == LEGACY_PIXEL:
             extractor = extractor if isinstance(extractor, PixelFeatures) else PixelFeatures()
@@ -222,14 +230,16 @@ class SearchIndex:
             report.failures = _embed_to_checkpoint(
                 extractor, [p for p in paths if p not in done], checkpoint, chunk_size, progress
             )
-            sample = checkpoint.sample(fit_sample)
-            if not len(sample):
+            per_image = getattr(extractor, "per_image", 1)  # vectors per image: more with regions
+            entries = checkpoint.sample(max(1, fit_sample // per_image))
+            if not len(entries):
                 checkpoint.clear()
                 raise IndexMismatchError(f"none of the {len(paths)} files could be indexed: {report.failures}")
+            sample = whole_image(entries)
             pca_dim = _auto_pca_dim(len(sample), sample.shape[1], extractor) if pca_dim == "auto" else pca_dim
             reducer = PCAReducer.fit(sample, pca_dim, whiten) if pca_dim else None
             sample = reducer.transform(sample) if reducer else sample
-            _record_pending(directory, generation, previous, backend, backend_options)
+            _record_pending(directory, generation, previous, backend, backend_options, entries.ndim == 3)
             if backend == "kmeans" and not backend_options.get("n_clusters"):
                 backend_options["n_clusters"] = min(len(sample), default_n_clusters(len(paths)))
             with _lite_turn(lite):  # the store holds the file from here until it is closed
@@ -241,9 +251,15 @@ class SearchIndex:
                 total=len(paths) - len(report.failures), desc=f"insert into {backend}", unit="vec", disable=not progress
             )
             items: dict[str, dict] = {}
+            regions, n_images = None, len(paths) - len(report.failures)
             try:
-                with _lite_space(store, len(paths) - len(report.failures)):
+                if entries.ndim == 3:
+                    regions = _create_regions(backend, entries, n_images, backend_options)
+                with _lite_space(store, n_images), _lite_space(regions and regions.index, n_images * per_image):
                     for keys, vectors, signatures in checkpoint.chunks():
+                        if regions is not None:
+                            regions.add(keys, regions.reduce(vectors))
+                        vectors = whole_image(vectors)
                         vectors = reducer.transform(vectors) if reducer else vectors
                         if extras.dba is None:
                             store.add(keys, vectors)
@@ -255,13 +271,16 @@ class SearchIndex:
                     extras.finish_build(store, held, chunk_size)  # DBA, thumbnails
                 extras.update_pixels([], {k: k for k in items})
                 root_list = sorted({os.path.abspath(r) for r in roots}) if roots is not None else None
+                failures = report.failures
                 index = cls(
-                    directory, extractor, store, reducer, items, report.failures, generation - 1, root_list, extras
+                    directory, extractor, store, reducer, items, failures, generation - 1, root_list, extras, regions
                 )
                 index._commit()
                 settle_pending(directory, index.generation, backend_options.get("token", ""))  # clears partial/
             except BaseException:
                 store.close()  # release a Lite file; the checkpoint lets a re-run finish the job
+                if regions is not None:
+                    regions.index.close()
                 raise
         report.added = list(items)
         return index, report
@@ -297,6 +316,7 @@ class SearchIndex:
         gone = [k for k in self.items if in_scope(k) and k not in wanted]
         report.removed = gone + [k for k in report.failures if k in self.items]  # turned corrupt: old vector goes
         vectors = self.transform(batch.vectors) if keys else np.empty((0, self.backend.dim), np.float32)
+        region_vectors = self.regions.reduce(batch.vectors) if self.regions is not None and keys else None
         forget = [k for k in self.failures if (in_scope(k) and k not in wanted) or k in keys]
         new_roots = None if roots is None else sorted({os.path.abspath(r) for r in roots})
         update = Update(
@@ -308,6 +328,7 @@ class SearchIndex:
             report.failures,
             forget,
             new_roots if new_roots != self.roots else None,
+            region_vectors,
         )
         if not update.is_empty(self.failures):
             self._transact(update)
@@ -349,6 +370,10 @@ class SearchIndex:
         if keys:
             with _lite_space(self.backend, len(keys)):
                 self.backend.add(keys, vectors)
+        if self.regions is not None:
+            with _lite_space(self.regions.index, len(update.keys) * self.regions.per_image):
+                self.regions.remove(update.remove)
+                self.regions.add(update.keys, update.region_vectors)
         self.extras.update_pixels(update.remove, {k: update.items[k]["path"] for k in update.keys})
         for k in update.remove:
             self.items.pop(k, None)
@@ -367,16 +392,19 @@ class SearchIndex:
     def check(self) -> dict:
         """Compare the manifest with the vector store: counts, and keys only on one side."""
         stored, listed = set(self.backend.keys()), set(self.items)
-        return {
+        counts = {
             "manifest_items": len(listed),
             "store_vectors": len(self.backend),
             "only_in_store": len(stored - listed),
             "only_in_manifest": len(listed - stored),
         }
+        return counts | ({"region_vectors": len(self.regions.index)} if self.regions is not None else {})
 
     # ---- querying ---------------------------------------------------------------------------
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Apply the index's stored PCA (if any) to raw features."""
+        """Raw features' whole-image vectors (:func:`~revsearch.features.regions.whole_image`), with the
+        index's stored PCA (if any)."""
+        features = whole_image(features)
         return self.reducer.transform(features) if self.reducer else features
 
     def embed_query(self, query: ImageQuery, allow_private_urls: bool = False) -> np.ndarray:
@@ -413,8 +441,28 @@ class SearchIndex:
         """Search with vectors already in the index's space (after PCA), with the stored options."""
         return self.extras.search(self.backend, vectors, check_k(k, len(self)))
 
+    def query_regions(self, query: ImageQuery, k: int = 10, allow_private_urls: bool = False) -> list[RegionHit]:
+        """The ``k`` indexed images that contain the query crop, nearest first: each ranked by its entry
+        (the whole image or a region) nearest to the crop at any of its scales, whose box it gives."""
+        if self.regions is None:
+            raise IndexMismatchError(
+                f"the index in {self.directory} holds no regions: "
+                "rebuild it with revsearch index FOLDER --rebuild --regions"
+            )
+        k = check_k(k, len(self))
+        image = load_query_image(query, self.extractor.min_side, allow_private_urls)
+        found = self.regions.search(embed_crop(self.extractor.describe(), image), k) if k else []
+        boxes = entry_boxes(self.extractor.config.image_size)
+        return [RegionHit(key, distance, region, tuple(boxes[region].tolist())) for key, region, distance in found]
+
     def __len__(self) -> int:
         return len(self.backend)
+
+    def close(self) -> None:
+        """Release the vector stores (for Milvus Lite: the file)."""
+        self.backend.close()
+        if self.regions is not None:
+            self.regions.index.close()
 
     def move_to(
         self,
@@ -427,7 +475,7 @@ class SearchIndex:
     ) -> None:
         """Move a Milvus-backed index to another Milvus (e.g. Lite file to server) without re-embedding:
         vectors copied (bulk import with ``bulk_storage``), counts checked, manifest switched; the source
-        collection is left as it was."""
+        collection (and that of the region entries) is left as it was."""
         from revsearch.index.milvus import MilvusIndex  # pymilvus: only Milvus-backed indexes need it
         from revsearch.index.milvus_move import copy_collection, same_collection_place
 
@@ -443,22 +491,36 @@ class SearchIndex:
             raise ValueError(f"the index is already at {uri!r}: moving it there would replace its own collection")
         kept = ("metric", "consistency_level") + (() if index_type else ("index_params", "search_params"))
         settings = {k: config[k] for k in kept} | {"index_type": index_type or config["index_type"], "overwrite": True}
+        sources = [source] + ([self.regions.index] if self.regions is not None else [])
         with IndexLock(self.directory):
-            target = MilvusIndex(
-                source.dim, source.collection, uri, token, db_name, bulk_storage=bulk_storage, **settings
-            )
+            targets: list[MilvusIndex] = []
             try:
-                copy_collection(source, target, progress)
-                self.backend = target
+                for store in sources:
+                    targets.append(
+                        MilvusIndex(
+                            store.dim, store.collection, uri, token, db_name, bulk_storage=bulk_storage, **settings
+                        )
+                    )
+                    copy_collection(store, targets[-1], progress)
+                self._use_stores(targets)
                 self._commit()
             except BaseException:
-                self.backend = source
-                target.close()
+                self._use_stores(sources)
+                for target in targets:
+                    target.close()
                 raise
-        source.close()
+        for store in sources:
+            store.close()
+
+    def _use_stores(self, stores: list) -> None:
+        """Use these vector stores: the images', then (in an index of regions) the region entries'."""
+        self.backend = stores[0]
+        if self.regions is not None:
+            self.regions.index = stores[1]
 
     # ---- persistence ------------------------------------------------------------------------
     def manifest(self) -> dict:
+        regions = self.regions
         return {
             "format_version": FORMAT_VERSION,
             "generation": self.generation,
@@ -470,6 +532,7 @@ class SearchIndex:
             "items": self.items,
             "failures": self.failures,
             "checksums": self.checksums,
+            "regions": regions and {"per_image": regions.per_image, "backend": regions.index.config()},
         }
 
     def _commit(self) -> None:
@@ -486,6 +549,10 @@ class SearchIndex:
                 self.backend.save(folder)
                 if self.reducer:
                     (folder / PCA_FILE).write_text(json.dumps(self.reducer.state()))
+                if self.regions is not None:
+                    (folder / REGIONS_DIR).mkdir()
+                    self.regions.index.save(folder / REGIONS_DIR)
+                    (folder / REGIONS_DIR / PCA_FILE).write_text(json.dumps(self.regions.pca.state()))
                 self.extras.save(folder)
                 checksums = seal_tree(folder)
         except BaseException:
@@ -617,16 +684,34 @@ def _open_verified(cls, directory: Path, manifest: dict, token: str, folder: Pat
             opening.result().close()  # an index error is raised first: it is what the caller asked for
             raise
         backend = opening.result()
+    try:
+        regions = _open_regions(manifest["regions"], directory, folder, token) if manifest.get("regions") else None
+    except BaseException:
+        backend.close()
+        raise
     reducer = None
     if manifest["pca"]:  # pca.json, or pca.npz (format 2)
         pca_file = folder / PCA_FILE
         state = json.loads(pca_file.read_text()) if pca_file.exists() else dict(np.load(folder / "pca.npz"))
         reducer = PCAReducer.from_state(state)
     extras = IndexExtras.load(folder, RetrievalOptions.from_dict(manifest.get("retrieval")), backend.dim)
-    index = cls(directory, extractor, backend, reducer, manifest["items"], manifest["failures"], extras=extras)
+    items, failures = manifest["items"], manifest["failures"]
+    index = cls(directory, extractor, backend, reducer, items, failures, extras=extras, regions=regions)
     index.generation, index.roots = manifest.get("generation", 0), manifest.get("roots")
     index.checksums = manifest.get("checksums")
     return index
+
+
+def _open_regions(config: dict, directory: Path, folder: Path, token: str) -> RegionEntries:
+    """The region entries a manifest's ``regions`` describes (files in the generation's regions/)."""
+    backend = config["backend"]
+    index = load_index(backend, folder / REGIONS_DIR if backend["kind"] != "milvus" else directory, token)
+    try:
+        pca = PCAReducer.from_state(json.loads((folder / REGIONS_DIR / PCA_FILE).read_text()))
+    except BaseException:
+        index.close()
+        raise
+    return RegionEntries(index, pca, config["per_image"])
 
 
 def recover(directory: Path, token: str = "") -> list[str]:
@@ -643,7 +728,7 @@ def recover(directory: Path, token: str = "") -> list[str]:
                 try:
                     index.apply(update)  # commits (and cleans up) the next generation
                 finally:
-                    index.backend.close()
+                    index.close()
                 generation = index.generation
                 notes.append(
                     f"finished an interrupted update: {len(update.keys)} indexed, {len(update.remove)} removed"
@@ -697,8 +782,8 @@ def _lite_path(kind: str, options: dict, directory: Path) -> Path | None:
 @contextmanager
 def _lite_space(backend, n_vectors: int) -> Iterator[None]:
     """Refuse, before writing, ``n_vectors`` more vectors in a Milvus Lite file whose disk cannot take them;
-    a Lite write that failed on a full disk (after Lite's retries) says so."""
-    uri = backend.config().get("uri", "") if backend.kind == "milvus" else ""
+    a Lite write that failed on a full disk (after Lite's retries) says so. ``backend`` None: no check."""
+    uri = backend.config().get("uri", "") if backend is not None and backend.kind == "milvus" else ""
     if not (uri and is_lite_uri(uri)):
         yield
         return
@@ -712,12 +797,16 @@ def _lite_space(backend, n_vectors: int) -> Iterator[None]:
         raise
 
 
-def _record_pending(directory: Path, generation: int, previous: dict | None, backend: str, options: dict) -> None:
+def _record_pending(
+    directory: Path, generation: int, previous: dict | None, backend: str, options: dict, regions: bool
+) -> None:
     """Name the new generation's Milvus collection (if any) and record the build as pending before
-    the store is touched, with the previous index's collection (if any) to drop once it commits."""
+    the store is touched, with the previous index's collection (if any) to drop once it commits; each
+    with ``regions``: whether a collection of region entries goes with it (see :func:`_create_regions`)."""
 
-    def place(config: dict) -> dict:
-        return {"collection": config["collection"], "uri": config["uri"], "db_name": config.get("db_name", "")}
+    def place(config: dict, regions: bool) -> dict:
+        db_name = config.get("db_name", "")
+        return {"collection": config["collection"], "uri": config["uri"], "db_name": db_name, "regions": regions}
 
     new = None
     if backend == "milvus":
@@ -725,9 +814,10 @@ def _record_pending(directory: Path, generation: int, previous: dict | None, bac
         options["collection"] = f"{base}_g{generation}"
         uri = options.get("uri") or str(directory / DEFAULT_URI)
         options["uri"] = os.path.abspath(uri) if is_lite_uri(uri) else uri
-        new = place(options)
+        new = place(options, regions)
     old = previous["backend"] if previous and previous["backend"]["kind"] == "milvus" else None
-    write_pending(directory, generation, new, old and place(resolve_lite_uri(directory, old)))
+    old = old and place(resolve_lite_uri(directory, old), bool(previous.get("regions")))
+    write_pending(directory, generation, new, old)
 
 
 def _create_backend(kind: str, sample: np.ndarray, dtype: np.dtype, options: dict):
@@ -737,3 +827,16 @@ def _create_backend(kind: str, sample: np.ndarray, dtype: np.dtype, options: dic
             kind, sample, overwrite=True, **{k: v for k, v in options.items() if k not in ("n_clusters", "nprobe")}
         )
     return create_index(kind, sample, dtype, n_clusters=options.get("n_clusters"), nprobe=options.get("nprobe"))
+
+
+def _create_regions(kind: str, sample: np.ndarray, n_images: int, options: dict) -> RegionEntries:
+    """The region entries of a build: their PCA fitted on ``sample`` ``(images, entries, d)``, an empty index
+    of ``kind`` (Milvus: the image collection's name and :data:`REGIONS_SUFFIX`; K-means: default clusters)."""
+    regions = RegionEntries(None)
+    reduced = regions.reduce(sample)
+    n_clusters = min(len(reduced), default_n_clusters(n_images * regions.per_image))
+    options = {**options, "n_clusters": n_clusters, "nprobe": None}
+    if kind == "milvus":
+        options["collection"] += REGIONS_SUFFIX
+    regions.index = _create_backend(kind, reduced, np.float32, options)
+    return regions

@@ -17,10 +17,14 @@ from revsearch.crashpoints import write_point
 from revsearch.folder.atomic import fsync_dir, write_atomic
 from revsearch.folder.generations import JOURNAL, damaged
 
+#: The arrays of an update (the rest is JSON); a journal written before regions has no region_vectors.
+_ARRAYS = ("vectors", "region_vectors")
+
 
 @dataclass
 class Update:
-    """One transaction on an index: delete ``remove``, upsert ``keys`` with ``vectors``."""
+    """One transaction on an index: delete ``remove``, upsert ``keys`` with ``vectors`` (and, in an
+    index of regions, their ``region_vectors``: each key's entries, in order)."""
 
     base_generation: int
     remove: list[str]
@@ -30,6 +34,7 @@ class Update:
     failures: dict[str, str]
     forget_failures: list[str]
     roots: list[str] | None = None
+    region_vectors: np.ndarray | None = None
 
     def is_empty(self, failures: dict[str, str]) -> bool:
         """True if applying it would change nothing (given the index's current ``failures``)."""
@@ -44,9 +49,10 @@ class Update:
 
 def write_journal(directory: Path, update: Update) -> None:
     """Durably record ``update`` before any of it is applied."""
-    meta = {name: value for name, value in vars(update).items() if name != "vectors"}
+    arrays = {name: getattr(update, name) for name in _ARRAYS if getattr(update, name) is not None}
+    meta = {name: value for name, value in vars(update).items() if name not in _ARRAYS}
     buffer = io.BytesIO()
-    np.savez(buffer, vectors=update.vectors, meta=np.array(json.dumps(meta)))
+    np.savez(buffer, **arrays, meta=np.array(json.dumps(meta)))
     write_atomic(directory / JOURNAL, buffer.getvalue())
 
 
@@ -57,7 +63,8 @@ def read_journal(directory: Path) -> Update | None:
         return None
     try:
         with np.load(path) as data:
-            return Update(vectors=data["vectors"], **json.loads(str(data["meta"])))
+            arrays = {name: data[name] for name in _ARRAYS if name in data.files}
+            return Update(**arrays, **json.loads(str(data["meta"])))
     except Exception as exc:  # empty, garbage, or not an update record
         raise damaged(path, f"not an update record: {type(exc).__name__}: {exc}") from None
 

@@ -1,11 +1,30 @@
 """Region search: each image's regions are index entries keyed ``<image key>:<region>`` (region 0 is
-the whole image); a query's region hits are reduced per image to its best region."""
+the whole image); a query's region hits are reduced per image to its best region. :class:`RegionEntries`
+keeps them in an index of their own, for the Brain backend and the folder index alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+
+from revsearch.features.pca import PCAReducer
 from revsearch.index.hits import Hit
+
+#: Whitened-PCA size of region vectors (the Brain backend's ``region_dim`` default).
+REGION_DIM = 256
+#: Name of a Milvus collection of region entries: the image collection's name and this.
+REGIONS_SUFFIX = "_regions"
+
+
+@dataclass(frozen=True)
+class RegionHit(Hit):
+    """An image found by one of its regions: ``region`` (0: the whole image) and its relative
+    ``[x, y, width, height]`` ``box``."""
+
+    region: int
+    box: tuple[float, float, float, float]
 
 
 def region_keys(image_key: str, n_regions: int) -> list[str]:
@@ -38,3 +57,43 @@ def best_over_queries(rows: Iterable[Iterable[Hit]]) -> list[tuple[str, int, flo
             if image not in found or distance < found[image][2]:
                 found[image] = (image, region, distance)
     return sorted(found.values(), key=lambda f: f[2])
+
+
+class RegionEntries:
+    """Every image's entries (whole image, then regions) in a vector index of their own, keyed
+    ``<image key>:<region>``, reduced by a whitened PCA (fitted on the first ones added if not given).
+    ``index``: anything with the ``add`` / ``remove`` / ``search`` of a
+    :class:`~revsearch.index.protocol.VectorIndex`."""
+
+    def __init__(self, index, pca: PCAReducer | None = None, per_image: int = 0, dim: int = REGION_DIM):
+        self.index, self.pca, self.per_image, self.dim = index, pca, per_image, dim
+
+    def reduce(self, vectors: np.ndarray) -> np.ndarray:
+        """``(n images, entries per image, d)`` -> the ``(n * entries, dim)`` vectors the index stores."""
+        flat = vectors.reshape(-1, vectors.shape[-1])
+        if self.pca is None:
+            self.pca = PCAReducer.fit(flat, min(self.dim, *flat.shape), whiten=True)
+            self.per_image = vectors.shape[1]
+        if vectors.shape[1] != self.per_image:
+            raise ValueError(f"{vectors.shape[1]} regions per image, the index has {self.per_image}")
+        return self.pca.transform(flat)
+
+    def keys(self, images: Sequence[str]) -> list[str]:
+        return [key for image in images for key in region_keys(image, self.per_image)]
+
+    def add(self, images: Sequence[str], reduced: np.ndarray) -> None:
+        """Insert or replace the entries of ``images`` (vectors from :meth:`reduce`)."""
+        if len(images):
+            self.index.add(self.keys(images), reduced)
+
+    def remove(self, images: Sequence[str]) -> None:
+        keys = self.keys(images)
+        if keys:
+            self.index.remove(keys)
+
+    def search(self, vectors: np.ndarray, k: int, images: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
+        """The ``k`` images (among ``images``; None: all) whose best entry is nearest to any of the query
+        ``vectors`` (e.g. one per scale): (image key, region, squared L2 distance), nearest first."""
+        allowed = None if images is None else self.keys(images)
+        hits = self.index.search(self.pca.transform(vectors), k * self.per_image, allowed=allowed)
+        return best_over_queries(hits)[:k]
