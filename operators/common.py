@@ -48,14 +48,11 @@ def in_app_prompt(ctx) -> bool:
     return not ctx.delegated and "spaces" in ctx.request_params
 
 
-def reopen_form(ctx) -> GeneratedMessage:
-    """Open the operator's form again with the values the user gave."""
-    return ctx.prompt(ctx.operator_uri, params=ctx.params)
-
-
 def reopen_on_error(execute: Callable) -> Callable:
     """Decorate an operator's ``execute``: in an App prompt a :data:`USER_ERRORS` error is shown as an
-    error notice and the form opens again with the user's input (FiftyOne closes it on an error)."""
+    error notice and the form opens again with the user's input (FiftyOne replaces it by the error).
+    Only for operators without ``resolve_output``: the App closes the prompt once that resolves, the
+    reopened form with it."""
 
     @functools.wraps(execute)
     def run(self, ctx):
@@ -65,7 +62,7 @@ def reopen_on_error(execute: Callable) -> Callable:
             if not in_app_prompt(ctx):
                 raise
             ctx.ops.notify(str(exc), variant="error")
-            reopen_form(ctx)
+            ctx.prompt(ctx.operator_uri, params=ctx.params)
 
     return run
 
@@ -255,7 +252,7 @@ def _streamed(ctx, work, outputs: types.Property, reload: bool) -> Iterator[Gene
         try:
             outcome["result"] = work(with_time_left(lambda fraction, label: updates.put((fraction, label))))
         except Exception as exc:  # noqa: BLE001  (shown in the prompt, as FiftyOne shows an operator's error)
-            outcome["error"] = exc
+            outcome["error"] = str(exc) or type(exc).__name__
         finally:
             updates.put(None)
 
@@ -263,9 +260,7 @@ def _streamed(ctx, work, outputs: types.Property, reload: bool) -> Iterator[Gene
     while (update := updates.get()) is not None:
         yield ctx.ops.set_progress(label=update[1], progress=update[0])
     if "error" in outcome:  # (a generator operator cannot raise to the App: its stream just ends)
-        yield ctx.ops.notify(str(outcome["error"]) or type(outcome["error"]).__name__, variant="error")
-        if isinstance(outcome["error"], USER_ERRORS):
-            yield reopen_form(ctx)
+        yield ctx.ops.notify(outcome["error"], variant="error")
         return
     if reload:
         yield ctx.ops.reload_dataset()

@@ -15,7 +15,6 @@ from .common import (
     copy_mode_error,
     long_running_config,
     radio_input,
-    reopen_on_error,
     stale_index_input,
     update_if_asked,
     worker_notice,
@@ -136,7 +135,6 @@ class FindNearDuplicates(foo.Operator):
                 ),
             )
 
-    @reopen_on_error
     def execute(self, ctx):
         p = ctx.params
         mode, drop_tag = p.get("mode", "near"), p.get("drop_tag") or "duplicate"

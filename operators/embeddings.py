@@ -15,7 +15,6 @@ from .common import (
     extractor_inputs,
     long_running_config,
     prompt_output,
-    reopen_on_error,
     with_progress,
     worker_notice,
 )
@@ -54,7 +53,6 @@ class ComputeEmbeddings(foo.Operator):
         worker_notice(inputs)
         return types.Property(inputs, view=types.View(label="Compute embeddings", description=_on_view(ctx)))
 
-    @reopen_on_error
     def execute(self, ctx):
         return with_progress(ctx, lambda progress: self._embed(ctx, progress), _embed_outputs(), reload=True)
 
@@ -91,7 +89,6 @@ class FitPCA(foo.Operator):
         inputs.str("out_field", default=f"{field}_pca", required=True, label="Output field")
         return types.Property(inputs, view=types.View(label="Fit PCA", description=_on_view(ctx)))
 
-    @reopen_on_error
     def execute(self, ctx):
         p = ctx.params
         ratios = tools.fit_pca(
@@ -134,7 +131,6 @@ class FitKMeans(foo.Operator):
         )
         return types.Property(inputs, view=types.View(label="Fit K-means", description=_on_view(ctx)))
 
-    @reopen_on_error
     def execute(self, ctx):
         p = ctx.params
         sizes = tools.fit_kmeans(

@@ -23,7 +23,6 @@ from .common import (
     new_brain_key_input,
     prompt_output,
     remove_marker,
-    reopen_on_error,
     revsearch_keys,
     running_markers,
     vector_fields,
@@ -172,7 +171,6 @@ class BuildIndex(foo.Operator):
         worker_notice(inputs)
         return types.Property(inputs, view=types.View(label="Build a revsearch index"))
 
-    @reopen_on_error
     def execute(self, ctx):
         marker = ("build", ctx.params["brain_key"], {"index_kind": ctx.params.get("index_kind", "milvus")})
         return with_progress(
@@ -328,7 +326,6 @@ class InspectIndex(_OneIndexOperator):
     def config(self):
         return foo.OperatorConfig(name="inspect_index", label="revsearch: inspect index", dynamic=True)
 
-    @reopen_on_error
     def execute(self, ctx):
         return _describe(ctx, ctx.params["brain_key"])
 
@@ -360,7 +357,6 @@ class UpdateIndex(_OneIndexOperator):
         worker_notice(inputs)
         return types.Property(inputs)
 
-    @reopen_on_error
     def execute(self, ctx):
         results = ctx.dataset.load_brain_results(ctx.params["brain_key"])
         marker = ("update", ctx.params["brain_key"], {"index_kind": results.config.index_kind})
@@ -396,7 +392,6 @@ class DeleteIndex(foo.Operator):
                 prop.invalid, prop.error_message = True, "Tick to confirm: this cannot be undone"
         return types.Property(inputs, view=types.View(label="Delete a revsearch index"))
 
-    @reopen_on_error
     def execute(self, ctx):
         key = ctx.params["brain_key"]
         what = _what(ctx, key)

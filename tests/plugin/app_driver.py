@@ -74,16 +74,41 @@ def app_server(log: Path, extra_env: dict | None = None, command: list[str] | No
                 server.wait(timeout=30)
 
 
+#: One Chromium for the tests of a module (starting Playwright and a browser takes about 2 s; the
+#: plugin tests' conftest stops it after each module); each page gets a context of its own, as
+#: separate from the others as a fresh browser.
+_running: dict = {}
+
+
+def _browser(playwright_api):
+    if "browser" not in _running or not _running["browser"].is_connected():
+        close_browser()
+        _running["playwright"] = playwright_api.sync_playwright().start()
+        _running["browser"] = _running["playwright"].chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    return _running["browser"]
+
+
+def close_browser() -> None:
+    """Stop the session's Chromium and Playwright, if started."""
+    browser, playwright = _running.pop("browser", None), _running.pop("playwright", None)
+    try:
+        if browser is not None and browser.is_connected():
+            browser.close()
+    finally:
+        if playwright is not None:
+            playwright.stop()
+
+
 @contextmanager
 def browser_page(playwright_api):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
+    """A page in a fresh browser context (own cookies and storage)."""
+    context = _browser(playwright_api).new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        yield page
+    finally:
+        context.close()
 
 
 #: Records every notice (snackbar) the App shows, since they vanish after a few seconds.
@@ -204,6 +229,14 @@ class App:
                 self.page.wait_for_timeout(250)
             button.click()
         return self.wait_done(timeout_s)
+
+    def execute_refused(self, text: str, timeout_s: float = 120) -> str:
+        """Click Execute on a form the operator will refuse: the error notice containing ``text``, once
+        shown (the form then opens again with the input kept)."""
+        self.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).click()
+        notice = self.wait_for_notice(text, timeout_s)
+        self.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).wait_for(timeout=timeout_s * 1000)
+        return notice
 
     def wait_done(self, timeout_s: float) -> str:
         """Either the prompt closes (no output, or the output in the progress dialog) or it shows the output

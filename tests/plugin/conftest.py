@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import fiftyone as fo
@@ -19,6 +20,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/plugin/" in str(item.fspath):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser_per_module():
+    """The App tests of a module share one browser (``app_driver.browser_page``); it stops with the
+    module, since a running Playwright keeps an event loop marked running in this thread (no other
+    module's ``asyncio.run`` could start)."""
+    yield
+    driver = sys.modules.get("app_driver")
+    if driver is not None:
+        driver.close_browser()
 
 
 @pytest.fixture(scope="session")

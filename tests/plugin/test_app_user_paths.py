@@ -243,15 +243,11 @@ def test_search_by_url_needs_the_private_network_tick(indexes, app, dataset, cal
     app.choose("Index (brain key)", "cnn")
     app.choose("Query", "http(s) URL")
     app.fill("Image URL (http or https)", image_url)
-    app.execute()
-    notice = app.wait_for_notice("tick 'Allow private-network URLs'")
+    notice = app.execute_refused("tick 'Allow private-network URLs'")
     assert "Traceback" not in notice and "allow_private_urls" not in notice
-    app.close_prompt()
 
-    app.open_operator("revsearch: search by image")
-    app.choose("Index (brain key)", "cnn")
-    app.choose("Query", "http(s) URL")
-    app.fill("Image URL (http or https)", image_url)
+    url_box = app.field("Image URL (http or https)").locator("input").first  # the form is back, URL kept
+    playwright_api.expect(url_box).to_have_value(image_url, timeout=30_000)
     app.tick("Allow private-network URLs")
     app.fill("Number of results", K)
     app.execute()
