@@ -32,7 +32,7 @@ while not os.path.exists(stop):
         try:
             print(json.dumps(sorted(hit.key for hit in index.query(query, k=1000))), flush=True)
         finally:
-            index.backend.close()
+            index.close()
     except Exception as exc:
         print(json.dumps(f"{type(exc).__name__}: {exc}"), flush=True)
 """

@@ -143,6 +143,15 @@ def test_forms_check_bounds_and_copy_mode_advice_before_execute(app, dataset):
     app.screenshot("app_upkeep_bounds")
 
 
+def start_exact_build(app: App, brain_key: str, batch_size: int) -> None:
+    """Fill the build form (exact index, small batches) and click Execute without waiting for the end."""
+    app.open_operator("revsearch: build index")
+    app.fill("Brain key", brain_key)
+    app.choose("Index", "exact")
+    app.fill("Batch size", batch_size)
+    app.page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).click()
+
+
 def test_build_shows_counts_and_time_left_while_it_runs(server):
     """A CNN build of 60 photos in small batches: the App shows how many are embedded and the time left."""
     files = sorted(str(p) for p in (CALTECH / "Motorbikes").glob("image_*.jpg"))[:60]
@@ -151,11 +160,7 @@ def test_build_shows_counts_and_time_left_while_it_runs(server):
     try:
         with browser_page(playwright_api) as page:
             app = App(page, f"{server}/datasets/{ds.name}").open()
-            app.open_operator("revsearch: build index")
-            app.fill("Brain key", "big")
-            app.choose("Index", "exact")
-            app.fill("Batch size", 2)
-            page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).click()
+            start_exact_build(app, "big", batch_size=2)
             shown = page.wait_for_function(  # read in the page: the next batch replaces it within a second
                 r"() => (document.body.innerText.match(/embedded \d+\/60 images, ~\d+ (s|min) left/) || [null])[0]",
                 timeout=120_000,
@@ -186,11 +191,7 @@ def test_a_build_still_running_after_a_reload_is_listed_with_its_progress(server
     try:
         with browser_page(playwright_api) as page:
             app = App(page, f"{server}/datasets/{ds.name}").open()
-            app.open_operator("revsearch: build index")
-            app.fill("Brain key", "big")
-            app.choose("Index", "exact")
-            app.fill("Batch size", 4)
-            page.locator(PROMPT).get_by_role("button", name="Execute", exact=True).click()
+            start_exact_build(app, "big", batch_size=4)
             page.wait_for_function(r"() => /embedded \d+\/60 images/.test(document.body.innerText)", timeout=120_000)
             app.open()  # the tab reloads: the build's dialog is gone, the build goes on in the server
             app.open_operator("revsearch: list indexes")
