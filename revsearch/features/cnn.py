@@ -72,7 +72,7 @@ class Embedder(FeatureExtractor):
             self.trunk = OnnxTrunk(cached)
         elif self.config.runtime == "onnxruntime":
             self._digest = weights_digest(self.model)  # the weights found now, whatever was recorded
-            self.trunk = OnnxTrunk(export_cached(self.model, size, name, self._digest))
+            self.trunk = OnnxTrunk(export_cached(lambda: self.model, size, name, self._digest))
         else:
             self.trunk = TorchTrunk(self.model)
         self.dim = FEATURE_DIMS[name]

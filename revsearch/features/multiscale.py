@@ -40,7 +40,8 @@ class MultiScaleEmbedder(Embedder):
             elif self.config.runtime == "torch":
                 self.trunks[size] = TorchTrunk(self.model)
             else:
-                self.trunks[size] = OnnxTrunk(export_cached(self.model, size, self.config.backbone, self.digest))
+                path = export_cached(lambda: self.model, size, self.config.backbone, self.digest)
+                self.trunks[size] = OnnxTrunk(path)
         self.label = f"embed {self.config.backbone} x{len(scales)} scales"
 
     def describe(self) -> dict:

@@ -63,7 +63,9 @@ def check_crop(image: np.ndarray, what: str = "the query image") -> np.ndarray:
 def embed_crop(description: dict, image: np.ndarray) -> np.ndarray:
     """A crop's region-query vectors, one per :data:`QUERY_SCALES`, with the CNN an index's extractor
     ``description`` names (``describe()`` of its :class:`RegionEmbedder`)."""
-    embedder = RegionQueryEmbedder(cnn_config(description), digest=description.get("weights_digest"))
+    embedder = RegionQueryEmbedder(
+        cnn_config(description), digest=description.get("weights_digest"), model_id=description.get("model_id")
+    )
     return embedder.embed_scales(check_crop(image))
 
 

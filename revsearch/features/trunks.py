@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,12 +55,13 @@ def export_trunk(model, image_size: int, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def export_cached(model, image_size: int, name: str, digest: str) -> Path:
-    """The cached export of ``model``, whose weights hash is ``digest`` (exported now if missing)."""
+def export_cached(load_model: Callable[[], Any], image_size: int, name: str, digest: str) -> Path:
+    """The cached export of the model ``load_model`` gives, whose weights hash is ``digest`` (the model is
+    built and exported only if the file is missing)."""
     path = onnx_path(name, image_size, digest)
     if not path.exists():
         try:
-            export_trunk(model, image_size, path)
+            export_trunk(load_model(), image_size, path)
         except Exception as exc:
             raise RuntimeError(
                 f"could not export {name} to ONNX at {path} ({exc}); set REVSEARCH_CACHE "

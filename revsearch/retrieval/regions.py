@@ -12,8 +12,12 @@ import numpy as np
 from revsearch.features.pca import PCAReducer
 from revsearch.index.hits import Hit
 
-#: Whitened-PCA size of region vectors (the Brain backend's ``region_dim`` default).
+#: Whitened-PCA size of region vectors (the Brain backend's ``region_dim`` default), at most.
 REGION_DIM = 256
+#: Region vectors a whitened PCA is fitted on, per output dimension, at least: whitening fitted on fewer
+#: amplifies the sample's own noise (30 images, 420 vectors: R@1 of the source image 0.47 unreduced,
+#: 0.30 at 256-d, 0.50 at 64-d; docs/benchmarks.md), so a small index gets fewer dimensions.
+SAMPLES_PER_DIM = 8
 #: Name of a Milvus collection of region entries: the image collection's name and this.
 REGIONS_SUFFIX = "_regions"
 
@@ -72,7 +76,8 @@ class RegionEntries:
         """``(n images, entries per image, d)`` -> the ``(n * entries, dim)`` vectors the index stores."""
         flat = vectors.reshape(-1, vectors.shape[-1])
         if self.pca is None:
-            self.pca = PCAReducer.fit(flat, min(self.dim, *flat.shape), whiten=True)
+            dim = max(1, min(self.dim, len(flat) // SAMPLES_PER_DIM, flat.shape[1]))
+            self.pca = PCAReducer.fit(flat, dim, whiten=True)
             self.per_image = vectors.shape[1]
         if vectors.shape[1] != self.per_image:
             raise ValueError(f"{vectors.shape[1]} regions per image, the index has {self.per_image}")
