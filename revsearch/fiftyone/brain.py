@@ -54,7 +54,7 @@ from revsearch.index.hits import Hit, squared_l2
 from revsearch.index.registry import check_kind, collection_name
 from revsearch.retrieval.options import IndexExtras, RetrievalOptions, copy_query_images
 from revsearch.retrieval.query_expansion import expanded_search
-from revsearch.retrieval.regions import REGION_DIM, REGIONS_SUFFIX, RegionEntries
+from revsearch.retrieval.regions import REGION_DIM, REGIONS_SUFFIX, RegionEntries, region_index_kind
 
 logger = logging.getLogger(__name__)
 
@@ -249,11 +249,11 @@ def _fill_milvus_defaults(config: RevsearchSimilarityConfig, dataset_name: str, 
 
 def _make_handle(config: RevsearchSimilarityConfig, state: dict, suffix: str = "") -> IndexHandle:
     """The run's index: its stored ``state``, made (when first added to) with the config's options;
-    ``suffix``: of the Milvus collection of a second index of the run (its regions)."""
+    ``suffix``: of the Milvus collection of a second index of the run, its regions (kept in an index of
+    :func:`region_index_kind`, or of the kind its stored ``state`` names)."""
     if config.index_kind != "milvus":
-        return IndexHandle(
-            {**state, "kind": config.index_kind}, {"n_clusters": config.n_clusters, "nprobe": config.nprobe}
-        )
+        kind = (state.get("kind") or region_index_kind(config.index_kind)) if suffix else config.index_kind
+        return IndexHandle({**state, "kind": kind}, {"n_clusters": config.n_clusters, "nprobe": config.nprobe})
     uri = os.path.expanduser(config.uri)
     if uri.endswith(".db"):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ from revsearch.index.milvus_uri import DEFAULT_URI, is_lite_uri
 from revsearch.index.registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
 from revsearch.locks import IndexLock
 from revsearch.retrieval.options import MODES, IndexExtras, RetrievalOptions, copy_query_images
-from revsearch.retrieval.regions import REGIONS_SUFFIX, RegionEntries, RegionHit
+from revsearch.retrieval.regions import REGIONS_SUFFIX, RegionEntries, RegionHit, region_index_kind, split_key
 
 if TYPE_CHECKING:
     from revsearch.index.milvus_bulk import BulkStorage
@@ -254,7 +254,7 @@ class SearchIndex:
             regions, n_images = None, len(paths) - len(report.failures)
             try:
                 if entries.ndim == 3:
-                    regions = _create_regions(backend, entries, n_images, backend_options)
+                    regions = _create_regions(backend, entries, backend_options)
                 with _lite_space(store, n_images), _lite_space(regions and regions.index, n_images * per_image):
                     for keys, vectors, signatures in checkpoint.chunks():
                         if regions is not None:
@@ -390,7 +390,9 @@ class SearchIndex:
         return stale_files((key, item["path"], item["signature"]) for key, item in self.items.items())
 
     def check(self) -> dict:
-        """Compare the manifest with the vector store: counts, and keys only on one side."""
+        """Compare the manifest with the vector store: counts, and keys only on one side; in an index of
+        regions, also the images whose region entries are only in their store or missing from it, and those
+        that do not have exactly ``per_image`` of them (regions 0 to ``per_image - 1``)."""
         stored, listed = set(self.backend.keys()), set(self.items)
         counts = {
             "manifest_items": len(listed),
@@ -398,7 +400,18 @@ class SearchIndex:
             "only_in_store": len(stored - listed),
             "only_in_manifest": len(listed - stored),
         }
-        return counts | ({"region_vectors": len(self.regions.index)} if self.regions is not None else {})
+        if self.regions is None:
+            return counts
+        found: dict[str, set[int]] = {}
+        for image, region in map(split_key, self.regions.index.keys()):
+            found.setdefault(image, set()).add(region)
+        whole = set(range(self.regions.per_image))
+        return counts | {
+            "region_vectors": len(self.regions.index),
+            "regions_only_in_store": len(found.keys() - listed),
+            "regions_only_in_manifest": len(listed - found.keys()),
+            "regions_incomplete": sum(found[image] != whole for image in listed & found.keys()),
+        }
 
     # ---- querying ---------------------------------------------------------------------------
     def transform(self, features: np.ndarray) -> np.ndarray:
@@ -829,14 +842,13 @@ def _create_backend(kind: str, sample: np.ndarray, dtype: np.dtype, options: dic
     return create_index(kind, sample, dtype, n_clusters=options.get("n_clusters"), nprobe=options.get("nprobe"))
 
 
-def _create_regions(kind: str, sample: np.ndarray, n_images: int, options: dict) -> RegionEntries:
+def _create_regions(kind: str, sample: np.ndarray, options: dict) -> RegionEntries:
     """The region entries of a build: their PCA fitted on ``sample`` ``(images, entries, d)``, an empty index
-    of ``kind`` (Milvus: the image collection's name and :data:`REGIONS_SUFFIX`; K-means: default clusters)."""
+    of the kind :func:`region_index_kind` gives (Milvus: the image collection's name and :data:`REGIONS_SUFFIX`)."""
     regions = RegionEntries(None)
     reduced = regions.reduce(sample)
-    n_clusters = min(len(reduced), default_n_clusters(n_images * regions.per_image))
-    options = {**options, "n_clusters": n_clusters, "nprobe": None}
+    kind = region_index_kind(kind)
     if kind == "milvus":
-        options["collection"] += REGIONS_SUFFIX
+        options = {**options, "collection": options["collection"] + REGIONS_SUFFIX}
     regions.index = _create_backend(kind, reduced, np.float32, options)
     return regions

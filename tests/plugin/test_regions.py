@@ -15,7 +15,7 @@ from revsearch.fiftyone import tools
 from revsearch.fiftyone.region_query import REGION_FIELD, region_view
 
 CONFIG = EmbedderConfig(**MODEL)
-KINDS = ("exact", pytest.param("milvus", marks=pytest.mark.slow))
+KINDS = ("exact", "kmeans", pytest.param("milvus", marks=pytest.mark.slow))
 
 
 def iou(a, b) -> float:
