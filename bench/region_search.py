@@ -1,23 +1,28 @@
 """Search by region: find the photo an object was pasted into, whole-image index vs region index.
 
-    .venv/bin/python bench/region_search.py [--queries 300] [--distractors 1400] [--latency-n 100000]
+    .venv/bin/python bench/region_search.py [--queries 300] [--distractors 1400] [--sizes 224 320]
+                                            [--latency-n 100000]
 
 Composites from Caltech-101: an object (the central 70 % of a Caltech photo) pasted into an unrelated
 photo (another class) at 5-40 % of its area, aspect kept, at a random position. The index holds the
 composites, the untouched photos they were pasted into, and other untouched photos (distractors);
 the photos the objects came from are not indexed. Each object crop is the query; the relevant
 image is its composite. Whole-image index: one vector per image (as every revsearch index).
-Region index: per image the whole-image vector and the R-MAC regions of the same forward pass
-(:mod:`revsearch.features.regions`), PCA-reduced, an image ranked by its best region. Also: the
-IoU of that best region of the composite with the pasted box, build time with and without regions
-(same images, same process), and query latency on K-means IVF at ``--latency-n`` images with
-synthetic vectors (whole-image index vs region index holding that many images' regions).
+Region index: what the library builds (:mod:`revsearch.features.regions`,
+:class:`~revsearch.retrieval.regions.RegionEntries`: whitened PCA, exact search, an image ranked by its
+best region over the query scales), per network input side (``--sizes``; 224 is the default).
+Also: the IoU of the composite's best region with the pasted box; the same region vectors in a K-means
+IVF at its default probes (where K-means indexes kept their regions before); build time of real
+``SearchIndex.build`` runs with and without regions (exact and K-means, same images, same process);
+query latency at ``--latency-n`` images with synthetic vectors (a whole-image K-means IVF of 128-d
+vectors, the library's default PCA, against the exact region index of as many images).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,17 +30,18 @@ import cv2
 import numpy as np
 from common import CACHE, Timer, caltech_split, markdown_table, seed_torch_cache, write_results
 
+from revsearch import SearchIndex
 from revsearch.features.cnn import Embedder, EmbedderConfig
 from revsearch.features.decode import load_image
-from revsearch.features.pca import PCAReducer
 from revsearch.features.regions import QUERY_SCALES, RegionEmbedder, RegionQueryEmbedder, entry_boxes
 from revsearch.index.exact import ExactIndex
 from revsearch.index.ivf import IVFIndex
-from revsearch.retrieval.regions import best_over_queries
+from revsearch.retrieval.regions import RegionEntries
 
 BUCKETS = ((0.05, 0.10), (0.10, 0.20), (0.20, 0.40))
-CONFIG = EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1")
-PCA_DIM = 256
+MODEL = {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1"}
+#: Images of the timed builds: over 1,000, so that whole-image builds fit their PCA too (as regions do).
+BUILD_IMAGES = 1200
 
 
 def object_crop(image: np.ndarray) -> np.ndarray:
@@ -90,98 +96,140 @@ def make_set(n_queries: int, n_distractors: int, folder: Path):
     return queries, index_paths, boxes, areas
 
 
-def ivf_latency(n: int, dim: int, per_image: int, k: int, rng, scales: int = 1) -> float:
-    """Median seconds per query of a K-means IVF over ``n * per_image`` synthetic unit vectors, a query
-    being ``scales`` vectors searched at once for ``k * per_image`` hits each (as ``region_search``)."""
+def rank_of(found: list[tuple[str, int, float]], key: str) -> tuple[int, int | None]:
+    """Rank of image ``key`` among ``found`` (image, region, distance) rows (10**6 if absent), its region."""
+    images = [image for image, _, _ in found]
+    return (images.index(key), found[images.index(key)][1]) if key in images else (10**6, None)
+
+
+def region_rows(size: int, queries, paths, boxes, areas, whole_ranks: list[int]) -> tuple[list[dict], dict]:
+    """R@1 / R@10 per area bucket for the region index at input side ``size``, and the region vectors'
+    R@10 in a K-means IVF at its default probes (same vectors, same PCA)."""
+    config = EmbedderConfig(**MODEL, image_size=size)
+    found = RegionEmbedder(config).embed_paths(paths, progress=False)
+    assert not found.failures, found.failures
+    vectors = found.vectors  # (n, 1 + regions, dim)
+    keys = [str(i) for i in range(len(paths))]
+    entries = RegionEntries(None)
+    reduced = entries.reduce(vectors)
+    entries.index = ExactIndex(reduced.shape[1])
+    entries.add(keys, reduced)
+    ivf = RegionEntries(IVFIndex.fit(reduced), entries.pca, entries.per_image)
+    ivf.add(keys, reduced)
+    crops = RegionQueryEmbedder(config)
+    boxes_of = entry_boxes(size)
+    ranks, ivf_ranks, ious = [], [], []
+    for i, crop in enumerate(queries):
+        scales = crops.embed_scales(crop)
+        rank, region = rank_of(entries.search(scales, 10), str(i))
+        ranks.append(rank)
+        ivf_ranks.append(rank_of(ivf.search(scales, 10), str(i))[0])
+        ious.append(iou(boxes_of[region], boxes[i]) if region is not None else None)
+    rows = []
+    for low, high in BUCKETS:
+        chosen = [i for i, a in enumerate(areas) if low <= a < high]
+        whole, region = np.array([whole_ranks[i] for i in chosen]), np.array([ranks[i] for i in chosen])
+        r10_whole = float(np.mean(whole < 10))
+        matched = [ious[i] for i in chosen if ious[i] is not None]
+        rows.append(
+            {
+                "input": f"{size} px",
+                "area": f"{int(low * 100)}-{int(high * 100)} %",
+                "queries": len(chosen),
+                "whole R@10": r10_whole,
+                "region R@1": float(np.mean(region < 1)),
+                "region R@10": float(np.mean(region < 10)),
+                "region / whole R@10": float(np.mean(region < 10)) / r10_whole if r10_whole else float("inf"),
+                "region R@10, K-means IVF": float(np.mean(np.array([ivf_ranks[i] for i in chosen]) < 10)),
+                "IoU of the matched region": float(np.mean(matched)) if matched else "",
+            }
+        )
+    meta = {"vectors per image": entries.per_image, "region PCA": f"{vectors.shape[-1]} -> {entries.pca.output_dim}"}
+    return rows, meta
+
+
+def build_seconds(paths: list[str], folder: Path) -> dict[str, float]:
+    """Seconds of ``SearchIndex.build`` over ``paths`` per (kind, whole / regions), interleaved."""
+    config = EmbedderConfig(**MODEL)
+    seconds = {}
+    for kind in ("exact", "kmeans"):
+        for label, extractor in (("whole", Embedder(config)), ("regions", RegionEmbedder(config))):
+            shutil.rmtree(folder, ignore_errors=True)
+            with Timer() as timer:
+                index, _ = SearchIndex.build(paths, folder, kind, extractor, progress=False)
+            index.close()
+            seconds[f"{kind} {label}"] = timer.seconds
+    shutil.rmtree(folder, ignore_errors=True)
+    return seconds
+
+
+def unit_vectors(n: int, dim: int, rng) -> np.ndarray:
+    """Clustered synthetic unit vectors (256 centres, noise 0.5)."""
     centres = rng.normal(size=(256, dim)).astype(np.float32)
-    data = centres[rng.integers(0, 256, n * per_image)] + 0.5 * rng.normal(size=(n * per_image, dim)).astype(np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
-    index = IVFIndex.fit(data[:: max(1, per_image)])
-    index.add([str(i) for i in range(len(data))], data)
-    queries = data[rng.choice(len(data), 50, replace=False)]
+    data = centres[rng.integers(0, 256, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    return data / np.linalg.norm(data, axis=1, keepdims=True)
+
+
+def median_seconds(search, queries: np.ndarray) -> float:
     times = []
     for q in queries:
-        q = q + 0.1 * rng.normal(size=(scales, dim)).astype(np.float32)
         start = time.perf_counter()
-        index.search(q, k * per_image)
+        search(q)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def latency(n: int, per_image: int, region_dim: int, rng) -> dict[str, float]:
+    """Median ms per query at ``n`` images: a whole-image K-means IVF (128-d, default probes, 10 hits)
+    and the exact region index of ``n * per_image`` vectors (``QUERY_SCALES`` vectors, k x per_image hits
+    each, as :meth:`RegionEntries.search`)."""
+    whole = unit_vectors(n, 128, rng)
+    index = IVFIndex.fit(whole)
+    index.add([str(i) for i in range(n)], whole)
+    whole_ms = 1e3 * median_seconds(lambda q: index.search(q[None], 10), whole[rng.choice(n, 50)])
+    regions = unit_vectors(n * per_image, region_dim, rng)
+    exact = ExactIndex(region_dim)
+    exact.add([str(i) for i in range(len(regions))], regions)
+    queries = regions[rng.choice(len(regions), 20)][:, None] + 0.1 * rng.normal(
+        size=(20, len(QUERY_SCALES), region_dim)
+    )
+    region_ms = 1e3 * median_seconds(lambda q: exact.search(q.astype(np.float32), 10 * per_image), queries)
+    return {"whole-image K-means IVF ms": whole_ms, "regions, exact, ms": region_ms, "ratio": region_ms / whole_ms}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--distractors", type=int, default=1400)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 320])
     parser.add_argument("--latency-n", type=int, default=100_000)
     args = parser.parse_args()
     seed_torch_cache()
     queries, paths, boxes, areas = make_set(args.queries, args.distractors, CACHE / "region_search")
-    regional, plain, crops = RegionEmbedder(CONFIG), Embedder(CONFIG), RegionQueryEmbedder(CONFIG)
-    timing = paths[: min(300, len(paths))]
-    with Timer() as t_plain:
-        plain.embed_paths(timing, progress=False)
-    with Timer() as t_regions:
-        regional.embed_paths(timing, progress=False)
-    found = regional.embed_paths(paths, progress=False)
-    assert not found.failures, found.failures
-    vectors = found.vectors  # (n, 1 + regions, dim)
-    n_images, per_image, dim = vectors.shape
-    q = plain.embed_images(queries)
-    q_scales = [crops.embed_scales(image) for image in queries]  # (n_scales, dim) per query
-
-    whole = ExactIndex(dim)
-    whole.add([str(i) for i in range(n_images)], vectors[:, 0])
-    whole_hits = whole.search(q, n_images)
-    pca = PCAReducer.fit(vectors.reshape(-1, dim), PCA_DIM, whiten=True)
-    region_keys = [f"{i}:{r}" for i in range(n_images) for r in range(per_image)]
-    regions = ExactIndex(PCA_DIM)
-    regions.add(region_keys, pca.transform(vectors.reshape(-1, dim)))
-    ranked_regions = [best_over_queries(regions.search(pca.transform(v), 10 * per_image)) for v in q_scales]
-    boxes_of = entry_boxes(CONFIG.image_size)
-
-    rows = []
-    for low, high in BUCKETS:
-        chosen = [i for i, a in enumerate(areas) if low <= a < high]
-        stats = {"whole": [], "region": [], "iou": []}
-        for i in chosen:
-            stats["whole"].append([h.key for h in whole_hits[i]].index(str(i)))
-            best = ranked_regions[i]
-            ranked = [image for image, _, _ in best]
-            stats["region"].append(ranked.index(str(i)) if str(i) in ranked else 10**6)
-            match = next((r for image, r, _ in best if image == str(i)), None)
-            if match is not None:
-                stats["iou"].append(iou(boxes_of[match], boxes[i]))
-        ranks = {k: np.array(v) for k, v in stats.items() if k != "iou"}
-        r10_whole, r10_region = float(np.mean(ranks["whole"] < 10)), float(np.mean(ranks["region"] < 10))
-        rows.append(
-            {
-                "area": f"{int(low * 100)}-{int(high * 100)} %",
-                "queries": len(chosen),
-                "whole R@1": float(np.mean(ranks["whole"] < 1)),
-                "whole R@10": r10_whole,
-                "region R@1": float(np.mean(ranks["region"] < 1)),
-                "region R@10": r10_region,
-                "region / whole R@10": r10_region / r10_whole if r10_whole else float("inf"),
-                "IoU of the matched region": float(np.mean(stats["iou"])) if stats["iou"] else "",
-            }
-        )
-    rng = np.random.default_rng(1)
-    latency_whole = ivf_latency(args.latency_n, PCA_DIM, 1, 10, rng)
-    latency_regions = ivf_latency(args.latency_n, PCA_DIM, per_image, 10, rng, len(QUERY_SCALES))
-    meta = {
-        "images indexed": n_images,
-        "vectors per image (whole + regions)": per_image,
-        "backbone": "mobilenet_v2 IMAGENET1K_V1, 224 px, GeM",
-        "region PCA": f"{dim} -> {PCA_DIM}, whitened",
-        "query scales (of 224 px)": list(QUERY_SCALES),
-        "build s, 300 images, whole only / with regions": [t_plain.seconds, t_regions.seconds],
-        "build time ratio": t_regions.seconds / t_plain.seconds,
-        f"IVF query ms at {args.latency_n} images, whole / regions": [latency_whole * 1e3, latency_regions * 1e3],
-        "latency ratio": latency_regions / latency_whole,
-        "load": os.getloadavg(),
+    plain = Embedder(EmbedderConfig(**MODEL))
+    whole = ExactIndex(plain.dim)
+    whole.add([str(i) for i in range(len(paths))], plain.embed_paths(paths, progress=False).vectors)
+    whole_ranks = [
+        [h.key for h in hits].index(str(i))
+        for i, hits in enumerate(whole.search(plain.embed_images(queries), len(paths)))
+    ]
+    rows, meta = [], {"images indexed": len(paths), "backbone": "mobilenet_v2 IMAGENET1K_V1, GeM"}
+    for size in args.sizes:
+        size_rows, size_meta = region_rows(size, queries, paths, boxes, areas, whole_ranks)
+        rows += size_rows
+        meta |= {f"{k} ({size} px)": v for k, v in size_meta.items()}
+    meta["query scales (of the input side)"] = list(QUERY_SCALES)
+    seconds = build_seconds(paths[:BUILD_IMAGES], CACHE / "region_build")
+    meta[f"build s, {min(BUILD_IMAGES, len(paths))} images (224 px)"] = {k: round(v, 1) for k, v in seconds.items()}
+    meta["build time ratio, regions / whole"] = {
+        kind: round(seconds[f"{kind} regions"] / seconds[f"{kind} whole"], 2) for kind in ("exact", "kmeans")
     }
-    columns = list(rows[0])
-    table = markdown_table(rows, columns) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items())
+    per_image = len(entry_boxes(224))
+    meta[f"latency at {args.latency_n} images"] = {
+        k: round(v, 2) for k, v in latency(args.latency_n, per_image, 256, np.random.default_rng(1)).items()
+    }
+    meta["load"] = os.getloadavg()
+    table = markdown_table(rows, list(rows[0])) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items())
     write_results("region_search", rows, table, meta)
 
 

@@ -36,7 +36,11 @@ class PCAReducer:
             )
         from sklearn.decomposition import PCA  # only fitting needs scikit-learn; transform is a matmul
 
-        pca = PCA(n_components=n_components, whiten=whiten, random_state=seed).fit(data)
+        # with more vectors than dimensions, the covariance's eigenvectors: exact, and faster than the
+        # randomized SVD scikit-learn picks above 1,000 dimensions (8,400 x 1,280 to 256: 0.85 s vs 2.2 s,
+        # whose smallest kept variances came out 7 % low, which whitening divides by)
+        solver = "covariance_eigh" if len(data) >= data.shape[1] else "auto"
+        pca = PCA(n_components=n_components, whiten=whiten, svd_solver=solver, random_state=seed).fit(data)
         return cls(pca.mean_, pca.components_, pca.explained_variance_, whiten)
 
     @property

@@ -106,7 +106,8 @@ class RevsearchSimilarityConfig(SimilarityConfig):
         force_square, alpha: how the objects of ``patches_field`` were cropped (FiftyOne's patch options),
             recorded so that updates crop new objects the same way
         regions: also index each image's regions (:mod:`revsearch.features.regions`), for
-            :meth:`RevsearchSimilarityIndex.region_search`; ``region_dim``: their whitened-PCA size
+            :meth:`RevsearchSimilarityIndex.region_search`; ``region_dim``: their whitened-PCA size (at most:
+            :class:`~revsearch.retrieval.regions.RegionEntries` keeps 8 vectors per dimension)
     """
 
     def __init__(
