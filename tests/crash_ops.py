@@ -7,10 +7,17 @@ Invariant: the index holds exactly the good image files of FOLDER, each once, wi
 their current content (the 8x8 pixel extractor makes fresh embeddings cheap), the manifest agrees
 with the vector store, and nothing is left over (no journal, no pending build, no old generation,
 no stray Milvus collection).
+
+``BACKEND`` + :data:`REGIONS` (e.g. ``exact+regions``): an index of regions, with MobileNetV2 region
+features (:data:`REGION_FEATURES`). Its region index must also hold exactly ``per_image`` entries for
+every indexed image and none for others, equal to the region entries of its current content reduced
+by the index's region PCA; a state's vector of a key is then its image vector followed by its entries.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -19,18 +26,37 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from revsearch import MilvusIndex, PixelFeatures, SearchIndex
+from revsearch import PixelFeatures, SearchIndex
+from revsearch.features.factory import make_extractor
+from revsearch.features.pipeline import FeatureExtractor
 from revsearch.files import list_images
 from revsearch.folder.generations import MANIFEST, PENDING, generation_dir
 from revsearch.folder.journal import JOURNAL
+from revsearch.retrieval.options import RetrievalOptions
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRACTOR_SIZE = 8
 MOVED_DB = "moved.db"
+#: Suffix of a backend whose index holds regions, e.g. ``exact+regions``.
+REGIONS = "+regions"
+#: Region features (14 entries an image at the 224-pixel input): real weights, as random ones give
+#: every small test image the same vector.
+REGION_FEATURES = {"type": "cnn", "backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "regions": [2, 3]}
+#: Their full description (with the weights' digest and id), passed to subprocesses: with it they open
+#: the cached ONNX export without importing torch, as an index reopened from its manifest does.
+DESCRIPTION_ENV = "CRASH_OPS_REGION_FEATURES"
 
 
-def extractor() -> PixelFeatures:
-    return PixelFeatures(EXTRACTOR_SIZE, batch_size=2)
+@functools.cache
+def region_description() -> str:
+    return json.dumps(make_extractor(REGION_FEATURES).describe())
+
+
+def extractor(backend: str = "pixel") -> FeatureExtractor:
+    if not backend.endswith(REGIONS):
+        return PixelFeatures(EXTRACTOR_SIZE, batch_size=2)
+    description = json.loads(os.environ.get(DESCRIPTION_ENV) or region_description())
+    return make_extractor({**description, "batch_size": 2})
 
 
 def write_image(path: Path, seed: int) -> None:
@@ -43,12 +69,13 @@ def build(folder: str, index_dir: str, backend: str) -> None:
     index, _ = SearchIndex.build(
         list_images([folder]),
         index_dir,
-        backend,
-        extractor(),
+        backend.removesuffix(REGIONS),
+        extractor(backend),
         pca_dim=None,
         progress=False,
         chunk_size=2,
         roots=[folder],
+        options=RetrievalOptions.off(),  # stored vectors as embedded (no DBA)
     )
     close(index)
 
@@ -90,12 +117,16 @@ OPERATIONS = {"build": build, "sync": sync, "remove": remove, "move": move, "ind
 
 
 def close(index: SearchIndex) -> None:
-    if isinstance(index.backend, MilvusIndex):
-        index.backend.close()
+    index.close()
 
 
 def stored_vectors(index: SearchIndex, keys: list[str]) -> np.ndarray:
-    return index.backend.vectors(keys)
+    """The image vectors of ``keys``, in an index of regions followed by their region entries."""
+    vectors = index.backend.vectors(keys)
+    if index.regions is None:
+        return vectors
+    regions = index.regions.index.vectors(index.regions.keys(keys)).reshape(len(keys), -1)
+    return np.hstack([vectors, regions])
 
 
 def snapshot(index_dir: Path) -> dict[str, np.ndarray]:
@@ -108,11 +139,20 @@ def snapshot(index_dir: Path) -> dict[str, np.ndarray]:
         close(index)
 
 
-def fresh(folder: Path) -> dict[str, np.ndarray]:
-    """Key -> vector of every good image in ``folder``, embedded now."""
+def fresh(folder: Path, backend: str = "pixel", index_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Key -> vector of every good image in ``folder``, embedded now; with regions, followed by its region
+    entries reduced by the region PCA of the index in ``index_dir`` (a build over the same files, resumed
+    or not, fits the same one)."""
     paths = list_images([folder])
-    batch = extractor().embed_paths(paths, progress=False)
-    return {paths[i]: v for i, v in zip(batch.indices, batch.vectors)}
+    batch = extractor(backend).embed_paths(paths, progress=False)
+    vectors = batch.vectors
+    if vectors.ndim == 3:
+        index = SearchIndex.load(index_dir)
+        try:
+            vectors = np.hstack([vectors[:, 0], index.regions.reduce(vectors).reshape(len(vectors), -1)])
+        finally:
+            close(index)
+    return {paths[i]: v for i, v in zip(batch.indices, vectors)}
 
 
 def index_state(index_dir: Path) -> dict[str, np.ndarray] | None:
@@ -127,6 +167,13 @@ def index_state(index_dir: Path) -> dict[str, np.ndarray] | None:
         assert set(keys) == set(index.items), f"store and manifest disagree: {set(keys) ^ set(index.items)}"
         check = index.check()
         assert check["manifest_items"] == check["store_vectors"], check
+        if index.regions is not None:  # exactly per_image entries for each image, none for others
+            entries = index.regions.index.keys()
+            assert len(entries) == len(set(entries)), f"duplicate region entries: {len(entries)} keys"
+            wanted = set(index.regions.keys(list(index.items)))
+            assert set(entries) == wanted, f"region entries and manifest disagree: {set(entries) ^ wanted}"
+            assert not (check["regions_only_in_store"] or check["regions_only_in_manifest"]), check
+            assert not check["regions_incomplete"], check
         return dict(zip(sorted(keys), stored_vectors(index, sorted(keys))))
     finally:
         close(index)
@@ -155,8 +202,9 @@ def leftovers(index_dir: Path) -> list[str]:
     try:
         live = generation_dir(index_dir, index.generation).name
         found += [p.name for p in index_dir.glob("gen-*") if p.name != live]
-        if isinstance(index.backend, MilvusIndex):
-            found += [c for c in index.backend.client.list_collections() if c != index.backend.collection]
+        if index.backend.kind == "milvus":  # (MilvusIndex is not imported: pymilvus costs a subprocess 0.4 s)
+            kept = {index.backend.collection} | ({index.regions.index.collection} if index.regions else set())
+            found += [c for c in index.backend.client.list_collections() if c not in kept]
     finally:
         close(index)
     return found
@@ -166,6 +214,8 @@ def run_op(op: str, folder: Path, index_dir: Path, backend: str, **env) -> subpr
     """Run an operation in a subprocess (``env`` adds REVSEARCH_CRASH_* variables)."""
     command = [sys.executable, __file__, "build" if op == "rebuild" else op, str(folder), str(index_dir), backend]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    if backend.endswith(REGIONS):
+        env = {DESCRIPTION_ENV: region_description(), **env}
     return subprocess.run(
         command, env={**os.environ, "PYTHONPATH": path, **env}, capture_output=True, text=True, timeout=300
     )

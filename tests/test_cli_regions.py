@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from helpers import MOBILENET_FILE, TORCH_CACHE, caltech_subset
+from revsearch import SearchIndex
 from revsearch.cli.mosaic import BOX_COLOUR
+from revsearch.retrieval.regions import region_keys
 
 MODEL = ["--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1"]
 #: The pasted object's box in the composite (relative x, y, width, height), as tests/plugin/test_regions.py.
@@ -145,6 +147,35 @@ def test_updates_keep_the_region_entries_in_step(photos, tmp_path):
     found = [h["path"] for h in hits]
     assert found[0] == str(folder / files[7].name)  # the new photo's regions are searched
     assert sorted(found) == sorted(str(p) for p in folder.glob("*_image_*.jpg"))  # the removed photo's are gone
+
+
+@pytest.mark.parametrize("indexed", ["exact"], indirect=True)
+def test_info_finds_region_entries_that_do_not_match_the_manifest(indexed, tmp_path, monkeypatch):
+    index_dir = tmp_path / "index"
+    shutil.copytree(indexed, index_dir)
+    healthy = _run("info", "--index-dir", index_dir, cwd=tmp_path)
+    info = json.loads(_ok(healthy))
+    assert info["consistent"] and not healthy.stderr, healthy.stderr
+    assert info["regions_only_in_store"] == info["regions_only_in_manifest"] == info["regions_incomplete"] == 0
+
+    monkeypatch.setenv("TORCH_HOME", str(TORCH_CACHE))
+    index = SearchIndex.load(index_dir)  # damaged on purpose, then committed as it is
+    first, second, third = sorted(index.items)[:3]
+    store = index.regions.index
+    store.remove(region_keys(first, PER_IMAGE))  # an indexed photo without region entries
+    store.remove([f"{second}:3"])  # one with a region missing
+    store.add([f"{tmp_path / 'gone.jpg'}:0"], store.vectors([f"{third}:0"]))  # entries of a file not indexed
+    index.save()
+    index.close()
+
+    damaged = _run("info", "--index-dir", index_dir, cwd=tmp_path)
+    info = json.loads(damaged.stdout)
+    assert damaged.returncode == 1 and not info["consistent"] and info["only_in_store"] == 0
+    assert (info["regions_only_in_manifest"], info["regions_only_in_store"], info["regions_incomplete"]) == (1, 1, 1)
+    lines = damaged.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in damaged.stderr, damaged.stderr
+    assert "region entries do not match the manifest" in lines[0], lines[0]
+    assert lines[0].endswith("rebuild with revsearch index FOLDER --rebuild"), lines[0]
 
 
 @pytest.mark.parametrize("indexed", ["exact"], indirect=True)

@@ -157,20 +157,27 @@ def _check_writable(out: str) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     index = SearchIndex.load(_index_dir(args))
     manifest, stale, check = index.manifest(), index.stale(), index.check()
-    consistent = check["manifest_items"] == check["store_vectors"] and not (
-        check["only_in_store"] or check["only_in_manifest"]
+    problems = []
+    if check["manifest_items"] != check["store_vectors"] or check["only_in_store"] or check["only_in_manifest"]:
+        problems.append(
+            f"the manifest lists {check['manifest_items']} files but the vector store holds "
+            f"{check['store_vectors']} vectors ({check['only_in_store']} not in the manifest, "
+            f"{check['only_in_manifest']} missing)"
+        )
+    missing, extra, incomplete = (
+        check.get(f"regions_{k}", 0) for k in ("only_in_manifest", "only_in_store", "incomplete")
     )
+    if missing or extra or incomplete:
+        problems.append(
+            f"the region entries do not match the manifest (indexed files without them: {missing}, other files "
+            f"with some: {extra}, files with other than {index.regions.per_image}: {incomplete})"
+        )
     info = {"vectors": len(index), **{k: manifest[k] for k in ("extractor", "pca", "retrieval", "backend", "roots")}}
     info |= {"failures": len(index.failures), "missing_files": len(stale["missing"])}
-    info |= {"changed_files": len(stale["changed"]), **check, "consistent": consistent}
+    info |= {"changed_files": len(stale["changed"]), **check, "consistent": not problems}
     print(json.dumps(info, indent=1))
-    if not consistent:
-        print(
-            f"revsearch: the manifest lists {check['manifest_items']} files but the vector store holds "
-            f"{check['store_vectors']} vectors ({check['only_in_store']} not in the manifest, "
-            f"{check['only_in_manifest']} missing): rebuild with revsearch index FOLDER --rebuild",
-            file=sys.stderr,
-        )
+    if problems:
+        print(f"revsearch: {'; '.join(problems)}: rebuild with revsearch index FOLDER --rebuild", file=sys.stderr)
         return 1
     return 0
 
