@@ -10,7 +10,7 @@ import numpy as np
 from helpers import CALTECH, caltech_subset
 from revsearch.features.cnn import EmbedderConfig
 from revsearch.features.decode import load_image
-from revsearch.features.regions import RegionEmbedder, embed_crop
+from revsearch.features.regions import RegionEmbedder, embed_crop, region_windows
 from revsearch.folder.index import SearchIndex
 from revsearch.index.exact import ExactIndex
 from revsearch.retrieval.regions import REGION_DIM, SAMPLES_PER_DIM, RegionEntries
@@ -60,3 +60,18 @@ def test_a_kmeans_index_finds_by_region_what_an_exact_one_finds(pretrained_mobil
         found[kind] = [(hit.key, hit.region) for hit in index.query_regions(centre_crop(paths[3]), k=5)]
         index.close()
     assert found["kmeans"] == found["exact"] and found["exact"][0][0] == paths[3]
+
+
+def test_each_entry_is_the_gem_of_its_window_of_the_feature_map():
+    """Entry 0 is the whole-image descriptor; entry j the GeM of region j's cells (float64 reference)."""
+    extractor = RegionEmbedder(EmbedderConfig(backbone="mobilenet_v2", weights=None, runtime="torch", image_size=96))
+    batch = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    maps = extractor.feature_maps(batch).astype(np.float64)
+    windows = [(0, 0, maps.shape[2], maps.shape[3]), *region_windows(maps.shape[-1])]
+    powered = np.maximum(maps, 1e-6) ** 3.0
+    expected = np.stack([powered[:, :, y0:y1, x0:x1].mean(axis=(2, 3)) ** (1 / 3) for y0, x0, y1, x1 in windows], 1)
+    expected /= np.linalg.norm(expected, axis=2, keepdims=True)
+    got = extractor.forward(batch)
+    assert got.shape == (2, len(windows), extractor.dim)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got[:, 0], extractor.pool(extractor.feature_maps(batch)), atol=1e-5)
