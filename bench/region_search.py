@@ -148,25 +148,28 @@ def region_rows(size: int, queries, paths, boxes, areas, whole_ranks: list[int])
     return rows, meta
 
 
-def build_seconds(paths: list[str], folder: Path) -> dict[str, float]:
-    """Seconds of ``SearchIndex.build`` over ``paths`` per kind, whole-image vs regions (224 px), then
-    an exact index of regions at 320 px."""
+def build_seconds(paths: list[str], folder: Path, rounds: int = 3) -> dict[str, float]:
+    """Median seconds of ``SearchIndex.build`` over ``paths``: whole-image vs regions (224 px) per kind, and
+    an exact index of regions at 320 px; ``rounds`` rounds, the builds interleaved, after a warm-up."""
     config = EmbedderConfig(**MODEL)
-    seconds = {}
-    for kind in ("exact", "kmeans"):
-        for label, extractor in (("whole", Embedder(config)), ("regions", RegionEmbedder(config))):
+    builds = {
+        "exact whole": ("exact", Embedder(config)),
+        "exact regions": ("exact", RegionEmbedder(config)),
+        "kmeans whole": ("kmeans", Embedder(config)),
+        "kmeans regions": ("kmeans", RegionEmbedder(config)),
+        "exact regions, 320 px": ("exact", RegionEmbedder(EmbedderConfig(**MODEL, image_size=320))),
+    }
+    times: dict[str, list[float]] = {name: [] for name in builds}
+    for round_ in range(rounds + 1):
+        for name, (kind, extractor) in builds.items():
             shutil.rmtree(folder, ignore_errors=True)
             with Timer() as timer:
-                index, _ = SearchIndex.build(paths, folder, kind, extractor, progress=False)
+                index, _ = SearchIndex.build(paths if round_ else paths[:20], folder, kind, extractor, progress=False)
             index.close()
-            seconds[f"{kind} {label}"] = timer.seconds
-    larger = RegionEmbedder(EmbedderConfig(**MODEL, image_size=320))
-    with Timer() as timer:
-        index, _ = SearchIndex.build(paths, folder / "320", "exact", larger, progress=False)
-    index.close()
-    seconds["exact regions, 320 px"] = timer.seconds
+            if round_:  # round 0: imports, sessions, caches
+                times[name].append(timer.seconds)
     shutil.rmtree(folder, ignore_errors=True)
-    return seconds
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def unit_vectors(n: int, dim: int, rng) -> np.ndarray:
