@@ -91,7 +91,7 @@ class RegionEmbedder(Embedder):
 
     def window_weights(self, side: int) -> np.ndarray:
         """``(side * side, entries)``: column ``j`` averages the cells of entry ``j`` (0: the whole map)."""
-        if self._weights is None:
+        if self._weights is None or self._weights.shape[0] != side * side:
             windows = [(0, 0, side, side), *region_windows(side)]
             weights = np.zeros((len(windows), side, side), np.float32)
             for j, (y0, x0, y1, x1) in enumerate(windows):

@@ -107,7 +107,7 @@ class RevsearchSimilarityConfig(SimilarityConfig):
             recorded so that updates crop new objects the same way
         regions: also index each image's regions (:mod:`revsearch.features.regions`), for
             :meth:`RevsearchSimilarityIndex.region_search`; ``region_dim``: their whitened-PCA size (at most:
-            :class:`~revsearch.retrieval.regions.RegionEntries` keeps 8 vectors per dimension)
+            :class:`~revsearch.retrieval.regions.RegionEntries` keeps at least 8 vectors per dimension)
     """
 
     def __init__(
