@@ -21,8 +21,12 @@ from helpers import caltech_subset
 #: Updates per kind: at least this many writer runs, and for at least this many seconds.
 WRITER_RUNS, UPDATING_S = 6, 10
 
-READER = """
-import json, os, sys
+#: The reader pauses this long between queries, as a person does: a Lite file's lock is not fair, and a
+#: reader that takes it again at once can keep a waiting writer out past its 10 s (seen once on CI).
+READER_PAUSE_S = 0.1
+
+READER = f"""
+import json, os, sys, time
 from revsearch import SearchIndex
 
 directory, query, stop = sys.argv[1:4]
@@ -34,7 +38,8 @@ while not os.path.exists(stop):
         finally:
             index.close()
     except Exception as exc:
-        print(json.dumps(f"{type(exc).__name__}: {exc}"), flush=True)
+        print(json.dumps(f"{{type(exc).__name__}}: {{exc}}"), flush=True)
+    time.sleep({READER_PAUSE_S})
 """
 
 
