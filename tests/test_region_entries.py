@@ -51,6 +51,8 @@ def test_on_a_small_index_a_photos_centre_crop_finds_that_photo_first(pretrained
 
 
 def test_a_kmeans_index_finds_by_region_what_an_exact_one_finds(pretrained_mobilenet, tmp_path):
+    """The region entries of a K-means index are in an exact index. (At 20 images an IVF would also search
+    exactly, so the equal results check the wiring; the kind is what tells the layouts apart.)"""
     paths = one_photo_per_class(20)
     extractor = RegionEmbedder(EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1"))
     found = {}
