@@ -6,13 +6,16 @@ probing lost most region matches), so both kinds find the same images by region.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from helpers import CALTECH, caltech_subset
 from revsearch.features.cnn import EmbedderConfig
 from revsearch.features.decode import load_image
 from revsearch.features.regions import RegionEmbedder, embed_crop, region_windows
 from revsearch.folder.index import SearchIndex
+from revsearch.index import milvus
 from revsearch.index.exact import ExactIndex
+from revsearch.index.milvus import MilvusIndex
 from revsearch.retrieval.regions import REGION_DIM, SAMPLES_PER_DIM, RegionEntries
 
 
@@ -77,3 +80,34 @@ def test_each_entry_is_the_gem_of_its_window_of_the_feature_map():
     assert got.shape == (2, len(windows), extractor.dim)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(got[:, 0], extractor.pool(extractor.feature_maps(batch)), atol=1e-5)
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_on_milvus_a_region_query_returns_more_images_than_one_search_holds_hits(tmp_path, monkeypatch, view):
+    """k images x 14 regions > 16,384 (the most hits one Milvus search returns): the hits come page after
+    page until they hold k images, and the answer is the exact index's (in a view too, filtered in chunks)."""
+    monkeypatch.setattr(milvus, "FILTER_CHUNK_KEYS", 5_000)  # a view's keys in four filters
+    rng = np.random.default_rng(3)
+    n_images, per_image, k = 1_300, 14, 1_250
+    vectors = (rng.normal(size=(n_images, 1, 16)) + 0.5 * rng.normal(size=(n_images, per_image, 16))).astype(np.float32)
+    images = [f"img{i}" for i in range(n_images)]
+    exact = RegionEntries(None)
+    reduced = exact.reduce(vectors)
+    exact.index = ExactIndex(reduced.shape[1])
+    lite = RegionEntries(
+        MilvusIndex(reduced.shape[1], collection="r", uri=str(tmp_path / "m.db")), exact.pca, per_image
+    )
+    try:
+        for entries in (exact, lite):
+            entries.add(images, reduced)
+        allowed = images[:1_270] if view else None
+        queries = rng.normal(size=(3, 16)).astype(np.float32)
+        assert k * per_image > lite.index.max_limit
+        got, want = lite.search(queries, k, allowed), exact.search(queries, k, allowed)
+        assert len(got) == k
+        assert {(image, region) for image, region, _ in got} == {(image, region) for image, region, _ in want}
+        np.testing.assert_allclose([d for *_, d in got], [d for *_, d in want], rtol=1e-4, atol=1e-5)
+        if view:
+            assert {image for image, _, _ in got} <= set(allowed)
+    finally:
+        lite.index.close()

@@ -85,11 +85,12 @@ class EmbeddingCheckpoint:
                 rows = [i for i, k in enumerate(keys) if mask[i] and k not in seen]
                 if rows:
                     seen.update(keys[i] for i in rows)
-                    yield [keys[i] for i in rows], data["vectors"][rows], [signatures[i] for i in rows]
+                    vectors = data["vectors"] if len(rows) == len(keys) else data["vectors"][rows]
+                    yield [keys[i] for i in rows], vectors, [signatures[i] for i in rows]
 
     def sample(self, limit: int, seed: int = 0) -> np.ndarray:
         """Up to ``limit`` valid vectors drawn evenly from every chunk (for fitting PCA / K-means)."""
-        total = sum(len(keys) for keys, _, _ in self.chunks())
+        total = len(self.done())
         rng = np.random.default_rng(seed)
         parts = []
         for _, vectors, _ in self.chunks():

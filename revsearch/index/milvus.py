@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -155,12 +155,17 @@ def key_filter(keys: list[str]) -> str:
     return f"{KEY_FIELD} in {json.dumps([to_milvus_key(k) for k in keys], ensure_ascii=False)}"
 
 
+def _key_chunks(keys: list[str]) -> list[list[str]]:
+    """``keys`` in chunks of at most ``FILTER_CHUNK_KEYS`` (one ``key in [...]`` filter each)."""
+    return [keys[start : start + FILTER_CHUNK_KEYS] for start in range(0, len(keys), FILTER_CHUNK_KEYS)]
+
+
 def _over_key_chunks(n_queries: int, allowed: list[str], run: Callable[[str], list[list[Hit]]]) -> list[list[Hit]]:
     """``run(filter)`` for each ``key in [...]`` filter of ``FILTER_CHUNK_KEYS`` allowed keys; each
     query's hits over all chunks, nearest first."""
     merged: list[list[Hit]] = [[] for _ in range(n_queries)]
-    for start in range(0, len(allowed), FILTER_CHUNK_KEYS):
-        for row, hits in zip(merged, run(key_filter(allowed[start : start + FILTER_CHUNK_KEYS]))):
+    for chunk in _key_chunks(allowed):
+        for row, hits in zip(merged, run(key_filter(chunk))):
             row.extend(hits)
     for row in merged:
         row.sort(key=lambda h: h.distance)
@@ -171,6 +176,8 @@ class MilvusIndex:
     """One Milvus collection per index: VARCHAR primary key (path or sample id) + float vector."""
 
     kind = "milvus"
+    #: The most hits one search returns (more: :meth:`nearest_pages`).
+    max_limit = MAX_LIMIT
     #: Milvus searches return nearest neighbours only.
     supports_least_similarity = False
 
@@ -434,6 +441,32 @@ class MilvusIndex:
         if not len(q):
             return []
         return _over_key_chunks(len(q), allowed, lambda expr: self._search(q, limit, expr, params))
+
+    def nearest_pages(self, query: np.ndarray, allowed: Collection[str] | None = None) -> Iterator[list[Hit]]:
+        """The vectors nearest to one query (among ``allowed``), page after page, nearest first: for a
+        search that needs more than ``MAX_LIMIT`` hits. Each page is a range search from the farthest
+        distance the pages before covered in full (L2); no hit is given twice."""
+        if self.metric != "L2":
+            raise ValueError(f"nearest_pages needs metric L2; this collection uses {self.metric}")
+        q = self._check_queries(query)[:1]
+        chunks = [""] if allowed is None else [key_filter(c) for c in _key_chunks(list(allowed))]
+        params, seen = dict(self.search_params), set()
+        while True:
+            parts = [self._search(q, MAX_LIMIT, expr, params)[0] for expr in chunks]
+            # a full part may hold more beyond its farthest hit: the page is complete up to the nearest such
+            covered = min((part[-1].distance for part in parts if len(part) == MAX_LIMIT), default=math.inf)
+            page = sorted(
+                (h for part in parts for h in part if h.distance <= covered and h.key not in seen),
+                key=lambda h: h.distance,
+            )
+            if page:
+                seen.update(h.key for h in page)
+                yield page
+            if covered == math.inf:
+                return
+            if not page:
+                raise ValueError(f"more than {MAX_LIMIT} vectors lie at the same distance {covered} of the query")
+            params = {**self.search_params, "radius": float(np.finfo(np.float32).max), "range_filter": covered}
 
     def range_search(
         self, queries: np.ndarray, radius: float, allowed: Collection[str] | None = None

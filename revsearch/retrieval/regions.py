@@ -109,5 +109,21 @@ class RegionEntries:
         """The ``k`` images (among ``images``; None: all) whose best entry is nearest to any of the query
         ``vectors`` (e.g. one per scale): (image key, region, squared L2 distance), nearest first."""
         allowed = None if images is None else self.keys(images)
-        hits = self.index.search(self.pca.transform(vectors), k * self.per_image, allowed=allowed)
+        queries, wanted = self.pca.transform(vectors), k * self.per_image
+        if wanted <= (getattr(self.index, "max_limit", None) or wanted):
+            hits = self.index.search(queries, wanted, allowed=allowed)  # k images are among them
+        else:
+            hits = [self._hits_of_images(query, k, allowed) for query in queries]
         return best_over_queries(hits)[:k]
+
+    def _hits_of_images(self, query: np.ndarray, k: int, allowed: list[str] | None) -> list[Hit]:
+        """The hits nearest to one query until they hold ``k`` images (or all), page after page: for an
+        index whose searches return fewer than ``k`` x regions per image hits (Milvus: 16,384)."""
+        hits: list[Hit] = []
+        images: set[str] = set()
+        for page in self.index.nearest_pages(query, allowed):
+            hits += page
+            images.update(split_key(hit.key)[0] for hit in page)
+            if len(images) >= k:
+                break
+        return hits
