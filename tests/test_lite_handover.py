@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from revsearch.fiftyone.index_handle import IndexHandle
-from revsearch.index.lite_lock import HANDS_OVER, lock_path
+from revsearch.index.lite_lock import HANDS_OVER, LiteFileLock, lock_path, waiting_path
 
 _CHILD = """
 import sys
@@ -27,6 +28,10 @@ else:
     print("ADDED", len(index))
     index.close()
 """
+
+_WAITER = (
+    "import sys; from revsearch.index.lite_lock import LiteFileLock; LiteFileLock(sys.argv[1]).acquire_in_turn(600)"
+)
 
 
 def _child(uri: str, **env: str) -> str:
@@ -71,3 +76,24 @@ def test_a_holder_that_does_not_answer_gives_a_clear_busy_error(store):
         assert out.startswith("BUSY") and "no answer in 1 s" in out and "one process at a time" in out
         assert lock.exists() and len(store._index) == 100  # the holder is unaffected
     assert _child(store.options["uri"]) == "ADDED 150"  # once the operation ends, it is handed over
+
+
+def test_a_waiter_killed_in_line_does_not_hold_up_the_next(tmp_path):
+    """Waiters for a Lite file go first come, first served; one killed while it waits leaves a ticket that
+    nobody holds, which the next waiter deletes instead of waiting behind it."""
+    db = tmp_path / "shared.db"
+    held = LiteFileLock(db)
+    held.acquire()
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", _WAITER, str(db)], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    )
+    while not list(waiting_path(db).glob("[0-9]*")):  # its ticket is in line
+        assert waiter.poll() is None
+        time.sleep(0.05)
+    waiter.kill()
+    waiter.wait()
+    held.release()
+    lock = LiteFileLock(db)
+    lock.acquire_in_turn(10)  # the dead waiter's ticket came first
+    lock.release()
+    assert list(waiting_path(db).iterdir()) == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import CALTECH, caltech_subset
-from revsearch.features.cnn import EmbedderConfig
+from revsearch.features.cnn import Embedder, EmbedderConfig
 from revsearch.features.decode import load_image
 from revsearch.features.regions import RegionEmbedder, embed_crop, region_windows
 from revsearch.folder.index import SearchIndex
@@ -111,3 +111,23 @@ def test_on_milvus_a_region_query_returns_more_images_than_one_search_holds_hits
             assert {image for image, _, _ in got} <= set(allowed)
     finally:
         lite.index.close()
+
+
+def test_a_region_build_fits_its_whole_image_pca_on_what_a_build_without_regions_fits_it_on(
+    pretrained_mobilenet, tmp_path
+):
+    """Region entries are sampled per image (``fit_sample`` / 14 images here: 10 of 24); the whole-image
+    PCA still sees every image a build without regions samples, so whole-image queries rank as there."""
+    paths = one_photo_per_class(24)
+    config = EmbedderConfig(backbone="mobilenet_v2", weights="IMAGENET1K_V1")
+    reducers = []
+    for name, extractor in (("whole", Embedder(config)), ("regions", RegionEmbedder(config))):
+        index, _ = SearchIndex.build(
+            paths, tmp_path / name, "exact", extractor, progress=False, pca_dim=8, fit_sample=140
+        )
+        reducers.append(index.reducer)
+        index.close()
+    whole, regions = reducers
+    assert regions.output_dim == whole.output_dim
+    np.testing.assert_allclose(regions.mean, whole.mean, atol=1e-5)
+    np.testing.assert_allclose(regions.explained_variance, whole.explained_variance, rtol=1e-3)

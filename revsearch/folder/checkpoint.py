@@ -88,12 +88,14 @@ class EmbeddingCheckpoint:
                     vectors = data["vectors"] if len(rows) == len(keys) else data["vectors"][rows]
                     yield [keys[i] for i in rows], vectors, [signatures[i] for i in rows]
 
-    def sample(self, limit: int, seed: int = 0) -> np.ndarray:
-        """Up to ``limit`` valid vectors drawn evenly from every chunk (for fitting PCA / K-means)."""
+    def sample(self, limit: int, seed: int = 0, first_entry: bool = False) -> np.ndarray:
+        """Up to ``limit`` valid vectors drawn evenly from every chunk (for fitting PCA / K-means); with
+        ``first_entry``, of an extractor with several entries per image (regions) only the first."""
         total = len(self.done())
         rng = np.random.default_rng(seed)
         parts = []
         for _, vectors, _ in self.chunks():
+            vectors = vectors[:, 0] if first_entry and vectors.ndim == 3 else vectors
             size = len(vectors)
             take = size if total <= limit else max(1, round(limit * size / total))
             parts.append(vectors if take >= size else vectors[rng.choice(size, take, replace=False)])

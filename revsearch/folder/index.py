@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from revsearch.crashpoints import write_point
@@ -28,7 +26,6 @@ from revsearch.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
-    LiteFileBusyError,
     RevsearchError,
 )
 from revsearch.features.factory import make_extractor
@@ -61,7 +58,7 @@ from revsearch.folder.generations import (
 from revsearch.folder.journal import Update, clear_journal, read_journal, write_journal
 from revsearch.index.hits import Hit
 from revsearch.index.ivf import default_n_clusters
-from revsearch.index.lite_lock import POLL_S, LiteFileLock
+from revsearch.index.lite_lock import LiteFileLock
 from revsearch.index.milvus_uri import DEFAULT_URI, is_lite_uri
 from revsearch.index.registry import INDEX_KINDS, LEGACY_PIXEL, check_kind, collection_name, create_index, load_index
 from revsearch.locks import IndexLock
@@ -235,7 +232,9 @@ class SearchIndex:
             if not len(entries):
                 checkpoint.clear()
                 raise IndexMismatchError(f"none of the {len(paths)} files could be indexed: {report.failures}")
-            sample = whole_image(entries)
+            # the whole-image sample a build without regions draws (the same images when all were taken)
+            same = per_image == 1 or len(entries) == len(checkpoint.done())
+            sample = whole_image(entries) if same else checkpoint.sample(fit_sample, first_entry=True)
             pca_dim = _auto_pca_dim(len(sample), sample.shape[1], extractor) if pca_dim == "auto" else pca_dim
             reducer = PCAReducer.fit(sample, pca_dim, whiten) if pca_dim else None
             sample = reducer.transform(sample) if reducer else sample
@@ -640,27 +639,14 @@ def _lite_of(directory: Path, manifest: dict) -> Path | None:
 @contextmanager
 def _lite_turn(lite: Path | None) -> Iterator[None]:
     """Hold this process's lock on the Milvus Lite file ``lite`` for the block, waiting up to
-    ``BUSY_WAIT_S`` while another command holds it; what opens the file inside takes its own hold.
-    Waiters queue on ``<file>.revsearch.queue``: a command that loops on the file cannot starve another."""
+    ``BUSY_WAIT_S`` while other commands hold it or wait for it, first come, first served
+    (:meth:`~revsearch.index.lite_lock.LiteFileLock.acquire_in_turn`); what opens the file inside takes
+    its own hold."""
     if lite is None or not os.access(lite.expanduser().parent, os.W_OK):  # read-only: served from a copy
         yield
         return
-    lite = lite.expanduser().resolve()
-    lock, deadline = LiteFileLock(lite), time.monotonic() + BUSY_WAIT_S
-    try:
-        with FileLock(f"{lite}.revsearch.queue", timeout=BUSY_WAIT_S):
-            while True:
-                try:
-                    lock.acquire()
-                    break
-                except LiteFileBusyError as exc:
-                    if time.monotonic() > deadline:
-                        raise LiteFileBusyError(f"{exc}; waited {BUSY_WAIT_S:g} s for it") from None
-                    time.sleep(POLL_S)
-    except Timeout:
-        raise LiteFileBusyError(
-            f"Milvus Lite file {lite} is busy: other commands waited for it for over {BUSY_WAIT_S:g} s"
-        ) from None
+    lock = LiteFileLock(lite.expanduser().resolve())
+    lock.acquire_in_turn(BUSY_WAIT_S)
     try:
         yield
     finally:
@@ -846,9 +832,9 @@ def _create_regions(kind: str, sample: np.ndarray, options: dict) -> RegionEntri
     """The region entries of a build: their PCA fitted on ``sample`` ``(images, entries, d)``, an empty index
     of the kind :func:`region_index_kind` gives (Milvus: the image collection's name and :data:`REGIONS_SUFFIX`)."""
     regions = RegionEntries(None)
-    reduced = regions.reduce(sample)
+    regions.fit(sample)
     kind = region_index_kind(kind)
     if kind == "milvus":
         options = {**options, "collection": options["collection"] + REGIONS_SUFFIX}
-    regions.index = _create_backend(kind, reduced, np.float32, options)
+    regions.index = _create_backend(kind, regions.reduce(sample[:1]), np.float32, options)  # needs the dimension
     return regions

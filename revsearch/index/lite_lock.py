@@ -4,17 +4,20 @@ The lock is ``<file>.revsearch.lock`` (an ``flock``; milvus-lite's own lock is d
 process that fails to open the file). A long-lived holder (the App, a notebook) registers a release
 callback with :func:`hand_over_on_request`; another process that wants the file writes
 ``<file>.revsearch.request`` and the holder's watcher releases it, else the asker gets a busy error.
+Commands that wait for the file (:meth:`LiteFileLock.acquire_in_turn`) take it first come, first served.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import Timeout
@@ -43,6 +46,11 @@ def lock_path(db_path: str | os.PathLike) -> Path:
 
 def request_path(db_path: str | os.PathLike) -> Path:
     return Path(f"{db_path}.revsearch.request")
+
+
+def waiting_path(db_path: str | os.PathLike) -> Path:
+    """The folder of waiters' tickets (see :meth:`LiteFileLock.acquire_in_turn`)."""
+    return Path(f"{db_path}.revsearch.waiting")
 
 
 def hand_over_on_request(db_path: str | os.PathLike, release: Callable[[], None]) -> None:
@@ -117,6 +125,34 @@ class LiteFileLock:
         if lock.lock_counter == 1:
             _acquired_ns[self.db_path] = time.time_ns()
 
+    def acquire_in_turn(self, wait_s: float) -> None:
+        """:meth:`acquire`, waiting up to ``wait_s`` while other processes hold or wait for the file, first
+        come, first served: a waiter holds a ticket (a file it locks, named by its arrival time, in
+        :func:`waiting_path`) and tries for the file only once no older ticket is locked; a dead waiter's
+        ticket is unlocked, and deleted by the next waiter that finds it. A process that holds the file
+        already takes another reference at once (it would otherwise wait behind a waiter waiting for it)."""
+        if process_lock(self.path, self._holder).is_locked:
+            try:
+                return self.acquire()
+            except LiteFileBusyError:
+                pass  # released by another thread meanwhile: wait like any other process
+        deadline = time.monotonic() + wait_s
+        with _ticket(waiting_path(self.db_path)) as ticket:
+            while True:
+                ahead = [t for t in sorted(ticket.parent.iterdir()) if t.name < ticket.name and _waits(t)]
+                if not ahead:
+                    try:
+                        return self.acquire()
+                    except LiteFileBusyError as exc:
+                        if time.monotonic() > deadline:
+                            raise LiteFileBusyError(f"{exc}; waited {wait_s:g} s for it") from None
+                elif time.monotonic() > deadline:
+                    raise LiteFileBusyError(
+                        f"Milvus Lite file {self.db_path} is busy: {len(ahead)} other command(s) that came first "
+                        f"still wait for it after {wait_s:g} s"
+                    )
+                time.sleep(POLL_S)
+
     def release(self) -> None:
         """Drop one reference; the last one stops this process's Lite server and unlocks the file."""
         lock = process_lock(self.path, self._holder)
@@ -126,6 +162,42 @@ class LiteFileLock:
             _acquired_ns.pop(self.db_path, None)
             stop_lite_server(self.db_path)
         lock.release()
+
+
+@contextmanager
+def _ticket(folder: Path) -> Iterator[Path]:
+    """This thread's place in the line of waiters: a file in ``folder`` locked for the block, then deleted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}"
+    temp, ticket = folder / f".{name}", folder / name  # locked before it is in line under its name
+    fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(temp, ticket)
+        yield ticket
+    finally:
+        ticket.unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _waits(ticket: Path) -> bool:
+    """Whether the waiter of ``ticket`` still waits (holds its lock); a dead waiter's ticket is deleted."""
+    if ticket.name.startswith("."):
+        return False  # not yet in line
+    try:
+        fd = os.open(ticket, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # its waiter got the file
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        ticket.unlink(missing_ok=True)
+        return False
+    finally:
+        os.close(fd)
 
 
 def stop_lite_server(db_path: str | os.PathLike) -> None:

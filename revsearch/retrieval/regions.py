@@ -81,13 +81,18 @@ class RegionEntries:
     def __init__(self, index, pca: PCAReducer | None = None, per_image: int = 0, dim: int = REGION_DIM):
         self.index, self.pca, self.per_image, self.dim = index, pca, per_image, dim
 
+    def fit(self, vectors: np.ndarray) -> None:
+        """Fit the whitened PCA on ``(n images, entries per image, d)`` vectors."""
+        flat = vectors.reshape(-1, vectors.shape[-1])
+        dim = max(1, min(self.dim, len(flat) // SAMPLES_PER_DIM, flat.shape[1]))
+        self.pca, self.per_image = PCAReducer.fit(flat, dim, whiten=True), vectors.shape[1]
+
     def reduce(self, vectors: np.ndarray) -> np.ndarray:
-        """``(n images, entries per image, d)`` -> the ``(n * entries, dim)`` vectors the index stores."""
+        """``(n images, entries per image, d)`` -> the ``(n * entries, dim)`` vectors the index stores (the
+        PCA fitted on the first ones if not yet)."""
         flat = vectors.reshape(-1, vectors.shape[-1])
         if self.pca is None:
-            dim = max(1, min(self.dim, len(flat) // SAMPLES_PER_DIM, flat.shape[1]))
-            self.pca = PCAReducer.fit(flat, dim, whiten=True)
-            self.per_image = vectors.shape[1]
+            self.fit(vectors)
         if vectors.shape[1] != self.per_image:
             raise ValueError(f"{vectors.shape[1]} regions per image, the index has {self.per_image}")
         return self.pca.transform(flat)
