@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import fiftyone as fo
 import pytest
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionRunState
 
 from app_driver import CHROMIUM, PROMPT, TILE, App, app_server, browser_page, free_port, wait_http
 from plugin_helpers import MODEL, REPO, subprocess_env, unique_name
@@ -429,16 +431,28 @@ def test_scheduled_build_runs_in_fiftyone_delegated_launch(app, dataset, plugins
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        try:
+        try:  # the brain run is listed as soon as the build starts: wait for the operation to end
             deadline = time.monotonic() + 180
-            while "scheduled" not in dataset.list_brain_runs() and time.monotonic() < deadline:
+            while (state := scheduled_build_state(dataset)) not in ExecutionRunState.TERMINAL_STATES:
+                assert time.monotonic() < deadline, f"still {state}"
                 time.sleep(2)
-                dataset.reload()
         finally:
             worker.terminate()
             worker.wait(timeout=30)
-    assert "scheduled" in dataset.list_brain_runs(), (tmp_path / "launch.log").read_text()[-3000:]
+    assert state == ExecutionRunState.COMPLETED, (tmp_path / "launch.log").read_text()[-3000:]
+    dataset.reload()
+    assert "scheduled" in dataset.list_brain_runs()
     assert dataset.load_brain_results("scheduled", cache=False).total_index_size == len(dataset)
+
+
+def scheduled_build_state(dataset: fo.Dataset) -> str | None:
+    """The run state of the build scheduled on ``dataset`` (None before it is queued)."""
+    builds = [
+        op
+        for op in DelegatedOperationService().list_operations(dataset_name=dataset.name)
+        if op.operator == "@revsearch/revsearch/build_index" and op.context.params.get("brain_key") == "scheduled"
+    ]
+    return builds[-1].run_state if builds else None
 
 
 # ---- examples/app.py survives a tab reload --------------------------------------------------------
