@@ -42,6 +42,8 @@ BUCKETS = ((0.05, 0.10), (0.10, 0.20), (0.20, 0.40))
 MODEL = {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1"}
 #: Images of the timed builds: over 1,000, so that whole-image builds fit their PCA too (as regions do).
 BUILD_IMAGES = 1200
+#: Timed rounds of those builds (after a warm-up round).
+BUILD_ROUNDS = 5
 
 
 def object_crop(image: np.ndarray) -> np.ndarray:
@@ -148,7 +150,9 @@ def region_rows(size: int, queries, paths, boxes, areas, whole_ranks: list[int])
     return rows, meta
 
 
-def build_seconds(paths: list[str], folder: Path, rounds: int = 5) -> tuple[dict[str, float], dict[str, float]]:
+def build_seconds(
+    paths: list[str], folder: Path, rounds: int = BUILD_ROUNDS
+) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds of ``SearchIndex.build`` over ``paths``: whole-image vs regions (224 px) per kind, and an
     exact index of regions at 320 px; ``rounds`` rounds, the builds interleaved, after a warm-up.
     Returns the median seconds per build, and per kind the median of each round's regions / whole
@@ -237,10 +241,12 @@ def main() -> None:
         meta |= {f"{k} ({size} px)": v for k, v in size_meta.items()}
     meta["query scales (of the input side)"] = list(QUERY_SCALES)
     seconds, ratios = build_seconds(paths[:BUILD_IMAGES], CACHE / "region_build")
-    meta[f"build s, {min(BUILD_IMAGES, len(paths))} images (median of 5)"] = {
+    meta[f"build s, {min(BUILD_IMAGES, len(paths))} images (median of {BUILD_ROUNDS})"] = {
         k: round(v, 1) for k, v in seconds.items()
     }
-    meta["build time ratio, regions / whole (median of 5 rounds' ratios)"] = {k: round(v, 2) for k, v in ratios.items()}
+    meta[f"build time ratio, regions / whole (median of {BUILD_ROUNDS} rounds' ratios)"] = {
+        k: round(v, 2) for k, v in ratios.items()
+    }
     per_image = len(entry_boxes(224))
     meta[f"latency at {args.latency_n} images"] = {
         k: round(v, 2) for k, v in latency(args.latency_n, per_image, 256, np.random.default_rng(1)).items()

@@ -12,6 +12,8 @@ CALTECH = SHARED / "data" / "caltech101" / "101_ObjectCategories"
 TORCH_HOME = SHARED / "models" / "torch"
 CLASSES = ("airplanes", "Faces", "Leopards", "watch")
 PER_CLASS = 6
+#: The prefix of this plugin's operator URIs (fiftyone.yml's name).
+URI = "@revsearch/revsearch/"
 MODEL = {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1"}
 
 #: The plugin tests need the team share's real images and weights (``conftest`` skips them otherwise).

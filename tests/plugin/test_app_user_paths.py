@@ -26,7 +26,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 
 from app_driver import CHROMIUM, PROMPT, TILE, App, app_server, browser_page, free_port, wait_http
-from plugin_helpers import MODEL, REPO, subprocess_env, unique_name
+from plugin_helpers import MODEL, REPO, URI, subprocess_env, unique_name
 from revsearch.features.factory import make_extractor
 from revsearch.fiftyone import tools
 
@@ -450,7 +450,7 @@ def scheduled_build_state(dataset: fo.Dataset) -> str | None:
     builds = [
         op
         for op in DelegatedOperationService().list_operations(dataset_name=dataset.name)
-        if op.operator == "@revsearch/revsearch/build_index" and op.context.params.get("brain_key") == "scheduled"
+        if op.operator == URI + "build_index" and op.context.params.get("brain_key") == "scheduled"
     ]
     return builds[-1].run_state if builds else None
 

@@ -18,10 +18,8 @@ import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.executor import ExecutionContext, execute_or_delegate_operator
 
-from plugin_helpers import MODEL, make_dataset
+from plugin_helpers import MODEL, URI, make_dataset
 from revsearch.fiftyone import tools
-
-URI = "@revsearch/revsearch/"
 
 
 @pytest.fixture

@@ -21,11 +21,9 @@ import yaml
 from fiftyone.operators.executor import ExecutionContext
 from sklearn.metrics import adjusted_rand_score
 
-from plugin_helpers import MODEL, REPO, make_dataset
+from plugin_helpers import MODEL, REPO, URI, make_dataset
 from revsearch import Embedder, PCAReducer
 from revsearch.fiftyone import tools
-
-URI = "@revsearch/revsearch/"
 
 
 @pytest.fixture(scope="module")
